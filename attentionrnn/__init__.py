@@ -1,0 +1,18 @@
+"""AttentionRNN: a structured spatial attention layer for PyTorch.
+
+The attention mask is predicted sequentially in raster-scan and inverse raster-scan order by a
+diagonal LSTM over the skewed feature map, so each attention value depends on the image and on the
+attention values predicted before it (Khandelwal & Sigal, ICCV 2019).
+"""
+
+from attentionrnn.layers.attention_rnn import AttentionRNN, BlockAttentionRNN
+from attentionrnn.layers.reference import ReferenceAttentionRNN
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionRNN",
+    "BlockAttentionRNN",
+    "ReferenceAttentionRNN",
+    "__version__",
+]

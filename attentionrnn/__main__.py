@@ -1,0 +1,5 @@
+import sys
+
+from attentionrnn.cli import main
+
+sys.exit(main())

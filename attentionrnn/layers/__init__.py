@@ -1,0 +1,1 @@
+"""Layers: AttentionRNN and its scan, the per-pixel reference, baselines and the factory."""
