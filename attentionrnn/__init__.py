@@ -6,7 +6,7 @@ attention values predicted before it (Khandelwal & Sigal, ICCV 2019).
 """
 
 from attentionrnn.layers.attention_rnn import AttentionRNN, BlockAttentionRNN
-from attentionrnn.layers.reference import ReferenceAttentionRNN
+from attentionrnn.layers.reference import ReferenceAttentionRNN, ReferenceBlockAttentionRNN
 
 __version__ = "0.1.0"
 
@@ -14,5 +14,6 @@ __all__ = [
     "AttentionRNN",
     "BlockAttentionRNN",
     "ReferenceAttentionRNN",
+    "ReferenceBlockAttentionRNN",
     "__version__",
 ]

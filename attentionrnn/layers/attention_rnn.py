@@ -1,0 +1,215 @@
+"""AttentionRNN and Block AttentionRNN: structured spatial attention layers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attentionrnn.layers.scan import DiagonalLSTMScan, resolve_directions
+from attentionrnn.layers.validation import (
+    apply_gate,
+    check_attention_input,
+    check_gate,
+    check_positive_int,
+)
+
+
+class _ScanAttention(nn.Module):
+    """What AttentionRNN and BlockAttentionRNN share: encoder, query term, scan, head, gate."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        kernel_size: int,
+        query_channels: int | None,
+        directions: str,
+        gate: str,
+        feedback: bool,
+    ) -> None:
+        super().__init__()
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("hidden_channels", hidden_channels)
+        if check_positive_int("kernel_size", kernel_size) % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be odd (the encoder keeps H x W), got {kernel_size}"
+            )
+        if query_channels is not None:
+            check_positive_int("query_channels", query_channels)
+        self.in_channels = in_channels
+        self.hidden_channels = hidden_channels
+        self.kernel_size = kernel_size
+        self.query_channels = query_channels
+        self.directions = directions
+        self.gate = check_gate(gate)
+        self.feedback = feedback
+        corners = resolve_directions(directions)
+
+        self.encoder = nn.Conv2d(
+            in_channels, hidden_channels, kernel_size, padding=kernel_size // 2
+        )
+        if query_channels is not None:
+            self.query_proj: nn.Linear | None = nn.Linear(
+                query_channels, hidden_channels, bias=False
+            )
+        else:
+            self.register_module("query_proj", None)
+        self.scan = DiagonalLSTMScan(hidden_channels, hidden_channels, corners, feedback)
+        self.head = nn.Conv2d(len(corners) * hidden_channels, 1, kernel_size=1)
+
+    def reset_parameters(self) -> None:
+        self.encoder.reset_parameters()
+        if self.query_proj is not None:
+            self.query_proj.reset_parameters()
+        self.scan.reset_parameters()
+        self.head.reset_parameters()
+
+    def extra_repr(self) -> str:
+        extra = f", query_channels={self.query_channels}" if self.query_channels else ""
+        return (
+            f"{self.in_channels}, hidden_channels={self.hidden_channels}, "
+            f"kernel_size={self.kernel_size}{extra}, directions={self.directions!r}, "
+            f"gate={self.gate!r}, feedback={self.feedback}"
+        )
+
+    def encode(self, x: Tensor, query: Tensor | None) -> Tensor:
+        """``e = relu(conv(x) + U q)``: the local evidence every attention value starts from."""
+        e = self.encoder(x)
+        if self.query_proj is not None and query is not None:
+            e = e + self.query_proj(query.to(self.query_proj.weight.dtype))[:, :, None, None]
+        return F.relu(e)
+
+    def run_scan(self, e: Tensor) -> Tensor:
+        """Hidden maps of all directions; the per-pixel reference overrides this."""
+        return self.scan(e)
+
+    def head_logits(self, hidden: Tensor) -> Tensor:
+        return self.head(hidden.to(self.head.weight.dtype))
+
+    def mask_logits(self, e: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self, x: Tensor, query: Tensor | None = None, return_mask: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        check_attention_input(x, query, self.in_channels, self.query_channels)
+        logits = self.mask_logits(self.encode(x, query))
+        mask = apply_gate(logits, self.gate).to(x.dtype)
+        y = x * mask
+        return (y, mask) if return_mask else y
+
+
+class AttentionRNN(_ScanAttention):
+    r"""Structured spatial attention predicted by a bi-directional diagonal LSTM.
+
+    Every attention value is predicted from local evidence and from the attention values predicted
+    before it in raster-scan (and inverse raster-scan) order (Khandelwal & Sigal, ICCV 2019):
+
+    1. encode: :math:`e = \mathrm{relu}(\mathrm{conv}_{k\times k}(x) + U q)`,
+    2. scan ``e`` with a diagonal LSTM from each corner in ``directions``; each cell reads the
+       hidden state and the predicted attention value of the cell above and of the cell to the
+       left (``H + W - 1`` sequential steps, a whole anti-diagonal per step),
+    3. combine: concatenate the directions' hidden maps, 1x1 conv to one logit per position, gate,
+    4. output :math:`y = x \odot A`.
+
+    Args:
+        in_channels: channels ``C`` of the input feature map.
+        hidden_channels: width of the encoder and of each direction's LSTM state. Default: 16.
+        kernel_size: odd size of the local encoder's convolution. Default: 3.
+        query_channels: width of the optional query vector (e.g. a question embedding); when set,
+            ``forward`` requires a query. Default: ``None``.
+        directions: ``"raster"`` (one scan from the top-left), ``"bi"`` (raster and inverse raster,
+            the paper's) or ``"quad"`` (all four corners). Default: ``"bi"``.
+        gate: ``"sigmoid"`` (each value in [0, 1]) or ``"softmax"`` (over all ``H*W`` positions).
+            Default: ``"sigmoid"``.
+        feedback: feed each direction's predicted attention values into the next diagonal (the
+            paper's structure); ``False`` is the ablation without it. Default: ``True``.
+
+    Shape:
+        - x: ``(B, C, H, W)``, any ``H, W >= 1``.
+        - query: ``(B, query_channels)`` when ``query_channels`` is set, else ``None``.
+        - Output: ``(B, C, H, W)``; with ``return_mask=True`` also the mask ``(B, 1, H, W)``.
+
+    Example::
+
+        >>> layer = AttentionRNN(32, hidden_channels=16, query_channels=10)
+        >>> x, q = torch.randn(4, 32, 28, 28), torch.randn(4, 10)
+        >>> y, mask = layer(x, query=q, return_mask=True)
+        >>> y.shape, mask.shape
+        (torch.Size([4, 32, 28, 28]), torch.Size([4, 1, 28, 28]))
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int = 16,
+        kernel_size: int = 3,
+        query_channels: int | None = None,
+        directions: str = "bi",
+        gate: str = "sigmoid",
+        feedback: bool = True,
+    ) -> None:
+        super().__init__(
+            in_channels, hidden_channels, kernel_size, query_channels, directions, gate, feedback
+        )
+
+    def mask_logits(self, e: Tensor) -> Tensor:
+        return self.head_logits(self.run_scan(e))
+
+
+class BlockAttentionRNN(_ScanAttention):
+    r"""Block AttentionRNN (BRNN): the scan runs on a coarse grid, a conv refines the result.
+
+    For large maps: the encoded map ``e`` is average-pooled by ``block_size`` (a partial block at
+    the bottom/right edge averages the positions it has), scanned like :class:`AttentionRNN` in
+    ``ceil(H/γ) + ceil(W/γ) - 1`` steps, the coarse logits are upsampled bilinearly to ``H x W``
+    and a 3x3 conv over ``[upsampled logits, e]`` refines them before the gate.
+
+    Args:
+        in_channels: channels ``C`` of the input feature map.
+        block_size: pooling factor ``γ`` of the coarse grid. Default: 2.
+        hidden_channels, kernel_size, query_channels, directions, gate, feedback: as in
+            :class:`AttentionRNN`.
+
+    Shape:
+        As :class:`AttentionRNN`.
+
+    Example::
+
+        >>> block = BlockAttentionRNN(32, block_size=4, hidden_channels=16)
+        >>> block(torch.randn(2, 32, 50, 37)).shape
+        torch.Size([2, 32, 50, 37])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        block_size: int = 2,
+        hidden_channels: int = 16,
+        kernel_size: int = 3,
+        query_channels: int | None = None,
+        directions: str = "bi",
+        gate: str = "sigmoid",
+        feedback: bool = True,
+    ) -> None:
+        super().__init__(
+            in_channels, hidden_channels, kernel_size, query_channels, directions, gate, feedback
+        )
+        self.block_size = check_positive_int("block_size", block_size)
+        self.refine = nn.Conv2d(1 + hidden_channels, 1, kernel_size=3, padding=1)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.refine.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, block_size={self.block_size}"
+
+    def mask_logits(self, e: Tensor) -> Tensor:
+        coarse = F.avg_pool2d(e, self.block_size, ceil_mode=True) if self.block_size > 1 else e
+        coarse_logits = self.head_logits(self.run_scan(coarse))
+        upsampled = F.interpolate(
+            coarse_logits, size=e.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return self.refine(torch.cat([upsampled.to(e.dtype), e], dim=1))

@@ -1,0 +1,124 @@
+"""Per-pixel reference of the AttentionRNN scan, written for clarity, not speed.
+
+It visits the positions one by one in each direction's scan order and reads each cell's two
+neighbours by their coordinates in the original map: no flips, no skew, no batching of diagonals.
+The fast layer must agree with it to rounding error; the tests check that. The reference classes
+are the fast classes with the scan swapped, so they load a fast layer's ``state_dict`` as is
+(encoder, query term and head are the same plain convolutions in both).
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+
+from attentionrnn.layers.attention_rnn import AttentionRNN, BlockAttentionRNN, _ScanAttention
+from attentionrnn.layers.scan import DiagonalLSTMScan, state_dtype_for
+
+# Scan order of each corner: (row step, column step). The cell "above" a position is the one a
+# row step before it, the cell "to the left" the one a column step before it.
+CORNER_STEPS: dict[str, tuple[int, int]] = {
+    "top_left": (1, 1),
+    "bottom_right": (-1, -1),
+    "top_right": (1, -1),
+    "bottom_left": (-1, 1),
+}
+
+
+def reference_scan(scan: DiagonalLSTMScan, e: Tensor) -> Tensor:
+    """Run ``scan``'s diagonal LSTM position by position; returns ``(B, D*hidden, H, W)``."""
+    batch, _, height, width = e.shape
+    hidden = scan.hidden_channels
+    dtype = state_dtype_for(e.dtype)
+    e = e.to(dtype)
+    w_in = scan.input_to_state.weight[:, :, 0, 0].to(dtype).split(4 * hidden)  # per direction
+    b_in = scan.input_to_state.bias.to(dtype).split(4 * hidden)
+    no_state = e.new_zeros(batch, scan.state_channels)
+    no_cell = e.new_zeros(batch, hidden)
+    maps = []
+    for d, corner in enumerate(scan.directions):
+        row_step, col_step = CORNER_STEPS[corner]
+        w_above = scan.state_to_state[d, :, :, 0].to(dtype)
+        w_left = scan.state_to_state[d, :, :, 1].to(dtype)
+        # What each visited position passes on (hidden state [+ attention value]) and its cell.
+        passed: dict[tuple[int, int], Tensor] = {}
+        cells: dict[tuple[int, int], Tensor] = {}
+        hiddens: dict[tuple[int, int], Tensor] = {}
+        rows = range(height) if row_step > 0 else range(height - 1, -1, -1)
+        cols = range(width) if col_step > 0 else range(width - 1, -1, -1)
+        for i in rows:
+            for j in cols:
+                above = passed.get((i - row_step, j), no_state)  # missing neighbour: zeros
+                left = passed.get((i, j - col_step), no_state)
+                c_left = cells.get((i, j - col_step), no_cell)
+                gates = e[:, :, i, j] @ w_in[d].T + b_in[d] + above @ w_above.T + left @ w_left.T
+                in_gate, forget_gate, out_gate, candidate = gates.split(hidden, dim=1)
+                c = torch.sigmoid(forget_gate) * c_left
+                c = c + torch.sigmoid(in_gate) * torch.tanh(candidate)
+                h = torch.sigmoid(out_gate) * torch.tanh(c)
+                cells[i, j], hiddens[i, j], passed[i, j] = c, h, h
+                if scan.feedback:
+                    w_a, b_a = scan.attention_weight[d].to(dtype), scan.attention_bias[d].to(dtype)
+                    attention = torch.sigmoid(h @ w_a + b_a)
+                    passed[i, j] = torch.cat([h, attention[:, None]], dim=1)
+        grid = [torch.stack([hiddens[i, j] for j in range(width)], -1) for i in range(height)]
+        maps.append(torch.stack(grid, -2))
+    return torch.cat(maps, dim=1)
+
+
+LayerT = TypeVar("LayerT", bound=_ScanAttention)
+
+
+class _Reference:
+    """Mixin: swap the fast scan for :func:`reference_scan`."""
+
+    def run_scan(self, e: Tensor) -> Tensor:
+        return reference_scan(self.scan, e)  # type: ignore[attr-defined]
+
+
+class ReferenceAttentionRNN(_Reference, AttentionRNN):
+    """:class:`AttentionRNN` computed position by position (for tests, not for training).
+
+    Example::
+
+        >>> fast = AttentionRNN(8, hidden_channels=4)
+        >>> ref = ReferenceAttentionRNN.from_layer(fast)
+        >>> x = torch.randn(1, 8, 5, 6)
+        >>> torch.allclose(ref(x), fast(x), atol=1e-5)
+        True
+    """
+
+    @classmethod
+    def from_layer(cls, layer: AttentionRNN) -> ReferenceAttentionRNN:
+        ref = cls(
+            layer.in_channels,
+            hidden_channels=layer.hidden_channels,
+            kernel_size=layer.kernel_size,
+            query_channels=layer.query_channels,
+            directions=layer.directions,
+            gate=layer.gate,
+            feedback=layer.feedback,
+        )
+        ref.load_state_dict(layer.state_dict())
+        return ref.to(next(layer.parameters()).dtype)
+
+
+class ReferenceBlockAttentionRNN(_Reference, BlockAttentionRNN):
+    """:class:`BlockAttentionRNN` with its coarse scan computed position by position."""
+
+    @classmethod
+    def from_layer(cls, layer: BlockAttentionRNN) -> ReferenceBlockAttentionRNN:
+        ref = cls(
+            layer.in_channels,
+            block_size=layer.block_size,
+            hidden_channels=layer.hidden_channels,
+            kernel_size=layer.kernel_size,
+            query_channels=layer.query_channels,
+            directions=layer.directions,
+            gate=layer.gate,
+            feedback=layer.feedback,
+        )
+        ref.load_state_dict(layer.state_dict())
+        return ref.to(next(layer.parameters()).dtype)

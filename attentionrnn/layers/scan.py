@@ -1,0 +1,218 @@
+"""The diagonal-LSTM scan at the heart of AttentionRNN.
+
+The map is *skewed* so that each anti-diagonal becomes one column: row ``i`` is shifted right by
+``i``, so cell ``(i, j)`` lands in skewed column ``t = i + j``. Its two causal neighbours, the cell
+above ``(i-1, j)`` and the cell to the left ``(i, j-1)``, both lie in column ``t - 1`` (rows
+``i-1`` and ``i``), so one step of the recurrence updates a whole diagonal at once and the scan
+takes ``H + W - 1`` steps instead of ``H * W``.
+
+Every direction (a corner the scan starts from) is reduced to the top-left scan by flipping the
+map; all directions are stacked on a leading axis and advanced together in the same step loop,
+each with its own weights (a batched matrix product).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# A direction is named by the corner the scan starts from; the value is the flip that moves that
+# corner to the top-left (dims of an (..., H, W) tensor).
+CORNER_FLIPS: dict[str, tuple[int, ...]] = {
+    "top_left": (),
+    "bottom_right": (-2, -1),
+    "top_right": (-1,),
+    "bottom_left": (-2,),
+}
+
+# The ``directions`` argument of the public layers.
+DIRECTION_SETS: dict[str, tuple[str, ...]] = {
+    "raster": ("top_left",),
+    "bi": ("top_left", "bottom_right"),
+    "quad": ("top_left", "bottom_right", "top_right", "bottom_left"),
+}
+
+
+def resolve_directions(directions: str) -> tuple[str, ...]:
+    """Map a ``directions`` name ("raster", "bi", "quad") to its tuple of corners."""
+    if not isinstance(directions, str) or directions not in DIRECTION_SETS:
+        raise ValueError(
+            f"unknown directions {directions!r}: expected one of {sorted(DIRECTION_SETS)}"
+        )
+    return DIRECTION_SETS[directions]
+
+
+def skew(x: Tensor) -> Tensor:
+    """Shift row ``i`` of an ``(..., H, W)`` tensor right by ``i``: ``(..., H, H + W - 1)``.
+
+    Pad every row with ``H`` zeros, flatten, drop the last ``H`` entries and re-read the buffer
+    with rows one element shorter: each row then starts one element further right than the last.
+    """
+    height, width = x.shape[-2:]
+    length = height + width - 1
+    flat = F.pad(x, (0, height)).flatten(-2)
+    return flat[..., : height * length].unflatten(-1, (height, length))
+
+
+def unskew(x: Tensor) -> Tensor:
+    """Inverse of :func:`skew`: ``(..., H, H + W - 1)`` to ``(..., H, W)``."""
+    height, length = x.shape[-2:]
+    width = length - height + 1
+    flat = F.pad(x.flatten(-2), (0, height))
+    return flat.unflatten(-1, (height, width + height))[..., :width]
+
+
+def valid_cells(height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(H + W - 1, H)`` mask: 1 where skewed cell ``(i, t)`` lies inside the map (0 <= t-i < W).
+
+    Cells outside the map are padding: they must hold zero state and zero attention so that the
+    border cells of the map see exactly what a missing neighbour contributes in the reference.
+    """
+    steps = torch.arange(height + width - 1, device=device).unsqueeze(1)
+    rows = torch.arange(height, device=device).unsqueeze(0)
+    cols = steps - rows
+    return ((cols >= 0) & (cols < width)).to(dtype)
+
+
+def state_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """The recurrent state stays in at least float32 (bf16/fp16 inputs, autocast)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class DiagonalLSTMScan(nn.Module):
+    r"""Diagonal LSTM over one or more scan directions, with attention feedback.
+
+    For each direction the map is flipped so the scan starts at the top-left, skewed, and scanned
+    column by column. Cell ``(i, j)`` computes LSTM gates from
+
+    * the input-to-state term :math:`K_{is} e_{i,j}` (a 1x1 convolution),
+    * the state-to-state term: a 2x1 kernel over the previous skewed column, i.e. over the hidden
+      state and the predicted attention value of the cell above ``(i-1, j)`` (tap 0) and of the
+      cell to the left ``(i, j-1)`` (tap 1), zero-padded on top,
+
+    then :math:`c = f \odot c_{left} + i \odot g`, :math:`h = o \odot \tanh(c)` and the direction's
+    attention estimate :math:`\hat a = \sigma(w \cdot h + b)`, which feeds the next diagonal.
+
+    Args:
+        in_channels: channels of the encoded map ``e``.
+        hidden_channels: LSTM state channels per direction.
+        directions: corners to scan from (keys of :data:`CORNER_FLIPS`).
+        feedback: feed each direction's predicted attention values into the next diagonal.
+
+    Shape:
+        - Input: ``(B, in_channels, H, W)``
+        - Output: ``(B, len(directions) * hidden_channels, H, W)``, the hidden maps of all
+          directions in the order of ``directions``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        directions: Sequence[str] = ("top_left", "bottom_right"),
+        feedback: bool = True,
+    ) -> None:
+        super().__init__()
+        unknown = [d for d in directions if d not in CORNER_FLIPS]
+        if unknown or not directions:
+            raise ValueError(f"unknown scan corners {unknown}: expected {sorted(CORNER_FLIPS)}")
+        self.in_channels = in_channels
+        self.hidden_channels = hidden_channels
+        self.directions = tuple(directions)
+        self.feedback = feedback
+        num_dirs = len(self.directions)
+        gates = 4 * hidden_channels
+        # Gate order along the 4*hidden axis: input, forget, output, cell candidate.
+        self.input_to_state = nn.Conv2d(in_channels, num_dirs * gates, kernel_size=1)
+        # (direction, out, in, tap): tap 0 reads the cell above, tap 1 the cell to the left.
+        self.state_to_state = nn.Parameter(torch.empty(num_dirs, gates, self.state_channels, 2))
+        if feedback:
+            self.attention_weight = nn.Parameter(torch.empty(num_dirs, hidden_channels))
+            self.attention_bias = nn.Parameter(torch.empty(num_dirs))
+        else:
+            self.register_parameter("attention_weight", None)
+            self.register_parameter("attention_bias", None)
+        self.reset_parameters()
+
+    @property
+    def state_channels(self) -> int:
+        """Channels a cell passes to the next diagonal: hidden state (+ attention value)."""
+        return self.hidden_channels + int(self.feedback)
+
+    def reset_parameters(self) -> None:
+        self.input_to_state.reset_parameters()
+        hidden = self.hidden_channels
+        with torch.no_grad():
+            # A forget-gate bias of 1 lets state travel along long rows early in training.
+            bias = self.input_to_state.bias.view(len(self.directions), 4, hidden)
+            bias[:, 1].fill_(1.0)
+            bound = 1.0 / math.sqrt(2 * self.state_channels)
+            self.state_to_state.uniform_(-bound, bound)
+            if self.attention_weight is not None:
+                bound = 1.0 / math.sqrt(hidden)
+                self.attention_weight.uniform_(-bound, bound)
+                self.attention_bias.zero_()
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, hidden_channels={self.hidden_channels}, "
+            f"directions={self.directions}, feedback={self.feedback}"
+        )
+
+    def flip(self, x: Tensor, direction: int) -> Tensor:
+        """Flip an ``(..., H, W)`` map so that direction ``direction`` starts at the top-left."""
+        dims = CORNER_FLIPS[self.directions[direction]]
+        return torch.flip(x, dims) if dims else x
+
+    def forward(self, e: Tensor) -> Tensor:
+        batch, _, height, width = e.shape
+        num_dirs, hidden = len(self.directions), self.hidden_channels
+        steps = height + width - 1
+
+        # Input-to-state for every direction at once, then one flip per direction.
+        projected = self.input_to_state(e).unflatten(1, (num_dirs, 4 * hidden))
+        projected = torch.stack([self.flip(projected[:, d], d) for d in range(num_dirs)])
+        # (D, B, 4h, H, L) -> one contiguous (D, B*H, 4h) slab per step, indexed once by unbind.
+        inputs = skew(projected).permute(4, 0, 1, 3, 2).reshape(steps, num_dirs, -1, 4 * hidden)
+        inputs = inputs.unbind(0)
+
+        state_dtype = state_dtype_for(e.dtype)
+        valid = valid_cells(height, width, e.device, state_dtype).view(steps, 1, 1, height, 1)
+        valid = valid.unbind(0)
+        # (D, 2*S, 4h): rows [above-cell channels; left-cell channels], matching the concat below.
+        w_state = self.state_to_state.permute(0, 3, 2, 1).reshape(num_dirs, -1, 4 * hidden)
+        if self.feedback:
+            w_att = self.attention_weight.unsqueeze(-1)  # (D, h, 1)
+            b_att = self.attention_bias.view(num_dirs, 1, 1)
+
+        state = e.new_zeros(num_dirs, batch, height, self.state_channels, dtype=state_dtype)
+        cell = e.new_zeros(num_dirs, batch, height, hidden, dtype=state_dtype)
+        outputs: list[Tensor] = []
+        for t in range(steps):
+            above = F.pad(state[:, :, :-1], (0, 0, 1, 0))  # row i reads row i-1; zeros on top
+            neighbours = torch.cat([above, state], dim=-1).flatten(1, 2)
+            gates = torch.baddbmm(inputs[t], neighbours.to(w_state.dtype), w_state)
+            gates = gates.to(state_dtype).view(num_dirs, batch, height, 4 * hidden)
+            sig = torch.sigmoid(gates[..., : 3 * hidden])
+            candidate = torch.tanh(gates[..., 3 * hidden :])
+            in_gate = sig[..., :hidden]
+            forget_gate = sig[..., hidden : 2 * hidden]
+            out_gate = sig[..., 2 * hidden :]
+            cell = (forget_gate * cell + in_gate * candidate) * valid[t]
+            h = out_gate * torch.tanh(cell)
+            outputs.append(h)
+            if self.feedback:
+                logit = torch.baddbmm(b_att, h.flatten(1, 2).to(w_att.dtype), w_att)
+                att = torch.sigmoid(logit.to(state_dtype)).view(num_dirs, batch, height, 1)
+                # h is already zero off the map (cell is); sigma(bias) is not.
+                state = torch.cat([h, att * valid[t]], dim=-1)
+            else:
+                state = h
+        # (L, D, B, H, h) -> (D, B, h, H, L) -> unskew -> flip back -> (B, D*h, H, W)
+        hidden_maps = unskew(torch.stack(outputs).permute(1, 2, 4, 3, 0))
+        hidden_maps = torch.stack([self.flip(hidden_maps[d], d) for d in range(num_dirs)], dim=1)
+        return hidden_maps.flatten(1, 2)
