@@ -6,6 +6,7 @@ attention values predicted before it (Khandelwal & Sigal, ICCV 2019).
 """
 
 from attentionrnn.layers.attention_rnn import AttentionRNN, BlockAttentionRNN
+from attentionrnn.layers.factory import build_attention
 from attentionrnn.layers.reference import ReferenceAttentionRNN, ReferenceBlockAttentionRNN
 
 __version__ = "0.1.0"
@@ -15,5 +16,6 @@ __all__ = [
     "BlockAttentionRNN",
     "ReferenceAttentionRNN",
     "ReferenceBlockAttentionRNN",
+    "build_attention",
     "__version__",
 ]
