@@ -1,0 +1,148 @@
+"""The Progressive Attention Networks (PAN) backbone of the attribute-prediction experiment (E1).
+
+Four blocks ``conv 3×3 valid (32) → BN → ReLU → max-pool 2 → attention`` take the 100×100 image to
+maps of 49, 23, 10 and 4 pixels a side; every block's features are multiplied by an attention mask
+conditioned on the query. The classifier sees the average-pooled last map (after batch norm)
+joined with the query embedding, then dropout 0.5 and a linear layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from attentionrnn.layers.factory import ATTENTION_NAMES, build_attention
+
+__all__ = ["PAN", "TASKS", "MASK_GEOMETRY"]
+
+#: task -> (number of query values, number of classes). ``color``: query a digit class, predict its
+#: colour; ``digit`` (inverse attribute prediction): query a colour, predict the digit class.
+TASKS: dict[str, tuple[int, int]] = {"color": (10, 5), "digit": (5, 10)}
+
+#: Width of each attention module's hidden encoding when not given: PAN's own 32 for the
+#: PAN-style modules, the layer default (16) for the recurrent family and its ablation.
+DEFAULT_ATTENTION_HIDDEN: dict[str, int] = {
+    "none": 32,
+    "local": 32,
+    "ctx": 32,
+    "san": 32,
+    "arnn_ind": 16,
+    "arnn": 16,
+    "arnn_quad": 16,
+    "brnn": 16,
+}
+
+#: For each attention layer, ``(stride, offset)`` in image pixels: the receptive field of mask cell
+#: ``i`` is centred on image pixel ``offset + stride * i`` (valid 3×3 convs, floor pooling). Used to
+#: project masks back onto the image for attention correctness.
+MASK_GEOMETRY: tuple[tuple[float, float], ...] = ((2, 1.5), (4, 4.5), (8, 10.5), (16, 22.5))
+
+
+class PAN(nn.Module):
+    r"""PAN attribute-prediction network with a pluggable attention module at each of 4 blocks.
+
+    Args:
+        attention: attention name for all four layers (see
+            :data:`~attentionrnn.layers.factory.ATTENTION_NAMES`). ``"ctx"`` is PAN itself: 3×3
+            context with a sigmoid at layers 1–3 and a 1×1 context with a softmax at layer 4.
+        task: ``"color"`` (query a digit class 0–9, predict its colour, 5 classes) or ``"digit"``
+            (inverse: query a colour 0–4, predict the digit class).
+        channels: filters of each conv block (32 in PAN).
+        query_dim: width of the learned query embedding (PAN: 10 → 32).
+        attention_hidden: hidden width of the attention modules; ``None`` uses
+            :data:`DEFAULT_ATTENTION_HIDDEN`.
+        layer4_gate: gate of the last attention layer; ``None`` keeps each method's own
+            (``"softmax"`` for ``ctx`` and ``san``, ``"sigmoid"`` for the others).
+        dropout: dropout before the classifier.
+        attention_kwargs: further keyword arguments for :func:`~attentionrnn.build_attention`
+            (e.g. ``block_size``, ``feedback``, ``kernel_size``).
+
+    Shape:
+        - image: :math:`(B, 3, 100, 100)` float in ``[0, 1]``; query: :math:`(B,)` integer
+        - output: logits :math:`(B, K)`; with ``return_masks=True`` also the list of the four
+          masks of shapes :math:`(B, 1, 49, 49)`, :math:`(B, 1, 23, 23)`,
+          :math:`(B, 1, 10, 10)` and :math:`(B, 1, 4, 4)`
+
+    Example::
+
+        >>> model = PAN("ctx")
+        >>> logits, masks = model(torch.rand(2, 3, 100, 100), torch.tensor([3, 7]),
+        ...                       return_masks=True)
+        >>> logits.shape, [m.shape[-1] for m in masks]
+        (torch.Size([2, 5]), [49, 23, 10, 4])
+    """
+
+    def __init__(
+        self,
+        attention: str = "ctx",
+        task: str = "color",
+        channels: int = 32,
+        query_dim: int = 32,
+        attention_hidden: int | None = None,
+        layer4_gate: str | None = None,
+        dropout: float = 0.5,
+        attention_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if attention not in ATTENTION_NAMES:
+            raise ValueError(
+                f"unknown attention {attention!r}; valid names are: {', '.join(ATTENTION_NAMES)}"
+            )
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
+        self.attention = attention
+        self.task = task
+        self.num_queries, self.num_classes = TASKS[task]
+        hidden = attention_hidden or DEFAULT_ATTENTION_HIDDEN[attention]
+        kwargs = dict(attention_kwargs or {})
+        kwargs.setdefault("hidden_channels", hidden)
+
+        self.query_embedding = nn.Embedding(self.num_queries, query_dim)
+        blocks = []
+        attentions = []
+        in_ch = 3
+        for layer in range(4):
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(in_ch, channels, 3),
+                    nn.BatchNorm2d(channels),
+                    nn.ReLU(inplace=True),
+                    nn.MaxPool2d(2),
+                )
+            )
+            layer_kwargs = dict(kwargs)
+            if layer == 3:
+                if attention == "ctx":
+                    layer_kwargs.update(kernel_size=1, gate="softmax")
+                if layer4_gate is not None:
+                    layer_kwargs["gate"] = layer4_gate
+            attentions.append(
+                build_attention(attention, channels, query_channels=query_dim, **layer_kwargs)
+            )
+            in_ch = channels
+        self.blocks = nn.ModuleList(blocks)
+        self.attentions = nn.ModuleList(attentions)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.norm = nn.BatchNorm1d(channels)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels + query_dim, self.num_classes)
+
+    def forward(
+        self, image: torch.Tensor, query: torch.Tensor, return_masks: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        q = self.query_embedding(query)
+        x = image
+        masks = []
+        for i, block in enumerate(self.blocks):
+            x, mask = self.attentions[i](block(x), q.to(x.dtype), return_mask=True)
+            masks.append(mask)
+        features = self.norm(self.pool(x).flatten(1))
+        logits = self.classifier(self.dropout(torch.cat([features, q.to(features.dtype)], 1)))
+        if return_masks:
+            return logits, masks
+        return logits
+
+    def extra_repr(self) -> str:
+        return f"attention={self.attention!r}, task={self.task!r}"
