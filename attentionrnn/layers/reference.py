@@ -101,8 +101,9 @@ class ReferenceAttentionRNN(_Reference, AttentionRNN):
             gate=layer.gate,
             feedback=layer.feedback,
         )
-        ref.load_state_dict(layer.state_dict())
-        return ref.to(next(layer.parameters()).dtype)
+        # Match dtype first: loading float64 weights into float32 parameters would round them.
+        ref.to(next(layer.parameters()).dtype).load_state_dict(layer.state_dict())
+        return ref
 
 
 class ReferenceBlockAttentionRNN(_Reference, BlockAttentionRNN):
@@ -120,5 +121,6 @@ class ReferenceBlockAttentionRNN(_Reference, BlockAttentionRNN):
             gate=layer.gate,
             feedback=layer.feedback,
         )
-        ref.load_state_dict(layer.state_dict())
-        return ref.to(next(layer.parameters()).dtype)
+        # Match dtype first: loading float64 weights into float32 parameters would round them.
+        ref.to(next(layer.parameters()).dtype).load_state_dict(layer.state_dict())
+        return ref
