@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attentionrnn.layers.bptt import DiagonalLSTMFunction, DiagonalSchedule
+
 # A direction is named by the corner the scan starts from; the value is the flip that moves that
 # corner to the top-left (dims of an (..., H, W) tensor).
 CORNER_FLIPS: dict[str, tuple[int, ...]] = {
@@ -78,6 +80,20 @@ def valid_cells(height: int, width: int, device: torch.device, dtype: torch.dtyp
     return ((cols >= 0) & (cols < width)).to(dtype)
 
 
+IMPLEMENTATIONS = ("auto", "bptt", "autograd")
+
+
+def _graph_capture_active() -> bool:
+    """True while tracing, scripting, exporting or compiling: a Python autograd.Function with
+    in-place buffers does not survive those, a loop of standard ops does."""
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
+
+
 def state_dtype_for(dtype: torch.dtype) -> torch.dtype:
     """The recurrent state stays in at least float32 (bf16/fp16 inputs, autocast)."""
     return torch.promote_types(dtype, torch.float32)
@@ -102,6 +118,10 @@ class DiagonalLSTMScan(nn.Module):
         hidden_channels: LSTM state channels per direction.
         directions: corners to scan from (keys of :data:`CORNER_FLIPS`).
         feedback: feed each direction's predicted attention values into the next diagonal.
+        implementation: ``"auto"`` (default) runs the diagonal LSTM as one autograd node with a
+            hand-written backward through time (:mod:`attentionrnn.layers.bptt`) in eager mode,
+            and as a loop of differentiable ops while tracing, exporting to ONNX or compiling;
+            ``"bptt"`` or ``"autograd"`` force one of the two. Both give the same results.
 
     Shape:
         - Input: ``(B, in_channels, H, W)``
@@ -115,8 +135,14 @@ class DiagonalLSTMScan(nn.Module):
         hidden_channels: int,
         directions: Sequence[str] = ("top_left", "bottom_right"),
         feedback: bool = True,
+        implementation: str = "auto",
     ) -> None:
         super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown implementation {implementation!r}: expected one of {IMPLEMENTATIONS}"
+            )
+        self.implementation = implementation
         unknown = [d for d in directions if d not in CORNER_FLIPS]
         if unknown or not directions:
             raise ValueError(f"unknown scan corners {unknown}: expected {sorted(CORNER_FLIPS)}")
@@ -161,6 +187,7 @@ class DiagonalLSTMScan(nn.Module):
         return (
             f"{self.in_channels}, hidden_channels={self.hidden_channels}, "
             f"directions={self.directions}, feedback={self.feedback}"
+            + (f", implementation={self.implementation!r}" if self.implementation != "auto" else "")
         )
 
     def flip(self, x: Tensor, direction: int) -> Tensor:
@@ -169,6 +196,37 @@ class DiagonalLSTMScan(nn.Module):
         return torch.flip(x, dims) if dims else x
 
     def forward(self, e: Tensor) -> Tensor:
+        use_bptt = self.implementation == "bptt" or (
+            self.implementation == "auto" and not _graph_capture_active()
+        )
+        return self._forward_bptt(e) if use_bptt else self._forward_autograd(e)
+
+    def _forward_bptt(self, e: Tensor) -> Tensor:
+        batch, _, height, width = e.shape
+        num_dirs, hidden = len(self.directions), self.hidden_channels
+        schedule = DiagonalSchedule.of(height, width)
+        order = schedule.raster_order(e.device)
+        projected = self.input_to_state(e).unflatten(1, (num_dirs, 4 * hidden))
+        projected = torch.stack([self.flip(projected[:, d], d) for d in range(num_dirs)])
+        # (D, B, 4h, H*W) -> packed by diagonal (D, H*W, B, 4h)
+        packed = projected.flatten(-2)[..., order].permute(0, 3, 1, 2)
+        # The scan runs in at least float32 (autocast, half-precision models), outside autocast.
+        dtype = state_dtype_for(e.dtype)
+        w_state = self.state_to_state.permute(0, 3, 2, 1).to(dtype)  # (D, tap, S, 4h)
+        w_att = b_att = None
+        if self.feedback:
+            w_att = self.attention_weight.unsqueeze(-1).to(dtype)
+            b_att = self.attention_bias.view(num_dirs, 1, 1).to(dtype)
+        hidden_packed = DiagonalLSTMFunction.apply(
+            packed.to(dtype).contiguous(), w_state.contiguous(), w_att, b_att, schedule
+        )
+        # (D, H*W, B, h) -> (D, B, h, H*W) in raster order -> flip back -> (B, D*h, H, W)
+        hidden_maps = hidden_packed.permute(0, 2, 3, 1)[..., torch.argsort(order)]
+        hidden_maps = hidden_maps.unflatten(-1, (height, width))
+        hidden_maps = torch.stack([self.flip(hidden_maps[d], d) for d in range(num_dirs)], dim=1)
+        return hidden_maps.flatten(1, 2)
+
+    def _forward_autograd(self, e: Tensor) -> Tensor:
         batch, _, height, width = e.shape
         num_dirs, hidden = len(self.directions), self.hidden_channels
         steps = height + width - 1
