@@ -80,12 +80,17 @@ class _ScanAttention(nn.Module):
             e = e + self.query_proj(query.to(self.query_proj.weight.dtype))[:, :, None, None]
         return F.relu(e)
 
-    def run_scan(self, e: Tensor) -> Tensor:
-        """Hidden maps of all directions; the per-pixel reference overrides this."""
-        return self.scan(e)
+    def scan_logits(self, e: Tensor) -> Tensor:
+        """One logit per position from the scan's hidden states: ``(B, 1, H, W)``.
 
-    def head_logits(self, hidden: Tensor) -> Tensor:
-        return self.head(hidden.to(self.head.weight.dtype))
+        The 1x1 head over the concatenated directions, applied to the scan's row layout
+        (saves two full-size transposes); the per-pixel reference overrides this.
+        """
+        batch, _, height, width = e.shape
+        rows = self.scan.hidden_rows(e)  # (D, H*W, B, h)
+        weight = self.head.weight.view(rows.shape[0], rows.shape[-1])
+        logits = torch.einsum("dpbh,dh->bp", rows.to(weight.dtype), weight) + self.head.bias
+        return logits.view(batch, 1, height, width)
 
     def mask_logits(self, e: Tensor) -> Tensor:
         raise NotImplementedError
@@ -155,7 +160,7 @@ class AttentionRNN(_ScanAttention):
         )
 
     def mask_logits(self, e: Tensor) -> Tensor:
-        return self.head_logits(self.run_scan(e))
+        return self.scan_logits(e)
 
 
 class BlockAttentionRNN(_ScanAttention):
@@ -208,7 +213,7 @@ class BlockAttentionRNN(_ScanAttention):
 
     def mask_logits(self, e: Tensor) -> Tensor:
         coarse = F.avg_pool2d(e, self.block_size, ceil_mode=True) if self.block_size > 1 else e
-        coarse_logits = self.head_logits(self.run_scan(coarse))
+        coarse_logits = self.scan_logits(coarse)
         upsampled = F.interpolate(
             coarse_logits, size=e.shape[-2:], mode="bilinear", align_corners=False
         )

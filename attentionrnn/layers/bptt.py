@@ -64,19 +64,24 @@ class DiagonalSchedule:
         """
         return self.padded_start[t - 1] + self.first_row[t] - 1 - self.first_row[t - 1]
 
-    def raster_order(self, device: torch.device) -> Tensor:
-        """``perm`` with ``packed = raster[..., perm]`` for maps flattened row-major."""
+    def raster_index(self, flip_rows: bool, flip_cols: bool, device: torch.device) -> Tensor:
+        """Row-major index into the original map of each packed cell, for a scan whose map was
+        flipped as given (so that its start corner is the top-left)."""
         rows = torch.arange(self.height, device=device).repeat_interleave(self.width)
         cols = torch.arange(self.width, device=device).repeat(self.height)
-        return torch.argsort((rows + cols) * self.height + rows)
+        order = torch.argsort((rows + cols) * self.height + rows)
+        rows, cols = rows[order], cols[order]
+        if flip_rows:
+            rows = self.height - 1 - rows
+        if flip_cols:
+            cols = self.width - 1 - cols
+        return rows * self.width + cols
 
-    def unpadded_rows(self, device: torch.device) -> Tensor:
-        """Padded-buffer row of every packed cell, in packed order."""
-        diagonal = torch.repeat_interleave(
-            torch.arange(self.steps, device=device),
-            torch.tensor(self.length, device=device),
-        )
-        return torch.arange(self.height * self.width, device=device) + 2 * diagonal + 1
+    def pad_rows(self, device: torch.device) -> Tensor:
+        """The zero rows of the padded buffers: one before and one after each diagonal."""
+        starts = torch.tensor(self.padded_start, device=device)
+        ends = starts + torch.tensor(self.length, device=device)
+        return torch.cat([starts - 1, ends])
 
 
 class DiagonalLSTMFunction(torch.autograd.Function):
@@ -91,31 +96,31 @@ class DiagonalLSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_state, w_att, b_att, schedule: DiagonalSchedule):  # type: ignore[override]
         with torch.autocast(x.device.type, enabled=False):
-            states, cells, acts = _forward(x, w_state, w_att, b_att, schedule)
-            rows = schedule.unpadded_rows(x.device)
-            hidden = w_state.shape[-1] // 4
-            out = states[:, rows, :, :hidden]
+            out, states, cells, acts = _forward(x, w_state, w_att, b_att, schedule)
         ctx.schedule = schedule
-        ctx.feedback = w_att is not None
-        ctx.save_for_backward(w_state, w_att, states, cells, acts, rows)
+        ctx.save_for_backward(w_state, w_att, states, cells, acts)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        w_state, w_att, states, cells, acts, rows = ctx.saved_tensors
+        w_state, w_att, states, cells, acts = ctx.saved_tensors
         with torch.autocast(grad_out.device.type, enabled=False):
-            grads = _backward(grad_out, w_state, w_att, states, cells, acts, rows, ctx.schedule)
+            grads = _backward(grad_out, w_state, w_att, states, cells, acts, ctx.schedule)
         return (*grads, None)
 
 
 def _forward(
     x: Tensor, w_state: Tensor, w_att: Tensor | None, b_att: Tensor | None, sched: DiagonalSchedule
-) -> tuple[Tensor, Tensor, Tensor]:
-    num_dirs, _, batch, gates = x.shape
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    num_dirs, cells_total, batch, gates = x.shape
     hidden = gates // 4
     feedback = w_att is not None
-    states = x.new_zeros(num_dirs, sched.padded_size, batch, hidden + int(feedback))
-    cells = x.new_zeros(num_dirs, sched.padded_size, batch, hidden)
+    # Only the pad rows need zeros: every other row is written before it is read.
+    pads = sched.pad_rows(x.device)
+    states = x.new_empty(num_dirs, sched.padded_size, batch, hidden + int(feedback))
+    states.index_fill_(1, pads, 0.0)
+    cells = x.new_empty(num_dirs, sched.padded_size, batch, hidden).index_fill_(1, pads, 0.0)
+    out = x.new_empty(num_dirs, cells_total, batch, hidden)
     acts = torch.empty_like(x)  # gate activations, packed
     w_above, w_left = w_state[:, 0], w_state[:, 1]
     for t in range(sched.steps):
@@ -138,11 +143,12 @@ def _forward(
         if t > 0:
             cell.addcmul_(forget_gate, c_left)
         state = states[:, g0 : g0 + n].view(num_dirs, rows_b, -1)
-        h = state[..., :hidden]
+        h = out[:, p0 : p0 + n].view(num_dirs, rows_b, hidden)
         torch.mul(out_gate, torch.tanh(cell), out=h)
+        state[..., :hidden] = h
         if feedback:
             torch.sigmoid(torch.baddbmm(b_att, h, w_att), out=state[..., hidden:])
-    return states, cells, acts
+    return out, states, cells, acts
 
 
 def _backward(
@@ -152,7 +158,6 @@ def _backward(
     states: Tensor,
     cells: Tensor,
     acts: Tensor,
-    rows: Tensor,
     sched: DiagonalSchedule,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     num_dirs, _, batch, gates = acts.shape
@@ -161,7 +166,6 @@ def _backward(
     # Gradient w.r.t. what each cell passes on (hidden [+ attention]) and w.r.t. its cell state,
     # in the padded layout; the readers of a diagonal add into it before it is processed.
     d_states = torch.zeros_like(states)
-    d_states[:, rows, :, :hidden] = grad_out
     d_cells = torch.zeros_like(cells)
     d_x = torch.empty_like(acts)
     d_w_state = torch.zeros_like(w_state)
@@ -178,7 +182,7 @@ def _backward(
         cell = cells[:, g0 : g0 + n].view(num_dirs, rows_b, hidden)
         state = states[:, g0 : g0 + n].view(num_dirs, rows_b, -1)
         d_state = d_states[:, g0 : g0 + n].view(num_dirs, rows_b, -1)
-        d_h = d_state[..., :hidden]
+        d_h = d_state[..., :hidden] + grad_out[:, p0 : p0 + n].reshape(num_dirs, rows_b, hidden)
         if feedback:
             att = state[..., hidden:]
             d_logit = d_state[..., hidden:] * att * (1 - att)

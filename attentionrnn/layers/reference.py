@@ -74,8 +74,9 @@ LayerT = TypeVar("LayerT", bound=_ScanAttention)
 class _Reference:
     """Mixin: swap the fast scan for :func:`reference_scan`."""
 
-    def run_scan(self, e: Tensor) -> Tensor:
-        return reference_scan(self.scan, e)  # type: ignore[attr-defined]
+    def scan_logits(self, e: Tensor) -> Tensor:
+        hidden = reference_scan(self.scan, e)  # type: ignore[attr-defined]
+        return self.head(hidden.to(self.head.weight.dtype))  # type: ignore[attr-defined]
 
 
 class ReferenceAttentionRNN(_Reference, AttentionRNN):

@@ -196,37 +196,65 @@ class DiagonalLSTMScan(nn.Module):
         return torch.flip(x, dims) if dims else x
 
     def forward(self, e: Tensor) -> Tensor:
+        """Hidden maps of all directions, ``(B, D * hidden, H, W)``."""
+        batch, _, height, width = e.shape
+        rows = self.hidden_rows(e)  # (D, H*W, B, h)
+        return rows.permute(2, 0, 3, 1).reshape(batch, -1, height, width)
+
+    def hidden_rows(self, e: Tensor) -> Tensor:
+        """Hidden states of all directions as ``(D, H*W, B, hidden)``, positions row-major.
+
+        The layout the scan produces without a transpose; heads that mix directions per position
+        (a 1x1 conv) can work on it directly.
+        """
         use_bptt = self.implementation == "bptt" or (
             self.implementation == "auto" and not _graph_capture_active()
         )
-        return self._forward_bptt(e) if use_bptt else self._forward_autograd(e)
-
-    def _forward_bptt(self, e: Tensor) -> Tensor:
+        if use_bptt:
+            return self._rows_bptt(e)
         batch, _, height, width = e.shape
+        maps = self._forward_autograd(e).unflatten(1, (len(self.directions), -1))
+        return maps.permute(1, 3, 4, 0, 2).reshape(len(self.directions), height * width, batch, -1)
+
+    def _rows_bptt(self, e: Tensor) -> Tensor:
+        batch, channels, height, width = e.shape
         num_dirs, hidden = len(self.directions), self.hidden_channels
         schedule = DiagonalSchedule.of(height, width)
-        order = schedule.raster_order(e.device)
-        projected = self.input_to_state(e).unflatten(1, (num_dirs, 4 * hidden))
-        projected = torch.stack([self.flip(projected[:, d], d) for d in range(num_dirs)])
-        # (D, B, 4h, H*W) -> packed by diagonal (D, H*W, B, 4h)
-        packed = projected.flatten(-2)[..., order].permute(0, 3, 1, 2)
-        # The scan runs in at least float32 (autocast, half-precision models), outside autocast.
+        index = torch.stack(
+            [
+                schedule.raster_index(-2 in CORNER_FLIPS[d], -1 in CORNER_FLIPS[d], e.device)
+                for d in self.directions
+            ]
+        )
+        # One gather of whole (B, C) rows puts every direction's cells in diagonal order; the 1x1
+        # input-to-state conv is then a batched matrix product straight into the packed layout.
         dtype = state_dtype_for(e.dtype)
+        rows = e.permute(2, 3, 0, 1).reshape(height * width, batch, channels)
+        packed = rows.index_select(0, index.flatten()).view(num_dirs, -1, channels)
+        weight = self.input_to_state.weight.view(num_dirs, 4 * hidden, channels).transpose(1, 2)
+        bias = self.input_to_state.bias.view(num_dirs, 1, 4 * hidden)
+        # (under autocast this product runs in bf16, like the conv it replaces; the scan does not)
+        packed = torch.baddbmm(bias, packed, weight).to(dtype)
         w_state = self.state_to_state.permute(0, 3, 2, 1).to(dtype)  # (D, tap, S, 4h)
         w_att = b_att = None
         if self.feedback:
             w_att = self.attention_weight.unsqueeze(-1).to(dtype)
             b_att = self.attention_bias.view(num_dirs, 1, 1).to(dtype)
-        hidden_packed = DiagonalLSTMFunction.apply(
-            packed.to(dtype).contiguous(), w_state.contiguous(), w_att, b_att, schedule
+        out = DiagonalLSTMFunction.apply(
+            packed.view(num_dirs, height * width, batch, 4 * hidden),
+            w_state.contiguous(),
+            w_att,
+            b_att,
+            schedule,
         )
-        # (D, H*W, B, h) -> (D, B, h, H*W) in raster order -> flip back -> (B, D*h, H, W)
-        hidden_maps = hidden_packed.permute(0, 2, 3, 1)[..., torch.argsort(order)]
-        hidden_maps = hidden_maps.unflatten(-1, (height, width))
-        hidden_maps = torch.stack([self.flip(hidden_maps[d], d) for d in range(num_dirs)], dim=1)
-        return hidden_maps.flatten(1, 2)
+        # Back to row-major positions: one gather of whole (B, h) rows.
+        offsets = torch.arange(num_dirs, device=e.device).unsqueeze(1) * (height * width)
+        inverse = (torch.argsort(index, dim=1) + offsets).flatten()
+        out = out.view(-1, batch, hidden).index_select(0, inverse)
+        return out.view(num_dirs, -1, batch, hidden)
 
     def _forward_autograd(self, e: Tensor) -> Tensor:
+        """The scan as a loop of differentiable ops over the skewed map: ``(B, D*h, H, W)``."""
         batch, _, height, width = e.shape
         num_dirs, hidden = len(self.directions), self.hidden_channels
         steps = height + width - 1
