@@ -154,7 +154,7 @@ def test_schedule_and_sizes():
     assert [lr_at(c, e) for e in (0, 29)] == [0.003, 0.003]
     assert lr_at(c, 30) == pytest.approx(0.002) and lr_at(c, 39) == pytest.approx(0.002)
     assert lr_at(c, 40) == pytest.approx(0.003 / 1.5**2)
-    assert images_for_samples(50000) == 7143 and images_for_samples(3) == 1
+    assert images_for_samples(50000) == 8850 and images_for_samples(3) == 1
     with pytest.raises(ValueError, match="unknown attention"):
         TrainConfig(attention="pan").check()
 
@@ -246,3 +246,27 @@ def test_torchrun_two_processes_gloo(tiny, tmp_path):
     assert metrics["samples"]["test"] == len(E1Data(tiny).indices("test"))
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert not leftovers  # temporary files were all renamed
+
+
+def test_reproduce_writes_table_json_and_mask_figure(tiny, tmp_path):
+    from attentionrnn.experiments.reproduce import Budget, reproduce
+
+    budget = Budget(samples=30, epochs=1, batch_size=8, patience=5, description="test budget")
+    summary = reproduce(
+        tmp_path, budget, datasets=("mref",), methods=("none", "ctx"),
+        data={"mref": tiny}, jobs=1, threads=1, progress=False,
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["results"]["mref"]) == {"none", "ctx"}
+    assert saved["results"]["mref"]["ctx"] == summary["results"]["mref"]["ctx"]
+    table = (tmp_path / "results.md").read_text()
+    for label in ("no attention", "CTX (PAN)", "MREF acc", "layer 4", "0.5-1.0", "masks_mref"):
+        assert label in table
+    figure = tmp_path / "masks_mref.png"
+    assert figure.is_file() and figure.stat().st_size > 10_000
+    # a second call reuses the finished runs
+    again = reproduce(
+        tmp_path, budget, datasets=("mref",), methods=("ctx",), data={"mref": tiny}, jobs=1,
+        threads=1, progress=False, figure=False,
+    )  # fmt: skip
+    assert again["results"]["mref"]["ctx"] == summary["results"]["mref"]["ctx"]

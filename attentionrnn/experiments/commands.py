@@ -1,4 +1,4 @@
-"""CLI commands of the experiments: ``attentionrnn train``."""
+"""CLI commands of the experiments: ``attentionrnn train``, ``reproduce`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train)
 
+    from attentionrnn.experiments.reproduce import BUDGETS, METHODS
+
+    r = subparsers.add_parser(
+        "reproduce",
+        help="run every attention method on MREF, MDIST and MBG; write results.md/.json + figures",
+        description=(
+            "Train every method (" + ", ".join(METHODS) + ") on each dataset and write "
+            "OUT/results.md, OUT/results.json and OUT/masks_DATASET.png. Budgets: "
+            + "; ".join(f"{k}: {v.description}" for k, v in BUDGETS.items())
+            + ". Rerunning resumes and reuses finished runs."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
+    r.add_argument("--out", default="results", help="output folder")
+    r.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    r.add_argument("--methods", nargs="+", choices=ATTENTION_NAMES, default=list(METHODS))
+    r.add_argument("--task", choices=("color", "digit"), default="color")
+    r.add_argument("--mnist", metavar="DIR", help="folder of the MNIST IDX files")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--jobs", type=int, help="runs in parallel (default: min(2, cores))")
+    r.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs)")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_run_reproduce)
+
+    m = subparsers.add_parser(
+        "demo",
+        help="small offline CTX vs ARNN comparison on MREF (minutes), with the mask figure",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    m.add_argument("--out", default="attentionrnn-demo", help="output folder")
+    m.add_argument("--mnist", metavar="DIR", help="folder of the MNIST IDX files (optional)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=_run_demo)
+
 
 def _run_train(args: argparse.Namespace) -> int:
     from attentionrnn.experiments.train import TrainConfig, train
@@ -89,4 +125,38 @@ def _run_train(args: argparse.Namespace) -> int:
     summary = {k: metrics[k] for k in ("test_accuracy", "val_accuracy", "epochs", "best_epoch")}
     summary["attention_correctness"] = metrics["attention_correctness"]
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from attentionrnn.experiments.reproduce import reproduce, results_markdown
+
+    summary = reproduce(
+        args.out,
+        budget=args.budget,
+        datasets=tuple(args.datasets),
+        methods=tuple(args.methods),
+        mnist=args.mnist,
+        seed=args.seed,
+        task=args.task,
+        jobs=args.jobs,
+        threads=args.threads,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(results_markdown(summary))
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from attentionrnn.experiments.demo import demo
+    from attentionrnn.experiments.reproduce import results_markdown
+
+    summary = demo(
+        args.out,
+        mnist=args.mnist,
+        seed=args.seed,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(results_markdown(summary).split("## Attention correctness per layer")[0])
+    print(f"mask figure: {args.out}/masks_mref.png; full table: {args.out}/results.md")
     return 0

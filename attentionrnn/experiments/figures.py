@@ -1,0 +1,117 @@
+"""Figures of the experiments: every method's attention masks on the same test images."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attentionrnn.experiments.metrics import mask_to_image
+from attentionrnn.experiments.train import BEST, METRICS, E1Data
+from attentionrnn.models.pan import MASK_GEOMETRY, PAN
+
+__all__ = ["load_run", "mask_figure", "pick_samples"]
+
+COLOR_NAMES = ("red", "green", "blue", "yellow", "white")
+
+
+def load_run(run_dir: str | Path) -> PAN:
+    """The PAN network of a finished run (its best-validation weights), in eval mode."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / METRICS).read_text())["config"]
+    model = PAN(
+        config["attention"], task=config["task"], attention_hidden=config["attention_hidden"]
+    )
+    state = torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"]
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def pick_samples(data: E1Data, count: int = 4, seed: int = 0) -> np.ndarray:
+    """``count`` test samples, from different images, chosen reproducibly."""
+    test = data.indices("test")
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    seen: set[int] = set()
+    for i in rng.permutation(test):
+        if int(data.image_index[i]) not in seen:
+            chosen.append(int(i))
+            seen.add(int(data.image_index[i]))
+        if len(chosen) == count:
+            break
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def _label(data: E1Data, value: int) -> str:
+    return COLOR_NAMES[value] if data.task == "color" else str(value)
+
+
+@torch.no_grad()
+def mask_figure(
+    runs: dict[str, str | Path],
+    data: E1Data,
+    out: str | Path,
+    samples: Sequence[int] | None = None,
+    layers: Sequence[int] = (1, 4),
+    title: str = "",
+) -> Path:
+    """Draw each method's masks over the same test images and save the figure to ``out``.
+
+    Rows: each sample × each requested attention layer (1–4); columns: the input with the queried
+    digit's box, then one column per method showing its mask (projected onto the image, scaled to
+    its maximum) over the dimmed input, titled with the method's prediction.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    idx = np.asarray(samples if samples is not None else pick_samples(data), dtype=np.int64)
+    images, queries, targets = data.batch(idx)
+    outputs = {}
+    for method, run_dir in runs.items():
+        logits, masks = load_run(run_dir)(images, queries, return_masks=True)
+        outputs[method] = (logits.argmax(1), masks)
+
+    n_rows, n_cols = len(idx) * len(layers), 1 + len(runs)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.7 * n_cols, 1.8 * n_rows), squeeze=False)
+    for s, sample in enumerate(idx):
+        rgb = images[s].permute(1, 2, 0).numpy()
+        x0, y0, x1, y1 = data.box[sample]
+        query = queries[s].item()
+        query_text = _label(data, query) if data.task == "digit" else str(query)
+        truth = _label(data, targets[s].item())
+        for r, layer in enumerate(layers):
+            row = s * len(layers) + r
+            ax = axes[row, 0]
+            ax.imshow(rgb)
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="cyan"))
+            ax.set_title(f"q={query_text} → {truth}", fontsize=7)
+            ax.set_ylabel(f"layer {layer}", fontsize=7)
+            for c, (method, (pred, masks)) in enumerate(outputs.items(), start=1):
+                stride, offset = MASK_GEOMETRY[layer - 1]
+                heat = mask_to_image(masks[layer - 1][s : s + 1], rgb.shape[:2], stride, offset)[0]
+                heat = (heat / heat.max().clamp_min(1e-12)).numpy()
+                ax = axes[row, c]
+                ax.imshow(rgb * 0.35)
+                ax.imshow(heat, cmap="inferno", alpha=0.65, vmin=0, vmax=1)
+                ax.add_patch(
+                    Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=0.6)
+                )
+                mark = "✓" if pred[s].item() == targets[s].item() else "✗"
+                ax.set_title(f"{method}: {_label(data, pred[s].item())} {mark}", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
