@@ -270,3 +270,21 @@ def test_reproduce_writes_table_json_and_mask_figure(tiny, tmp_path):
         threads=1, progress=False, figure=False,
     )  # fmt: skip
     assert again["results"]["mref"]["ctx"] == summary["results"]["mref"]["ctx"]
+
+
+def test_training_data_agrees_with_attribute_dataset(tiny):
+    from attentionrnn.data import AttributeDataset
+
+    for task in ("color", "digit"):
+        fast = E1Data(tiny, task)
+        for split in ("train", "val", "test"):
+            reference = AttributeDataset(tiny, split=split, task=task)
+            assert np.array_equal(fast.indices(split), reference.indices)
+            k = len(reference) - 1
+            image, query, target, sample = reference[k]
+            img, q, t = fast.batch(np.array([sample]))
+            assert torch.equal(img[0], torch.as_tensor(image))
+            assert (int(q), int(t)) == (int(query), int(target))
+            boxes, strokes = fast.regions(np.array([sample]))
+            assert np.array_equal(strokes[0].numpy(), reference.stroke_mask(sample))
+            assert tuple(reference.box(sample)) == tuple(fast.box[sample])
