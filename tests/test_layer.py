@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attentionrnn import AttentionRNN, BlockAttentionRNN
+from attentionrnn.layers import _extension
 from attentionrnn.layers.scan import skew, unskew
 
 LAYERS = [
@@ -194,3 +195,30 @@ def _layer_with_query():
 def test_bad_input_is_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_auto_implementation_prefers_fused_kernels_and_falls_back(monkeypatch):
+    layer = AttentionRNN(6, hidden_channels=4)
+    x = torch.randn(2, 6, 5, 4)
+    expected = "fused" if _extension.load() is not None else "bptt"
+    assert layer.scan.resolved_implementation(x) == expected
+    y_auto = layer(x)
+    monkeypatch.setenv("ATTENTIONRNN_NO_EXTENSION", "1")
+    _extension.load.cache_clear()
+    try:
+        assert _extension.load() is None
+        assert layer.scan.resolved_implementation(x) == "bptt"
+        torch.testing.assert_close(layer(x), y_auto, rtol=0, atol=1e-6)
+        layer.scan.implementation = "fused"
+        with pytest.raises(RuntimeError, match="unavailable"):
+            layer(x)
+    finally:
+        monkeypatch.delenv("ATTENTIONRNN_NO_EXTENSION")
+        _extension.load.cache_clear()
+
+
+def test_unknown_implementation_is_named():
+    from attentionrnn.layers.scan import DiagonalLSTMScan
+
+    with pytest.raises(ValueError, match="implementation"):
+        DiagonalLSTMScan(4, 4, implementation="cuda-magic")

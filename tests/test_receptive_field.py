@@ -24,12 +24,14 @@ def expected_field(directions: str, height: int, width: int, i: int, j: int) -> 
 @pytest.mark.parametrize("directions", ["raster", "bi", "quad"])
 @pytest.mark.parametrize("feedback", [True, False])
 @pytest.mark.parametrize("size", [(5, 6), (6, 4), (1, 5)])
-def test_receptive_field_is_exactly_the_scan_region(directions, feedback, size):
+@pytest.mark.parametrize("implementation", ["auto", "bptt", "autograd"])
+def test_receptive_field_is_exactly_the_scan_region(directions, feedback, size, implementation):
     torch.manual_seed(0)
     height, width = size
     layer = AttentionRNN(
         2, hidden_channels=3, kernel_size=1, directions=directions, feedback=feedback
     ).double()
+    layer.scan.implementation = implementation
     with torch.no_grad():  # keep the encoder's ReLU active so no pixel's gradient is cut there
         layer.encoder.bias.fill_(10.0)
     x = torch.randn(1, 2, height, width, dtype=torch.float64, requires_grad=True)
@@ -58,9 +60,11 @@ def test_feedback_carries_predicted_attention_into_the_recurrence():
 
 
 @pytest.mark.parametrize("layer_cls", [AttentionRNN, BlockAttentionRNN])
-def test_gradcheck(layer_cls):
+@pytest.mark.parametrize("implementation", ["auto", "bptt", "autograd"])
+def test_gradcheck(layer_cls, implementation):
     torch.manual_seed(0)
     layer = layer_cls(2, hidden_channels=2, query_channels=2).double()
+    layer.scan.implementation = implementation
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
     q = torch.randn(1, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: layer(a, b), (x, q))

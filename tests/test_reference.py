@@ -13,13 +13,23 @@ from attentionrnn import (
     ReferenceAttentionRNN,
     ReferenceBlockAttentionRNN,
 )
+from attentionrnn.layers import _extension
 
 SIZES = [(5, 7), (7, 5), (4, 4), (1, 6), (6, 1), (1, 1)]
+IMPLEMENTATIONS = [
+    pytest.param(
+        "fused",
+        marks=pytest.mark.skipif(_extension.load() is None, reason="C++ kernels unavailable"),
+    ),
+    "bptt",
+    "autograd",
+]
 
 
-def _pair(layer_cls, ref_cls, dtype, seed, **kwargs):
+def _pair(layer_cls, ref_cls, dtype, seed, implementation="auto", **kwargs):
     torch.manual_seed(seed)
     fast = layer_cls(3, hidden_channels=4, **kwargs).to(dtype)
+    fast.scan.implementation = implementation
     # Random, non-default weights: biases and the feedback path must be exercised too.
     with torch.no_grad():
         for p in fast.parameters():
@@ -35,29 +45,51 @@ def _pair(layer_cls, ref_cls, dtype, seed, **kwargs):
         )
     ),
 )
-def test_matches_reference_float64(directions, gate, feedback, with_query):
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_matches_reference_float64(directions, gate, feedback, with_query, implementation):
     kwargs = dict(directions=directions, gate=gate, feedback=feedback)
     if with_query:
         kwargs["query_channels"] = 2
-    fast, ref = _pair(AttentionRNN, ReferenceAttentionRNN, torch.float64, 0, **kwargs)
+    fast, ref = _pair(
+        AttentionRNN, ReferenceAttentionRNN, torch.float64, 0, implementation, **kwargs
+    )
     for k, (h, w) in enumerate(SIZES):
         batch = 1 if k % 2 else 2
-        x = torch.randn(batch, 3, h, w, dtype=torch.float64)
+        x = torch.randn(batch, 3, h, w, dtype=torch.float64, requires_grad=True)
         q = torch.randn(batch, 2, dtype=torch.float64) if with_query else None
         y_fast, m_fast = fast(x, q, return_mask=True)
         y_ref, m_ref = ref(x, q, return_mask=True)
         torch.testing.assert_close(m_fast, m_ref, rtol=0, atol=1e-10)
         torch.testing.assert_close(y_fast, y_ref, rtol=0, atol=1e-10)
+        # Gradients too: the fused and bptt paths have hand-written backward passes.
+        weights = torch.randn_like(y_fast)
+        params_fast = [p for n, p in fast.named_parameters()]
+        grads_fast = torch.autograd.grad(
+            (y_fast * weights).sum(), [x, *params_fast], allow_unused=True
+        )
+        grads_ref = torch.autograd.grad(
+            (y_ref * weights).sum(), [x, *ref.parameters()], allow_unused=True
+        )
+        for name, g_fast, g_ref in zip(
+            ["x", *(n for n, _ in fast.named_parameters())], grads_fast, grads_ref, strict=True
+        ):
+            if g_ref is None:  # a 1x1 map never reads a predicted attention value
+                assert name.startswith("scan.attention")
+                assert g_fast is None or not g_fast.abs().sum()
+                continue
+            torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-9, msg=name)
 
 
 @pytest.mark.parametrize("directions", ["raster", "bi", "quad"])
 @pytest.mark.parametrize("feedback", [True, False])
-def test_matches_reference_float32(directions, feedback):
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_matches_reference_float32(directions, feedback, implementation):
     fast, ref = _pair(
         AttentionRNN,
         ReferenceAttentionRNN,
         torch.float32,
         1,
+        implementation,
         directions=directions,
         feedback=feedback,
         query_channels=2,

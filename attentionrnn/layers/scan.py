@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attentionrnn.layers import _extension
 from attentionrnn.layers.bptt import DiagonalLSTMFunction, DiagonalSchedule
 
 # A direction is named by the corner the scan starts from; the value is the flip that moves that
@@ -80,7 +81,7 @@ def valid_cells(height: int, width: int, device: torch.device, dtype: torch.dtyp
     return ((cols >= 0) & (cols < width)).to(dtype)
 
 
-IMPLEMENTATIONS = ("auto", "bptt", "autograd")
+IMPLEMENTATIONS = ("auto", "fused", "bptt", "autograd")
 
 
 def _graph_capture_active() -> bool:
@@ -118,10 +119,14 @@ class DiagonalLSTMScan(nn.Module):
         hidden_channels: LSTM state channels per direction.
         directions: corners to scan from (keys of :data:`CORNER_FLIPS`).
         feedback: feed each direction's predicted attention values into the next diagonal.
-        implementation: ``"auto"`` (default) runs the diagonal LSTM as one autograd node with a
-            hand-written backward through time (:mod:`attentionrnn.layers.bptt`) in eager mode,
-            and as a loop of differentiable ops while tracing, exporting to ONNX or compiling;
-            ``"bptt"`` or ``"autograd"`` force one of the two. Both give the same results.
+        implementation: how the diagonal LSTM runs; all give the same results.
+            ``"fused"``: one autograd node with a hand-written backward through time whose cell
+            updates are fused C++ CPU kernels (:mod:`attentionrnn.layers._extension`, built on
+            first use); ``"bptt"``: the same node in PyTorch ops
+            (:mod:`attentionrnn.layers.bptt`); ``"autograd"``: a loop of differentiable ops over
+            the skewed map, the form that tracing, ONNX export and ``torch.compile`` capture.
+            ``"auto"`` (default) picks ``"autograd"`` while capturing a graph, ``"fused"`` on CPU
+            where the kernels build, else ``"bptt"``.
 
     Shape:
         - Input: ``(B, in_channels, H, W)``
@@ -207,16 +212,27 @@ class DiagonalLSTMScan(nn.Module):
         The layout the scan produces without a transpose; heads that mix directions per position
         (a 1x1 conv) can work on it directly.
         """
-        use_bptt = self.implementation == "bptt" or (
-            self.implementation == "auto" and not _graph_capture_active()
-        )
-        if use_bptt:
-            return self._rows_bptt(e)
+        implementation = self.resolved_implementation(e)
+        if implementation != "autograd":
+            kernels = _extension.load() if implementation == "fused" else None
+            return self._rows_bptt(e, kernels)
         batch, _, height, width = e.shape
         maps = self._forward_autograd(e).unflatten(1, (len(self.directions), -1))
         return maps.permute(1, 3, 4, 0, 2).reshape(len(self.directions), height * width, batch, -1)
 
-    def _rows_bptt(self, e: Tensor) -> Tensor:
+    def resolved_implementation(self, e: Tensor) -> str:
+        """The implementation ``forward`` uses for input ``e`` (see ``implementation``)."""
+        if self.implementation != "auto":
+            if self.implementation == "fused" and (e.device.type != "cpu" or not _extension.load()):
+                raise RuntimeError("the fused C++ scan kernels are unavailable here (CPU only)")
+            return self.implementation
+        if _graph_capture_active():
+            return "autograd"
+        if e.device.type == "cpu" and _extension.load() is not None:
+            return "fused"
+        return "bptt"
+
+    def _rows_bptt(self, e: Tensor, kernels=None) -> Tensor:
         batch, channels, height, width = e.shape
         num_dirs, hidden = len(self.directions), self.hidden_channels
         schedule = DiagonalSchedule.of(height, width)
@@ -246,6 +262,7 @@ class DiagonalLSTMScan(nn.Module):
             w_att,
             b_att,
             schedule,
+            kernels,
         )
         # Back to row-major positions: one gather of whole (B, h) rows.
         offsets = torch.arange(num_dirs, device=e.device).unsqueeze(1) * (height * width)
