@@ -15,11 +15,11 @@ from typing import Any
 from attentionrnn.experiments.reproduce import Budget, reproduce
 
 DEMO_BUDGET = Budget(
-    samples=2000,
-    epochs=4,
+    samples=2500,
+    epochs=6,
     batch_size=50,
     patience=50,
-    description="demo: ~2,000 MREF samples, 4 epochs, batch 50 (minutes, not the paper's setting)",
+    description="demo: ~2,500 MREF samples, 6 epochs, batch 50 (minutes, not the paper's setting)",
 )
 
 
