@@ -208,6 +208,8 @@ def test_other_config_in_the_same_folder_is_refused(tiny, tmp_path):
     config.lr = 0.01
     with pytest.raises(ValueError, match="another configuration"):
         train(config)
+    with pytest.raises(ValueError, match="holds 'mref' data.*--dataset mref"):
+        train(_config(tiny, tmp_path / "other", dataset="mdist", epochs=1))
 
 
 def test_kill_9_mid_run_then_resume_gives_the_same_metrics(tiny, tmp_path):

@@ -267,6 +267,7 @@ class E1Data:
             self.instance = z["instance"]
             self.split = z["split"]
             self.digit_source = str(z["digit_source"]) if "digit_source" in z else "unknown"
+            self.dataset = str(z["dataset"]) if "dataset" in z else None
         self.task = task
         if task == "color":
             self.query, self.target = self.digit, self.color
@@ -387,6 +388,11 @@ def _train(config: TrainConfig, ctx: _Dist) -> dict[str, Any]:
     # -- data
     data_path, data_how = resolve_data(config, ctx)
     data = E1Data(data_path, config.task)
+    if data.dataset is not None and data.dataset != config.dataset:
+        raise ValueError(
+            f"{data_path} holds {data.dataset!r} data but the run is for dataset "
+            f"{config.dataset!r}; pass --dataset {data.dataset}"
+        )
     train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
     if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
         raise ValueError(
