@@ -369,9 +369,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Train, keep the best-validation weights, test them; return (and write) the metrics."""
     config.check()
     ctx = _init_distributed()
+    # process-wide settings changed for the run, restored afterwards
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
     try:
         return _train(config, ctx)
     finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_num_threads(threads)
         if ctx.owns_group:
             dist.destroy_process_group()
 
