@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -64,6 +66,18 @@ class _ScanAttention(nn.Module):
             self.query_proj.reset_parameters()
         self.scan.reset_parameters()
         self.head.reset_parameters()
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer (e.g. ``type(layer)(**config)``)."""
+        return {
+            "in_channels": self.in_channels,
+            "hidden_channels": self.hidden_channels,
+            "kernel_size": self.kernel_size,
+            "query_channels": self.query_channels,
+            "directions": self.directions,
+            "gate": self.gate,
+            "feedback": self.feedback,
+        }
 
     def extra_repr(self) -> str:
         extra = f", query_channels={self.query_channels}" if self.query_channels else ""
@@ -207,6 +221,9 @@ class BlockAttentionRNN(_ScanAttention):
     def reset_parameters(self) -> None:
         super().reset_parameters()
         self.refine.reset_parameters()
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "block_size": self.block_size}
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, block_size={self.block_size}"

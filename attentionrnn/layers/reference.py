@@ -9,8 +9,6 @@ are the fast classes with the scan swapped, so they load a fast layer's ``state_
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import torch
 from torch import Tensor
 
@@ -68,15 +66,20 @@ def reference_scan(scan: DiagonalLSTMScan, e: Tensor) -> Tensor:
     return torch.cat(maps, dim=1)
 
 
-LayerT = TypeVar("LayerT", bound=_ScanAttention)
-
-
 class _Reference:
     """Mixin: swap the fast scan for :func:`reference_scan`."""
 
     def scan_logits(self, e: Tensor) -> Tensor:
         hidden = reference_scan(self.scan, e)  # type: ignore[attr-defined]
         return self.head(hidden.to(self.head.weight.dtype))  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_layer(cls, layer: _ScanAttention):
+        """A reference with the configuration, dtype and parameters of the fast ``layer``."""
+        ref = cls(**layer.config())  # type: ignore[call-arg]
+        # Match dtype first: loading float64 weights into float32 parameters would round them.
+        ref.to(next(layer.parameters()).dtype).load_state_dict(layer.state_dict())
+        return ref
 
 
 class ReferenceAttentionRNN(_Reference, AttentionRNN):
@@ -91,37 +94,6 @@ class ReferenceAttentionRNN(_Reference, AttentionRNN):
         True
     """
 
-    @classmethod
-    def from_layer(cls, layer: AttentionRNN) -> ReferenceAttentionRNN:
-        ref = cls(
-            layer.in_channels,
-            hidden_channels=layer.hidden_channels,
-            kernel_size=layer.kernel_size,
-            query_channels=layer.query_channels,
-            directions=layer.directions,
-            gate=layer.gate,
-            feedback=layer.feedback,
-        )
-        # Match dtype first: loading float64 weights into float32 parameters would round them.
-        ref.to(next(layer.parameters()).dtype).load_state_dict(layer.state_dict())
-        return ref
-
 
 class ReferenceBlockAttentionRNN(_Reference, BlockAttentionRNN):
     """:class:`BlockAttentionRNN` with its coarse scan computed position by position."""
-
-    @classmethod
-    def from_layer(cls, layer: BlockAttentionRNN) -> ReferenceBlockAttentionRNN:
-        ref = cls(
-            layer.in_channels,
-            block_size=layer.block_size,
-            hidden_channels=layer.hidden_channels,
-            kernel_size=layer.kernel_size,
-            query_channels=layer.query_channels,
-            directions=layer.directions,
-            gate=layer.gate,
-            feedback=layer.feedback,
-        )
-        # Match dtype first: loading float64 weights into float32 parameters would round them.
-        ref.to(next(layer.parameters()).dtype).load_state_dict(layer.state_dict())
-        return ref
