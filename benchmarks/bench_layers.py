@@ -29,10 +29,19 @@ from attentionrnn.layers.baselines import ContextAttention, IndependentAttention
 
 CHANNELS, HIDDEN = 32, 16
 
+
+def _arnn(implementation: str) -> nn.Module:
+    layer = AttentionRNN(CHANNELS, hidden_channels=HIDDEN, directions="bi")
+    layer.scan.implementation = implementation
+    return layer
+
+
 CONTENDERS: dict[str, Callable[[], nn.Module]] = {
     "local 3x3 conv": lambda: ContextAttention(CHANNELS, hidden_channels=HIDDEN, kernel_size=3),
     "arnn_ind (no recurrence)": lambda: IndependentAttention(CHANNELS, hidden_channels=HIDDEN),
     "AttentionRNN bi": lambda: AttentionRNN(CHANNELS, hidden_channels=HIDDEN, directions="bi"),
+    "AttentionRNN bi, PyTorch BPTT": lambda: _arnn("bptt"),
+    "AttentionRNN bi, autograd loop": lambda: _arnn("autograd"),
     "AttentionRNN quad": lambda: AttentionRNN(CHANNELS, hidden_channels=HIDDEN, directions="quad"),
     "BlockAttentionRNN g=2": lambda: BlockAttentionRNN(
         CHANNELS, block_size=2, hidden_channels=HIDDEN
