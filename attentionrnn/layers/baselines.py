@@ -222,7 +222,7 @@ class LocalAttention(ContextAttention):
         )
 
 
-class GlobalAttention(ContextAttention):
+class GlobalAttention(LocalAttention):
     r"""Global softmax attention in the style of Stacked Attention Networks (SAN).
 
     .. math::
@@ -260,13 +260,7 @@ class GlobalAttention(ContextAttention):
         query_channels: int | None = None,
         gate: str = "softmax",
     ) -> None:
-        super().__init__(in_channels, hidden_channels, 1, query_channels, gate)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_channels={self.in_channels}, hidden_channels={self.hidden_channels}, "
-            f"query_channels={self.query_channels}, gate={self.gate!r}"
-        )
+        super().__init__(in_channels, hidden_channels, query_channels, gate)
 
 
 class IndependentAttention(ContextAttention):
