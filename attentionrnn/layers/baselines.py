@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attentionrnn.layers.scan import resolve_directions
 from attentionrnn.layers.validation import (
     apply_gate,
     check_attention_input,
@@ -36,8 +37,6 @@ __all__ = [
     "GlobalAttention",
     "IndependentAttention",
 ]
-
-_DIRECTIONS = {"raster": 1, "bi": 2, "quad": 4}
 
 
 def _check_query_channels(query_channels: int | None) -> int | None:
@@ -315,10 +314,8 @@ class IndependentAttention(ContextAttention):
         gate: str = "sigmoid",
     ) -> None:
         super().__init__(in_channels, hidden_channels, kernel_size, query_channels, gate)
-        if directions not in _DIRECTIONS:
-            raise ValueError(f"directions must be one of {tuple(_DIRECTIONS)}, got {directions!r}")
+        width = len(resolve_directions(directions)) * hidden_channels
         self.directions = directions
-        width = _DIRECTIONS[directions] * hidden_channels
         del self.head  # re-created below with the width of the cells, after them
         self.cell = nn.Conv2d(hidden_channels, 3 * width, 1)
         self.head = nn.Conv2d(width, 1, 1)
