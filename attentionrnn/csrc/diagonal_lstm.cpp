@@ -29,17 +29,6 @@ inline T tanh_(T x) {
   return (e - T(1)) / (e + T(1));
 }
 
-struct Schedule {
-  std::vector<int64_t> length, packed_start, padded_start, neighbour_start;
-};
-
-inline Schedule make_schedule(std::vector<int64_t> length, std::vector<int64_t> packed_start,
-                              std::vector<int64_t> padded_start,
-                              std::vector<int64_t> neighbour_start) {
-  return Schedule{std::move(length), std::move(packed_start), std::move(padded_start),
-                  std::move(neighbour_start)};
-}
-
 // rows [start, start+n) of dim 1 of a contiguous (D, R, B, C) tensor as (D, n*B, C)
 inline at::Tensor rows(const at::Tensor& t, int64_t start, int64_t n) {
   return t.narrow(1, start, n).view({t.size(0), n * t.size(2), t.size(3)});
@@ -145,15 +134,14 @@ std::vector<at::Tensor> diagonal_lstm_forward(at::Tensor x, at::Tensor w_state, 
                                               std::vector<int64_t> neighbour_start,
                                               int64_t padded_size) {
   TORCH_CHECK(x.is_contiguous() && w_state.is_contiguous(), "inputs must be contiguous");
-  const Schedule sc = make_schedule(length, packed_start, padded_start, neighbour_start);
   const bool feedback = w_att.numel() > 0;
   const int64_t dirs = x.size(0), cells_total = x.size(1), batch = x.size(2);
   const int64_t gates = x.size(3), hidden = gates / 4, width = hidden + (feedback ? 1 : 0);
   // Only the pad rows around each diagonal must be zero: every other row is written before use.
   auto states = at::empty({dirs, padded_size, batch, width}, x.options());
   auto cells = at::empty({dirs, padded_size, batch, hidden}, x.options());
-  for (size_t t = 0; t < sc.length.size(); ++t) {
-    for (int64_t pad : {sc.padded_start[t] - 1, sc.padded_start[t] + sc.length[t]}) {
+  for (size_t t = 0; t < length.size(); ++t) {
+    for (int64_t pad : {padded_start[t] - 1, padded_start[t] + length[t]}) {
       states.narrow(1, pad, 1).zero_();
       cells.narrow(1, pad, 1).zero_();
     }
@@ -162,12 +150,12 @@ std::vector<at::Tensor> diagonal_lstm_forward(at::Tensor x, at::Tensor w_state, 
   auto acts = at::empty_like(x);  // pre-activations, turned into activations in place
   auto w_att_c = feedback ? w_att.contiguous() : w_att;
   auto b_att_c = feedback ? b_att.contiguous() : b_att;
-  for (size_t t = 0; t < sc.length.size(); ++t) {
-    const int64_t n = sc.length[t], p0 = sc.packed_start[t], g0 = sc.padded_start[t];
+  for (size_t t = 0; t < length.size(); ++t) {
+    const int64_t n = length[t], p0 = packed_start[t], g0 = padded_start[t];
     auto act = rows(acts, p0, n);
     int64_t a0 = 0;
     if (t > 0) {
-      a0 = sc.neighbour_start[t];
+      a0 = neighbour_start[t];
       auto pre = rows(x, p0, n), above = rows(states, a0, n), left = rows(states, a0 + 1, n);
       for (int64_t d = 0; d < dirs; ++d) {  // 2-D products on contiguous blocks: no copies
         auto act_d = act[d];
@@ -196,7 +184,6 @@ std::vector<at::Tensor> diagonal_lstm_backward(
     at::Tensor cells, at::Tensor acts, std::vector<int64_t> length,
     std::vector<int64_t> packed_start, std::vector<int64_t> padded_start,
     std::vector<int64_t> neighbour_start) {
-  const Schedule sc = make_schedule(length, packed_start, padded_start, neighbour_start);
   grad_out = grad_out.contiguous();
   const bool feedback = w_att.numel() > 0;
   const int64_t dirs = acts.size(0), batch = acts.size(2), gates = acts.size(3);
@@ -208,10 +195,10 @@ std::vector<at::Tensor> diagonal_lstm_backward(
   auto d_w_att = feedback ? at::zeros_like(w_att) : at::Tensor();
   auto d_b_att = feedback ? at::zeros({dirs, 1, 1}, acts.options()) : at::Tensor();
   auto w_att_c = feedback ? w_att.contiguous() : w_att;
-  for (int64_t t = static_cast<int64_t>(sc.length.size()) - 1; t >= 0; --t) {
-    const int64_t n = sc.length[t], p0 = sc.packed_start[t], g0 = sc.padded_start[t];
+  for (int64_t t = static_cast<int64_t>(length.size()) - 1; t >= 0; --t) {
+    const int64_t n = length[t], p0 = packed_start[t], g0 = padded_start[t];
     const int64_t rows_b = n * batch;
-    const int64_t a0 = t > 0 ? sc.neighbour_start[t] : 0;
+    const int64_t a0 = t > 0 ? neighbour_start[t] : 0;
     auto d_pre = rows(d_x, p0, n);
     auto d_logit = feedback ? at::empty({dirs, rows_b, 1}, acts.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "diagonal_lstm_backward", [&] {
@@ -242,11 +229,11 @@ std::vector<at::Tensor> diagonal_lstm_backward(
   // in packed order, the state block it read as "above" (the "left" one is the next row).
   std::vector<int64_t> above_rows;
   above_rows.reserve(acts.size(1));
-  for (size_t t = 1; t < sc.length.size(); ++t) {
-    for (int64_t i = 0; i < sc.length[t]; ++i) above_rows.push_back(sc.neighbour_start[t] + i);
+  for (size_t t = 1; t < length.size(); ++t) {
+    for (int64_t i = 0; i < length[t]; ++i) above_rows.push_back(neighbour_start[t] + i);
   }
   if (!above_rows.empty()) {
-    const int64_t first = sc.length[0];  // diagonal 0 reads no neighbours
+    const int64_t first = length[0];  // diagonal 0 reads no neighbours
     const int64_t cells_read = static_cast<int64_t>(above_rows.size());
     auto index = at::tensor(above_rows, acts.options().dtype(at::kLong));
     auto d_pre_all = d_x.narrow(1, first, cells_read).reshape({dirs, cells_read * batch, gates});
