@@ -1,251 +1,605 @@
-// Fused CPU kernels of the diagonal LSTM (see attentionrnn/layers/bptt.py for the layout).
+// Fused CPU kernels of the diagonal LSTM: the whole scan, forward and backward through time.
 //
-// A step of the scan is two batched matrix products (ATen) and ONE pass over the cells of the
-// diagonal that applies the gate non-linearities, updates the cell and hidden state and predicts
-// the attention value; its backward is one pass plus the matrix products. In PyTorch eager mode
-// the same step is some 15 (forward) and 30 (backward) separate element-wise kernels, each a full
-// pass over memory; this file exists only to fuse them. Built on first use by
-// torch.utils.cpp_extension; the package falls back to the Python implementation without it.
+// Layout (see attentionrnn/layers/bptt.py): the cells of an H x W map are packed by diagonal, and
+// the state buffers give every diagonal one zero row before and after it, so the cells above and
+// to the left of diagonal t's cells are two contiguous row ranges of diagonal t-1. Every row holds
+// the whole batch.
+//
+// The recurrence is independent across directions and batch elements, so each thread scans its
+// own (direction, batch element) pairs from the first diagonal to the last with no barrier
+// between steps. A cell is one pass: its gate pre-activations (input-to-state product from the
+// encoded map, read in raster order through `index`, plus the two state-to-state taps) are
+// accumulated in registers, then the non-linearities, the cell and hidden state and the predicted
+// attention value follow. The backward pass walks the diagonals in reverse and pushes each cell's
+// gradient into its two neighbours; the weight gradients are large matrix products over all cells
+// afterwards. Built on first use by torch.utils.cpp_extension; without it the package falls back
+// to the PyTorch implementation (attentionrnn/layers/bptt.py), which gives the same results.
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace {
 
+// exp for the gate non-linearities, written so that a loop of it vectorises in place: a call to
+// the vector math library clobbers every SIMD register, which costs more than the exp itself in
+// these short loops. float: range reduction to r in [-ln2/2, ln2/2], a degree-6 polynomial
+// (Cephes' minimax coefficients, relative error ~1e-7) and the power of two put into the exponent
+// bits. double keeps the library exp: it only serves tests and float64 models.
+inline float exp_(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline double exp_(double x) { return std::exp(x); }
+
 template <typename T>
 inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+  return T(1) / (T(1) + exp_(-x));
 }
 
 template <typename T>
 inline T tanh_(T x) {
-  // Written through exp so the loop vectorises; the clamp keeps exp finite under -ffast-math.
+  // Through exp so the loop vectorises; the clamp keeps exp finite.
   x = std::min(std::max(x, T(-30)), T(30));
-  const T e = std::exp(T(2) * x);
+  const T e = exp_(T(2) * x);
   return (e - T(1)) / (e + T(1));
 }
 
-// rows [start, start+n) of dim 1 of a contiguous (D, R, B, C) tensor as (D, n*B, C)
-inline at::Tensor rows(const at::Tensor& t, int64_t start, int64_t n) {
-  return t.narrow(1, start, n).view({t.size(0), n * t.size(2), t.size(3)});
-}
-
-// One diagonal's cells of one step. Pointers are to direction 0; `*_dir` are the strides between
-// directions. Inner loops run over the hidden units without branches so that they vectorise.
+// 64-byte SIMD vectors through the compiler's vector extension: AVX-512 registers where the CPU
+// has them, pairs of AVX2 registers or NEON quadruples elsewhere.
 template <typename T>
-void forward_cells(T* act, T* cell, const T* cell_left, T* out, T* state, const T* w_att,
-                   const T* b_att, int64_t dirs, int64_t rows_b, int64_t hidden,
-                   int64_t act_dir, int64_t cell_dir, int64_t out_dir, int64_t state_dir,
-                   int64_t state_width) {
-  const int64_t gates = 4 * hidden;
-  at::parallel_for(0, dirs * rows_b, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t d = row / rows_b, r = row % rows_b;
-      T* a = act + d * act_dir + r * gates;
-      T* c = cell + d * cell_dir + r * hidden;
-      T* o = out + d * out_dir + r * hidden;
-      T* s = state + d * state_dir + r * state_width;
-      for (int64_t k = 0; k < 3 * hidden; ++k) a[k] = sigmoid(a[k]);
-      for (int64_t k = 3 * hidden; k < gates; ++k) a[k] = tanh_(a[k]);
-      const T* ig = a;
-      const T* fg = a + hidden;
-      const T* og = a + 2 * hidden;
-      const T* gg = a + 3 * hidden;
-      if (cell_left) {
-        const T* cl = cell_left + d * cell_dir + r * hidden;
-        for (int64_t k = 0; k < hidden; ++k) c[k] = ig[k] * gg[k] + fg[k] * cl[k];
-      } else {
-        for (int64_t k = 0; k < hidden; ++k) c[k] = ig[k] * gg[k];
-      }
-      for (int64_t k = 0; k < hidden; ++k) o[k] = og[k] * tanh_(c[k]);
-      for (int64_t k = 0; k < hidden; ++k) s[k] = o[k];
-      if (w_att) {
-        const T* w = w_att + d * hidden;
-        T z = b_att[d];
-        for (int64_t k = 0; k < hidden; ++k) z += w[k] * o[k];
-        s[hidden] = sigmoid(z);
-      }
+struct Simd {
+  typedef T type __attribute__((vector_size(64)));
+  static constexpr int64_t lanes = 64 / sizeof(T);
+  static type load(const T* p) {
+    type v;
+    std::memcpy(&v, p, sizeof(type));
+    return v;
+  }
+  static void store(T* p, const type& v) { std::memcpy(p, &v, sizeof(type)); }
+  static type splat(T x) {
+    const type zero = {};
+    return zero + x;  // scalar operands broadcast: one vbroadcast, not a lane-by-lane build
+  }
+  static T sum(const type& v) {
+    T s = 0;
+    for (int64_t l = 0; l < lanes; ++l) s += v[l];
+    return s;
+  }
+};
+
+// Batch elements per work item: the scan of a (direction, batch group) pair is one task. Fixed,
+// not derived from the thread count, so that the order of every floating-point sum, and hence the
+// result, does not depend on how many threads run.
+constexpr int64_t kBatchGroup = 16;
+
+// The shapes and weights of one scan.
+template <typename T>
+struct Scan {
+  int64_t dirs, cells, batch, in_ch, hidden, gates, width, padded;
+  int64_t inputs;         // K = Cin + 2 S: what a cell reads (its input, the cells above and left)
+  int64_t inputs_padded;  // K rounded up to whole SIMD vectors
+  bool feedback, readout;
+  const T* e;             // (H*W, B, Cin) encoded map, raster order
+  const int64_t* index;   // (D, P) raster position of each packed cell
+  const T* w_cat;         // (D, K, G): input-to-state rows, then the above tap, then the left tap
+  const T* w_cat_t;       // (D, G, K padded) its transpose, zero-padded to whole 4-vector blocks
+  const T* b_in;          // (D, G)
+  const T* w_att;         // (D, h)
+  const T* b_att;         // (D)
+  const T* w_read;        // (D, h)
+
+  int64_t groups() const { return (batch + kBatchGroup - 1) / kBatchGroup; }
+  int64_t state_row(int64_t d, int64_t row, int64_t b) const {
+    return ((d * padded + row) * batch + b) * width;
+  }
+  int64_t cell_row(int64_t d, int64_t row, int64_t b) const {
+    return ((d * padded + row) * batch + b) * hidden;
+  }
+  int64_t act_row(int64_t d, int64_t p, int64_t b) const {
+    return ((d * cells + p) * batch + b) * gates;
+  }
+  // raster position of packed cell p in direction d, as a row of the (H*W, B) grid
+  int64_t raster_row(int64_t d, int64_t p, int64_t b) const {
+    return index[d * cells + p] * batch + b;
+  }
+  // Runs f(d, b0, b1) for the work items [begin, end).
+  template <typename F>
+  void for_items(int64_t begin, int64_t end, const F& f) const {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t d = item / groups(), b0 = (item % groups()) * kBatchGroup;
+      f(item, d, b0, std::min(batch, b0 + kBatchGroup));
     }
-  });
-}
+  }
+};
 
-template <typename T>
-void backward_cells(const T* act, const T* cell, const T* cell_left, const T* state,
-                    const T* d_state, const T* grad_out, const T* d_cell, T* d_cell_left,
-                    T* d_pre, T* d_logit, const T* w_att, int64_t dirs, int64_t rows_b,
-                    int64_t hidden, int64_t act_dir, int64_t cell_dir, int64_t out_dir,
-                    int64_t state_dir, int64_t state_width) {
-  const int64_t gates = 4 * hidden;
-  at::parallel_for(0, dirs * rows_b, 64, [&](int64_t begin, int64_t end) {
-    std::vector<T> dh(hidden), tc(hidden), dc(hidden);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t d = row / rows_b, r = row % rows_b;
-      const T* a = act + d * act_dir + r * gates;
-      const T* c = cell + d * cell_dir + r * hidden;
-      const T* ds = d_state + d * state_dir + r * state_width;
-      const T* go = grad_out + d * out_dir + r * hidden;
-      const T* dc_in = d_cell + d * cell_dir + r * hidden;
-      T* dp = d_pre + d * act_dir + r * gates;
-      const T* ig = a;
-      const T* fg = a + hidden;
-      const T* og = a + 2 * hidden;
-      const T* gg = a + 3 * hidden;
-      for (int64_t k = 0; k < hidden; ++k) dh[k] = ds[k] + go[k];
-      if (w_att) {
-        const T av = state[d * state_dir + r * state_width + hidden];
-        const T dz = ds[hidden] * av * (T(1) - av);
-        d_logit[d * rows_b + r] = dz;
-        const T* w = w_att + d * hidden;
-        for (int64_t k = 0; k < hidden; ++k) dh[k] += dz * w[k];
-      }
-      for (int64_t k = 0; k < hidden; ++k) tc[k] = tanh_(c[k]);
-      for (int64_t k = 0; k < hidden; ++k) {
-        dc[k] = dc_in[k] + dh[k] * og[k] * (T(1) - tc[k] * tc[k]);
-        dp[k] = dc[k] * gg[k] * ig[k] * (T(1) - ig[k]);
-        dp[2 * hidden + k] = dh[k] * tc[k] * og[k] * (T(1) - og[k]);
-        dp[3 * hidden + k] = dc[k] * ig[k] * (T(1) - gg[k] * gg[k]);
-      }
-      if (cell_left) {
-        const T* cl = cell_left + d * cell_dir + r * hidden;
-        T* dcl = d_cell_left + d * cell_dir + r * hidden;
-        for (int64_t k = 0; k < hidden; ++k) {
-          dp[hidden + k] = dc[k] * cl[k] * fg[k] * (T(1) - fg[k]);
-          dcl[k] += dc[k] * fg[k];
+// Rows of one cell processed together by the matrix products: consecutive batch elements, whose
+// rows are adjacent in every buffer. Several independent accumulator chains keep the FMA units
+// busy and every weight vector loaded once serves all rows.
+constexpr int kRowBlock = 4;
+
+// pre[r, 0:G] = bias + e_r W_in + above_r W_above + left_r W_left for the R rows r of one cell
+// (row r of e/above/left at r * stride; above/left null on the first diagonal). NV > 0: the gates
+// fill NV whole vectors and the accumulators live in registers; NV == 0 (R == 1): any width.
+template <typename T, int NV, int R>
+inline void gate_products(T* pre, const T* bias, const T* w, const T* e, int64_t cin,
+                          const T* above, const T* left, int64_t width, int64_t gates) {
+  using S = Simd<T>;
+  using V = typename S::type;
+  constexpr int64_t L = S::lanes;
+  if constexpr (NV > 0) {
+    V acc[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = S::load(bias + v * L);
+    auto add = [&](const T* in, int64_t stride, int64_t k, const T* wk) {
+      for (int64_t c = 0; c < k; ++c) {
+        V wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = S::load(wk + c * gates + v * L);
+        for (int r = 0; r < R; ++r) {
+          const V s = S::splat(in[r * stride + c]);
+          for (int v = 0; v < NV; ++v) acc[r][v] += s * wv[v];
         }
-      } else {
-        for (int64_t k = 0; k < hidden; ++k) dp[hidden + k] = T(0);
+      }
+    };
+    add(e, cin, cin, w);
+    if (above) {
+      add(above, width, width, w + cin * gates);
+      add(left, width, width, w + (cin + width) * gates);
+    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) S::store(pre + r * gates + v * L, acc[r][v]);
+  } else {
+    static_assert(R == 1, "the generic path takes one row at a time");
+    for (int64_t j = 0; j < gates; ++j) pre[j] = bias[j];
+    auto add = [&](const T* in, int64_t k, const T* wk) {
+      for (int64_t c = 0; c < k; ++c) {
+        const T s = in[c];
+        for (int64_t j = 0; j < gates; ++j) pre[j] += s * wk[c * gates + j];
+      }
+    };
+    add(e, cin, w);
+    if (above) {
+      add(above, width, w + cin * gates);
+      add(left, width, w + (cin + width) * gates);
+    }
+  }
+}
+
+// out[r, 0:Kp] = W_t^T g_r for R gradient rows g_r (G long, row r at g + r * G): W_t is (G, Kp),
+// so every step is a broadcast of one gradient value times a contiguous weight row. Kp is a
+// multiple of 4 vectors (see concat_weights), so each block of accumulators stays in registers.
+template <typename T, int R>
+inline void transposed_product(T* out, const T* w_t, const T* g, int64_t gates, int64_t k_padded) {
+  using S = Simd<T>;
+  using V = typename S::type;
+  constexpr int64_t L = S::lanes;
+  for (int64_t k0 = 0; k0 < k_padded; k0 += 4 * L) {
+    V acc[R][4] = {};
+    for (int64_t j = 0; j < gates; ++j) {
+      const T* row = w_t + j * k_padded + k0;
+      V wv[4];
+      for (int q = 0; q < 4; ++q) wv[q] = S::load(row + q * L);
+      for (int r = 0; r < R; ++r) {
+        const V s = S::splat(g[r * gates + j]);
+        for (int q = 0; q < 4; ++q) acc[r][q] += s * wv[q];
       }
     }
+    for (int r = 0; r < R; ++r)
+      for (int q = 0; q < 4; ++q) S::store(out + r * k_padded + k0 + q * L, acc[r][q]);
+  }
+}
+
+// dw[c, 0:G] += sum_r in_r[c] g_r[0:G] over the rows r of one cell's batch group, for c < k;
+// in_r is in + r * in_stride, g_r is g + r * G. Blocks of CB inputs share each load of g_r.
+template <typename T, int NV>
+inline void accumulate_outer(T* dw, const T* in, int64_t in_stride, int64_t k, const T* g,
+                             int64_t rows, int64_t gates) {
+  using S = Simd<T>;
+  using V = typename S::type;
+  constexpr int64_t L = S::lanes;
+  if constexpr (NV > 0) {
+    constexpr int CB = NV <= 4 ? 4 : 2;
+    int64_t c = 0;
+    for (; c + CB <= k; c += CB) {
+      V acc[CB][NV];
+      for (int q = 0; q < CB; ++q)
+        for (int v = 0; v < NV; ++v) acc[q][v] = S::load(dw + (c + q) * gates + v * L);
+      for (int64_t r = 0; r < rows; ++r) {
+        V gv[NV];
+        for (int v = 0; v < NV; ++v) gv[v] = S::load(g + r * gates + v * L);
+        for (int q = 0; q < CB; ++q) {
+          const V s = S::splat(in[r * in_stride + c + q]);
+          for (int v = 0; v < NV; ++v) acc[q][v] += s * gv[v];
+        }
+      }
+      for (int q = 0; q < CB; ++q)
+        for (int v = 0; v < NV; ++v) S::store(dw + (c + q) * gates + v * L, acc[q][v]);
+    }
+    for (; c < k; ++c) {
+      V acc[NV];
+      for (int v = 0; v < NV; ++v) acc[v] = S::load(dw + c * gates + v * L);
+      for (int64_t r = 0; r < rows; ++r) {
+        const V s = S::splat(in[r * in_stride + c]);
+        for (int v = 0; v < NV; ++v) acc[v] += s * S::load(g + r * gates + v * L);
+      }
+      for (int v = 0; v < NV; ++v) S::store(dw + c * gates + v * L, acc[v]);
+    }
+  } else {
+    for (int64_t c = 0; c < k; ++c) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const T s = in[r * in_stride + c];
+        for (int64_t j = 0; j < gates; ++j) dw[c * gates + j] += s * g[r * gates + j];
+      }
+    }
+  }
+}
+
+// One cell's gate gradients (dp, 4h) from the gradients w.r.t. its passed-on hidden state (ds),
+// its output (gs * gv: the hidden-state gradient, or the readout gradient times the readout
+// weights), its attention estimate (dz * wa) and its cell state (dc_in). Adds the cell-state
+// gradient of the cell to the left (dcl, null on the first diagonal, where cl is null too).
+template <typename T, int NV>
+inline void cell_backward(const T* __restrict act, const T* __restrict c, const T* __restrict cl,
+                          const T* __restrict ds, T gs, const T* __restrict gv, T dz,
+                          const T* __restrict wa, const T* __restrict dc_in, T* __restrict dcl,
+                          T* __restrict dp, int64_t hidden) {
+  const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : hidden;
+  const T *ig = act, *fg = act + h, *og = act + 2 * h, *gg = act + 3 * h;
+  T* __restrict dcell = dp + h;  // the forget gate's slot holds dc until the last loop
+  for (int64_t k = 0; k < h; ++k) {
+    const T dh = ds[k] + gs * gv[k] + dz * wa[k];
+    const T tc = tanh_(c[k]);
+    const T dc = dc_in[k] + dh * og[k] * (T(1) - tc * tc);
+    dcell[k] = dc;
+    dp[k] = dc * gg[k] * ig[k] * (T(1) - ig[k]);
+    dp[2 * h + k] = dh * tc * og[k] * (T(1) - og[k]);
+    dp[3 * h + k] = dc * ig[k] * (T(1) - gg[k] * gg[k]);
+  }
+  if (cl) {
+    for (int64_t k = 0; k < h; ++k) {
+      const T dc = dcell[k];
+      dcl[k] += dc * fg[k];
+      dcell[k] = dc * cl[k] * fg[k] * (T(1) - fg[k]);
+    }
+  } else {
+    for (int64_t k = 0; k < h; ++k) dcell[k] = T(0);
+  }
+}
+
+template <typename T, int NV>
+void forward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
+                  const std::vector<int64_t>& packed_start, const std::vector<int64_t>& padded_start,
+                  const std::vector<int64_t>& neighbour_start, T* out, T* states, T* cells,
+                  T* acts) {
+  // A compile-time width where the gates fill whole vectors, so the short loops unroll.
+  const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : sc.hidden;
+  const int64_t G = 4 * h, S = sc.width, Cin = sc.in_ch;
+  at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
+    sc.for_items(begin, end, [&](int64_t, int64_t d, int64_t b0, int64_t b1) {
+      const T* w = sc.w_cat + d * sc.inputs * G;
+      const T* b_in = sc.b_in + d * G;
+      for (size_t t = 0; t < length.size(); ++t) {
+        for (int64_t i = 0; i < length[t]; ++i) {
+          const int64_t p = packed_start[t] + i, g = padded_start[t] + i;
+          const int64_t a = t > 0 ? neighbour_start[t] + i : 0;  // the cell above; left is a+1
+          // The gate pre-activations of the group's rows, in blocks of rows, then the cells.
+          auto products = [&](auto rows, int64_t b) {
+            gate_products<T, NV, decltype(rows)::value>(
+                acts + sc.act_row(d, p, b), b_in, w, sc.e + sc.raster_row(d, p, b) * Cin, Cin,
+                t > 0 ? states + sc.state_row(d, a, b) : nullptr,
+                t > 0 ? states + sc.state_row(d, a + 1, b) : nullptr, S, G);
+          };
+          int64_t b = b0;
+          if constexpr (NV > 0) {
+            for (; b + kRowBlock <= b1; b += kRowBlock) {
+              products(std::integral_constant<int, kRowBlock>(), b);
+            }
+          }
+          for (; b < b1; ++b) products(std::integral_constant<int, 1>(), b);
+          for (b = b0; b < b1; ++b) {
+            T* act = acts + sc.act_row(d, p, b);
+            for (int64_t k = 0; k < 3 * h; ++k) act[k] = sigmoid(act[k]);
+            for (int64_t k = 3 * h; k < G; ++k) act[k] = tanh_(act[k]);
+            const T *ig = act, *fg = act + h, *og = act + 2 * h, *gg = act + 3 * h;
+            T* c = cells + sc.cell_row(d, g, b);
+            if (t > 0) {
+              const T* cl = cells + sc.cell_row(d, a + 1, b);
+              for (int64_t k = 0; k < h; ++k) c[k] = ig[k] * gg[k] + fg[k] * cl[k];
+            } else {
+              for (int64_t k = 0; k < h; ++k) c[k] = ig[k] * gg[k];
+            }
+            T* st = states + sc.state_row(d, g, b);
+            for (int64_t k = 0; k < h; ++k) st[k] = og[k] * tanh_(c[k]);
+            if (sc.feedback) {
+              const T* wa = sc.w_att + d * h;
+              T z = sc.b_att[d];
+              for (int64_t k = 0; k < h; ++k) z += wa[k] * st[k];
+              st[h] = sigmoid(z);
+            }
+            T* o = out + (d * sc.cells * sc.batch + sc.raster_row(d, p, b)) * (sc.readout ? 1 : h);
+            if (sc.readout) {
+              const T* wr = sc.w_read + d * h;
+              T z = 0;
+              for (int64_t k = 0; k < h; ++k) z += wr[k] * st[k];
+              *o = z;
+            } else {
+              std::memcpy(o, st, h * sizeof(T));
+            }
+          }
+        }
+      }
+    });
   });
+}
+
+// Per work item it accumulates the weight gradients into its own slot of `d_w` (items, K, G),
+// `d_b` (items, G), `d_w_att`/`d_w_read` (items, h) and `d_b_att` (items); the caller sums the
+// slots. d_e_dirs (D, H*W, B, Cin) receives each direction's gradient w.r.t. the encoded map.
+template <typename T, int NV>
+void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
+                   const std::vector<int64_t>& packed_start,
+                   const std::vector<int64_t>& padded_start,
+                   const std::vector<int64_t>& neighbour_start, const T* grad_out,
+                   const T* states, const T* cells, const T* acts, T* d_states, T* d_cells,
+                   T* d_e_dirs, T* d_w, T* d_b, T* d_w_att, T* d_b_att, T* d_w_read) {
+  // A compile-time width where the gates fill whole vectors, so the short loops unroll.
+  const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : sc.hidden;
+  const int64_t G = 4 * h, S = sc.width, Cin = sc.in_ch;
+  const int64_t K = sc.inputs, Kp = sc.inputs_padded;
+  at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> zeros(h), dp(kBatchGroup * G), back(kBatchGroup * Kp);
+    sc.for_items(begin, end, [&](int64_t item, int64_t d, int64_t b0, int64_t b1) {
+      const T* w_t = sc.w_cat_t + d * G * Kp;
+      T* dw = d_w + item * K * G;
+      T* db = d_b + item * G;
+      for (int64_t t = static_cast<int64_t>(length.size()) - 1; t >= 0; --t) {
+        for (int64_t i = 0; i < length[t]; ++i) {
+          const int64_t p = packed_start[t] + i, g = padded_start[t] + i;
+          const int64_t a = t > 0 ? neighbour_start[t] + i : 0;
+          for (int64_t b = b0; b < b1; ++b) {
+            const T* act = acts + sc.act_row(d, p, b);
+            const T* st = states + sc.state_row(d, g, b);
+            const T* ds = d_states + sc.state_row(d, g, b);
+            const int64_t o = d * sc.cells * sc.batch + sc.raster_row(d, p, b);
+            // The output's gradient as gs * gv, the attention estimate's as dz * wa.
+            T gs = T(1), dz = T(0);
+            const T* gv = grad_out + o * h;
+            const T* wa = zeros.data();
+            if (sc.readout) {
+              gs = grad_out[o];
+              gv = sc.w_read + d * h;
+              T* dwr = d_w_read + item * h;
+              for (int64_t k = 0; k < h; ++k) dwr[k] += gs * st[k];
+            }
+            if (sc.feedback) {
+              const T att = st[h];
+              dz = ds[h] * att * (T(1) - att);
+              wa = sc.w_att + d * h;
+              T* dwa = d_w_att + item * h;
+              for (int64_t k = 0; k < h; ++k) dwa[k] += dz * st[k];
+              d_b_att[item] += dz;
+            }
+            T* dpb = dp.data() + (b - b0) * G;
+            const T* cl = t > 0 ? cells + sc.cell_row(d, a + 1, b) : nullptr;
+            T* dcl = t > 0 ? d_cells + sc.cell_row(d, a + 1, b) : nullptr;
+            cell_backward<T, NV>(act, cells + sc.cell_row(d, g, b), cl, ds, gs, gv, dz, wa,
+                                 d_cells + sc.cell_row(d, g, b), dcl, dpb, h);
+            for (int64_t j = 0; j < G; ++j) db[j] += dpb[j];
+          }
+          // What the gates' gradients send back, to the encoded map and to the two neighbours.
+          const int64_t rows = b1 - b0;
+          int64_t r = 0;
+          for (; r + kRowBlock <= rows; r += kRowBlock) {
+            transposed_product<T, kRowBlock>(back.data() + r * Kp, w_t, dp.data() + r * G, G, Kp);
+          }
+          for (; r < rows; ++r) {
+            transposed_product<T, 1>(back.data() + r * Kp, w_t, dp.data() + r * G, G, Kp);
+          }
+          for (int64_t b = b0; b < b1; ++b) {
+            const T* bk = back.data() + (b - b0) * Kp;
+            const int64_t o = d * sc.cells * sc.batch + sc.raster_row(d, p, b);
+            std::memcpy(d_e_dirs + o * Cin, bk, Cin * sizeof(T));
+            if (t > 0) {
+              T* dsa = d_states + sc.state_row(d, a, b);
+              T* dsl = d_states + sc.state_row(d, a + 1, b);
+              for (int64_t k = 0; k < S; ++k) {
+                dsa[k] += bk[Cin + k];
+                dsl[k] += bk[Cin + S + k];
+              }
+            }
+          }
+          // Weight gradients of this cell's batch group: inputs (rows) times gate gradients.
+          accumulate_outer<T, NV>(dw, sc.e + sc.raster_row(d, p, b0) * Cin, Cin, Cin,
+                                  dp.data(), rows, G);
+          if (t > 0) {
+            accumulate_outer<T, NV>(dw + Cin * G, states + sc.state_row(d, a, b0), S, S,
+                                    dp.data(), rows, G);
+            accumulate_outer<T, NV>(dw + (Cin + S) * G, states + sc.state_row(d, a + 1, b0), S,
+                                    S, dp.data(), rows, G);
+          }
+        }
+      }
+    });
+  });
+}
+
+// Calls f with the compile-time number of SIMD vectors per gate row for the common widths.
+template <typename T, typename F>
+void dispatch_width(int64_t gates, const F& f) {
+  constexpr int64_t L = Simd<T>::lanes;
+  if (gates % L == 0) {
+    switch (gates / L) {
+      case 1: return f(std::integral_constant<int, 1>());
+      case 2: return f(std::integral_constant<int, 2>());
+      case 4: return f(std::integral_constant<int, 4>());
+      case 8: return f(std::integral_constant<int, 8>());
+      default: break;
+    }
+  }
+  f(std::integral_constant<int, 0>());
+}
+
+// The weights as the kernels read them: [w_in; w_above; w_left] (D, K, G) and its transpose.
+std::pair<at::Tensor, at::Tensor> concat_weights(const at::Tensor& w_in,
+                                                 const at::Tensor& w_state) {
+  const int64_t dirs = w_in.size(0), gates = w_in.size(2);
+  auto w_cat = at::cat({w_in, w_state.reshape({dirs, -1, gates})}, 1).contiguous();
+  const int64_t k = w_cat.size(1), block = 4 * 64 / w_in.element_size();  // 4 SIMD vectors
+  auto w_cat_t = at::zeros({dirs, gates, (k + block - 1) / block * block}, w_in.options());
+  w_cat_t.narrow(2, 0, k).copy_(w_cat.transpose(1, 2));
+  return {w_cat, w_cat_t};
+}
+
+template <typename T>
+Scan<T> make_scan(const at::Tensor& e_rows, const at::Tensor& index, const at::Tensor& w_cat,
+                  const at::Tensor& w_cat_t, const at::Tensor& b_in, const at::Tensor& w_att,
+                  const at::Tensor& b_att, const at::Tensor& w_read, int64_t padded) {
+  Scan<T> sc;
+  sc.dirs = w_cat.size(0);
+  sc.cells = index.size(1);
+  sc.batch = e_rows.size(1);
+  sc.in_ch = e_rows.size(2);
+  sc.gates = w_cat.size(2);
+  sc.hidden = sc.gates / 4;
+  sc.feedback = w_att.numel() > 0;
+  sc.readout = w_read.numel() > 0;
+  sc.width = sc.hidden + (sc.feedback ? 1 : 0);
+  sc.inputs = w_cat.size(1);
+  sc.inputs_padded = w_cat_t.size(2);
+  sc.padded = padded;
+  sc.e = e_rows.data_ptr<T>();
+  sc.index = index.data_ptr<int64_t>();
+  sc.w_cat = w_cat.data_ptr<T>();
+  sc.w_cat_t = w_cat_t.data_ptr<T>();
+  sc.b_in = b_in.data_ptr<T>();
+  sc.w_att = sc.feedback ? w_att.data_ptr<T>() : nullptr;
+  sc.b_att = sc.feedback ? b_att.data_ptr<T>() : nullptr;
+  sc.w_read = sc.readout ? w_read.data_ptr<T>() : nullptr;
+  return sc;
+}
+
+void check_inputs(const std::vector<at::Tensor>& tensors) {
+  for (const auto& t : tensors) {
+    TORCH_CHECK(t.device().is_cpu(), "the fused scan kernels run on the CPU");
+    TORCH_CHECK(t.is_contiguous(), "the fused scan kernels take contiguous tensors");
+  }
 }
 
 }  // namespace
 
-// x (D, P, B, 4h) packed input terms; w_state (D, 2, S, 4h); w_att (D, h, 1), b_att (D, 1, 1)
-// (empty tensors without feedback). Returns out (D, P, B, h), states, cells, acts.
-std::vector<at::Tensor> diagonal_lstm_forward(at::Tensor x, at::Tensor w_state, at::Tensor w_att,
-                                              at::Tensor b_att, std::vector<int64_t> length,
+// e_rows (H*W, B, Cin) raster order; index (D, P) int64; w_in (D, Cin, 4h); b_in (D, 4h);
+// w_state (D, 2, S, 4h); w_att (D, h), b_att (D) and w_read (D, h) may be empty (no feedback, no
+// readout). Returns out ((D, H*W, B) readout, or (D, H*W, B, h) hidden states, raster order),
+// states, cells, acts (kept for backward).
+std::vector<at::Tensor> diagonal_lstm_forward(at::Tensor e_rows, at::Tensor index,
+                                              at::Tensor w_in, at::Tensor b_in,
+                                              at::Tensor w_state, at::Tensor w_att,
+                                              at::Tensor b_att, at::Tensor w_read,
+                                              std::vector<int64_t> length,
                                               std::vector<int64_t> packed_start,
                                               std::vector<int64_t> padded_start,
                                               std::vector<int64_t> neighbour_start,
                                               int64_t padded_size) {
-  TORCH_CHECK(x.is_contiguous() && w_state.is_contiguous(), "inputs must be contiguous");
-  const bool feedback = w_att.numel() > 0;
-  const int64_t dirs = x.size(0), cells_total = x.size(1), batch = x.size(2);
-  const int64_t gates = x.size(3), hidden = gates / 4, width = hidden + (feedback ? 1 : 0);
+  check_inputs({e_rows, index, w_in, b_in, w_state, w_att, b_att, w_read});
+  const int64_t dirs = w_in.size(0), cells_total = index.size(1), batch = e_rows.size(1);
+  const int64_t gates = w_in.size(2), hidden = gates / 4;
+  const int64_t width = hidden + (w_att.numel() > 0 ? 1 : 0);
+  const auto opts = e_rows.options();
   // Only the pad rows around each diagonal must be zero: every other row is written before use.
-  auto states = at::empty({dirs, padded_size, batch, width}, x.options());
-  auto cells = at::empty({dirs, padded_size, batch, hidden}, x.options());
+  auto states = at::empty({dirs, padded_size, batch, width}, opts);
+  auto cells = at::empty({dirs, padded_size, batch, hidden}, opts);
+  std::vector<int64_t> pads;
   for (size_t t = 0; t < length.size(); ++t) {
-    for (int64_t pad : {padded_start[t] - 1, padded_start[t] + length[t]}) {
-      states.narrow(1, pad, 1).zero_();
-      cells.narrow(1, pad, 1).zero_();
-    }
+    pads.push_back(padded_start[t] - 1);
+    pads.push_back(padded_start[t] + length[t]);
   }
-  auto out = at::empty({dirs, cells_total, batch, hidden}, x.options());
-  auto acts = at::empty_like(x);  // pre-activations, turned into activations in place
-  auto w_att_c = feedback ? w_att.contiguous() : w_att;
-  auto b_att_c = feedback ? b_att.contiguous() : b_att;
-  for (size_t t = 0; t < length.size(); ++t) {
-    const int64_t n = length[t], p0 = packed_start[t], g0 = padded_start[t];
-    auto act = rows(acts, p0, n);
-    int64_t a0 = 0;
-    if (t > 0) {
-      a0 = neighbour_start[t];
-      auto pre = rows(x, p0, n), above = rows(states, a0, n), left = rows(states, a0 + 1, n);
-      for (int64_t d = 0; d < dirs; ++d) {  // 2-D products on contiguous blocks: no copies
-        auto act_d = act[d];
-        at::addmm_out(act_d, pre[d], above[d], w_state[d][0]);
-        act_d.addmm_(left[d], w_state[d][1]);
-      }
-    } else {
-      act.copy_(rows(x, p0, n));
-    }
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diagonal_lstm_forward", [&] {
-      forward_cells<scalar_t>(
-          act.data_ptr<scalar_t>(), rows(cells, g0, n).data_ptr<scalar_t>(),
-          t > 0 ? rows(cells, a0 + 1, n).data_ptr<scalar_t>() : nullptr,
-          rows(out, p0, n).data_ptr<scalar_t>(), rows(states, g0, n).data_ptr<scalar_t>(),
-          feedback ? w_att_c.data_ptr<scalar_t>() : nullptr,
-          feedback ? b_att_c.data_ptr<scalar_t>() : nullptr, dirs, n * batch, hidden,
-          acts.stride(0), cells.stride(0), out.stride(0), states.stride(0), width);
+  auto pad_index = at::tensor(pads, opts.dtype(at::kLong));
+  states.index_fill_(1, pad_index, 0);
+  cells.index_fill_(1, pad_index, 0);
+  auto out = w_read.numel() > 0 ? at::empty({dirs, cells_total, batch}, opts)
+                                : at::empty({dirs, cells_total, batch, hidden}, opts);
+  auto acts = at::empty({dirs, cells_total, batch, gates}, opts);
+  const auto [w_cat, w_cat_t] = concat_weights(w_in, w_state);
+  AT_DISPATCH_FLOATING_TYPES(e_rows.scalar_type(), "diagonal_lstm_forward", [&] {
+    const auto sc = make_scan<scalar_t>(e_rows, index, w_cat, w_cat_t, b_in, w_att, b_att,
+                                        w_read, padded_size);
+    dispatch_width<scalar_t>(gates, [&](auto nv) {
+      forward_scan<scalar_t, decltype(nv)::value>(
+          sc, length, packed_start, padded_start, neighbour_start, out.data_ptr<scalar_t>(),
+          states.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(), acts.data_ptr<scalar_t>());
     });
-  }
+  });
   return {out, states, cells, acts};
 }
 
-// Returns d_x, d_w_state, d_w_att, d_b_att (the last two empty without feedback).
+// Returns d_e_rows, d_w_in, d_b_in, d_w_state, d_w_att, d_b_att, d_w_read (the last three with a
+// zero-sized dimension where there is no feedback or readout).
 std::vector<at::Tensor> diagonal_lstm_backward(
-    at::Tensor grad_out, at::Tensor w_state, at::Tensor w_att, at::Tensor states,
+    at::Tensor grad_out, at::Tensor e_rows, at::Tensor index, at::Tensor w_in, at::Tensor b_in,
+    at::Tensor w_state, at::Tensor w_att, at::Tensor b_att, at::Tensor w_read, at::Tensor states,
     at::Tensor cells, at::Tensor acts, std::vector<int64_t> length,
     std::vector<int64_t> packed_start, std::vector<int64_t> padded_start,
     std::vector<int64_t> neighbour_start) {
   grad_out = grad_out.contiguous();
-  const bool feedback = w_att.numel() > 0;
-  const int64_t dirs = acts.size(0), batch = acts.size(2), gates = acts.size(3);
-  const int64_t hidden = gates / 4, width = states.size(3);
+  check_inputs({grad_out, e_rows, index, w_in, b_in, w_state, w_att, b_att, w_read, states,
+                cells, acts});
+  const int64_t dirs = acts.size(0), cells_total = acts.size(1), batch = acts.size(2);
+  const int64_t gates = acts.size(3), hidden = gates / 4;
+  const int64_t in_ch = e_rows.size(2);
+  const auto opts = acts.options();
+  const auto [w_cat, w_cat_t] = concat_weights(w_in, w_state);
+  const int64_t inputs = w_cat.size(1);
+  const int64_t groups = (batch + kBatchGroup - 1) / kBatchGroup, items = dirs * groups;
   auto d_states = at::zeros_like(states);
   auto d_cells = at::zeros_like(cells);
-  auto d_x = at::empty_like(acts);
-  auto d_w_state = at::zeros_like(w_state);
-  auto d_w_att = feedback ? at::zeros_like(w_att) : at::Tensor();
-  auto d_b_att = feedback ? at::zeros({dirs, 1, 1}, acts.options()) : at::Tensor();
-  auto w_att_c = feedback ? w_att.contiguous() : w_att;
-  for (int64_t t = static_cast<int64_t>(length.size()) - 1; t >= 0; --t) {
-    const int64_t n = length[t], p0 = packed_start[t], g0 = padded_start[t];
-    const int64_t rows_b = n * batch;
-    const int64_t a0 = t > 0 ? neighbour_start[t] : 0;
-    auto d_pre = rows(d_x, p0, n);
-    auto d_logit = feedback ? at::empty({dirs, rows_b, 1}, acts.options()) : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "diagonal_lstm_backward", [&] {
-      backward_cells<scalar_t>(
-          rows(acts, p0, n).data_ptr<scalar_t>(), rows(cells, g0, n).data_ptr<scalar_t>(),
-          t > 0 ? rows(cells, a0 + 1, n).data_ptr<scalar_t>() : nullptr,
-          rows(states, g0, n).data_ptr<scalar_t>(), rows(d_states, g0, n).data_ptr<scalar_t>(),
-          rows(grad_out, p0, n).data_ptr<scalar_t>(), rows(d_cells, g0, n).data_ptr<scalar_t>(),
-          t > 0 ? rows(d_cells, a0 + 1, n).data_ptr<scalar_t>() : nullptr,
-          d_pre.data_ptr<scalar_t>(), feedback ? d_logit.data_ptr<scalar_t>() : nullptr,
-          feedback ? w_att_c.data_ptr<scalar_t>() : nullptr, dirs, rows_b, hidden,
-          acts.stride(0), cells.stride(0), grad_out.stride(0), states.stride(0), width);
+  auto d_e_dirs = at::empty({dirs, cells_total, batch, in_ch}, opts);
+  auto d_w = at::zeros({items, inputs, gates}, opts);
+  auto d_b = at::zeros({items, gates}, opts);
+  auto d_w_att = at::zeros({items, hidden}, opts);
+  auto d_b_att = at::zeros({items}, opts);
+  auto d_w_read = at::zeros({items, hidden}, opts);
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "diagonal_lstm_backward", [&] {
+    const auto sc = make_scan<scalar_t>(e_rows, index, w_cat, w_cat_t, b_in, w_att, b_att,
+                                        w_read, states.size(1));
+    dispatch_width<scalar_t>(gates, [&](auto nv) {
+      backward_scan<scalar_t, decltype(nv)::value>(
+          sc, length, packed_start, padded_start, neighbour_start, grad_out.data_ptr<scalar_t>(),
+          states.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(), acts.data_ptr<scalar_t>(),
+          d_states.data_ptr<scalar_t>(), d_cells.data_ptr<scalar_t>(),
+          d_e_dirs.data_ptr<scalar_t>(), d_w.data_ptr<scalar_t>(), d_b.data_ptr<scalar_t>(),
+          d_w_att.data_ptr<scalar_t>(), d_b_att.data_ptr<scalar_t>(),
+          d_w_read.data_ptr<scalar_t>());
     });
-    auto h = rows(states, g0, n).narrow(2, 0, hidden);
-    auto d_above = rows(d_states, a0, n), d_left = rows(d_states, a0 + 1, n);
-    for (int64_t d = 0; d < dirs; ++d) {  // 2-D products on contiguous blocks: no copies
-      if (feedback) {
-        d_w_att[d].addmm_(h[d].t(), d_logit[d]);
-        d_b_att[d].add_(d_logit[d].sum(0, true));
-      }
-      if (t > 0) {
-        d_above[d].addmm_(d_pre[d], w_state[d][0].t());
-        d_left[d].addmm_(d_pre[d], w_state[d][1].t());
-      }
-    }
-  }
-  // State-to-state weight gradients as one large product over all cells: gather, for every cell
-  // in packed order, the state block it read as "above" (the "left" one is the next row).
-  std::vector<int64_t> above_rows;
-  above_rows.reserve(acts.size(1));
-  for (size_t t = 1; t < length.size(); ++t) {
-    for (int64_t i = 0; i < length[t]; ++i) above_rows.push_back(neighbour_start[t] + i);
-  }
-  if (!above_rows.empty()) {
-    const int64_t first = length[0];  // diagonal 0 reads no neighbours
-    const int64_t cells_read = static_cast<int64_t>(above_rows.size());
-    auto index = at::tensor(above_rows, acts.options().dtype(at::kLong));
-    auto d_pre_all = d_x.narrow(1, first, cells_read).reshape({dirs, cells_read * batch, gates});
-    for (int64_t tap = 0; tap < 2; ++tap) {
-      auto read = states.index_select(1, index + tap).view({dirs, cells_read * batch, width});
-      d_w_state.select(1, tap).copy_(at::bmm(read.transpose(1, 2), d_pre_all));
-    }
-  }
-  return {d_x, d_w_state, d_w_att, d_b_att};
+  });
+  // Sum the work items' slots per direction (items of direction d are d*groups .. +groups).
+  auto per_dir = [&](const at::Tensor& t) { return t.view({dirs, groups, -1}).sum(1); };
+  auto d_w_dir = d_w.view({dirs, groups, inputs, gates}).sum(1);
+  auto d_w_in = d_w_dir.narrow(1, 0, in_ch);
+  auto d_w_state = d_w_dir.narrow(1, in_ch, inputs - in_ch).reshape(w_state.sizes());
+  auto d_rows = d_e_dirs.sum(0).view({cells_total, batch, in_ch});
+  return {d_rows, d_w_in, per_dir(d_b), d_w_state, per_dir(d_w_att),
+          d_b_att.view({dirs, groups}).sum(1), per_dir(d_w_read)};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &diagonal_lstm_forward, "diagonal LSTM forward (fused cells)");
-  m.def("backward", &diagonal_lstm_backward, "diagonal LSTM backward (fused cells)");
+  m.def("forward", &diagonal_lstm_forward, "diagonal LSTM scan, forward (fused cells)");
+  m.def("backward", &diagonal_lstm_backward, "diagonal LSTM scan, backward through time");
 }

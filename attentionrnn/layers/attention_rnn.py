@@ -97,14 +97,13 @@ class _ScanAttention(nn.Module):
     def scan_logits(self, e: Tensor) -> Tensor:
         """One logit per position from the scan's hidden states: ``(B, 1, H, W)``.
 
-        The 1x1 head over the concatenated directions, applied to the scan's row layout
-        (saves two full-size transposes); the per-pixel reference overrides this.
+        The 1x1 head over the concatenated directions, applied per cell inside the scan (the
+        hidden maps are then never stored); the per-pixel reference overrides this.
         """
         batch, _, height, width = e.shape
-        rows = self.scan.hidden_rows(e)  # (D, H*W, B, h)
-        weight = self.head.weight.view(rows.shape[0], rows.shape[-1])
-        logits = torch.einsum("dpbh,dh->bp", rows.to(weight.dtype), weight) + self.head.bias
-        return logits.view(batch, 1, height, width)
+        weight = self.head.weight.view(len(self.scan.directions), self.hidden_channels)
+        logits = self.scan.hidden_readout(e, weight) + self.head.bias  # (H*W, B)
+        return logits.t().reshape(batch, 1, height, width)
 
     def mask_logits(self, e: Tensor) -> Tensor:
         raise NotImplementedError

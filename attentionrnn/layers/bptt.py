@@ -19,6 +19,7 @@ of small autograd ops spends most of its time.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ class DiagonalSchedule:
     padded_start: tuple[int, ...]  # offset in the padded buffers (one zero row each side)
 
     @classmethod
+    @functools.lru_cache(maxsize=128)  # shared by every call on maps of this size
     def of(cls, height: int, width: int) -> DiagonalSchedule:
         first, length, packed, padded = [], [], [], []
         total = 0
@@ -77,6 +79,7 @@ class DiagonalSchedule:
             cols = self.width - 1 - cols
         return rows * self.width + cols
 
+    @functools.cached_property
     def kernel_args(self) -> tuple[list[int], list[int], list[int], list[int]]:
         """The schedule as the C++ kernels take it."""
         neighbours = [0] + [self.neighbour_start(t) for t in range(1, self.steps)]
@@ -99,22 +102,10 @@ class DiagonalLSTMFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w_state, w_att, b_att, schedule: DiagonalSchedule, kernels=None):  # type: ignore[override]
+    def forward(ctx, x, w_state, w_att, b_att, schedule: DiagonalSchedule):  # type: ignore[override]
         with torch.autocast(x.device.type, enabled=False):
-            if kernels is not None:
-                empty = x.new_empty(0)
-                out, states, cells, acts = kernels.forward(
-                    x,
-                    w_state,
-                    empty if w_att is None else w_att,
-                    empty if b_att is None else b_att,
-                    *schedule.kernel_args(),
-                    schedule.padded_size,
-                )
-            else:
-                out, states, cells, acts = _forward(x, w_state, w_att, b_att, schedule)
+            out, states, cells, acts = _forward(x, w_state, w_att, b_att, schedule)
         ctx.schedule = schedule
-        ctx.kernels = kernels
         ctx.save_for_backward(w_state, w_att, states, cells, acts)
         return out
 
@@ -122,23 +113,8 @@ class DiagonalLSTMFunction(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         w_state, w_att, states, cells, acts = ctx.saved_tensors
         with torch.autocast(grad_out.device.type, enabled=False):
-            if ctx.kernels is not None:
-                empty = grad_out.new_empty(0)
-                d_x, d_w_state, d_w_att, d_b_att = ctx.kernels.backward(
-                    grad_out,
-                    w_state,
-                    empty if w_att is None else w_att,
-                    states,
-                    cells,
-                    acts,
-                    *ctx.schedule.kernel_args(),
-                )
-                if w_att is None:
-                    d_w_att = d_b_att = None
-                grads = (d_x, d_w_state, d_w_att, d_b_att)
-            else:
-                grads = _backward(grad_out, w_state, w_att, states, cells, acts, ctx.schedule)
-        return (*grads, None, None)
+            grads = _backward(grad_out, w_state, w_att, states, cells, acts, ctx.schedule)
+        return (*grads, None)
 
 
 def _forward(

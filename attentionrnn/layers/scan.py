@@ -13,6 +13,7 @@ each with its own weights (a batched matrix product).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from attentionrnn.layers import _extension
 from attentionrnn.layers.bptt import DiagonalLSTMFunction, DiagonalSchedule
+from attentionrnn.layers.fused import FusedDiagonalLSTM
 
 # A direction is named by the corner the scan starts from; the value is the flip that moves that
 # corner to the top-left (dims of an (..., H, W) tensor).
@@ -98,6 +100,18 @@ def _graph_capture_active() -> bool:
 def state_dtype_for(dtype: torch.dtype) -> torch.dtype:
     """The recurrent state stays in at least float32 (bf16/fp16 inputs, autocast)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+@functools.lru_cache(maxsize=128)
+def _packing_index(
+    schedule: DiagonalSchedule, corners: tuple[str, ...], device: torch.device
+) -> Tensor:
+    return torch.stack(
+        [
+            schedule.raster_index(-2 in CORNER_FLIPS[c], -1 in CORNER_FLIPS[c], device)
+            for c in corners
+        ]
+    )
 
 
 class DiagonalLSTMScan(nn.Module):
@@ -209,16 +223,28 @@ class DiagonalLSTMScan(nn.Module):
     def hidden_rows(self, e: Tensor) -> Tensor:
         """Hidden states of all directions as ``(D, H*W, B, hidden)``, positions row-major.
 
-        The layout the scan produces without a transpose; heads that mix directions per position
-        (a 1x1 conv) can work on it directly.
+        The layout the scan produces without a transpose.
         """
         implementation = self.resolved_implementation(e)
-        if implementation != "autograd":
-            kernels = _extension.load() if implementation == "fused" else None
-            return self._rows_bptt(e, kernels)
+        if implementation == "fused":
+            return self._run_fused(e, None)
+        if implementation == "bptt":
+            return self._rows_bptt(e)
         batch, _, height, width = e.shape
         maps = self._forward_autograd(e).unflatten(1, (len(self.directions), -1))
         return maps.permute(1, 3, 4, 0, 2).reshape(len(self.directions), height * width, batch, -1)
+
+    def hidden_readout(self, e: Tensor, weight: Tensor) -> Tensor:
+        """``sum_d weight[d] . h_d`` at every position, ``(H*W, B)`` row-major; ``weight`` is
+        ``(D, hidden)``.
+
+        A 1x1 convolution of the concatenated hidden maps to one channel (without its bias). The
+        fused kernels compute it per cell, so the hidden maps are never stored.
+        """
+        if self.resolved_implementation(e) == "fused":
+            return self._run_fused(e, weight).sum(0)
+        rows = self.hidden_rows(e)
+        return torch.einsum("dpbh,dh->pb", rows.to(weight.dtype), weight)
 
     def resolved_implementation(self, e: Tensor) -> str:
         """The implementation ``forward`` uses for input ``e`` (see ``implementation``)."""
@@ -232,16 +258,42 @@ class DiagonalLSTMScan(nn.Module):
             return "fused"
         return "bptt"
 
-    def _rows_bptt(self, e: Tensor, kernels=None) -> Tensor:
+    def _packing_index(self, schedule: DiagonalSchedule, device: torch.device) -> Tensor:
+        """``(D, H*W)``: the row-major position of each packed cell of each direction."""
+        return _packing_index(schedule, self.directions, device)
+
+    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """State-to-state taps ``(D, 2, S, 4h)``, attention weight ``(D, h)`` and bias ``(D,)``."""
+        w_state = self.state_to_state.permute(0, 3, 2, 1).to(dtype).contiguous()
+        if not self.feedback:
+            return w_state, None, None
+        return w_state, self.attention_weight.to(dtype), self.attention_bias.to(dtype)
+
+    def _run_fused(self, e: Tensor, readout: Tensor | None) -> Tensor:
+        num_dirs, hidden, channels = len(self.directions), self.hidden_channels, e.shape[1]
+        height, width = e.shape[-2:]
+        schedule = DiagonalSchedule.of(height, width)
+        dtype = state_dtype_for(e.dtype)
+        w_in = self.input_to_state.weight.view(num_dirs, 4 * hidden, channels).transpose(1, 2)
+        w_state, w_att, b_att = self._weights(dtype)
+        return FusedDiagonalLSTM.apply(
+            e,
+            self._packing_index(schedule, e.device),
+            w_in.to(dtype).contiguous(),
+            self.input_to_state.bias.view(num_dirs, 4 * hidden).to(dtype),
+            w_state,
+            w_att,
+            b_att,
+            None if readout is None else readout.to(dtype).contiguous(),
+            schedule,
+            _extension.load(),
+        )
+
+    def _rows_bptt(self, e: Tensor) -> Tensor:
         batch, channels, height, width = e.shape
         num_dirs, hidden = len(self.directions), self.hidden_channels
         schedule = DiagonalSchedule.of(height, width)
-        index = torch.stack(
-            [
-                schedule.raster_index(-2 in CORNER_FLIPS[d], -1 in CORNER_FLIPS[d], e.device)
-                for d in self.directions
-            ]
-        )
+        index = self._packing_index(schedule, e.device)
         # One gather of whole (B, C) rows puts every direction's cells in diagonal order; the 1x1
         # input-to-state conv is then a batched matrix product straight into the packed layout.
         dtype = state_dtype_for(e.dtype)
@@ -251,19 +303,11 @@ class DiagonalLSTMScan(nn.Module):
         bias = self.input_to_state.bias.view(num_dirs, 1, 4 * hidden)
         # (under autocast this product runs in bf16, like the conv it replaces; the scan does not)
         packed = torch.baddbmm(bias, packed, weight).to(dtype)
-        w_state = self.state_to_state.permute(0, 3, 2, 1).to(dtype)  # (D, tap, S, 4h)
-        w_att = b_att = None
+        w_state, w_att, b_att = self._weights(dtype)
         if self.feedback:
-            w_att = self.attention_weight.unsqueeze(-1).to(dtype)
-            b_att = self.attention_bias.view(num_dirs, 1, 1).to(dtype)
-        out = DiagonalLSTMFunction.apply(
-            packed.view(num_dirs, height * width, batch, 4 * hidden),
-            w_state.contiguous(),
-            w_att,
-            b_att,
-            schedule,
-            kernels,
-        )
+            w_att, b_att = w_att.unsqueeze(-1), b_att.view(num_dirs, 1, 1)
+        packed = packed.view(num_dirs, height * width, batch, 4 * hidden)
+        out = DiagonalLSTMFunction.apply(packed, w_state, w_att, b_att, schedule)
         # Back to row-major positions: one gather of whole (B, h) rows.
         offsets = torch.arange(num_dirs, device=e.device).unsqueeze(1) * (height * width)
         inverse = (torch.argsort(index, dim=1) + offsets).flatten()

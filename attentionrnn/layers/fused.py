@@ -1,0 +1,116 @@
+"""The diagonal-LSTM scan as one autograd node running the fused C++ kernels.
+
+Unlike :class:`attentionrnn.layers.bptt.DiagonalLSTMFunction`, whose input is the input-to-state
+product already gathered into the packed layout, this node takes the encoded map itself and reads
+it in raster order through the packing index, inside the kernel. That keeps two map-sized copies
+out of the memory autograd holds for backward (the gathered map and the projected gates), and with
+a *readout* (a per-direction linear map of the hidden state, e.g. the 1x1 head of AttentionRNN) the
+hidden states are not written out either: the node returns one value per position and direction.
+
+Saved for backward: the encoded map (usually the same storage the preceding ReLU keeps), the gate
+activations, cell states and passed-on states. The weight gradients are a few large matrix
+products over all cells after the backward scan.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from attentionrnn.layers.bptt import DiagonalSchedule
+
+
+class FusedDiagonalLSTM(torch.autograd.Function):
+    """Inputs: ``e`` (B, Cin, H, W); ``index`` (D, H*W) the raster position of each packed cell of
+    each direction; ``w_in`` (D, Cin, 4h) and ``b_in`` (D, 4h) the input-to-state product;
+    ``w_state`` (D, 2, S, 4h) the state-to-state taps (above, left); ``w_att`` (D, h) and
+    ``b_att`` (D) the attention estimate (``None`` without feedback); ``w_read`` (D, h) or
+    ``None``. Weights are in the dtype the scan runs in; ``e`` is cast to it.
+
+    Output, in raster order: ``(D, H*W, B)`` readouts when ``w_read`` is given, else the hidden
+    states ``(D, H*W, B, h)``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        e: Tensor,
+        index: Tensor,
+        w_in: Tensor,
+        b_in: Tensor,
+        w_state: Tensor,
+        w_att: Tensor | None,
+        b_att: Tensor | None,
+        w_read: Tensor | None,
+        schedule: DiagonalSchedule,
+        kernels: ModuleType,
+    ) -> Tensor:
+        empty = w_in.new_empty(0)
+        with torch.autocast(e.device.type, enabled=False):
+            out, states, cells, acts = kernels.forward(
+                _raster_rows(e, w_in.dtype),
+                index,
+                w_in,
+                b_in,
+                w_state,
+                empty if w_att is None else w_att,
+                empty if b_att is None else b_att,
+                empty if w_read is None else w_read,
+                *schedule.kernel_args,
+                schedule.padded_size,
+            )
+        ctx.schedule, ctx.kernels = schedule, kernels
+        ctx.has_att, ctx.has_read = w_att is not None, w_read is not None
+        ctx.save_for_backward(
+            e, index, w_in, b_in, w_state, _or(w_att, empty), _or(b_att, empty),
+            _or(w_read, empty), states, cells, acts,
+        )  # fmt: skip
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        e, index, w_in, b_in, w_state, w_att, b_att, w_read, states, cells, acts = ctx.saved_tensors
+        with torch.autocast(grad_out.device.type, enabled=False):
+            d_rows, d_w_in, d_b_in, d_w_state, d_w_att, d_b_att, d_w_read = ctx.kernels.backward(
+                grad_out.to(w_in.dtype),
+                _raster_rows(e, w_in.dtype),
+                index,
+                w_in,
+                b_in,
+                w_state,
+                w_att,
+                b_att,
+                w_read,
+                states,
+                cells,
+                acts,
+                *ctx.schedule.kernel_args,
+            )
+        batch, channels, height, width = e.shape
+        # Contiguous NCHW, as the ReLU and convolution before the scan read it fastest.
+        d_e = d_rows.view(height, width, batch, channels).permute(2, 3, 0, 1)
+        d_e = d_e.to(e.dtype, memory_format=torch.contiguous_format)
+        return (
+            d_e,
+            None,
+            d_w_in,
+            d_b_in,
+            d_w_state,
+            d_w_att if ctx.has_att else None,
+            d_b_att if ctx.has_att else None,
+            d_w_read if ctx.has_read else None,
+            None,
+            None,
+        )
+
+
+def _raster_rows(e: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(B, C, H, W)`` to contiguous ``(H*W, B, C)``: a row of channels per position and image."""
+    batch, channels, height, width = e.shape
+    return e.permute(2, 3, 0, 1).to(dtype).contiguous().view(height * width, batch, channels)
+
+
+def _or(t: Tensor | None, default: Tensor) -> Tensor:
+    return default if t is None else t
