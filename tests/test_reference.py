@@ -123,3 +123,40 @@ def test_reference_is_not_trivially_equal():
         fast.scan.state_to_state[1, 0, 0, 0] += 0.5  # inverse-raster direction, above tap
     x = torch.randn(1, 3, 5, 6, dtype=torch.float64)
     assert (fast(x) - ref(x)).abs().max() > 1e-6
+
+
+FUSED_ONLY = pytest.mark.skipif(_extension.load() is None, reason="C++ kernels unavailable")
+
+
+@FUSED_ONLY
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("hidden", [3, 4, 8, 16, 32])
+@pytest.mark.parametrize("batch", [1, 6, 21])
+def test_fused_kernels_every_width_and_batch_block(dtype, hidden, batch):
+    """The C++ kernels specialise on gate widths that fill whole SIMD vectors (4h = 16, 32, 64,
+    128 floats), process rows in blocks of 4 and work items of 16 batch elements: every path,
+    with tails, against the per-pixel reference run in float64."""
+    torch.manual_seed(hidden + batch)
+    fast = AttentionRNN(3, hidden_channels=hidden, query_channels=2).to(dtype)
+    fast.scan.implementation = "fused"
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.uniform_(-0.5, 0.5)
+    ref = ReferenceAttentionRNN.from_layer(fast).double()
+    x = torch.randn(batch, 3, 5, 7, dtype=torch.float64)
+    q = torch.randn(batch, 2, dtype=torch.float64)
+    x_fast = x.to(dtype).clone().requires_grad_()
+    x_ref = x.clone().requires_grad_()
+    y_fast, m_fast = fast(x_fast, q.to(dtype), return_mask=True)
+    y_ref, m_ref = ref(x_ref, q, return_mask=True)
+    atol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(m_fast.double(), m_ref, rtol=0, atol=atol)
+    weights = torch.randn_like(y_ref)
+    (y_fast * weights.to(dtype)).sum().backward()
+    (y_ref * weights).sum().backward()
+    torch.testing.assert_close(x_fast.grad.double(), x_ref.grad, rtol=0, atol=10 * atol)
+    for (name, p_fast), p_ref in zip(fast.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(
+            p_fast.grad.double(), p_ref.grad, rtol=1e-4 if dtype == torch.float32 else 0,
+            atol=10 * atol, msg=name,
+        )  # fmt: skip
