@@ -550,14 +550,14 @@ std::vector<at::Tensor> diagonal_lstm_forward(at::Tensor e_rows, at::Tensor inde
   return {out, states, cells, acts};
 }
 
-// Returns d_e_rows, d_w_in, d_b_in, d_w_state, d_w_att, d_b_att, d_w_read (the last three with a
+// Returns d_e (B, Cin, H, W), d_w_in, d_b_in, d_w_state, d_w_att, d_b_att, d_w_read (the last three with a
 // zero-sized dimension where there is no feedback or readout).
 std::vector<at::Tensor> diagonal_lstm_backward(
     at::Tensor grad_out, at::Tensor e_rows, at::Tensor index, at::Tensor w_in, at::Tensor b_in,
     at::Tensor w_state, at::Tensor w_att, at::Tensor b_att, at::Tensor w_read, at::Tensor states,
     at::Tensor cells, at::Tensor acts, std::vector<int64_t> length,
     std::vector<int64_t> packed_start, std::vector<int64_t> padded_start,
-    std::vector<int64_t> neighbour_start) {
+    std::vector<int64_t> neighbour_start, int64_t height, int64_t width) {
   grad_out = grad_out.contiguous();
   check_inputs({grad_out, e_rows, index, w_in, b_in, w_state, w_att, b_att, w_read, states,
                 cells, acts});
@@ -594,8 +594,12 @@ std::vector<at::Tensor> diagonal_lstm_backward(
   auto d_w_dir = d_w.view({dirs, groups, inputs, gates}).sum(1);
   auto d_w_in = d_w_dir.narrow(1, 0, in_ch);
   auto d_w_state = d_w_dir.narrow(1, in_ch, inputs - in_ch).reshape(w_state.sizes());
-  auto d_rows = d_e_dirs.sum(0).view({cells_total, batch, in_ch});
-  return {d_rows, d_w_in, per_dir(d_b), d_w_state, per_dir(d_w_att),
+  // The encoded map's gradient, summed over directions straight into (B, Cin, H, W) layout: the
+  // ReLU and convolution before the scan read contiguous NCHW fastest.
+  auto d_e = at::empty({batch, in_ch, height, width}, opts);
+  auto d_e_rows = d_e.permute({2, 3, 0, 1}).view({cells_total, batch, in_ch});
+  at::sum_out(d_e_rows, d_e_dirs, 0);
+  return {d_e, d_w_in, per_dir(d_b), d_w_state, per_dir(d_w_att),
           d_b_att.view({dirs, groups}).sum(1), per_dir(d_w_read)};
 }
 

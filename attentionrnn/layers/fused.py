@@ -7,9 +7,8 @@ out of the memory autograd holds for backward (the gathered map and the projecte
 a *readout* (a per-direction linear map of the hidden state, e.g. the 1x1 head of AttentionRNN) the
 hidden states are not written out either: the node returns one value per position and direction.
 
-Saved for backward: the encoded map (usually the same storage the preceding ReLU keeps), the gate
-activations, cell states and passed-on states. The weight gradients are a few large matrix
-products over all cells after the backward scan.
+Saved for backward: the encoded map in row layout, the gate activations, cell states and
+passed-on states. The weight gradients are accumulated inside the backward kernel.
 """
 
 from __future__ import annotations
@@ -48,9 +47,10 @@ class FusedDiagonalLSTM(torch.autograd.Function):
         kernels: ModuleType,
     ) -> Tensor:
         empty = w_in.new_empty(0)
+        e_rows = _raster_rows(e, w_in.dtype)
         with torch.autocast(e.device.type, enabled=False):
             out, states, cells, acts = kernels.forward(
-                _raster_rows(e, w_in.dtype),
+                e_rows,
                 index,
                 w_in,
                 b_in,
@@ -63,19 +63,24 @@ class FusedDiagonalLSTM(torch.autograd.Function):
             )
         ctx.schedule, ctx.kernels = schedule, kernels
         ctx.has_att, ctx.has_read = w_att is not None, w_read is not None
+        ctx.e_dtype = e.dtype
+        # The row layout is kept rather than recomputed from e: a copy of e's size, and the
+        # backward pass is the slower half.
         ctx.save_for_backward(
-            e, index, w_in, b_in, w_state, _or(w_att, empty), _or(b_att, empty),
+            e_rows, index, w_in, b_in, w_state, _or(w_att, empty), _or(b_att, empty),
             _or(w_read, empty), states, cells, acts,
         )  # fmt: skip
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        e, index, w_in, b_in, w_state, w_att, b_att, w_read, states, cells, acts = ctx.saved_tensors
+        e_rows, index, w_in, b_in, w_state, w_att, b_att, w_read, states, cells, acts = (
+            ctx.saved_tensors
+        )
         with torch.autocast(grad_out.device.type, enabled=False):
-            d_rows, d_w_in, d_b_in, d_w_state, d_w_att, d_b_att, d_w_read = ctx.kernels.backward(
+            d_e, d_w_in, d_b_in, d_w_state, d_w_att, d_b_att, d_w_read = ctx.kernels.backward(
                 grad_out.to(w_in.dtype),
-                _raster_rows(e, w_in.dtype),
+                e_rows,
                 index,
                 w_in,
                 b_in,
@@ -87,11 +92,10 @@ class FusedDiagonalLSTM(torch.autograd.Function):
                 cells,
                 acts,
                 *ctx.schedule.kernel_args,
+                ctx.schedule.height,
+                ctx.schedule.width,
             )
-        batch, channels, height, width = e.shape
-        # Contiguous NCHW, as the ReLU and convolution before the scan read it fastest.
-        d_e = d_rows.view(height, width, batch, channels).permute(2, 3, 0, 1)
-        d_e = d_e.to(e.dtype, memory_format=torch.contiguous_format)
+        d_e = d_e.to(ctx.e_dtype)
         return (
             d_e,
             None,
