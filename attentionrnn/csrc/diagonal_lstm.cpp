@@ -254,8 +254,8 @@ inline void accumulate_outer(T* dw, const T* in, int64_t in_stride, int64_t k, c
 
 // One cell's gate gradients (dp, 4h) from the gradients w.r.t. its passed-on hidden state (ds),
 // its output (gs * gv: the hidden-state gradient, or the readout gradient times the readout
-// weights), its attention estimate (dz * wa) and its cell state (dc_in). Adds the cell-state
-// gradient of the cell to the left (dcl, null on the first diagonal, where cl is null too).
+// weights), its attention estimate (dz * wa) and its cell state (dc_in). Writes the gradient
+// w.r.t. the cell state of the cell to the left to dcl (not on the first diagonal: cl is null).
 template <typename T, int NV>
 inline void cell_backward(const T* __restrict act, const T* __restrict c, const T* __restrict cl,
                           const T* __restrict ds, T gs, const T* __restrict gv, T dz,
@@ -276,7 +276,7 @@ inline void cell_backward(const T* __restrict act, const T* __restrict c, const 
   if (cl) {
     for (int64_t k = 0; k < h; ++k) {
       const T dc = dcell[k];
-      dcl[k] += dc * fg[k];
+      dcl[k] = dc * fg[k];
       dcell[k] = dc * cl[k] * fg[k] * (T(1) - fg[k]);
     }
   } else {
@@ -353,31 +353,69 @@ void forward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
 // Per work item it accumulates the weight gradients into its own slot of `d_w` (items, K, G),
 // `d_b` (items, G), `d_w_att`/`d_w_read` (items, h) and `d_b_att` (items); the caller sums the
 // slots. d_e_dirs (D, H*W, B, Cin) receives each direction's gradient w.r.t. the encoded map.
+//
+// Gradients flow from diagonal t+1 back to diagonal t. Rather than adding them into map-sized
+// buffers, each cell *pulls* them from its two readers, whose results for diagonal t+1 are still
+// in a small per-item buffer: the cell below read it as "above", the cell to the right as "left"
+// (and also its cell state).
 template <typename T, int NV>
 void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
                    const std::vector<int64_t>& packed_start,
                    const std::vector<int64_t>& padded_start,
-                   const std::vector<int64_t>& neighbour_start, const T* grad_out,
-                   const T* states, const T* cells, const T* acts, T* d_states, T* d_cells,
+                   const std::vector<int64_t>& neighbour_start, int64_t map_width,
+                   const T* grad_out, const T* states, const T* cells, const T* acts,
                    T* d_e_dirs, T* d_w, T* d_b, T* d_w_att, T* d_b_att, T* d_w_read) {
   // A compile-time width where the gates fill whole vectors, so the short loops unroll.
   const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : sc.hidden;
   const int64_t G = 4 * h, S = sc.width, Cin = sc.in_ch;
   const int64_t K = sc.inputs, Kp = sc.inputs_padded;
+  const int64_t steps = static_cast<int64_t>(length.size());
+  const int64_t longest = *std::max_element(length.begin(), length.end());
+  auto first_row = [&](int64_t t) { return std::max<int64_t>(0, t - map_width + 1); };
   at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> zeros(h), dp(kBatchGroup * G), back(kBatchGroup * Kp);
+    std::vector<T> zeros(h), ds(S), dc_in(h), dp(kBatchGroup * G);
+    // Per cell of a diagonal and batch element: what its gates send back ([to e, to the cell
+    // above, to the cell to the left], Kp) and the gradient w.r.t. the left cell's cell state.
+    std::vector<T> back[2], to_left[2];
+    for (int k = 0; k < 2; ++k) {
+      back[k].resize(longest * kBatchGroup * Kp);
+      to_left[k].resize(longest * kBatchGroup * h);
+    }
     sc.for_items(begin, end, [&](int64_t item, int64_t d, int64_t b0, int64_t b1) {
       const T* w_t = sc.w_cat_t + d * G * Kp;
       T* dw = d_w + item * K * G;
       T* db = d_b + item * G;
-      for (int64_t t = static_cast<int64_t>(length.size()) - 1; t >= 0; --t) {
+      const int64_t rows = b1 - b0;
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        T* back_t = back[t % 2].data();
+        T* to_left_t = to_left[t % 2].data();
+        const T* back_next = back[(t + 1) % 2].data();
+        const T* to_left_next = to_left[(t + 1) % 2].data();
+        const int64_t n_next = t + 1 < steps ? length[t + 1] : 0;
+        const int64_t lo = first_row(t), lo_next = first_row(t + 1);
         for (int64_t i = 0; i < length[t]; ++i) {
           const int64_t p = packed_start[t] + i, g = padded_start[t] + i;
           const int64_t a = t > 0 ? neighbour_start[t] + i : 0;
+          // This cell's readers in diagonal t+1: the cell below and the cell to the right.
+          const int64_t below = lo + i + 1 - lo_next, right = lo + i - lo_next;
+          const bool has_below = below >= 0 && below < n_next;
+          const bool has_right = right >= 0 && right < n_next;
           for (int64_t b = b0; b < b1; ++b) {
+            const int64_t r = b - b0;
+            for (int64_t k = 0; k < S; ++k) ds[k] = T(0);
+            for (int64_t k = 0; k < h; ++k) dc_in[k] = T(0);
+            if (has_below) {
+              const T* from = back_next + (below * kBatchGroup + r) * Kp + Cin;
+              for (int64_t k = 0; k < S; ++k) ds[k] += from[k];
+            }
+            if (has_right) {
+              const T* from = back_next + (right * kBatchGroup + r) * Kp + Cin + S;
+              for (int64_t k = 0; k < S; ++k) ds[k] += from[k];
+              const T* dcr = to_left_next + (right * kBatchGroup + r) * h;
+              for (int64_t k = 0; k < h; ++k) dc_in[k] = dcr[k];
+            }
             const T* act = acts + sc.act_row(d, p, b);
             const T* st = states + sc.state_row(d, g, b);
-            const T* ds = d_states + sc.state_row(d, g, b);
             const int64_t o = d * sc.cells * sc.batch + sc.raster_row(d, p, b);
             // The output's gradient as gs * gv, the attention estimate's as dz * wa.
             T gs = T(1), dz = T(0);
@@ -397,34 +435,24 @@ void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
               for (int64_t k = 0; k < h; ++k) dwa[k] += dz * st[k];
               d_b_att[item] += dz;
             }
-            T* dpb = dp.data() + (b - b0) * G;
+            T* dpb = dp.data() + r * G;
             const T* cl = t > 0 ? cells + sc.cell_row(d, a + 1, b) : nullptr;
-            T* dcl = t > 0 ? d_cells + sc.cell_row(d, a + 1, b) : nullptr;
-            cell_backward<T, NV>(act, cells + sc.cell_row(d, g, b), cl, ds, gs, gv, dz, wa,
-                                 d_cells + sc.cell_row(d, g, b), dcl, dpb, h);
+            cell_backward<T, NV>(act, cells + sc.cell_row(d, g, b), cl, ds.data(), gs, gv, dz, wa,
+                                 dc_in.data(), to_left_t + (i * kBatchGroup + r) * h, dpb, h);
             for (int64_t j = 0; j < G; ++j) db[j] += dpb[j];
           }
           // What the gates' gradients send back, to the encoded map and to the two neighbours.
-          const int64_t rows = b1 - b0;
+          T* back_i = back_t + i * kBatchGroup * Kp;
           int64_t r = 0;
           for (; r + kRowBlock <= rows; r += kRowBlock) {
-            transposed_product<T, kRowBlock>(back.data() + r * Kp, w_t, dp.data() + r * G, G, Kp);
+            transposed_product<T, kRowBlock>(back_i + r * Kp, w_t, dp.data() + r * G, G, Kp);
           }
           for (; r < rows; ++r) {
-            transposed_product<T, 1>(back.data() + r * Kp, w_t, dp.data() + r * G, G, Kp);
+            transposed_product<T, 1>(back_i + r * Kp, w_t, dp.data() + r * G, G, Kp);
           }
           for (int64_t b = b0; b < b1; ++b) {
-            const T* bk = back.data() + (b - b0) * Kp;
             const int64_t o = d * sc.cells * sc.batch + sc.raster_row(d, p, b);
-            std::memcpy(d_e_dirs + o * Cin, bk, Cin * sizeof(T));
-            if (t > 0) {
-              T* dsa = d_states + sc.state_row(d, a, b);
-              T* dsl = d_states + sc.state_row(d, a + 1, b);
-              for (int64_t k = 0; k < S; ++k) {
-                dsa[k] += bk[Cin + k];
-                dsl[k] += bk[Cin + S + k];
-              }
-            }
+            std::memcpy(d_e_dirs + o * Cin, back_i + (b - b0) * Kp, Cin * sizeof(T));
           }
           // Weight gradients of this cell's batch group: inputs (rows) times gate gradients.
           accumulate_outer<T, NV>(dw, sc.e + sc.raster_row(d, p, b0) * Cin, Cin, Cin,
@@ -568,8 +596,6 @@ std::vector<at::Tensor> diagonal_lstm_backward(
   const auto [w_cat, w_cat_t] = concat_weights(w_in, w_state);
   const int64_t inputs = w_cat.size(1);
   const int64_t groups = (batch + kBatchGroup - 1) / kBatchGroup, items = dirs * groups;
-  auto d_states = at::zeros_like(states);
-  auto d_cells = at::zeros_like(cells);
   auto d_e_dirs = at::empty({dirs, cells_total, batch, in_ch}, opts);
   auto d_w = at::zeros({items, inputs, gates}, opts);
   auto d_b = at::zeros({items, gates}, opts);
@@ -581,10 +607,9 @@ std::vector<at::Tensor> diagonal_lstm_backward(
                                         w_read, states.size(1));
     dispatch_width<scalar_t>(gates, [&](auto nv) {
       backward_scan<scalar_t, decltype(nv)::value>(
-          sc, length, packed_start, padded_start, neighbour_start, grad_out.data_ptr<scalar_t>(),
-          states.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(), acts.data_ptr<scalar_t>(),
-          d_states.data_ptr<scalar_t>(), d_cells.data_ptr<scalar_t>(),
-          d_e_dirs.data_ptr<scalar_t>(), d_w.data_ptr<scalar_t>(), d_b.data_ptr<scalar_t>(),
+          sc, length, packed_start, padded_start, neighbour_start, width,
+          grad_out.data_ptr<scalar_t>(), states.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(),
+          acts.data_ptr<scalar_t>(), d_e_dirs.data_ptr<scalar_t>(), d_w.data_ptr<scalar_t>(), d_b.data_ptr<scalar_t>(),
           d_w_att.data_ptr<scalar_t>(), d_b_att.data_ptr<scalar_t>(),
           d_w_read.data_ptr<scalar_t>());
     });
@@ -594,11 +619,10 @@ std::vector<at::Tensor> diagonal_lstm_backward(
   auto d_w_dir = d_w.view({dirs, groups, inputs, gates}).sum(1);
   auto d_w_in = d_w_dir.narrow(1, 0, in_ch);
   auto d_w_state = d_w_dir.narrow(1, in_ch, inputs - in_ch).reshape(w_state.sizes());
-  // The encoded map's gradient, summed over directions straight into (B, Cin, H, W) layout: the
-  // ReLU and convolution before the scan read contiguous NCHW fastest.
-  auto d_e = at::empty({batch, in_ch, height, width}, opts);
-  auto d_e_rows = d_e.permute({2, 3, 0, 1}).view({cells_total, batch, in_ch});
-  at::sum_out(d_e_rows, d_e_dirs, 0);
+  // The encoded map's gradient: summed over directions (contiguous, fast), then one transposing
+  // copy to (B, Cin, H, W), the layout the ReLU and convolution before the scan read fastest. (A
+  // sum written straight into the transposed layout is several times slower.)
+  auto d_e = d_e_dirs.sum(0).view({height, width, batch, in_ch}).permute({2, 3, 0, 1}).contiguous();
   return {d_e, d_w_in, per_dir(d_b), d_w_state, per_dir(d_w_att),
           d_b_att.view({dirs, groups}).sum(1), per_dir(d_w_read)};
 }
