@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -215,6 +217,24 @@ def test_auto_implementation_prefers_fused_kernels_and_falls_back(monkeypatch):
     finally:
         monkeypatch.delenv("ATTENTIONRNN_NO_EXTENSION")
         _extension.load.cache_clear()
+
+
+@pytest.mark.skipif(
+    os.environ.get("ATTENTIONRNN_REQUIRE_EXTENSION", "") in ("", "0"),
+    reason="ATTENTIONRNN_REQUIRE_EXTENSION not set (CI sets it)",
+)
+def test_fused_kernels_build_where_required():
+    """Without this, a kernel that no longer compiles would only skip the fused tests."""
+    _extension.load.cache_clear()
+    assert _extension.load() is not None
+
+
+def test_double_backward_is_refused_not_wrong():
+    layer = AttentionRNN(6, hidden_channels=4).double()
+    x = torch.randn(1, 6, 4, 5, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        grad.sum().backward()
 
 
 def test_unknown_implementation_is_named():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class DiagonalLSTMFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the backward pass is not itself differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         w_state, w_att, states, cells, acts = ctx.saved_tensors
         with torch.autocast(grad_out.device.type, enabled=False):

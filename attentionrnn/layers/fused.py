@@ -17,6 +17,7 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from attentionrnn.layers.bptt import DiagonalSchedule
 
@@ -73,6 +74,7 @@ class FusedDiagonalLSTM(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the backward pass is not itself differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         e_rows, index, w_in, b_in, w_state, w_att, b_att, w_read, states, cells, acts = (
             ctx.saved_tensors
