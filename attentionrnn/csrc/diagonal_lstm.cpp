@@ -5,15 +5,16 @@
 // to the left of diagonal t's cells are two contiguous row ranges of diagonal t-1. Every row holds
 // the whole batch.
 //
-// The recurrence is independent across directions and batch elements, so each thread scans its
-// own (direction, batch element) pairs from the first diagonal to the last with no barrier
-// between steps. A cell is one pass: its gate pre-activations (input-to-state product from the
-// encoded map, read in raster order through `index`, plus the two state-to-state taps) are
-// accumulated in registers, then the non-linearities, the cell and hidden state and the predicted
-// attention value follow. The backward pass walks the diagonals in reverse and pushes each cell's
-// gradient into its two neighbours; the weight gradients are large matrix products over all cells
-// afterwards. Built on first use by torch.utils.cpp_extension; without it the package falls back
-// to the PyTorch implementation (attentionrnn/layers/bptt.py), which gives the same results.
+// The recurrence is independent across directions and batch elements, so each work item (one
+// direction, a fixed group of batch elements) is scanned by one thread from the first diagonal to
+// the last, with no barrier between steps. A cell's gate pre-activations (input-to-state product
+// from the encoded map, read in raster order through `index`, plus the two state-to-state taps)
+// are small matrix products with their accumulators in SIMD registers, over a few batch elements
+// at once; the non-linearities, the cell and hidden state, the predicted attention value and the
+// optional readout follow in the same pass. The backward pass walks the diagonals in reverse; each
+// cell pulls its gradients from the two cells that read it and accumulates the weight gradients
+// of its work item. Built on first use by torch.utils.cpp_extension; without it the package falls
+// back to the PyTorch implementation (attentionrnn/layers/bptt.py), which gives the same results.
 
 #include <torch/extension.h>
 
@@ -469,6 +470,35 @@ void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
   });
 }
 
+// out (B, C, P) = sum over d of in (D, P, B, C): a transposing sum, in tiles of positions so that
+// both the reads (rows of C) and the writes (runs of positions) are contiguous.
+template <typename T>
+void sum_directions_nchw(const T* in, T* out, int64_t dirs, int64_t positions, int64_t batch,
+                         int64_t channels) {
+  constexpr int64_t kTile = 16;
+  const int64_t tiles = (positions + kTile - 1) / kTile;
+  at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> tile(kTile * channels);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / tiles, p0 = (job % tiles) * kTile;
+      const int64_t np = std::min(kTile, positions - p0);
+      for (int64_t q = 0; q < np; ++q) {
+        T* row = tile.data() + q * channels;
+        const T* src = in + ((p0 + q) * batch + b) * channels;
+        for (int64_t c = 0; c < channels; ++c) row[c] = src[c];
+        for (int64_t d = 1; d < dirs; ++d) {
+          const T* more = src + d * positions * batch * channels;
+          for (int64_t c = 0; c < channels; ++c) row[c] += more[c];
+        }
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        T* dst = out + (b * channels + c) * positions + p0;
+        for (int64_t q = 0; q < np; ++q) dst[q] = tile[q * channels + c];
+      }
+    }
+  });
+}
+
 // Calls f with the compile-time number of SIMD vectors per gate row for the common widths.
 template <typename T, typename F>
 void dispatch_width(int64_t gates, const F& f) {
@@ -619,10 +649,13 @@ std::vector<at::Tensor> diagonal_lstm_backward(
   auto d_w_dir = d_w.view({dirs, groups, inputs, gates}).sum(1);
   auto d_w_in = d_w_dir.narrow(1, 0, in_ch);
   auto d_w_state = d_w_dir.narrow(1, in_ch, inputs - in_ch).reshape(w_state.sizes());
-  // The encoded map's gradient: summed over directions (contiguous, fast), then one transposing
-  // copy to (B, Cin, H, W), the layout the ReLU and convolution before the scan read fastest. (A
-  // sum written straight into the transposed layout is several times slower.)
-  auto d_e = d_e_dirs.sum(0).view({height, width, batch, in_ch}).permute({2, 3, 0, 1}).contiguous();
+  // The encoded map's gradient, summed over directions into (B, Cin, H, W), the layout the ReLU
+  // and convolution before the scan read fastest.
+  auto d_e = at::empty({batch, in_ch, height, width}, opts);
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "diagonal_lstm_sum_directions", [&] {
+    sum_directions_nchw(d_e_dirs.data_ptr<scalar_t>(), d_e.data_ptr<scalar_t>(), dirs,
+                        cells_total, batch, in_ch);
+  });
   return {d_e, d_w_in, per_dir(d_b), d_w_state, per_dir(d_w_att),
           d_b_att.view({dirs, groups}).sum(1), per_dir(d_w_read)};
 }

@@ -1,11 +1,11 @@
 """The diagonal-LSTM scan as one autograd node running the fused C++ kernels.
 
 Unlike :class:`attentionrnn.layers.bptt.DiagonalLSTMFunction`, whose input is the input-to-state
-product already gathered into the packed layout, this node takes the encoded map itself and reads
-it in raster order through the packing index, inside the kernel. That keeps two map-sized copies
-out of the memory autograd holds for backward (the gathered map and the projected gates), and with
-a *readout* (a per-direction linear map of the hidden state, e.g. the 1x1 head of AttentionRNN) the
-hidden states are not written out either: the node returns one value per position and direction.
+product already gathered into the packed layout, this node takes the encoded map itself and the
+kernel reads it in raster order through the packing index. So autograd keeps neither a gathered
+copy of the map nor the projected gates (4h channels) for backward, and with a *readout* (a
+per-direction linear map of the hidden state, e.g. the 1x1 head of AttentionRNN) the hidden states
+are not written out either: the node returns one value per position and direction.
 
 Saved for backward: the encoded map in row layout, the gate activations, cell states and
 passed-on states. The weight gradients are accumulated inside the backward kernel.
