@@ -134,11 +134,13 @@ class DiagonalLSTMScan(nn.Module):
         directions: corners to scan from (keys of :data:`CORNER_FLIPS`).
         feedback: feed each direction's predicted attention values into the next diagonal.
         implementation: how the diagonal LSTM runs; all give the same results.
-            ``"fused"``: one autograd node with a hand-written backward through time whose cell
-            updates are fused C++ CPU kernels (:mod:`attentionrnn.layers._extension`, built on
-            first use); ``"bptt"``: the same node in PyTorch ops
-            (:mod:`attentionrnn.layers.bptt`); ``"autograd"``: a loop of differentiable ops over
-            the skewed map, the form that tracing, ONNX export and ``torch.compile`` capture.
+            ``"fused"``: one autograd node whose forward and backward through time are C++ CPU
+            kernels, with the input-to-state product (and a readout such as the 1x1 head) inside
+            (:mod:`attentionrnn.layers.fused`, built on first use by
+            :mod:`attentionrnn.layers._extension`); ``"bptt"``: one node with a hand-written
+            backward in PyTorch ops (:mod:`attentionrnn.layers.bptt`); ``"autograd"``: a loop of
+            differentiable ops over the skewed map, the form that tracing, ONNX export and
+            ``torch.compile`` capture.
             ``"auto"`` (default) picks ``"autograd"`` while capturing a graph, ``"fused"`` on CPU
             where the kernels build, else ``"bptt"``.
 
