@@ -97,12 +97,12 @@ template <typename T>
 struct Scan {
   int64_t dirs, cells, batch, in_ch, hidden, gates, width, padded;
   int64_t inputs;         // K = Cin + 2 S: what a cell reads (its input, the cells above and left)
-  int64_t inputs_padded;  // K rounded up to whole SIMD vectors
+  int64_t main_padded;    // Cin + 2h (the hidden parts of the state taps) in whole SIMD vectors
   bool feedback, readout;
   const T* e;             // (H*W, B, Cin) encoded map, raster order
   const int64_t* index;   // (D, P) raster position of each packed cell
   const T* w_cat;         // (D, K, G): input-to-state rows, then the above tap, then the left tap
-  const T* w_cat_t;       // (D, G, K padded) its transpose, zero-padded to whole 4-vector blocks
+  const T* w_cat_t;       // (D, G, main padded): transposed input and hidden-state rows of w_cat
   const T* b_in;          // (D, G)
   const T* w_att;         // (D, h)
   const T* b_att;         // (D)
@@ -184,28 +184,60 @@ inline void gate_products(T* pre, const T* bias, const T* w, const T* e, int64_t
   }
 }
 
-// out[r, 0:Kp] = W_t^T g_r for R gradient rows g_r (G long, row r at g + r * G): W_t is (G, Kp),
-// so every step is a broadcast of one gradient value times a contiguous weight row. Kp is a
-// multiple of 4 vectors (see concat_weights), so each block of accumulators stays in registers.
-template <typename T, int R>
-inline void transposed_product(T* out, const T* w_t, const T* g, int64_t gates, int64_t k_padded) {
+// out[r, 0:Q vectors] = W_t^T g_r for R gradient rows g_r (G long, row r at g + r * G): every
+// step is a broadcast of one gradient value times a contiguous row of W_t (row stride w_stride).
+template <typename T, int R, int Q>
+inline void transposed_block(T* out, int64_t out_stride, const T* w_t, int64_t w_stride,
+                             const T* g, int64_t gates) {
   using S = Simd<T>;
   using V = typename S::type;
   constexpr int64_t L = S::lanes;
-  for (int64_t k0 = 0; k0 < k_padded; k0 += 4 * L) {
-    V acc[R][4] = {};
-    for (int64_t j = 0; j < gates; ++j) {
-      const T* row = w_t + j * k_padded + k0;
-      V wv[4];
-      for (int q = 0; q < 4; ++q) wv[q] = S::load(row + q * L);
-      for (int r = 0; r < R; ++r) {
-        const V s = S::splat(g[r * gates + j]);
-        for (int q = 0; q < 4; ++q) acc[r][q] += s * wv[q];
-      }
+  V acc[R][Q] = {};
+  for (int64_t j = 0; j < gates; ++j) {
+    V wv[Q];
+    for (int q = 0; q < Q; ++q) wv[q] = S::load(w_t + j * w_stride + q * L);
+    for (int r = 0; r < R; ++r) {
+      const V s = S::splat(g[r * gates + j]);
+      for (int q = 0; q < Q; ++q) acc[r][q] += s * wv[q];
     }
-    for (int r = 0; r < R; ++r)
-      for (int q = 0; q < 4; ++q) S::store(out + r * k_padded + k0 + q * L, acc[r][q]);
   }
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < Q; ++q) S::store(out + r * out_stride + q * L, acc[r][q]);
+}
+
+// out[r, 0:Mp] = W_t^T g_r for R rows, W_t (G, Mp) with Mp a multiple of the SIMD width, in
+// blocks of up to 4 vectors whose accumulators stay in registers.
+template <typename T, int R>
+inline void transposed_product(T* out, int64_t out_stride, const T* w_t, const T* g,
+                               int64_t gates, int64_t m_padded) {
+  constexpr int64_t L = Simd<T>::lanes;
+  int64_t k0 = 0;
+  for (; k0 + 4 * L <= m_padded; k0 += 4 * L) {
+    transposed_block<T, R, 4>(out + k0, out_stride, w_t + k0, m_padded, g, gates);
+  }
+  switch ((m_padded - k0) / L) {
+    case 3: transposed_block<T, R, 3>(out + k0, out_stride, w_t + k0, m_padded, g, gates); break;
+    case 2: transposed_block<T, R, 2>(out + k0, out_stride, w_t + k0, m_padded, g, gates); break;
+    case 1: transposed_block<T, R, 1>(out + k0, out_stride, w_t + k0, m_padded, g, gates); break;
+    default: break;
+  }
+}
+
+// <a[0:n], b[0:n]>
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  using S = Simd<T>;
+  using V = typename S::type;
+  constexpr int64_t L = S::lanes;
+  int64_t j = 0;
+  T acc = 0;
+  if (n >= L) {
+    V v = S::load(a) * S::load(b);
+    for (j = L; j + L <= n; j += L) v += S::load(a + j) * S::load(b + j);
+    acc = S::sum(v);
+  }
+  for (; j < n; ++j) acc += a[j] * b[j];
+  return acc;
 }
 
 // dw[c, 0:G] += sum_r in_r[c] g_r[0:G] over the rows r of one cell's batch group, for c < k;
@@ -369,21 +401,27 @@ void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
   // A compile-time width where the gates fill whole vectors, so the short loops unroll.
   const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : sc.hidden;
   const int64_t G = 4 * h, S = sc.width, Cin = sc.in_ch;
-  const int64_t K = sc.inputs, Kp = sc.inputs_padded;
+  constexpr int64_t L = Simd<T>::lanes;
+  const int64_t K = sc.inputs, Mp = sc.main_padded;
+  // A row of `back`: [to e (Cin), to the cell above (h), to the cell to the left (h), pad to Mp,
+  // to the above cell's attention value, to the left cell's attention value, pad].
+  const int64_t Kb = Mp + (sc.feedback ? L : 0);
   const int64_t steps = static_cast<int64_t>(length.size());
   const int64_t longest = *std::max_element(length.begin(), length.end());
   auto first_row = [&](int64_t t) { return std::max<int64_t>(0, t - map_width + 1); };
   at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> zeros(h), ds(S), dc_in(h), dp(kBatchGroup * G);
     // Per cell of a diagonal and batch element: what its gates send back ([to e, to the cell
-    // above, to the cell to the left], Kp) and the gradient w.r.t. the left cell's cell state.
+    // above, to the cell to the left], Kb) and the gradient w.r.t. the left cell's cell state.
     std::vector<T> back[2], to_left[2];
     for (int k = 0; k < 2; ++k) {
-      back[k].resize(longest * kBatchGroup * Kp);
+      back[k].resize(longest * kBatchGroup * Kb);
       to_left[k].resize(longest * kBatchGroup * h);
     }
     sc.for_items(begin, end, [&](int64_t item, int64_t d, int64_t b0, int64_t b1) {
-      const T* w_t = sc.w_cat_t + d * G * Kp;
+      const T* w_t = sc.w_cat_t + d * G * Mp;
+      const T* w_att_above = sc.w_cat + (d * K + Cin + h) * G;  // the attention rows of the taps
+      const T* w_att_left = w_att_above + S * G;
       T* dw = d_w + item * K * G;
       T* db = d_b + item * G;
       const int64_t rows = b1 - b0;
@@ -406,12 +444,14 @@ void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
             for (int64_t k = 0; k < S; ++k) ds[k] = T(0);
             for (int64_t k = 0; k < h; ++k) dc_in[k] = T(0);
             if (has_below) {
-              const T* from = back_next + (below * kBatchGroup + r) * Kp + Cin;
-              for (int64_t k = 0; k < S; ++k) ds[k] += from[k];
+              const T* from = back_next + (below * kBatchGroup + r) * Kb;
+              for (int64_t k = 0; k < h; ++k) ds[k] += from[Cin + k];
+              if (sc.feedback) ds[h] += from[Mp];
             }
             if (has_right) {
-              const T* from = back_next + (right * kBatchGroup + r) * Kp + Cin + S;
-              for (int64_t k = 0; k < S; ++k) ds[k] += from[k];
+              const T* from = back_next + (right * kBatchGroup + r) * Kb;
+              for (int64_t k = 0; k < h; ++k) ds[k] += from[Cin + h + k];
+              if (sc.feedback) ds[h] += from[Mp + 1];
               const T* dcr = to_left_next + (right * kBatchGroup + r) * h;
               for (int64_t k = 0; k < h; ++k) dc_in[k] = dcr[k];
             }
@@ -443,17 +483,23 @@ void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
             for (int64_t j = 0; j < G; ++j) db[j] += dpb[j];
           }
           // What the gates' gradients send back, to the encoded map and to the two neighbours.
-          T* back_i = back_t + i * kBatchGroup * Kp;
+          T* back_i = back_t + i * kBatchGroup * Kb;
           int64_t r = 0;
           for (; r + kRowBlock <= rows; r += kRowBlock) {
-            transposed_product<T, kRowBlock>(back_i + r * Kp, w_t, dp.data() + r * G, G, Kp);
+            transposed_product<T, kRowBlock>(back_i + r * Kb, Kb, w_t, dp.data() + r * G, G, Mp);
           }
           for (; r < rows; ++r) {
-            transposed_product<T, 1>(back_i + r * Kp, w_t, dp.data() + r * G, G, Kp);
+            transposed_product<T, 1>(back_i + r * Kb, Kb, w_t, dp.data() + r * G, G, Mp);
           }
           for (int64_t b = b0; b < b1; ++b) {
+            T* bk = back_i + (b - b0) * Kb;
+            if (sc.feedback && t > 0) {
+              const T* dpb = dp.data() + (b - b0) * G;
+              bk[Mp] = dot(dpb, w_att_above, G);
+              bk[Mp + 1] = dot(dpb, w_att_left, G);
+            }
             const int64_t o = d * sc.cells * sc.batch + sc.raster_row(d, p, b);
-            std::memcpy(d_e_dirs + o * Cin, back_i + (b - b0) * Kp, Cin * sizeof(T));
+            std::memcpy(d_e_dirs + o * Cin, bk, Cin * sizeof(T));
           }
           // Weight gradients of this cell's batch group: inputs (rows) times gate gradients.
           accumulate_outer<T, NV>(dw, sc.e + sc.raster_row(d, p, b0) * Cin, Cin, Cin,
@@ -515,14 +561,21 @@ void dispatch_width(int64_t gates, const F& f) {
   f(std::integral_constant<int, 0>());
 }
 
-// The weights as the kernels read them: [w_in; w_above; w_left] (D, K, G) and its transpose.
+// The weights as the kernels read them: [w_in; w_above; w_left] (D, K, G), and for the backward
+// pass the transpose of its input and hidden-state rows, [w_in; w_above[:h]; w_left[:h]]^T
+// (D, G, Mp), zero-padded to whole SIMD vectors (the two attention rows are dot products).
 std::pair<at::Tensor, at::Tensor> concat_weights(const at::Tensor& w_in,
                                                  const at::Tensor& w_state) {
-  const int64_t dirs = w_in.size(0), gates = w_in.size(2);
+  const int64_t dirs = w_in.size(0), in_ch = w_in.size(1), gates = w_in.size(2);
+  const int64_t hidden = gates / 4, lanes = 64 / w_in.element_size();
   auto w_cat = at::cat({w_in, w_state.reshape({dirs, -1, gates})}, 1).contiguous();
-  const int64_t k = w_cat.size(1), block = 4 * 64 / w_in.element_size();  // 4 SIMD vectors
-  auto w_cat_t = at::zeros({dirs, gates, (k + block - 1) / block * block}, w_in.options());
-  w_cat_t.narrow(2, 0, k).copy_(w_cat.transpose(1, 2));
+  const int64_t main = in_ch + 2 * hidden;
+  auto w_cat_t = at::zeros({dirs, gates, (main + lanes - 1) / lanes * lanes}, w_in.options());
+  w_cat_t.narrow(2, 0, in_ch).copy_(w_in.transpose(1, 2));
+  for (int64_t tap = 0; tap < 2; ++tap) {
+    w_cat_t.narrow(2, in_ch + tap * hidden, hidden)
+        .copy_(w_state.select(1, tap).narrow(1, 0, hidden).transpose(1, 2));
+  }
   return {w_cat, w_cat_t};
 }
 
@@ -541,7 +594,7 @@ Scan<T> make_scan(const at::Tensor& e_rows, const at::Tensor& index, const at::T
   sc.readout = w_read.numel() > 0;
   sc.width = sc.hidden + (sc.feedback ? 1 : 0);
   sc.inputs = w_cat.size(1);
-  sc.inputs_padded = w_cat_t.size(2);
+  sc.main_padded = w_cat_t.size(2);
   sc.padded = padded;
   sc.e = e_rows.data_ptr<T>();
   sc.index = index.data_ptr<int64_t>();
