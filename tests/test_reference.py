@@ -160,3 +160,29 @@ def test_fused_kernels_every_width_and_batch_block(dtype, hidden, batch):
             p_fast.grad.double(), p_ref.grad, rtol=1e-4 if dtype == torch.float32 else 0,
             atol=10 * atol, msg=name,
         )  # fmt: skip
+
+
+@FUSED_ONLY
+@pytest.mark.parametrize("directions", [("top_left",), ("top_left", "bottom_right", "top_right")])
+@pytest.mark.parametrize("feedback", [True, False])
+def test_fused_hidden_maps_match_the_autograd_scan(directions, feedback):
+    """``DiagonalLSTMScan.forward`` returns the hidden maps themselves (the kernels' output
+    without a readout): values and every gradient against the plain autograd loop."""
+    from attentionrnn.layers.scan import DiagonalLSTMScan
+
+    torch.manual_seed(5)
+    scan = DiagonalLSTMScan(3, 8, directions, feedback).double()
+    with torch.no_grad():
+        for p in scan.parameters():
+            p.uniform_(-0.6, 0.6)
+    e = torch.randn(6, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(6, len(directions) * 8, 5, 7, dtype=torch.float64)
+    results = {}
+    for implementation in ("fused", "autograd"):
+        scan.implementation = implementation
+        out = scan(e)
+        grads = torch.autograd.grad((out * weights).sum(), [e, *scan.parameters()])
+        results[implementation] = (out, grads)
+    torch.testing.assert_close(results["fused"][0], results["autograd"][0], rtol=0, atol=1e-10)
+    for g_fused, g_loop in zip(results["fused"][1], results["autograd"][1], strict=True):
+        torch.testing.assert_close(g_fused, g_loop, rtol=0, atol=1e-9)
