@@ -106,6 +106,7 @@ def state_dtype_for(dtype: torch.dtype) -> torch.dtype:
 def _packing_index(
     schedule: DiagonalSchedule, corners: tuple[str, ...], device: torch.device
 ) -> Tensor:
+    """``(D, H*W)``: the row-major position of each packed cell of each direction."""
     return torch.stack(
         [
             schedule.raster_index(-2 in CORNER_FLIPS[c], -1 in CORNER_FLIPS[c], device)
@@ -260,10 +261,6 @@ class DiagonalLSTMScan(nn.Module):
             return "fused"
         return "bptt"
 
-    def _packing_index(self, schedule: DiagonalSchedule, device: torch.device) -> Tensor:
-        """``(D, H*W)``: the row-major position of each packed cell of each direction."""
-        return _packing_index(schedule, self.directions, device)
-
     def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """State-to-state taps ``(D, 2, S, 4h)``, attention weight ``(D, h)`` and bias ``(D,)``."""
         w_state = self.state_to_state.permute(0, 3, 2, 1).to(dtype).contiguous()
@@ -280,7 +277,7 @@ class DiagonalLSTMScan(nn.Module):
         w_state, w_att, b_att = self._weights(dtype)
         return FusedDiagonalLSTM.apply(
             e,
-            self._packing_index(schedule, e.device),
+            _packing_index(schedule, self.directions, e.device),
             w_in.to(dtype).contiguous(),
             self.input_to_state.bias.view(num_dirs, 4 * hidden).to(dtype),
             w_state,
@@ -295,7 +292,7 @@ class DiagonalLSTMScan(nn.Module):
         batch, channels, height, width = e.shape
         num_dirs, hidden = len(self.directions), self.hidden_channels
         schedule = DiagonalSchedule.of(height, width)
-        index = self._packing_index(schedule, e.device)
+        index = _packing_index(schedule, self.directions, e.device)
         # One gather of whole (B, C) rows puts every direction's cells in diagonal order; the 1x1
         # input-to-state conv is then a batched matrix product straight into the packed layout.
         dtype = state_dtype_for(e.dtype)
