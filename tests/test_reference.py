@@ -186,3 +186,25 @@ def test_fused_hidden_maps_match_the_autograd_scan(directions, feedback):
     torch.testing.assert_close(results["fused"][0], results["autograd"][0], rtol=0, atol=1e-10)
     for g_fused, g_loop in zip(results["fused"][1], results["autograd"][1], strict=True):
         torch.testing.assert_close(g_fused, g_loop, rtol=0, atol=1e-9)
+
+
+@FUSED_ONLY
+def test_fused_results_do_not_depend_on_the_thread_count():
+    """Work items have a fixed size, so every sum runs in the same order whatever the threads."""
+    from attentionrnn.layers.scan import CORNER_FLIPS, DiagonalLSTMScan
+
+    torch.manual_seed(7)
+    scan = DiagonalLSTMScan(5, 16, tuple(CORNER_FLIPS), implementation="fused")
+    e = torch.randn(37, 5, 9, 6, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            out = scan(e)
+            grads = torch.autograd.grad(out.square().sum(), [e, *scan.parameters()])
+            results.append([out.detach(), *grads])
+    finally:
+        torch.set_num_threads(threads)
+    for one, many in zip(*results, strict=True):
+        assert torch.equal(one, many)
