@@ -137,6 +137,26 @@ struct Scan {
 // busy and every weight vector loaded once serves all rows.
 constexpr int kRowBlock = 4;
 
+// acc[r][0:Q vectors] += in_r[0:k] W[0:k] for R rows (row r of `in` at in + r * in_stride, row
+// c of W at w + c * w_stride): one broadcast per input value times a contiguous weight row, every
+// weight vector loaded once for all R rows. The register-blocked product behind both the gate
+// pre-activations and the backward pass's transposed product.
+template <typename T, int R, int Q>
+inline void add_row_products(typename Simd<T>::type (&acc)[R][Q], const T* in, int64_t in_stride,
+                             int64_t k, const T* w, int64_t w_stride) {
+  using S = Simd<T>;
+  using V = typename S::type;
+  constexpr int64_t L = S::lanes;
+  for (int64_t c = 0; c < k; ++c) {
+    V wv[Q];
+    for (int q = 0; q < Q; ++q) wv[q] = S::load(w + c * w_stride + q * L);
+    for (int r = 0; r < R; ++r) {
+      const V s = S::splat(in[r * in_stride + c]);
+      for (int q = 0; q < Q; ++q) acc[r][q] += s * wv[q];
+    }
+  }
+}
+
 // pre[r, 0:G] = bias + e_r W_in + above_r W_above + left_r W_left for the R rows r of one cell
 // (row r of e/above/left at r * stride; above/left null on the first diagonal). NV > 0: the gates
 // fill NV whole vectors and the accumulators live in registers; NV == 0 (R == 1): any width.
@@ -150,20 +170,10 @@ inline void gate_products(T* pre, const T* bias, const T* w, const T* e, int64_t
     V acc[R][NV];
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < NV; ++v) acc[r][v] = S::load(bias + v * L);
-    auto add = [&](const T* in, int64_t stride, int64_t k, const T* wk) {
-      for (int64_t c = 0; c < k; ++c) {
-        V wv[NV];
-        for (int v = 0; v < NV; ++v) wv[v] = S::load(wk + c * gates + v * L);
-        for (int r = 0; r < R; ++r) {
-          const V s = S::splat(in[r * stride + c]);
-          for (int v = 0; v < NV; ++v) acc[r][v] += s * wv[v];
-        }
-      }
-    };
-    add(e, cin, cin, w);
+    add_row_products<T, R, NV>(acc, e, cin, cin, w, gates);
     if (above) {
-      add(above, width, width, w + cin * gates);
-      add(left, width, width, w + (cin + width) * gates);
+      add_row_products<T, R, NV>(acc, above, width, width, w + cin * gates, gates);
+      add_row_products<T, R, NV>(acc, left, width, width, w + (cin + width) * gates, gates);
     }
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < NV; ++v) S::store(pre + r * gates + v * L, acc[r][v]);
@@ -193,14 +203,7 @@ inline void transposed_block(T* out, int64_t out_stride, const T* w_t, int64_t w
   using V = typename S::type;
   constexpr int64_t L = S::lanes;
   V acc[R][Q] = {};
-  for (int64_t j = 0; j < gates; ++j) {
-    V wv[Q];
-    for (int q = 0; q < Q; ++q) wv[q] = S::load(w_t + j * w_stride + q * L);
-    for (int r = 0; r < R; ++r) {
-      const V s = S::splat(g[r * gates + j]);
-      for (int q = 0; q < Q; ++q) acc[r][q] += s * wv[q];
-    }
-  }
+  add_row_products<T, R, Q>(acc, g, gates, gates, w_t, w_stride);
   for (int r = 0; r < R; ++r)
     for (int q = 0; q < Q; ++q) S::store(out + r * out_stride + q * L, acc[r][q]);
 }
