@@ -288,6 +288,17 @@ inline void accumulate_outer(T* dw, const T* in, int64_t in_stride, int64_t k, c
   }
 }
 
+// y[0:n] = a[0:n] + b[0:n], and y[0:n] += s x[0:n]: on distinct buffers, so they vectorise.
+template <typename T>
+inline void add_rows(T* __restrict y, const T* __restrict a, const T* __restrict b, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) y[k] = a[k] + b[k];
+}
+
+template <typename T>
+inline void add_scaled(T* __restrict y, T s, const T* __restrict x, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) y[k] += s * x[k];
+}
+
 // One cell's gate gradients (dp, 4h) from the gradients w.r.t. its passed-on hidden state (ds),
 // its output (gs * gv: the hidden-state gradient, or the readout gradient times the readout
 // weights), its attention estimate (dz * wa) and its cell state (dc_in). Writes the gradient
@@ -318,6 +329,26 @@ inline void cell_backward(const T* __restrict act, const T* __restrict c, const 
   } else {
     for (int64_t k = 0; k < h; ++k) dcell[k] = T(0);
   }
+}
+
+// One cell's non-linearities and states, from its gate pre-activations (act, overwritten by the
+// activations [i, f, o, g]) and the cell state of the cell to its left (cl; null on the first
+// diagonal): writes its cell state c and hidden state st. The pointers are distinct buffers
+// (__restrict), so the loops vectorise and their stores and the loads that follow have the same
+// width: a value stored lane by lane and reloaded as a vector stalls the load.
+template <typename T, int NV>
+inline void cell_forward(T* __restrict act, const T* __restrict cl, T* __restrict c,
+                         T* __restrict st, int64_t hidden) {
+  const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : hidden;
+  for (int64_t k = 0; k < 3 * h; ++k) act[k] = sigmoid(act[k]);
+  for (int64_t k = 3 * h; k < 4 * h; ++k) act[k] = tanh_(act[k]);
+  const T *ig = act, *fg = act + h, *og = act + 2 * h, *gg = act + 3 * h;
+  if (cl) {
+    for (int64_t k = 0; k < h; ++k) c[k] = ig[k] * gg[k] + fg[k] * cl[k];
+  } else {
+    for (int64_t k = 0; k < h; ++k) c[k] = ig[k] * gg[k];
+  }
+  for (int64_t k = 0; k < h; ++k) st[k] = og[k] * tanh_(c[k]);
 }
 
 template <typename T, int NV>
@@ -351,31 +382,17 @@ void forward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
           }
           for (; b < b1; ++b) products(std::integral_constant<int, 1>(), b);
           for (b = b0; b < b1; ++b) {
-            T* act = acts + sc.act_row(d, p, b);
-            for (int64_t k = 0; k < 3 * h; ++k) act[k] = sigmoid(act[k]);
-            for (int64_t k = 3 * h; k < G; ++k) act[k] = tanh_(act[k]);
-            const T *ig = act, *fg = act + h, *og = act + 2 * h, *gg = act + 3 * h;
-            T* c = cells + sc.cell_row(d, g, b);
-            if (t > 0) {
-              const T* cl = cells + sc.cell_row(d, a + 1, b);
-              for (int64_t k = 0; k < h; ++k) c[k] = ig[k] * gg[k] + fg[k] * cl[k];
-            } else {
-              for (int64_t k = 0; k < h; ++k) c[k] = ig[k] * gg[k];
-            }
             T* st = states + sc.state_row(d, g, b);
-            for (int64_t k = 0; k < h; ++k) st[k] = og[k] * tanh_(c[k]);
+            cell_forward<T, NV>(acts + sc.act_row(d, p, b),
+                                t > 0 ? cells + sc.cell_row(d, a + 1, b) : nullptr,
+                                cells + sc.cell_row(d, g, b), st, h);
             if (sc.feedback) {
               const T* wa = sc.w_att + d * h;
-              T z = sc.b_att[d];
-              for (int64_t k = 0; k < h; ++k) z += wa[k] * st[k];
-              st[h] = sigmoid(z);
+              st[h] = sigmoid(sc.b_att[d] + dot(wa, st, h));
             }
             T* o = out + (d * sc.cells * sc.batch + sc.raster_row(d, p, b)) * (sc.readout ? 1 : h);
             if (sc.readout) {
-              const T* wr = sc.w_read + d * h;
-              T z = 0;
-              for (int64_t k = 0; k < h; ++k) z += wr[k] * st[k];
-              *o = z;
+              *o = dot(sc.w_read + d * h, st, h);
             } else {
               std::memcpy(o, st, h * sizeof(T));
             }
@@ -413,7 +430,11 @@ void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
   const int64_t longest = *std::max_element(length.begin(), length.end());
   auto first_row = [&](int64_t t) { return std::max<int64_t>(0, t - map_width + 1); };
   at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> zeros(h), ds(S), dc_in(h), dp(kBatchGroup * G);
+    std::vector<T> zeros(h), ds(h), dp(kBatchGroup * G);
+    // The item's bias and attention/readout weight gradients, summed here and stored once: the
+    // items' slots of d_b_att share a cache line, and per-row writes to it from two cores would
+    // pass that line back and forth.
+    std::vector<T> db(G), dwa(h), dwr(h);
     // Per cell of a diagonal and batch element: what its gates send back ([to e, to the cell
     // above, to the cell to the left], Kb) and the gradient w.r.t. the left cell's cell state.
     std::vector<T> back[2], to_left[2];
@@ -426,7 +447,10 @@ void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
       const T* w_att_above = sc.w_cat + (d * K + Cin + h) * G;  // the attention rows of the taps
       const T* w_att_left = w_att_above + S * G;
       T* dw = d_w + item * K * G;
-      T* db = d_b + item * G;
+      std::fill(db.begin(), db.end(), T(0));
+      std::fill(dwa.begin(), dwa.end(), T(0));
+      std::fill(dwr.begin(), dwr.end(), T(0));
+      T dba = T(0);
       const int64_t rows = b1 - b0;
       for (int64_t t = steps - 1; t >= 0; --t) {
         T* back_t = back[t % 2].data();
@@ -444,20 +468,13 @@ void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
           const bool has_right = right >= 0 && right < n_next;
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t r = b - b0;
-            for (int64_t k = 0; k < S; ++k) ds[k] = T(0);
-            for (int64_t k = 0; k < h; ++k) dc_in[k] = T(0);
-            if (has_below) {
-              const T* from = back_next + (below * kBatchGroup + r) * Kb;
-              for (int64_t k = 0; k < h; ++k) ds[k] += from[Cin + k];
-              if (sc.feedback) ds[h] += from[Mp];
-            }
-            if (has_right) {
-              const T* from = back_next + (right * kBatchGroup + r) * Kb;
-              for (int64_t k = 0; k < h; ++k) ds[k] += from[Cin + h + k];
-              if (sc.feedback) ds[h] += from[Mp + 1];
-              const T* dcr = to_left_next + (right * kBatchGroup + r) * h;
-              for (int64_t k = 0; k < h; ++k) dc_in[k] = dcr[k];
-            }
+            // Missing readers contribute zeros; nothing is zeroed lane by lane.
+            const T* from_below = has_below ? back_next + (below * kBatchGroup + r) * Kb : nullptr;
+            const T* from_right = has_right ? back_next + (right * kBatchGroup + r) * Kb : nullptr;
+            add_rows(ds.data(), from_below ? from_below + Cin : zeros.data(),
+                     from_right ? from_right + Cin + h : zeros.data(), h);
+            const T* dc_in =
+                has_right ? to_left_next + (right * kBatchGroup + r) * h : zeros.data();
             const T* act = acts + sc.act_row(d, p, b);
             const T* st = states + sc.state_row(d, g, b);
             const int64_t o = d * sc.cells * sc.batch + sc.raster_row(d, p, b);
@@ -468,22 +485,22 @@ void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
             if (sc.readout) {
               gs = grad_out[o];
               gv = sc.w_read + d * h;
-              T* dwr = d_w_read + item * h;
-              for (int64_t k = 0; k < h; ++k) dwr[k] += gs * st[k];
+              add_scaled(dwr.data(), gs, st, h);
             }
             if (sc.feedback) {
               const T att = st[h];
-              dz = ds[h] * att * (T(1) - att);
+              const T d_att = (from_below ? from_below[Mp] : T(0)) +
+                              (from_right ? from_right[Mp + 1] : T(0));
+              dz = d_att * att * (T(1) - att);
               wa = sc.w_att + d * h;
-              T* dwa = d_w_att + item * h;
-              for (int64_t k = 0; k < h; ++k) dwa[k] += dz * st[k];
-              d_b_att[item] += dz;
+              add_scaled(dwa.data(), dz, st, h);
+              dba += dz;
             }
             T* dpb = dp.data() + r * G;
             const T* cl = t > 0 ? cells + sc.cell_row(d, a + 1, b) : nullptr;
             cell_backward<T, NV>(act, cells + sc.cell_row(d, g, b), cl, ds.data(), gs, gv, dz, wa,
-                                 dc_in.data(), to_left_t + (i * kBatchGroup + r) * h, dpb, h);
-            for (int64_t j = 0; j < G; ++j) db[j] += dpb[j];
+                                 dc_in, to_left_t + (i * kBatchGroup + r) * h, dpb, h);
+            add_scaled(db.data(), T(1), dpb, G);
           }
           // What the gates' gradients send back, to the encoded map and to the two neighbours.
           T* back_i = back_t + i * kBatchGroup * Kb;
@@ -515,6 +532,10 @@ void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
           }
         }
       }
+      std::copy(db.begin(), db.end(), d_b + item * G);
+      std::copy(dwa.begin(), dwa.end(), d_w_att + item * h);
+      std::copy(dwr.begin(), dwr.end(), d_w_read + item * h);
+      d_b_att[item] = dba;
     });
   });
 }
