@@ -128,16 +128,17 @@ inline FloatVec tanh_(FloatVec x) {
 template <typename T, int NV>
 constexpr bool kVectorCells = std::is_same_v<T, float> && NV > 0 && NV % 4 == 0;
 
-// Pins a loaded vector to a register. Without it GCC folds the load into every FMA that uses the
-// value, so a weight vector meant to serve several rows is read from memory once per row, and the
-// products become bound by the load ports instead of the FMA units.
-template <typename V>
-inline void keep_in_register(V& v) {
+// A vector loaded from p and pinned to a register. Without the pin GCC folds the load into every
+// FMA that uses the value, so a weight vector meant to serve several rows is read from memory
+// once per row, and the products become bound by the load ports instead of the FMA units. (The
+// pin is on a local, not an array element: pinning the element makes GCC store it to the stack.)
+template <typename T>
+inline typename Simd<T>::type loaded_in_register(const T* p) {
+  typename Simd<T>::type v = Simd<T>::load(p);
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
   asm("" : "+v"(v));
-#else
-  (void)v;
 #endif
+  return v;
 }
 
 // Batch elements per work item: the scan of a (direction, batch group) pair is one task. Fixed,
@@ -202,10 +203,7 @@ inline void add_row_products(typename Simd<T>::type (&acc)[R][Q], const T* in, i
   constexpr int64_t L = S::lanes;
   for (int64_t c = 0; c < k; ++c) {
     V wv[Q];
-    for (int q = 0; q < Q; ++q) {
-      wv[q] = S::load(w + c * w_stride + q * L);
-      keep_in_register(wv[q]);
-    }
+    for (int q = 0; q < Q; ++q) wv[q] = loaded_in_register<T>(w + c * w_stride + q * L);
     for (int r = 0; r < R; ++r) {
       const V s = S::splat(in[r * in_stride + c]);
       for (int q = 0; q < Q; ++q) acc[r][q] += s * wv[q];
@@ -316,10 +314,7 @@ inline void accumulate_outer(T* dw, const T* in, int64_t in_stride, int64_t k, c
         for (int v = 0; v < NV; ++v) acc[q][v] = S::load(dw + (c + q) * gates + v * L);
       for (int64_t r = 0; r < rows; ++r) {
         V gv[NV];
-        for (int v = 0; v < NV; ++v) {
-          gv[v] = S::load(g + r * gates + v * L);
-          keep_in_register(gv[v]);
-        }
+        for (int v = 0; v < NV; ++v) gv[v] = loaded_in_register<T>(g + r * gates + v * L);
         for (int q = 0; q < CB; ++q) {
           const V s = S::splat(in[r * in_stride + c + q]);
           for (int v = 0; v < NV; ++v) acc[q][v] += s * gv[v];
@@ -470,8 +465,10 @@ void forward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
           };
           int64_t b = b0;
           if constexpr (NV > 0) {
-            for (; b + kRowBlock <= b1; b += kRowBlock) {
-              products(std::integral_constant<int, kRowBlock>(), b);
+            // Accumulators for R rows of NV vectors, plus NV weight vectors, fit the registers.
+            constexpr int R = NV >= 8 ? kRowBlock / 2 : kRowBlock;
+            for (; b + R <= b1; b += R) {
+              products(std::integral_constant<int, R>(), b);
             }
           }
           for (; b < b1; ++b) products(std::integral_constant<int, 1>(), b);
