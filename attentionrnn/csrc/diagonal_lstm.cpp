@@ -153,6 +153,27 @@ inline typename Simd<T>::type loaded_in_register(const T* p) {
   return v;
 }
 
+// A whole-vector store that bypasses the caches where the CPU has one (p 64-byte aligned): for the
+// saved gate activations, written once and read only by the backward pass, it saves reading each
+// line in before overwriting it.
+template <typename T>
+inline void store_streaming(T* p, const typename Simd<T>::type& v) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_stream_ps(p, v);
+    return;
+  }
+#endif
+  Simd<T>::store(p, v);
+}
+
+// Orders the streaming stores before what follows (they are weakly ordered).
+inline void streaming_fence() {
+#ifdef __AVX512F__
+  _mm_sfence();
+#endif
+}
+
 // Batch elements per work item: the scan of a (direction, batch group) pair is one task. Fixed,
 // not derived from the thread count, so that the order of every floating-point sum, and hence the
 // result, does not depend on how many threads run.
@@ -423,25 +444,25 @@ inline void cell_backward(const T* __restrict act, const T* __restrict c, const 
 // (__restrict), so the loops vectorise and their stores and the loads that follow have the same
 // width: a value stored lane by lane and reloaded as a vector stalls the load.
 template <typename T, int NV>
-inline void cell_forward(T* __restrict act, const T* __restrict cl, T* __restrict c,
-                         T* __restrict st, int64_t hidden) {
+inline void cell_forward(const T* __restrict pre, T* __restrict act, const T* __restrict cl,
+                         T* __restrict c, T* __restrict st, int64_t hidden) {
   const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : hidden;
   if constexpr (kVectorCells<T, NV>) {
     using S = Simd<T>;
     for (int64_t k = 0; k < h; k += S::lanes) {
-      const auto ig = sigmoid(S::load(act + k)), fg = sigmoid(S::load(act + h + k));
-      const auto og = sigmoid(S::load(act + 2 * h + k)), gg = tanh_(S::load(act + 3 * h + k));
-      S::store(act + k, ig);
-      S::store(act + h + k, fg);
-      S::store(act + 2 * h + k, og);
-      S::store(act + 3 * h + k, gg);
+      const auto ig = sigmoid(S::load(pre + k)), fg = sigmoid(S::load(pre + h + k));
+      const auto og = sigmoid(S::load(pre + 2 * h + k)), gg = tanh_(S::load(pre + 3 * h + k));
+      store_streaming(act + k, ig);
+      store_streaming(act + h + k, fg);
+      store_streaming(act + 2 * h + k, og);
+      store_streaming(act + 3 * h + k, gg);
       const auto ck = cl ? ig * gg + fg * S::load(cl + k) : ig * gg;
       S::store(c + k, ck);
       S::store(st + k, og * tanh_(ck));
     }
   } else {
-    for (int64_t k = 0; k < 3 * h; ++k) act[k] = sigmoid(act[k]);
-    for (int64_t k = 3 * h; k < 4 * h; ++k) act[k] = tanh_(act[k]);
+    for (int64_t k = 0; k < 3 * h; ++k) act[k] = sigmoid(pre[k]);
+    for (int64_t k = 3 * h; k < 4 * h; ++k) act[k] = tanh_(pre[k]);
     const T *ig = act, *fg = act + h, *og = act + 2 * h, *gg = act + 3 * h;
     if (cl) {
       for (int64_t k = 0; k < h; ++k) c[k] = ig[k] * gg[k] + fg[k] * cl[k];
@@ -461,6 +482,7 @@ void forward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
   const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : sc.hidden;
   const int64_t G = 4 * h, S = sc.width, Cin = sc.in_ch;
   at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> pre(kBatchGroup * G);  // a cell's gate pre-activations, kept in L1
     sc.for_items(begin, end, [&](int64_t, int64_t d, int64_t b0, int64_t b1) {
       const T* w = sc.w_cat + d * sc.inputs * G;
       const T* b_in = sc.b_in + d * G;
@@ -471,7 +493,7 @@ void forward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
           // The gate pre-activations of the group's rows, in blocks of rows, then the cells.
           auto products = [&](auto rows, int64_t b) {
             gate_products<T, NV, decltype(rows)::value>(
-                acts + sc.act_row(d, p, b), b_in, w, sc.e + sc.raster_row(d, p, b) * Cin, Cin,
+                pre.data() + (b - b0) * G, b_in, w, sc.e + sc.raster_row(d, p, b) * Cin, Cin,
                 t > 0 ? states + sc.state_row(d, a, b) : nullptr,
                 t > 0 ? states + sc.state_row(d, a + 1, b) : nullptr, S, G);
           };
@@ -486,7 +508,7 @@ void forward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
           for (; b < b1; ++b) products(std::integral_constant<int, 1>(), b);
           for (b = b0; b < b1; ++b) {
             T* st = states + sc.state_row(d, g, b);
-            cell_forward<T, NV>(acts + sc.act_row(d, p, b),
+            cell_forward<T, NV>(pre.data() + (b - b0) * G, acts + sc.act_row(d, p, b),
                                 t > 0 ? cells + sc.cell_row(d, a + 1, b) : nullptr,
                                 cells + sc.cell_row(d, g, b), st, h);
             if (sc.feedback) {
@@ -502,6 +524,7 @@ void forward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
           }
         }
       }
+      streaming_fence();
     });
   });
 }
@@ -775,6 +798,8 @@ std::vector<at::Tensor> diagonal_lstm_forward(at::Tensor e_rows, at::Tensor inde
   auto out = w_read.numel() > 0 ? at::empty({dirs, cells_total, batch}, opts)
                                 : at::empty({dirs, cells_total, batch, hidden}, opts);
   auto acts = at::empty({dirs, cells_total, batch, gates}, opts);
+  // Rows of whole vectors from a 64-byte-aligned base: the streaming stores need it.
+  TORCH_INTERNAL_ASSERT(reinterpret_cast<uintptr_t>(acts.data_ptr()) % 64 == 0);
   const auto [w_cat, w_cat_t] = concat_weights(w_in, w_state);
   AT_DISPATCH_FLOATING_TYPES(e_rows.scalar_type(), "diagonal_lstm_forward", [&] {
     const auto sc = make_scan<scalar_t>(e_rows, index, w_cat, w_cat_t, b_in, w_att, b_att,
