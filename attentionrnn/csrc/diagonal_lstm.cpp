@@ -68,12 +68,19 @@ inline T tanh_(T x) {
   return (e - T(1)) / (e + T(1));
 }
 
-// 64-byte SIMD vectors through the compiler's vector extension: AVX-512 registers where the CPU
-// has them, pairs of AVX2 registers or NEON quadruples elsewhere.
+// SIMD vectors through the compiler's vector extension: one AVX-512 or AVX2 register where the CPU
+// has them (a 64-byte vector on an AVX2 CPU is lowered to poor code, several times slower), else
+// 64 bytes as NEON or SSE quadruples.
+#if defined(__AVX512F__) || !defined(__AVX__)
+constexpr int64_t kVectorBytes = 64;
+#else
+constexpr int64_t kVectorBytes = 32;
+#endif
+
 template <typename T>
 struct Simd {
-  typedef T type __attribute__((vector_size(64)));
-  static constexpr int64_t lanes = 64 / sizeof(T);
+  typedef T type __attribute__((vector_size(kVectorBytes)));
+  static constexpr int64_t lanes = kVectorBytes / sizeof(T);
   static type load(const T* p) {
     type v;
     std::memcpy(&v, p, sizeof(type));
@@ -97,7 +104,7 @@ struct Simd {
 // compiler splits such a loop into 8+4+2+1+1 lanes, and the wide load that reads the result back
 // stalls on the narrow stores.
 using FloatVec = Simd<float>::type;
-typedef int32_t IntVec __attribute__((vector_size(64)));
+typedef int32_t IntVec __attribute__((vector_size(kVectorBytes)));
 
 inline FloatVec exp_(FloatVec x) {
   x = x < -87.0f ? Simd<float>::splat(-87.0f) : x;
@@ -147,21 +154,23 @@ constexpr bool kVectorCells = std::is_same_v<T, float> && NV > 0 && NV % 4 == 0;
 template <typename T>
 inline typename Simd<T>::type loaded_in_register(const T* p) {
   typename Simd<T>::type v = Simd<T>::load(p);
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) && defined(__AVX__)  // where one register holds a Simd vector
   asm("" : "+v"(v));
 #endif
   return v;
 }
 
-// A whole-vector store that bypasses the caches where the CPU has one (p 64-byte aligned): for the
-// saved gate activations, written once and read only by the backward pass, it saves reading each
-// line in before overwriting it.
+// A whole-vector store that bypasses the caches where the CPU has one and p is 64-byte aligned
+// (always, for the rows of a tensor from PyTorch's allocator): for the saved gate activations,
+// written once and read only by the backward pass, it saves reading each line in first.
 template <typename T>
 inline void store_streaming(T* p, const typename Simd<T>::type& v) {
 #ifdef __AVX512F__
   if constexpr (std::is_same_v<T, float>) {
-    _mm512_stream_ps(p, v);
-    return;
+    if (reinterpret_cast<uintptr_t>(p) % 64 == 0) {
+      _mm512_stream_ps(p, v);
+      return;
+    }
   }
 #endif
   Simd<T>::store(p, v);
@@ -219,10 +228,27 @@ struct Scan {
   }
 };
 
-// Rows of one cell processed together by the matrix products: consecutive batch elements, whose
-// rows are adjacent in every buffer. Several independent accumulator chains keep the FMA units
-// busy and every weight vector loaded once serves all rows.
+// Register blocking of the small matrix products: blocks of `rows` input rows times Q vectors of
+// outputs keep rows * Q accumulators, Q weight vectors and a broadcast value in the registers,
+// each weight vector loaded once for all the rows. kVectorRegisters counts how many Simd vectors
+// the register file holds: 32 zmm with AVX-512, 16 ymm with AVX2, and where a Simd vector spans
+// several hardware registers (NEON: 32 of 16 bytes; SSE: 16 of 16 bytes) correspondingly fewer.
+// Up to kRowBlock rows: consecutive batch elements, adjacent in every buffer.
+#if defined(__AVX512F__)
+constexpr int kVectorRegisters = 32;
+#elif defined(__AVX__)
+constexpr int kVectorRegisters = 16;
+#elif defined(__aarch64__)
+constexpr int kVectorRegisters = 32 * 16 / kVectorBytes;
+#else
+constexpr int kVectorRegisters = 16 * 16 / kVectorBytes;
+#endif
 constexpr int kRowBlock = 4;
+
+constexpr int block_rows(int q) {
+  const int fit = (kVectorRegisters - q - 1) / q;
+  return fit < 1 ? 1 : (fit > kRowBlock ? kRowBlock : fit);
+}
 
 // acc[r][0:Q vectors] += in_r[0:k] W[0:k] for R rows (row r of `in` at in + r * in_stride, row
 // c of W at w + c * w_stride): one broadcast per input value times a contiguous weight row, every
@@ -339,7 +365,7 @@ inline void accumulate_outer(T* dw, const T* in, int64_t in_stride, int64_t k, c
   using V = typename S::type;
   constexpr int64_t L = S::lanes;
   if constexpr (NV > 0) {
-    constexpr int CB = NV <= 4 ? 4 : 2;
+    constexpr int CB = block_rows(NV);
     int64_t c = 0;
     for (; c + CB <= k; c += CB) {
       V acc[CB][NV];
@@ -499,8 +525,7 @@ void forward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
           };
           int64_t b = b0;
           if constexpr (NV > 0) {
-            // Accumulators for R rows of NV vectors, plus NV weight vectors, fit the registers.
-            constexpr int R = NV >= 8 ? kRowBlock / 2 : kRowBlock;
+            constexpr int R = block_rows(NV);
             for (; b + R <= b1; b += R) {
               products(std::integral_constant<int, R>(), b);
             }
@@ -631,8 +656,9 @@ void backward_scan(const Scan<T>& sc, const std::vector<int64_t>& length,
           // What the gates' gradients send back, to the encoded map and to the two neighbours.
           T* back_i = back_t + i * kBatchGroup * Kb;
           int64_t r = 0;
-          for (; r + kRowBlock <= rows; r += kRowBlock) {
-            transposed_product<T, kRowBlock>(back_i + r * Kb, Kb, w_t, dp.data() + r * G, G, Mp);
+          constexpr int R = block_rows(4);  // the transposed product's blocks of 4 vectors
+          for (; r + R <= rows; r += R) {
+            transposed_product<T, R>(back_i + r * Kb, Kb, w_t, dp.data() + r * G, G, Mp);
           }
           for (; r < rows; ++r) {
             transposed_product<T, 1>(back_i + r * Kb, Kb, w_t, dp.data() + r * G, G, Mp);
@@ -717,7 +743,7 @@ void dispatch_width(int64_t gates, const F& f) {
 std::pair<at::Tensor, at::Tensor> concat_weights(const at::Tensor& w_in,
                                                  const at::Tensor& w_state) {
   const int64_t dirs = w_in.size(0), in_ch = w_in.size(1), gates = w_in.size(2);
-  const int64_t hidden = gates / 4, lanes = 64 / w_in.element_size();
+  const int64_t hidden = gates / 4, lanes = kVectorBytes / w_in.element_size();
   auto w_cat = at::cat({w_in, w_state.reshape({dirs, -1, gates})}, 1).contiguous();
   const int64_t main = in_ch + 2 * hidden;
   auto w_cat_t = at::zeros({dirs, gates, (main + lanes - 1) / lanes * lanes}, w_in.options());
@@ -798,8 +824,6 @@ std::vector<at::Tensor> diagonal_lstm_forward(at::Tensor e_rows, at::Tensor inde
   auto out = w_read.numel() > 0 ? at::empty({dirs, cells_total, batch}, opts)
                                 : at::empty({dirs, cells_total, batch, hidden}, opts);
   auto acts = at::empty({dirs, cells_total, batch, gates}, opts);
-  // Rows of whole vectors from a 64-byte-aligned base: the streaming stores need it.
-  TORCH_INTERNAL_ASSERT(reinterpret_cast<uintptr_t>(acts.data_ptr()) % 64 == 0);
   const auto [w_cat, w_cat_t] = concat_weights(w_in, w_state);
   AT_DISPATCH_FLOATING_TYPES(e_rows.scalar_type(), "diagonal_lstm_forward", [&] {
     const auto sc = make_scan<scalar_t>(e_rows, index, w_cat, w_cat_t, b_in, w_att, b_att,
