@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,6 +230,46 @@ def test_fused_kernels_build_where_required():
     """Without this, a kernel that no longer compiles would only skip the fused tests."""
     _extension.load.cache_clear()
     assert _extension.load() is not None
+
+
+def _cpu_has_avx512() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.exists() and "avx512f" in cpuinfo.read_text(errors="ignore")
+
+
+_AVX2_CHECK = """
+import torch
+from attentionrnn import AttentionRNN
+from attentionrnn.layers import _extension
+assert _extension.load() is not None, "the kernels did not build without AVX-512"
+torch.manual_seed(0)
+layer = AttentionRNN(8, hidden_channels=16)
+x = torch.randn(5, 8, 6, 7, requires_grad=True)
+grads = []
+for implementation in ("fused", "bptt"):
+    layer.scan.implementation = implementation
+    layer.zero_grad(); x.grad = None
+    y = layer(x)
+    y.square().sum().backward()
+    grads.append((y.detach(), x.grad.clone(), *(p.grad.clone() for p in layer.parameters())))
+for a, b in zip(*grads):
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+"""
+
+
+@pytest.mark.skipif(
+    os.environ.get("ATTENTIONRNN_REQUIRE_EXTENSION", "") in ("", "0") or not _cpu_has_avx512(),
+    reason="needs ATTENTIONRNN_REQUIRE_EXTENSION (CI sets it) and an AVX-512 CPU",
+)
+def test_fused_kernels_build_and_agree_without_avx512():
+    """The kernels are specialised for AVX-512, AVX2 and plain 64-byte vectors; on an AVX-512
+    machine only the first would otherwise be compiled. Builds the AVX2 variant (a separate cache
+    entry, about 40 s the first time) and checks it against the PyTorch implementation."""
+    env = dict(os.environ, ATTENTIONRNN_EXTENSION_CFLAGS="-mno-avx512f")
+    done = subprocess.run(
+        [sys.executable, "-c", _AVX2_CHECK], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_double_backward_is_refused_not_wrong():
