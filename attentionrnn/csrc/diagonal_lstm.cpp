@@ -21,7 +21,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#ifdef __AVX512F__
+#ifdef __AVX__
 #include <immintrin.h>
 #endif
 #include <cmath>
@@ -106,16 +106,38 @@ struct Simd {
 using FloatVec = Simd<float>::type;
 typedef int32_t IntVec __attribute__((vector_size(kVectorBytes)));
 
+// min(max(x, lo), hi), lane by lane: one instruction each with AVX, else a bitwise select (the
+// vector ?: operator is a GCC extension that not every compiler has in C++).
+inline FloatVec clamp_(FloatVec x, float lo, float hi) {
+  const FloatVec vlo = Simd<float>::splat(lo), vhi = Simd<float>::splat(hi);
+#if defined(__AVX512F__)
+  return _mm512_min_ps(_mm512_max_ps(x, vlo), vhi);
+#elif defined(__AVX__)
+  return _mm256_min_ps(_mm256_max_ps(x, vlo), vhi);
+#else
+  auto select = [](IntVec mask, FloatVec a, FloatVec b) {
+    IntVec ai, bi;
+    std::memcpy(&ai, &a, sizeof(a));
+    std::memcpy(&bi, &b, sizeof(b));
+    const IntVec r = (mask & ai) | (~mask & bi);
+    FloatVec out;
+    std::memcpy(&out, &r, sizeof(out));
+    return out;
+  };
+  x = select(x < vlo, vlo, x);
+  return select(x > vhi, vhi, x);
+#endif
+}
+
 inline FloatVec exp_(FloatVec x) {
-  x = x < -87.0f ? Simd<float>::splat(-87.0f) : x;
-  x = x > 88.0f ? Simd<float>::splat(88.0f) : x;
+  x = clamp_(x, -87.0f, 88.0f);
 #ifdef __AVX512F__
   // One instruction each for the rounding and for the power of two.
   const FloatVec n = _mm512_roundscale_ps(x * 1.44269504088896341f, _MM_FROUND_TO_NEAREST_INT);
 #else
   const FloatVec t = x * 1.44269504088896341f + 0.5f;
   FloatVec n = __builtin_convertvector(__builtin_convertvector(t, IntVec), FloatVec);
-  n = n > t ? n - 1.0f : n;  // truncation to floor
+  n += __builtin_convertvector(n > t, FloatVec);  // truncation to floor: the mask is -1 where n > t
 #endif
   const FloatVec r = x - n * 0.693359375f + n * 2.12194440e-4f;
   FloatVec p = r * 1.9875691500e-4f + 1.3981999507e-3f;
@@ -137,8 +159,7 @@ inline FloatVec exp_(FloatVec x) {
 inline FloatVec sigmoid(FloatVec x) { return 1.0f / (1.0f + exp_(-x)); }
 
 inline FloatVec tanh_(FloatVec x) {
-  x = x < -30.0f ? Simd<float>::splat(-30.0f) : x;
-  x = x > 30.0f ? Simd<float>::splat(30.0f) : x;
+  x = clamp_(x, -30.0f, 30.0f);
   const FloatVec e = exp_(2.0f * x);
   return (e - 1.0f) / (e + 1.0f);
 }
