@@ -232,6 +232,18 @@ def test_fused_kernels_build_where_required():
     assert _extension.load() is not None
 
 
+def test_kernel_builds_are_cached_per_cpu_and_flags(monkeypatch):
+    """-march=native binaries must not be shared between different CPUs through one cache."""
+    monkeypatch.delenv("ATTENTIONRNN_EXTENSION_CFLAGS", raising=False)
+    here = _extension.build_name()
+    assert here == _extension.build_name()
+    monkeypatch.setenv("ATTENTIONRNN_EXTENSION_CFLAGS", "-mno-avx512f")
+    assert _extension.build_name() != here
+    monkeypatch.delenv("ATTENTIONRNN_EXTENSION_CFLAGS")
+    monkeypatch.setattr(_extension, "_cpu_description", lambda: "model name: another CPU")
+    assert _extension.build_name() != here
+
+
 def _cpu_has_avx512() -> bool:
     cpuinfo = Path("/proc/cpuinfo")
     return cpuinfo.exists() and "avx512f" in cpuinfo.read_text(errors="ignore")

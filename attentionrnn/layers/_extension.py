@@ -4,8 +4,11 @@ The build is cached by torch.utils.cpp_extension (``TORCH_EXTENSIONS_DIR``, by d
 ``~/.cache/torch_extensions``), so only the first use on a machine pays for it (about a minute).
 Without a C++ compiler, or with ``ATTENTIONRNN_NO_EXTENSION=1``, :func:`load` returns ``None`` and
 the layer uses the pure-PyTorch implementation, which gives the same results more slowly.
-``ATTENTIONRNN_EXTENSION_CFLAGS`` adds compiler flags (for instance ``-march=x86-64-v3`` for a
-build that also runs on other CPUs than the building one); each set of flags is its own build.
+The kernels are compiled for the building CPU (``-march=native``), so the cache entry is named
+after the CPU's model and instruction-set flags as well as the extra compiler flags
+``ATTENTIONRNN_EXTENSION_CFLAGS`` adds: a cache shared by machines with different CPUs (a home
+directory on a cluster) holds one build per kind of CPU instead of handing one CPU's build to
+another.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 from pathlib import Path
 from types import ModuleType
 
@@ -30,12 +34,9 @@ def load() -> ModuleType | None:
     try:
         from torch.utils import cpp_extension
 
-        extra = os.environ.get("ATTENTIONRNN_EXTENSION_CFLAGS", "").split()
-        name = "attentionrnn_diagonal_lstm"
-        if extra:  # a cache entry per flag set, so that switching does not rebuild each time
-            name += "_" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8]
+        extra = _extra_cflags()
         return cpp_extension.load(
-            name=name,
+            name=build_name(),
             sources=[str(SOURCE)],
             # OpenMP: ATen's parallel_for in the kernels is serial without it.
             extra_cflags=["-O3", "-march=native", "-ffast-math", "-mrecip", "-fopenmp", *extra],
@@ -49,3 +50,30 @@ def load() -> ModuleType | None:
             str(error).splitlines()[0] if str(error) else type(error).__name__,
         )
         return None
+
+
+def _extra_cflags() -> list[str]:
+    return os.environ.get("ATTENTIONRNN_EXTENSION_CFLAGS", "").split()
+
+
+def build_name() -> str:
+    """The extension's cache entry: one per kind of CPU and set of extra compiler flags."""
+    build = "\n".join([_cpu_description(), *_extra_cflags()])
+    return "attentionrnn_diagonal_lstm_" + hashlib.sha1(build.encode()).hexdigest()[:10]
+
+
+def _cpu_description() -> str:
+    """The CPU model and instruction-set flags (Linux), else what the platform module knows."""
+    wanted = ("model name", "flags", "features", "cpu part", "cpu implementer")
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="ignore").splitlines()
+    except OSError:
+        lines = []
+    seen = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in wanted and key not in seen:
+            seen[key] = " ".join(sorted(value.split())) if key in ("flags", "features") else value
+    described = [f"{key}: {seen[key].strip()}" for key in wanted if key in seen]
+    return "\n".join(described) or f"{platform.machine()} {platform.processor()}"
