@@ -25,6 +25,7 @@
 #include <immintrin.h>
 #endif
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -98,7 +99,9 @@ struct Simd {
   }
 };
 
-// The float non-linearities on whole vectors: the same arithmetic as exp_ above, lane by lane.
+// The float non-linearities on whole vectors: the arithmetic of exp_ above, lane by lane (with
+// AVX-512 the rounding to the nearest power of two breaks ties to even: a different n, the same
+// result to within the polynomial's error).
 // Where a cell's hidden width is a whole number of vectors, its element-wise update is written
 // with these, so that every value is stored and reloaded as a whole vector: left to itself the
 // compiler splits such a loop into 8+4+2+1+1 lanes, and the wide load that reads the result back
@@ -485,9 +488,9 @@ inline void cell_backward(const T* __restrict act, const T* __restrict c, const 
   }
 }
 
-// One cell's non-linearities and states, from its gate pre-activations (act, overwritten by the
-// activations [i, f, o, g]) and the cell state of the cell to its left (cl; null on the first
-// diagonal): writes its cell state c and hidden state st. The pointers are distinct buffers
+// One cell's non-linearities and states, from its gate pre-activations (pre) and the cell state of
+// the cell to its left (cl; null on the first diagonal): writes the activations [i, f, o, g] kept
+// for backward (act), its cell state c and its hidden state st. The pointers are distinct buffers
 // (__restrict), so the loops vectorise and their stores and the loads that follow have the same
 // width: a value stored lane by lane and reloaded as a vector stalls the load.
 template <typename T, int NV>
