@@ -1,12 +1,15 @@
-"""Cost of a training step of the E1 network (PAN backbone) with each attention method.
+"""Cost of a training step of the E1 network (PAN backbone) per attention method and precision.
 
 One step is what an epoch repeats: forward, loss, backward, gradient clipping and an RMSprop update
 on a batch of 100x100 RGB images with their queries (random data of the real shapes: the cost does
-not depend on the pixel values). The methods are interleaved within each repeat; the ratio to CTX
-(PAN's own attention) is computed from medians of the same run, so it is the ratio of epoch times.
+not depend on the pixel values). Every (method, precision) contender is interleaved within each
+repeat, and ratios are computed from medians of the same run.
+
+Precisions: ``fp32`` (NCHW), ``fp32-cl`` (channels_last), ``bf16`` (autocast, NCHW) and
+``bf16-cl`` (autocast + channels_last, what ``--precision bf16`` trains with).
 
     python benchmarks/bench_epoch.py                       # batch 200 (PAN's), ctx vs arnn
-    python benchmarks/bench_epoch.py --methods none ctx arnn brnn --batch 50 --repeats 3
+    python benchmarks/bench_epoch.py --methods none ctx arnn brnn --precisions bf16-cl
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ from pathlib import Path
 
 import torch
 
+from attentionrnn.engine.precision import autocast, native_bf16
 from attentionrnn.models.pan import PAN
 
+PRECISIONS = ("fp32", "fp32-cl", "bf16", "bf16-cl")
 
-def step_seconds(model: PAN, optimizer: torch.optim.Optimizer, images, queries, targets) -> float:
+
+def step_seconds(model, optimizer, images, queries, targets, precision: str) -> float:
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(model(images, queries), targets)
+    with autocast("bf16" if precision.startswith("bf16") else "fp32"):
+        loss = torch.nn.functional.cross_entropy(model(images, queries), targets)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
     optimizer.step()
@@ -35,6 +42,7 @@ def step_seconds(model: PAN, optimizer: torch.optim.Optimizer, images, queries, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=["ctx", "arnn"])
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
@@ -46,33 +54,50 @@ def main() -> None:
     images = torch.rand(args.batch, 3, 100, 100)
     queries = torch.randint(0, 10, (args.batch,))
     targets = torch.randint(0, 5, (args.batch,))
-    models = {m: PAN(attention=m) for m in args.methods}
-    optimizers = {m: torch.optim.RMSprop(models[m].parameters(), lr=3e-3) for m in args.methods}
-    times: dict[str, list[float]] = {m: [] for m in args.methods}
+    contenders = [(m, p) for m in args.methods for p in args.precisions]
+    models, optimizers, inputs = {}, {}, {}
+    for m, p in contenders:
+        cl = p.endswith("-cl")
+        model = PAN(attention=m)
+        models[m, p] = model.to(memory_format=torch.channels_last) if cl else model
+        optimizers[m, p] = torch.optim.RMSprop(model.parameters(), lr=3e-3)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        inputs[m, p] = images.contiguous(memory_format=fmt)
+    times: dict[tuple[str, str], list[float]] = {c: [] for c in contenders}
     for r in range(args.repeats + 1):  # the first round warms up (and builds the C++ kernels)
-        for m in args.methods:
-            t = step_seconds(models[m], optimizers[m], images, queries, targets)
+        for c in contenders:
+            t = step_seconds(models[c], optimizers[c], inputs[c], queries, targets, c[1])
             if r:
-                times[m].append(t)
-    base = statistics.median(times["ctx"]) if "ctx" in times else None
+                times[c].append(t)
+    med = {c: statistics.median(v) for c, v in times.items()}
     lines = [
-        f"PAN training step, batch {args.batch}, {torch.get_num_threads()} threads "
-        f"(median of {args.repeats}, methods interleaved)",
+        f"PAN training step, batch {args.batch}, {torch.get_num_threads()} threads, native bf16: "
+        f"{native_bf16()} (median of {args.repeats}, contenders interleaved)",
         "",
-        "| attention | step s | x ctx | epoch of 30,000 samples, min |",
-        "|---|---:|---:|---:|",
+        "| attention | precision | step s | × same method fp32 | × ctx same precision "
+        "| epoch of 30,000 samples, min |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for m in args.methods:
-        t = statistics.median(times[m])
-        ratio = f"{t / base:.2f}" if base else "-"
-        lines.append(f"| {m} | {t:.3f} | {ratio} | {t * 30000 / args.batch / 60:.1f} |")
+    for m, p in contenders:
+        t = med[m, p]
+        vs_fp32 = f"{t / med[m, 'fp32']:.2f}" if (m, "fp32") in med else "-"
+        vs_ctx = f"{t / med['ctx', p]:.2f}" if ("ctx", p) in med else "-"
+        lines.append(
+            f"| {m} | {p} | {t:.3f} | {vs_fp32} | {vs_ctx} | {t * 30000 / args.batch / 60:.1f} |"
+        )
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_epoch.md").write_text(text + "\n")
     (args.out / "bench_epoch.json").write_text(
         json.dumps(
-            {"batch": args.batch, "threads": torch.get_num_threads(), "times": times}, indent=2
+            {
+                "batch": args.batch,
+                "threads": torch.get_num_threads(),
+                "native_bf16": native_bf16(),
+                "times": {f"{m}/{p}": v for (m, p), v in times.items()},
+            },
+            indent=2,
         )
     )
 

@@ -11,6 +11,7 @@ from attentionrnn.layers.factory import ATTENTION_NAMES
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this sub-package's commands to the ``attentionrnn`` CLI."""
+    from attentionrnn.engine.precision import PRECISIONS
     from attentionrnn.experiments.train import DATASETS, TrainConfig
 
     d = TrainConfig()
@@ -55,6 +56,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-norm", type=float, default=d.clip_norm)
     p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience")
     p.add_argument("--attention-hidden", type=int, help="hidden width of the attention modules")
+    p.add_argument(
+        "--layer4-gate",
+        choices=("sigmoid", "softmax"),
+        help="gate of the last attention layer (default: each method's own)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=d.precision,
+        help="auto: bf16 autocast where the CPU has native bf16 (AMX / AVX-512 BF16), else fp32",
+    )
+    p.add_argument(
+        "--no-channels-last", action="store_true", help="keep the backbone in NCHW memory order"
+    )
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--threads", type=int, help="torch threads per process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -117,6 +132,9 @@ def _run_train(args: argparse.Namespace) -> int:
         clip_norm=args.clip_norm,
         patience=args.patience,
         attention_hidden=args.attention_hidden,
+        layer4_gate=args.layer4_gate,
+        precision=args.precision,
+        channels_last=not args.no_channels_last,
         eval_batch_size=args.eval_batch_size,
         threads=args.threads,
         progress=not args.no_progress and sys.stderr.isatty(),

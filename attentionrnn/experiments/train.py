@@ -39,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from attentionrnn.engine.precision import PRECISIONS, autocast, resolve_precision
 from attentionrnn.experiments.metrics import (
     accuracy_by_scale,
     attention_correctness,
@@ -86,6 +87,9 @@ class TrainConfig:
     lr_decay_every: int = 10
     patience: int = 50
     attention_hidden: int | None = None
+    layer4_gate: str | None = None
+    precision: str = "auto"
+    channels_last: bool = True
     eval_batch_size: int = 500
     threads: int | None = None
     progress: bool = True
@@ -99,6 +103,12 @@ class TrainConfig:
             )
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {tuple(TASKS)}, got {self.task!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.layer4_gate not in (None, "sigmoid", "softmax"):
+            raise ValueError(
+                f"layer4_gate must be 'sigmoid' or 'softmax', got {self.layer4_gate!r}"
+            )
         for name in ("samples", "epochs", "batch_size", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -285,7 +295,10 @@ class E1Data:
         return np.flatnonzero((self.split == code) & self.keep)
 
     def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Images ``(B, 3, 100, 100)`` float in [0, 1], queries ``(B,)`` and targets ``(B,)``."""
+        """Images ``(B, 3, 100, 100)`` float in [0, 1], queries ``(B,)`` and targets ``(B,)``.
+
+        The stored images are HWC, so the batch comes out in channels_last memory order.
+        """
         img = torch.from_numpy(self.images[self.image_index[idx]]).permute(0, 3, 1, 2)
         img = img.float().div_(255)
         return img, torch.from_numpy(self.query[idx]), torch.from_numpy(self.target[idx])
@@ -310,6 +323,7 @@ def evaluate(
     batch_size: int,
     ctx: _Dist,
     full: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Accuracy on ``indices`` (every rank measures a shard; results are gathered).
 
@@ -322,7 +336,9 @@ def evaluate(
     for start in range(0, len(shard), batch_size):
         idx = shard[start : start + batch_size]
         img, query, target = data.batch(idx)
-        logits, masks = model(img, query, return_masks=True)
+        with autocast(precision):
+            logits, masks = model(img, query, return_masks=True)
+        masks = [m.float() for m in masks]
         cols = [idx.astype(np.float64), (logits.argmax(1) == target).double().numpy()]
         if full:
             boxes, strokes = data.regions(idx)
@@ -416,7 +432,15 @@ def _train(config: TrainConfig, ctx: _Dist) -> dict[str, Any]:
     )
 
     # -- model and optimiser
-    model = PAN(config.attention, task=config.task, attention_hidden=config.attention_hidden)
+    model = PAN(
+        config.attention,
+        task=config.task,
+        attention_hidden=config.attention_hidden,
+        layer4_gate=config.layer4_gate,
+    )
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    precision = resolve_precision(config.precision)
     net: nn.Module = DistributedDataParallel(model) if ctx.world > 1 else model
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=config.rmsprop_alpha)
     batch_size = max(1, config.batch_size // ctx.world)  # the global batch is config.batch_size
@@ -432,6 +456,7 @@ def _train(config: TrainConfig, ctx: _Dist) -> dict[str, Any]:
         "best_model": None,
         "history": [],
         "elapsed": 0.0,
+        "steps": 0,
         "done": False,
     }
     ckpt_path = out / CHECKPOINT
@@ -474,27 +499,35 @@ def _train(config: TrainConfig, ctx: _Dist) -> dict[str, Any]:
         )
         for idx in bar:
             img, query, target = data.batch(idx)
-            logits = net(img, query)
-            loss = F.cross_entropy(logits, target)
+            with autocast(precision):
+                logits = net(img, query)
+                loss = F.cross_entropy(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             optimizer.step()
+            state["steps"] = state.get("steps", 0) + 1
             loss_sum += loss.item() * len(idx)
             correct += float((logits.argmax(1) == target).sum())
             seen += len(idx)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         _sync_buffers(model, ctx)
-        val = evaluate(model, data, val_idx, config.eval_batch_size, ctx)["accuracy"]
+        # the learning curve: accuracy and attention correctness on the validation set
+        curve = evaluate(
+            model, data, val_idx, config.eval_batch_size, ctx, full=True, precision=precision
+        )
+        val = curve["accuracy"]
         seconds = time.perf_counter() - started
         state["elapsed"] += seconds
         state["history"].append(
             {
                 "epoch": epoch + 1,
+                "step": state["steps"],
                 "lr": lr,
                 "train_loss": loss_sum / max(seen, 1),
                 "train_accuracy": correct / max(seen, 1),
                 "val_accuracy": val,
+                "val_attention_correctness": curve["attention_correctness"],
                 "seconds": seconds,
             }
         )
@@ -521,7 +554,9 @@ def _train(config: TrainConfig, ctx: _Dist) -> dict[str, Any]:
 
     # -- test at the best-validation weights
     model.load_state_dict(state["best_model"])
-    test = evaluate(model, data, test_idx, config.eval_batch_size, ctx, full=True)
+    test = evaluate(
+        model, data, test_idx, config.eval_batch_size, ctx, full=True, precision=precision
+    )
     metrics: dict[str, Any] = {
         "dataset": config.dataset,
         "attention": config.attention,
@@ -545,6 +580,10 @@ def _train(config: TrainConfig, ctx: _Dist) -> dict[str, Any]:
             "digit_source": data.digit_source,
             "data_seed": config.data_seed if not config.data else None,
         },
+        "precision": precision,
+        "channels_last": config.channels_last,
+        "layer4_gate": model.layer4_gate,
+        "steps": state["steps"],
         "world_size": ctx.world,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

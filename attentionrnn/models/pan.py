@@ -144,5 +144,10 @@ class PAN(nn.Module):
             return logits, masks
         return logits
 
+    @property
+    def layer4_gate(self) -> str | None:
+        """The gate of the last attention layer (``None`` for ``"none"``)."""
+        return getattr(self.attentions[3], "gate", None)
+
     def extra_repr(self) -> str:
         return f"attention={self.attention!r}, task={self.task!r}"

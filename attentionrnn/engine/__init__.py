@@ -1,0 +1,1 @@
+"""What every experiment's training shares: precision, seeding, checkpoints, progress."""
