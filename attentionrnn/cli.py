@@ -1,7 +1,9 @@
-"""Command-line entry point: ``attentionrnn <command> ...``.
+"""Command-line entry point: ``attentionrnn <experiment> <command> ...``.
 
-Each command lives beside the code it drives; a module listed in ``_COMMAND_MODULES`` exposes
-``register(subparsers)``, which adds its sub-parsers and sets ``func`` on them.
+Each experiment's commands live beside its code: a module listed in ``_COMMAND_MODULES`` exposes
+``register(subparsers)``, which adds its sub-parsers and sets ``func`` on them. A problem the
+user can fix (a missing or truncated file, a bad value) is printed on one line and the exit
+status is 2; ``-v`` shows the traceback as well.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-_COMMAND_MODULES = (
-    "attentionrnn.data.commands",  # generate, show
-    "attentionrnn.experiments.commands",  # train, reproduce, demo
-)
+from attentionrnn.data.mnist import MnistError
+from attentionrnn.engine.errors import UserError
+
+_COMMAND_MODULES = ("attentionrnn.experiments.e1.commands",)  # e1 generate|show|train|...
+
+#: Exceptions that describe the user's input rather than a bug.
+USER_ERRORS = (UserError, MnistError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attentionrnn",
         description="AttentionRNN: structured spatial attention, and the paper's experiments.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="EXPERIMENT")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
@@ -41,7 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        if args.verbose:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"attentionrnn: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

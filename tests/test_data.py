@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from attentionrnn.data import mnist as mnist_mod
-from attentionrnn.data.dataset import AttributeDataset
 from attentionrnn.data.generate import (
     DATASETS,
     PALETTE,
@@ -29,35 +28,10 @@ from attentionrnn.data.generate import (
     split_images,
     write_npz,
 )
-from attentionrnn.data.mnist import MnistDigits, MnistError, load_mnist
+from attentionrnn.data.mnist import MnistError, load_mnist
+from attentionrnn.experiments.e1.data import AttributeDataset
 
 N_IMAGES = 30
-
-
-# ------------------------------------------------------------------------------------------
-# synthetic digits
-
-
-def _synthetic_digits(per_class: int = 3) -> MnistDigits:
-    """28×28 'digits': a class-specific bar pattern with a 255 core and softer edges."""
-    rng = np.random.default_rng(123)
-    images, labels = [], []
-    for c in range(10):
-        for _ in range(per_class):
-            img = np.zeros((28, 28), dtype=np.float64)
-            y0 = 4 + int(rng.integers(0, 3))
-            img[y0 : y0 + 20, 10:18] = 120.0  # soft body
-            img[y0 + 2 : y0 + 18, 12:16] = 255.0  # opaque core, >= 2 px after 0.5x scaling
-            if c % 2:
-                img[6 + c : 10 + c, 6:22] = 255.0  # class-specific cross-bar
-            images.append(img.astype(np.uint8))
-            labels.append(c)
-    return MnistDigits(np.stack(images), np.array(labels, dtype=np.int64), "synthetic")
-
-
-@pytest.fixture(scope="module")
-def digits() -> MnistDigits:
-    return _synthetic_digits()
 
 
 @pytest.fixture(scope="module")
@@ -439,14 +413,14 @@ def test_cli_generate_and_show(idx_folder, tmp_path, monkeypatch):
 
     out = tmp_path / "m.npz"
     rc = main(
-        ["generate", "mref", "--images", "6", "--seed", "3", "--out", str(out), "--mnist",
+        ["e1", "generate", "mref", "--images", "6", "--seed", "3", "--out", str(out), "--mnist",
          str(idx_folder), "--no-progress", "--workers", "1"]
     )  # fmt: skip
     assert rc == 0
     with np.load(out) as z:
         assert z["images"].shape == (6, 100, 100, 3) and str(z["digit_source"]) == "mnist-full"
     png = tmp_path / "grid.png"
-    assert main(["show", str(out), "--out", str(png), "--n", "4", "--split", "all"]) == 0
+    assert main(["e1", "show", str(out), "--out", str(png), "--n", "4", "--split", "all"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

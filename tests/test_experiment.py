@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from attentionrnn.cli import main
-from attentionrnn.experiments.metrics import (
+from attentionrnn.experiments.e1.data import AttributeDataset, E1Data
+from attentionrnn.experiments.e1.metrics import (
     accuracy,
     accuracy_by_scale,
     attention_correctness,
@@ -23,57 +24,15 @@ from attentionrnn.experiments.metrics import (
     mask_to_image,
     scale_bin_labels,
 )
-from attentionrnn.experiments.train import E1Data, TrainConfig, images_for_samples, lr_at, train
+from attentionrnn.experiments.e1.train import TrainConfig, images_for_samples, lr_at, train
 from attentionrnn.models.pan import MASK_GEOMETRY
 
-PALETTE = np.array(
-    [[146, 16, 16], [16, 166, 81], [16, 98, 192], [255, 241, 78], [224, 224, 224]], np.uint8
-)
 REPO = Path(__file__).resolve().parents[1]
-
-
-def make_npz(path: Path, images: int = 10, seed: int = 0) -> Path:
-    """A tiny dataset in the ``.npz`` schema of ``attentionrnn.data``; squares stand in for
-    digits (side 10 + 3 * class), three per image in distinct classes, splits 3:1:1 by image."""
-    rng = np.random.default_rng(seed)
-    imgs = np.zeros((images, 100, 100, 3), np.uint8)
-    inst = np.zeros((images, 100, 100), np.uint8)
-    rows = []
-    for i in range(images):
-        for k, d in enumerate(rng.choice(10, size=3, replace=False)):
-            s = 10 + 3 * int(d)
-            x0, y0 = 5 + 33 * k, int(rng.integers(0, 100 - s))
-            color = int(rng.integers(0, 5)) if k else 0
-            imgs[i, y0 : y0 + s, x0 : x0 + s] = PALETTE[color]
-            inst[i, y0 + 1 : y0 + s - 1, x0 + 1 : x0 + s - 1] = k + 1
-            rows.append((i, d, color, s / 28 * 1.5, (x0, y0, x0 + s, y0 + s), k + 1))
-    split = np.array([0, 0, 0, 1, 2] * images)[:images]
-    image_index = np.array([r[0] for r in rows])
-    np.savez(
-        path,
-        images=imgs,
-        instances=inst,
-        image_index=image_index,
-        query=np.array([r[1] for r in rows]),
-        color=np.array([r[2] for r in rows]),
-        scale=np.array([r[3] for r in rows], np.float32),
-        box=np.array([r[4] for r in rows]),
-        instance=np.array([r[5] for r in rows]),
-        split=split[image_index],
-        dataset=np.array("mref"),
-        digit_source=np.array("test squares"),
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return make_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
 
 
 def _cmd(data: Path, out: Path, epochs: int, attention: str = "ctx") -> list[str]:
     return [
-        "train",
+        "e1", "train",
         "--dataset", "mref", "--attention", attention, "--data", str(data), "--out", str(out),
         "--epochs", str(epochs), "--seed", "3", "--batch-size", "8", "--threads", "1",
         "--no-progress",
@@ -90,7 +49,8 @@ def _comparable(metrics: dict) -> dict:
     """The metrics without wall-clock times and the run folder."""
     drop = {"training_time_s", "seconds_per_epoch", "config", "threads"}
     out = {k: v for k, v in metrics.items() if k not in drop}
-    out["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]
+    clock = {"seconds", "elapsed"}
+    out["history"] = [{k: v for k, v in h.items() if k not in clock} for h in metrics["history"]]
     return out
 
 
@@ -155,7 +115,7 @@ def test_schedule_and_sizes():
     assert lr_at(c, 30) == pytest.approx(0.002) and lr_at(c, 39) == pytest.approx(0.002)
     assert lr_at(c, 40) == pytest.approx(0.003 / 1.5**2)
     assert images_for_samples(50000) == 8850 and images_for_samples(3) == 1
-    with pytest.raises(ValueError, match="unknown attention"):
+    with pytest.raises(ValueError, match="attention must be one of .*got .pan."):
         TrainConfig(attention="pan").check()
 
 
@@ -250,43 +210,130 @@ def test_torchrun_two_processes_gloo(tiny, tmp_path):
     assert not leftovers  # temporary files were all renamed
 
 
-def test_reproduce_writes_table_json_and_mask_figure(tiny, tmp_path):
-    from attentionrnn.experiments.reproduce import Budget, reproduce
+def test_reproduce_adds_runs_and_assembles_the_table(tiny, tmp_path, capsys):
+    from attentionrnn.experiments.e1.reproduce import Budget, reproduce
 
-    budget = Budget(samples=30, epochs=1, batch_size=8, patience=5, description="test budget")
-    summary = reproduce(
-        tmp_path, budget, datasets=("mref",), methods=("none", "ctx"),
-        data={"mref": tiny}, jobs=1, threads=1, progress=False,
-    )  # fmt: skip
+    budget = Budget(samples=30, epochs=2, batch_size=8, patience=5, description="test budget")
+    kwargs = dict(data={"mref": tiny}, jobs=1, threads=1, progress=False, datasets=("mref",))
+    summary = reproduce(tmp_path, budget, methods=("none", "ctx"), **kwargs)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["results"]["mref"]) == {"none", "ctx"}
     assert saved["results"]["mref"]["ctx"] == summary["results"]["mref"]["ctx"]
     table = (tmp_path / "results.md").read_text()
-    for label in ("no attention", "CTX (PAN)", "MREF acc", "layer 4", "0.5-1.0", "masks_mref"):
+    for label in ("no attention", "CTX (PAN)", "## MREF", "layer 4", "0.5-1.0", "masks_mref"):
         assert label in table
-    figure = tmp_path / "masks_mref.png"
-    assert figure.is_file() and figure.stat().st_size > 10_000
-    # a second call reuses the finished runs
-    again = reproduce(
-        tmp_path, budget, datasets=("mref",), methods=("ctx",), data={"mref": tiny}, jobs=1,
-        threads=1, progress=False, figure=False,
-    )  # fmt: skip
-    assert again["results"]["mref"]["ctx"] == summary["results"]["mref"]["ctx"]
+    for figure in ("masks_mref.png", "curves_mref.png"):
+        assert (tmp_path / figure).stat().st_size > 10_000
+    # a later call adds a seed and a layer-4 gate variant; finished runs are kept, not retrained
+    first = (tmp_path / "runs/mref/ctx/seed0/metrics.json").read_text()
+    again = reproduce(tmp_path, budget, methods=("ctx",), seeds=(1,), **kwargs, figure=False)
+    reproduce(tmp_path, budget, methods=("ctx",), layer4_gate="sigmoid", **kwargs, figure=False)
+    assert (tmp_path / "runs/mref/ctx/seed0/metrics.json").read_text() == first
+    ctx = again["results"]["mref"]["ctx"]
+    assert ctx["seeds"] == [0, 1] and ctx["test_accuracy"]["std"] is not None
+    accs = [json.loads((tmp_path / f"runs/mref/ctx/seed{s}/metrics.json").read_text())
+            ["test_accuracy"] for s in (0, 1)]  # fmt: skip
+    assert ctx["test_accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    # the table is rebuilt from the finished runs alone
+    (tmp_path / "results.md").unlink()
+    assert main(["e1", "table", str(tmp_path), "--budget", "test"]) == 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| CTX (PAN) | softmax | 0,1 |" in table and " ± " in table
+    assert "| CTX (PAN), L4 sigmoid | sigmoid | 0 |" in table
+    history = json.loads(first)["history"]
+    n = len(E1Data(tiny).indices("train"))
+    per_epoch = -(-n // 8) - (n % 8 == 1)  # a last batch of one sample is dropped
+    assert [h["step"] for h in history] == [per_epoch, 2 * per_epoch]
+    assert set(history[0]["val_attention_correctness"]) == {f"layer{k}" for k in range(1, 5)}
 
 
-def test_training_data_agrees_with_attribute_dataset(tiny):
-    from attentionrnn.data import AttributeDataset
-
+def test_attribute_dataset_is_a_view_of_the_same_reader(tiny):
     for task in ("color", "digit"):
         fast = E1Data(tiny, task)
         for split in ("train", "val", "test"):
-            reference = AttributeDataset(tiny, split=split, task=task)
-            assert np.array_equal(fast.indices(split), reference.indices)
-            k = len(reference) - 1
-            image, query, target, sample = reference[k]
+            view = AttributeDataset(fast, split=split)
+            assert np.array_equal(fast.indices(split), view.indices)
+            image, query, target, sample = view[len(view) - 1]
             img, q, t = fast.batch(np.array([sample]))
-            assert torch.equal(img[0], torch.as_tensor(image))
-            assert (int(q), int(t)) == (int(query), int(target))
-            boxes, strokes = fast.regions(np.array([sample]))
-            assert np.array_equal(strokes[0].numpy(), reference.stroke_mask(sample))
-            assert tuple(reference.box(sample)) == tuple(fast.box[sample])
+            assert torch.equal(img[0], image) and image.is_contiguous()
+            assert (int(q), int(t)) == (query, target)
+
+
+# ------------------------------------------------------------------ command-line user errors
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_cli_truncated_data_file_is_one_line(tiny, tmp_path, capsys):
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(tiny.read_bytes()[: tiny.stat().st_size // 2])
+    assert main(_cmd(cut, tmp_path / "r", 1)) == 2
+    line = _error_line(capsys)
+    assert line.startswith("attentionrnn: error:") and "cut.npz" in line and "truncated" in line
+
+
+def test_cli_non_zip_data_file_is_one_line(tmp_path, capsys):
+    text = tmp_path / "notes.npz"
+    text.write_text("not a dataset\n")
+    assert main(_cmd(text, tmp_path / "r", 1)) == 2
+    assert "notes.npz: not a complete .npz (zip) file" in _error_line(capsys)
+
+
+def test_cli_wrong_dataset_in_file(tiny, tmp_path, capsys):
+    args = _cmd(tiny, tmp_path / "r", 1)
+    args[args.index("mref")] = "mdist"
+    assert main(args) == 2
+    assert "holds 'mref' data" in _error_line(capsys)
+
+
+def test_cli_missing_mnist_folder(tmp_path, capsys):
+    args = ["e1", "train", "--out", str(tmp_path / "r"), "--samples", "50",
+            "--data-dir", str(tmp_path / "data"), "--mnist", str(tmp_path / "nowhere")]  # fmt: skip
+    assert main(args) == 2
+    line = _error_line(capsys)
+    assert "nowhere" in line and "missing MNIST file" in line
+
+
+def test_cli_corrupt_mnist_file(tmp_path, capsys):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # fmt: skip
+        (folder / f"{name}.gz").write_bytes(b"\x1f\x8b broken")
+    args = ["e1", "generate", "mref", "--images", "2", "--out", str(tmp_path / "m.npz"),
+            "--mnist", str(folder), "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    assert str(folder) in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--epochs", "abc", "invalid int value: 'abc'"),
+        ("--epochs", "0", "epochs must be >= 1, got 0"),
+        ("--lr", "-1", "lr must be a positive number"),
+        ("--lr", "nan", "lr must be a positive number"),
+    ],
+)
+def test_cli_bad_numeric_flag(tiny, tmp_path, capsys, flag, value, message):
+    args = [*_cmd(tiny, tmp_path / "r", 1), flag, value]  # a repeated flag: the last one wins
+    if "invalid" in message:  # argparse's own check
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2
+    else:
+        assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_verbose_shows_the_traceback(tmp_path):
+    text = tmp_path / "notes.npz"
+    text.write_text("x")
+    from attentionrnn.engine.errors import UserError
+
+    with pytest.raises(UserError):
+        main(["-v", *_cmd(text, tmp_path / "r", 1)])

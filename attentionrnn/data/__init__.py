@@ -1,6 +1,8 @@
-"""Synthetic attribute-prediction data (MREF / MDIST / MBG) and its MNIST sources."""
+"""Synthetic attribute-prediction data (MREF / MDIST / MBG) and its MNIST sources.
 
-from attentionrnn.data.dataset import AttributeDataset
+The files are read by :class:`attentionrnn.experiments.e1.data.E1Data`.
+"""
+
 from attentionrnn.data.generate import COLOR_NAMES, DATASETS, PALETTE, generate_dataset
 from attentionrnn.data.mnist import MnistDigits, MnistError, load_mnist
 
@@ -8,7 +10,6 @@ __all__ = [
     "COLOR_NAMES",
     "DATASETS",
     "PALETTE",
-    "AttributeDataset",
     "MnistDigits",
     "MnistError",
     "generate_dataset",

@@ -1,1 +1,1 @@
-"""Package section."""
+"""The paper's experiments, one package each, on the shared engine (``attentionrnn.engine``)."""

@@ -4,9 +4,9 @@
 name          module
 ============  ==================================================================
 ``none``      :class:`~attentionrnn.layers.baselines.NoAttention`
+``san``       :class:`~attentionrnn.layers.baselines.GlobalAttention`
 ``local``     :class:`~attentionrnn.layers.baselines.LocalAttention` (``¬CTX``)
 ``ctx``       :class:`~attentionrnn.layers.baselines.ContextAttention` (PAN)
-``san``       :class:`~attentionrnn.layers.baselines.GlobalAttention`
 ``arnn_ind``  :class:`~attentionrnn.layers.baselines.IndependentAttention`
 ``arnn``      :class:`~attentionrnn.AttentionRNN` with ``directions="bi"``
 ``arnn_quad`` :class:`~attentionrnn.AttentionRNN` with ``directions="quad"``
@@ -17,6 +17,7 @@ name          module
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -30,22 +31,55 @@ from attentionrnn.layers.baselines import (
     NoAttention,
 )
 
-__all__ = ["ATTENTION_NAMES", "build_attention"]
+__all__ = ["ATTENTION_METHODS", "ATTENTION_NAMES", "AttentionMethod", "build_attention"]
 
-# name -> (class, arguments fixed by the name)
-_REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
-    "none": (NoAttention, {}),
-    "local": (LocalAttention, {}),
-    "ctx": (ContextAttention, {}),
-    "san": (GlobalAttention, {}),
-    "arnn_ind": (IndependentAttention, {}),
-    "arnn": (AttentionRNN, {"directions": "bi"}),
-    "arnn_quad": (AttentionRNN, {"directions": "quad"}),
-    "brnn": (BlockAttentionRNN, {}),
+
+@dataclass(frozen=True)
+class AttentionMethod:
+    """One attention method of the experiments: how to build it and how to show it.
+
+    Attributes:
+        name: the name :func:`build_attention` and the command line take.
+        module: the class built.
+        fixed: constructor arguments implied by the name (``arnn`` is ``directions="bi"``).
+        label: the row label of the results tables.
+        hidden_channels: hidden width in the experiments when none is given.
+        cost: rough training cost relative to CTX (after ``benchmarks/bench_epoch.py``);
+            parallel runs start with the most expensive so they finish together.
+    """
+
+    name: str
+    module: type[nn.Module]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    hidden_channels: int = 16
+    cost: float = 1.0
+
+
+#: Every attention method, in the order of the paper's tables (baselines first). Adding a method
+#: is adding one entry here: the factory, the command line, the tables and the schedulers read it.
+ATTENTION_METHODS: dict[str, AttentionMethod] = {
+    m.name: m
+    for m in (
+        AttentionMethod("none", NoAttention, label="no attention", hidden_channels=32, cost=0.8),
+        AttentionMethod(
+            "san", GlobalAttention, label="SAN (global softmax)", hidden_channels=32, cost=1.05
+        ),
+        AttentionMethod(
+            "local", LocalAttention, label="¬CTX (1×1 local)", hidden_channels=32, cost=0.9
+        ),
+        AttentionMethod("ctx", ContextAttention, label="CTX (PAN)", hidden_channels=32),
+        AttentionMethod(
+            "arnn_ind", IndependentAttention, label="ARNN_ind (no recurrence)", cost=1.2
+        ),
+        AttentionMethod("arnn", AttentionRNN, {"directions": "bi"}, "ARNN (bi)", cost=1.4),
+        AttentionMethod("arnn_quad", AttentionRNN, {"directions": "quad"}, "ARNN (quad)", cost=1.9),
+        AttentionMethod("brnn", BlockAttentionRNN, label="BRNN", cost=1.1),
+    )
 }
 
-ATTENTION_NAMES: tuple[str, ...] = tuple(_REGISTRY)
-"""The names :func:`build_attention` accepts, in the order of the experiments' table."""
+ATTENTION_NAMES: tuple[str, ...] = tuple(ATTENTION_METHODS)
+"""The names :func:`build_attention` accepts, in the order of the experiments' tables."""
 
 
 def _parameters(cls: type[nn.Module]) -> set[str]:
@@ -82,12 +116,12 @@ def build_attention(
         >>> type(att).__name__
         'ContextAttention'
     """
-    if name not in _REGISTRY:
+    if name not in ATTENTION_METHODS:
         raise ValueError(
             f"unknown attention {name!r}; valid names are: {', '.join(ATTENTION_NAMES)}"
         )
-    cls, fixed = _REGISTRY[name]
-    known = set().union(*(_parameters(c) for c, _ in _REGISTRY.values()))
+    cls, fixed = ATTENTION_METHODS[name].module, ATTENTION_METHODS[name].fixed
+    known = set().union(*(_parameters(m.module) for m in ATTENTION_METHODS.values()))
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise TypeError(

@@ -13,26 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from attentionrnn.layers.factory import ATTENTION_NAMES, build_attention
+from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES, build_attention
 
 __all__ = ["PAN", "TASKS", "MASK_GEOMETRY"]
+
 
 #: task -> (number of query values, number of classes). ``color``: query a digit class, predict its
 #: colour; ``digit`` (inverse attribute prediction): query a colour, predict the digit class.
 TASKS: dict[str, tuple[int, int]] = {"color": (10, 5), "digit": (5, 10)}
-
-#: Width of each attention module's hidden encoding when not given: PAN's own 32 for the
-#: PAN-style modules, the layer default (16) for the recurrent family and its ablation.
-DEFAULT_ATTENTION_HIDDEN: dict[str, int] = {
-    "none": 32,
-    "local": 32,
-    "ctx": 32,
-    "san": 32,
-    "arnn_ind": 16,
-    "arnn": 16,
-    "arnn_quad": 16,
-    "brnn": 16,
-}
 
 #: For each attention layer, ``(stride, offset)`` in image pixels: the receptive field of mask cell
 #: ``i`` is centred on image pixel ``offset + stride * i`` (valid 3×3 convs, floor pooling). Used to
@@ -51,8 +39,9 @@ class PAN(nn.Module):
             (inverse: query a colour 0–4, predict the digit class).
         channels: filters of each conv block (32 in PAN).
         query_dim: width of the learned query embedding (PAN: 10 → 32).
-        attention_hidden: hidden width of the attention modules; ``None`` uses
-            :data:`DEFAULT_ATTENTION_HIDDEN`.
+        attention_hidden: hidden width of the attention modules; ``None`` uses the method's
+            own (:data:`~attentionrnn.layers.factory.ATTENTION_METHODS`: PAN's 32 for the
+            PAN-style modules, 16 for the recurrent family).
         layer4_gate: gate of the last attention layer; ``None`` keeps each method's own
             (``"softmax"`` for ``ctx`` and ``san``, ``"sigmoid"`` for the others).
         dropout: dropout before the classifier.
@@ -95,7 +84,7 @@ class PAN(nn.Module):
         self.attention = attention
         self.task = task
         self.num_queries, self.num_classes = TASKS[task]
-        hidden = attention_hidden or DEFAULT_ATTENTION_HIDDEN[attention]
+        hidden = attention_hidden or ATTENTION_METHODS[attention].hidden_channels
         kwargs = dict(attention_kwargs or {})
         kwargs.setdefault("hidden_channels", hidden)
 

@@ -1,0 +1,65 @@
+"""``torch.distributed`` for the experiments: one process, or one per rank under ``torchrun``.
+
+On the CPU the backend is gloo. Every rank trains on its shard of each batch (DDP averages the
+gradients); evaluation is sharded the same way and the per-sample rows are gathered, so every rank
+ends with the same metrics. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["DistContext", "init_distributed"]
+
+
+@dataclass
+class DistContext:
+    """This process's place in the job: rank, world size, and whether it made the group."""
+
+    rank: int = 0
+    world: int = 1
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def gather_rows(self, local: np.ndarray) -> np.ndarray:
+        """The rows of every rank, concatenated (the local rows when running alone)."""
+        if self.world == 1:
+            return local
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, local)
+        return np.concatenate(gathered)
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Give every rank rank 0's buffers (batch-norm statistics) so all evaluate one model."""
+        if self.world > 1:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+def init_distributed() -> DistContext:
+    """Join the process group that ``torchrun`` describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    owns = False
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+        owns = True
+    return DistContext(dist.get_rank(), dist.get_world_size(), owns)

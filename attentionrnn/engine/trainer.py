@@ -1,0 +1,275 @@
+"""The training loop every experiment shares, readable top to bottom.
+
+An experiment builds its data, model and optimiser, then calls :func:`fit` with two callables of
+its own: ``train_one_epoch(epoch)`` (usually :func:`train_one_epoch` below with the experiment's
+loss) and ``evaluate()`` (validation metrics with a ``"accuracy"`` entry, or whatever ``monitor``
+names). :func:`fit` owns the rest:
+
+1. resume from ``OUT/checkpoint.pt`` when an earlier run with the same configuration stopped;
+2. per epoch: set the learning rate, train, evaluate on the validation set, append the epoch to
+   the learning curve (``history``), keep the best weights, and checkpoint (write, then rename,
+   so ``kill -9`` at any moment leaves a usable file);
+3. stop after ``epochs`` or ``patience`` epochs without improvement, load the best weights back.
+
+The experiment then measures its test set and calls :func:`write_metrics`. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from attentionrnn.engine.distributed import DistContext
+from attentionrnn.engine.precision import autocast
+from attentionrnn.engine.state import (
+    atomic_save,
+    atomic_write_json,
+    json_safe,
+    rng_state,
+    set_rng_state,
+)
+
+logger = logging.getLogger("attentionrnn.engine")
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+METRICS = "metrics.json"
+
+__all__ = [
+    "BEST",
+    "CHECKPOINT",
+    "METRICS",
+    "FitState",
+    "finished_metrics",
+    "fit",
+    "process_settings",
+    "train_one_epoch",
+    "write_metrics",
+]
+
+
+@dataclass
+class FitState:
+    """What :func:`fit` carries across epochs and checkpoints."""
+
+    epoch: int = 0  # epochs done
+    steps: int = 0  # optimiser steps done
+    best_epoch: int = -1  # 0-based epoch of the best validation score
+    best_score: float = -1.0
+    best_model: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed: float = 0.0  # seconds spent in epochs (training + validation)
+    done: bool = False
+
+
+@contextlib.contextmanager
+def process_settings(threads: int | None) -> Iterator[None]:
+    """Deterministic algorithms and the thread count for a run, restored afterwards."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_num_threads(previous)
+
+
+def train_one_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Any],
+    loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    *,
+    precision: str,
+    clip_norm: float | None,
+    desc: str = "train",
+    progress: bool = True,
+) -> dict[str, float]:
+    """One pass over ``batches``: forward under ``precision``, backward, clip, step.
+
+    ``loss_fn(net, batch)`` returns ``(loss, predictions, targets)``; the running loss and
+    accuracy are shown on the progress bar and returned with the number of steps.
+    """
+    net.train()
+    loss_sum = correct = seen = 0.0
+    steps = 0
+    bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)
+    for batch in bar:
+        with autocast(precision):
+            loss, predictions, targets = loss_fn(net, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm is not None:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            nn.utils.clip_grad_norm_(params, clip_norm)
+        optimizer.step()
+        steps += 1
+        n = len(targets)
+        loss_sum += loss.item() * n
+        correct += float((predictions == targets).sum())
+        seen += n
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
+        "steps": steps,
+    }
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    out: Path,
+    fingerprint: dict[str, Any],
+    ctx: DistContext,
+    epochs: int,
+    patience: int,
+    lr_at: Callable[[int], float],
+    train_one_epoch: Callable[[int], dict[str, float]],
+    evaluate: Callable[[], dict[str, Any]],
+    monitor: str = "accuracy",
+    name: str = "run",
+) -> FitState:
+    """Train until ``epochs`` or early stop; return the state with the best weights loaded.
+
+    Args:
+        model: the module whose ``state_dict`` is checkpointed (not the DDP wrapper).
+        optimizer: its optimiser (checkpointed too).
+        out: run folder (``checkpoint.pt`` lives there).
+        fingerprint: the configuration that determines the result; a checkpoint of another
+            configuration in ``out`` is refused instead of silently mixed in.
+        ctx: the process's distributed context.
+        epochs, patience: at most ``epochs``; stop after ``patience`` epochs without a better
+            validation ``monitor`` value.
+        lr_at: learning rate of a 0-based epoch.
+        train_one_epoch: trains epoch ``e`` (0-based); returns ``train_loss``,
+            ``train_accuracy`` and ``steps``.
+        evaluate: validation metrics of the current weights; ``monitor`` is the score, the rest
+            goes into the learning curve.
+        name: shown in the log.
+    """
+    state = FitState()
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt["config"] != fingerprint:
+            from attentionrnn.engine.errors import UserError
+
+            raise UserError(
+                f"{ckpt_path} belongs to a run with another configuration; use a new --out "
+                f"or delete the folder.\n saved: {ckpt['config']}\n now:   {fingerprint}"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        state = FitState(**ckpt["state"])
+        logger.info("resuming %s from epoch %d", out, state.epoch)
+
+    while not state.done and state.epoch < epochs and state.epoch - state.best_epoch <= patience:
+        started = time.perf_counter()
+        lr = lr_at(state.epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        train_stats = train_one_epoch(state.epoch)
+        state.steps += int(train_stats.pop("steps", 0))
+        ctx.sync_buffers(model)
+        val = evaluate()
+        score = float(val[monitor])
+        seconds = time.perf_counter() - started
+        state.elapsed += seconds
+        state.history.append(
+            {
+                "epoch": state.epoch + 1,
+                "step": state.steps,
+                "lr": lr,
+                **train_stats,
+                **{f"val_{k}": v for k, v in val.items()},
+                "seconds": seconds,
+                "elapsed": state.elapsed,
+            }
+        )
+        if score > state.best_score:
+            state.best_score = score
+            state.best_epoch = state.epoch
+            state.best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state.epoch += 1
+        if ctx.main:
+            logger.info(
+                "%s epoch %d: loss %.4f train acc %.4f val %s %.4f (best %.4f @ %d) %.1fs",
+                name,
+                state.epoch,
+                train_stats.get("train_loss", float("nan")),
+                train_stats.get("train_accuracy", float("nan")),
+                monitor,
+                score,
+                state.best_score,
+                state.best_epoch + 1,
+                seconds,
+            )
+            _checkpoint(ckpt_path, fingerprint, model, optimizer, state)
+        ctx.barrier()
+    if state.best_model is not None:
+        model.load_state_dict(state.best_model)
+    return state
+
+
+def write_metrics(
+    out: Path,
+    metrics: dict[str, Any],
+    state: FitState,
+    *,
+    fingerprint: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ctx: DistContext,
+) -> dict[str, Any]:
+    """Write ``metrics.json`` and the best weights, and mark the run finished (rank 0)."""
+    metrics = json_safe(metrics)
+    if ctx.main:
+        atomic_save({"model": state.best_model, "epoch": state.best_epoch + 1}, out / BEST)
+        atomic_write_json(metrics, out / METRICS)
+        state.done = True
+        _checkpoint(out / CHECKPOINT, fingerprint, model, optimizer, state)
+    ctx.barrier()
+    return metrics
+
+
+def finished_metrics(out: Path, state: FitState) -> dict[str, Any] | None:
+    """The metrics of a run that already finished, or ``None``."""
+    if state.done and (out / METRICS).is_file():
+        return json.loads((out / METRICS).read_text())
+    return None
+
+
+def _checkpoint(
+    path: Path,
+    fingerprint: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: FitState,
+) -> None:
+    atomic_save(
+        {
+            "config": fingerprint,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "state": state.__dict__,
+        },
+        path,
+    )

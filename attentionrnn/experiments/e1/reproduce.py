@@ -1,0 +1,379 @@
+"""Run the attention methods on MREF, MDIST and MBG and assemble the paper-style results table.
+
+``reproduce(out, budget, ...)`` trains each (dataset, method, seed) run that is not finished yet
+into ``OUT/runs/DATASET/ROW/seedS`` (``ROW`` is the method, plus ``-l4softmax`` / ``-l4sigmoid``
+when the last layer's gate is overridden), so a reproduction can be run in pieces and resumed.
+:func:`assemble` then builds the table from **every** finished ``metrics.json`` under
+``OUT/runs`` — mean ± standard deviation over seeds — and writes ``OUT/results.md``,
+``OUT/results.json``, the learning curves ``OUT/curves_DATASET.png`` and, where the runs' weights
+and data are present, the masks ``OUT/masks_DATASET.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attentionrnn.data.generate import DATASETS
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.state import atomic_write_json
+from attentionrnn.engine.trainer import BEST, METRICS
+from attentionrnn.experiments.e1.train import TrainConfig, resolve_data, train
+from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES
+
+logger = logging.getLogger("attentionrnn.e1.reproduce")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much data and training one budget spends per run."""
+
+    samples: int
+    epochs: int
+    batch_size: int
+    patience: int
+    description: str
+    seeds: tuple[int, ...] = (0,)
+
+
+BUDGETS: dict[str, Budget] = {
+    # A check that every method trains end to end and the table is written; nothing learns to
+    # attend at this size (docs/results/quick).
+    "quick": Budget(
+        samples=5600,
+        epochs=4,
+        batch_size=50,
+        patience=50,
+        description="pipeline check (not a result): ~5,600 samples per dataset, 4 epochs, batch 50",
+    ),
+    # PAN's data and batch, trained for as many steps as the measured curves need to pass
+    # their knee on this CPU (docs/experiments.md); CTX and ARNN with 3 seeds.
+    "cpu": Budget(
+        samples=50000,
+        epochs=10,
+        batch_size=200,
+        patience=10,
+        description="PAN's data (30k/10k/10k samples) and batch 200, 10 epochs (1,500 steps), "
+        "bf16 where native",
+        seeds=(0, 1, 2),
+    ),
+    # The PAN protocol.
+    "full": Budget(
+        samples=50000,
+        epochs=300,
+        batch_size=200,
+        patience=50,
+        description="PAN protocol: 50,000 samples (30k/10k/10k), up to 300 epochs, batch 200, "
+        "early stop after 50 epochs without validation improvement",
+    ),
+}
+
+
+def row_name(method: str, layer4_gate: str | None) -> str:
+    """Folder / table key of a method with an optional last-layer gate override."""
+    return method if layer4_gate is None else f"{method}-l4{layer4_gate}"
+
+
+def _run_one(config: TrainConfig) -> dict[str, Any]:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return train(config)
+
+
+def reproduce(
+    out: str | Path,
+    budget: str | Budget = "quick",
+    datasets: tuple[str, ...] = DATASETS,
+    methods: tuple[str, ...] = ATTENTION_NAMES,
+    seeds: tuple[int, ...] | None = None,
+    layer4_gate: str | None = None,
+    mnist: str | None = None,
+    task: str = "color",
+    precision: str = "auto",
+    jobs: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    figure: bool = True,
+    data: dict[str, str | Path] | None = None,
+) -> dict[str, Any]:
+    """Train the runs that are missing, then :func:`assemble` the table from all finished runs.
+
+    Args:
+        out: output folder (runs, data cache, table, figures).
+        budget: a name in :data:`BUDGETS` or a :class:`Budget`.
+        datasets, methods: which runs to add.
+        seeds: training seeds (default: the budget's); the data seed is always 0.
+        layer4_gate: override the last attention layer's gate of these runs.
+        mnist: MNIST folder for the generator (default: its own resolution order).
+        task: ``"color"`` or the inverse ``"digit"``.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
+        jobs: runs trained in parallel (default: one per CPU core, at most 2).
+        threads: torch threads per run (default: cores // jobs).
+        progress: tqdm bars (only with ``jobs=1``).
+        figure: write the figures.
+        data: ``{dataset: file.npz}`` to use instead of generating (or reusing) the data.
+    """
+    name, b = _budget(budget)
+    unknown = sorted(set(methods) - set(ATTENTION_NAMES))
+    if unknown:
+        raise UserError(f"unknown method(s) {unknown}; valid: {', '.join(ATTENTION_NAMES)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    jobs = jobs or max(1, min(2, cores))
+    threads = threads or max(1, cores // jobs)
+    seeds = tuple(seeds if seeds is not None else b.seeds)
+
+    configs: list[TrainConfig] = []
+    for dataset in datasets:
+        base = TrainConfig(
+            dataset=dataset,
+            samples=b.samples,
+            epochs=b.epochs,
+            batch_size=b.batch_size,
+            patience=b.patience,
+            task=task,
+            mnist=mnist,
+            layer4_gate=layer4_gate,
+            precision=precision,
+            data_dir=str(out / "data"),
+            threads=threads,
+            progress=progress and jobs == 1,
+        )
+        path = Path(data[dataset]) if data and dataset in data else resolve_data(base)[0]
+        for method in methods:
+            for seed in seeds:
+                run = out / "runs" / dataset / row_name(method, layer4_gate) / f"seed{seed}"
+                if (run / METRICS).is_file():
+                    continue
+                configs.append(
+                    dataclasses.replace(
+                        base, attention=method, seed=seed, data=str(path), out=str(run)
+                    )
+                )
+    configs.sort(key=lambda c: -ATTENTION_METHODS[c.attention].cost)
+    logger.info("%d run(s) to train, %d job(s) x %d thread(s)", len(configs), jobs, threads)
+    if jobs == 1:
+        for config in configs:
+            train(config)
+    elif configs:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_run_one, c): c for c in configs}
+            for future in as_completed(futures):
+                config = futures[future]
+                future.result()
+                logger.info("finished %s", config.out)
+    return assemble(out, name, b, figure=figure)
+
+
+def _budget(budget: str | Budget) -> tuple[str, Budget]:
+    if isinstance(budget, Budget):
+        return "custom", budget
+    if budget not in BUDGETS:
+        raise UserError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
+    return budget, BUDGETS[budget]
+
+
+# ------------------------------------------------------------------------------------------
+# the table, from finished runs
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    arr = np.array([v for v in values if v is not None], dtype=float)
+    return {
+        "mean": float(arr.mean()) if len(arr) else None,
+        "std": float(arr.std(ddof=1)) if len(arr) > 1 else None,
+        "values": [float(v) for v in arr],
+    }
+
+
+def _mean_layers(correctness: dict[str, dict[str, float]], kind: str) -> float | None:
+    values = [v[kind] for v in correctness.values() if v[kind] is not None]
+    return sum(values) / len(values) if values else None
+
+
+def finished_runs(out: Path) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+    """``{dataset: {row: {seed: metrics}}}`` of every finished run under ``OUT/runs``."""
+    found: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    for path in sorted((out / "runs").glob(f"*/*/seed*/{METRICS}")):
+        dataset, row, seed = path.parts[-4], path.parts[-3], int(path.parts[-2][4:])
+        found.setdefault(dataset, {}).setdefault(row, {})[seed] = json.loads(path.read_text())
+    return found
+
+
+def _row_order(row: str) -> tuple[int, str]:
+    method = row.split("-l4")[0]
+    return (ATTENTION_NAMES.index(method) if method in ATTENTION_NAMES else 99, row)
+
+
+def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over the seeds of one row."""
+    ms = [runs[s] for s in sorted(runs)]
+    first = ms[0]
+    layers = list(first["attention_correctness"])
+    bins = list(first["accuracy_by_scale"])
+    return {
+        "row": row,
+        "method": first["attention"],
+        "label": ATTENTION_METHODS[first["attention"]].label,
+        "layer4_gate": first.get("layer4_gate"),
+        "precision": first.get("precision", "fp32"),
+        "seeds": sorted(runs),
+        "test_accuracy": _stats([m["test_accuracy"] for m in ms]),
+        "box": _stats([_mean_layers(m["attention_correctness"], "box") for m in ms]),
+        "stroke": _stats([_mean_layers(m["attention_correctness"], "stroke") for m in ms]),
+        "box_by_layer": {
+            k: _stats([m["attention_correctness"][k]["box"] for m in ms]) for k in layers
+        },
+        "stroke_by_layer": {
+            k: _stats([m["attention_correctness"][k]["stroke"] for m in ms]) for k in layers
+        },
+        "accuracy_by_scale": {
+            b: _stats([m["accuracy_by_scale"][b]["accuracy"] for m in ms]) for b in bins
+        },
+        "steps": first.get("steps"),
+        "epochs": [m["epochs"] for m in ms],
+        "training_time_min": _stats([m["training_time_s"] / 60 for m in ms]),
+    }
+
+
+def assemble(
+    out: str | Path, budget: str, settings: Budget | None = None, figure: bool = True
+) -> dict[str, Any]:
+    """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
+    out = Path(out)
+    found = finished_runs(out)
+    settings = settings or BUDGETS.get(budget)
+    summary: dict[str, Any] = {
+        "budget": budget,
+        "budget_settings": dataclasses.asdict(settings) if settings else None,
+        "results": {
+            d: {r: summarize(r, found[d][r]) for r in sorted(found[d], key=_row_order)}
+            for d in [d for d in DATASETS if d in found]
+        },
+        "wall_time_min": {
+            d: sum(m["training_time_s"] for rs in found[d].values() for m in rs.values()) / 60
+            for d in found
+        },
+    }
+    figures: dict[str, dict[str, str]] = {}
+    if figure:
+        from attentionrnn.experiments.e1.figures import curve_figure
+
+        for d, rows in summary["results"].items():
+            curves = {
+                _row_label(r): [found[d][row][s]["history"] for s in sorted(found[d][row])]
+                for row, r in rows.items()
+            }
+            name = curve_figure(curves, out / f"curves_{d}.png", f"{d.upper()}: learning curves")
+            figures.setdefault(d, {})["curves"] = name.name
+            masks = _mask_figure(out, d, found[d])
+            if masks:
+                figures[d]["masks"] = masks
+    summary["figures"] = figures
+    atomic_write_json(summary, out / "results.json")
+    (out / "results.md").write_text(results_markdown(summary))
+    logger.info("wrote %s and %s", out / "results.md", out / "results.json")
+    return summary
+
+
+def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> str | None:
+    """The masks of the lowest seed of each row, where its weights and the data exist."""
+    from attentionrnn.experiments.e1.data import E1Data
+    from attentionrnn.experiments.e1.figures import mask_figure
+
+    runs: dict[str, Path] = {}
+    data_path = None
+    for row, seeds in rows.items():
+        seed = min(seeds)
+        run = out / "runs" / dataset / row / f"seed{seed}"
+        if (run / BEST).is_file():
+            runs[_row_label(summarize(row, {seed: seeds[seed]}))] = run
+            data_path = data_path or seeds[seed]["data"]["path"]
+    if not runs or not data_path or not Path(data_path).is_file():
+        return None
+    any_run = next(iter(next(iter(rows.values())).values()))
+    data = E1Data(data_path, any_run["task"])
+    path = mask_figure(runs, data, out / f"masks_{dataset}.png", title=f"{dataset.upper()}: masks")
+    return path.name
+
+
+def _row_label(r: dict[str, Any]) -> str:
+    """The method's label, plus the last layer's gate where the row overrides it."""
+    return r["label"] + (f", L4 {r['layer4_gate']}" if "-l4" in r["row"] else "")
+
+
+def _fmt(stats: dict[str, Any] | float | None, digits: int = 3) -> str:
+    if isinstance(stats, dict):
+        mean, std = stats["mean"], stats["std"]
+        if mean is None:
+            return "–"
+        return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    if stats is None or (isinstance(stats, float) and math.isnan(stats)):
+        return "–"
+    return f"{stats:.{digits}f}"
+
+
+def results_markdown(summary: dict[str, Any]) -> str:
+    """The results of :func:`assemble` as Markdown."""
+    settings = summary.get("budget_settings") or {}
+    lines = [
+        f"# E1 attribute prediction — budget `{summary['budget']}`",
+        "",
+        f"{settings.get('description', '')}.",
+        "",
+        "Test accuracy at the best validation epoch; box / stroke: attention correctness (share "
+        "of the mask's mass on the queried digit's box / stroke pixels), mean of the 4 attention "
+        "layers; best layer: the highest per-layer box correctness. Mean ± sample standard "
+        "deviation over the seeds listed; one seed has no ±. L4: the last layer's gate. Time: "
+        "training time per run.",
+        "",
+    ]
+    for d, rows in summary["results"].items():
+        lines += [
+            f"## {d.upper()} (training time of all runs: {summary['wall_time_min'][d] / 60:.1f} h)",
+            "",
+            "| method | L4 | seeds | test acc | box | stroke | best layer (box) | time |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows.values():
+            best = max(r["box_by_layer"].items(), key=lambda kv: kv[1]["mean"] or 0)
+            lines.append(
+                f"| {_row_label(r)} | {r['layer4_gate'] or '–'} | "
+                f"{','.join(map(str, r['seeds']))} | {_fmt(r['test_accuracy'])} | "
+                f"{_fmt(r['box'])} | {_fmt(r['stroke'])} | {best[0][-1]}: {_fmt(best[1])} | "
+                f"{_fmt(r['training_time_min'], 1)} min |"
+            )
+        lines += ["", "Attention correctness per layer, box / stroke (mean over seeds):", ""]
+        lines += ["| method | layer 1 | layer 2 | layer 3 | layer 4 |", "|---|---|---|---|---|"]
+        for r in rows.values():
+            cells = [
+                f"{_fmt(r['box_by_layer'][k]['mean'])} / {_fmt(r['stroke_by_layer'][k]['mean'])}"
+                for k in r["box_by_layer"]
+            ]
+            lines.append(f"| {_row_label(r)} | " + " | ".join(cells) + " |")
+        bins = list(next(iter(rows.values()))["accuracy_by_scale"])
+        lines += ["", "Accuracy by digit scale (mean over seeds):", ""]
+        lines += ["| method | " + " | ".join(bins) + " |", "|---" * (1 + len(bins)) + "|"]
+        for r in rows.values():
+            cells = [_fmt(r["accuracy_by_scale"][b]["mean"]) for b in bins]
+            lines.append(f"| {_row_label(r)} | " + " | ".join(cells) + " |")
+        figs = summary.get("figures", {}).get(d, {})
+        lines.append("")
+        for kind in ("curves", "masks"):
+            if kind in figs:
+                lines += [f"![{d} {kind}]({figs[kind]})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,437 @@
+"""Train one attention method on one attribute-prediction dataset (experiment E1).
+
+``train(config)`` is the whole recipe, top to bottom:
+
+1. join ``torch.distributed`` when launched by ``torchrun`` (gloo; one process otherwise);
+2. seed python / numpy / torch and ask for deterministic algorithms;
+3. find the data: ``config.data``, or a cached file with the same recipe, or generate it;
+4. build the PAN network with the requested attention (channels_last), RMSprop, and PAN's
+   schedule (lr ÷1.5 every 10 epochs from epoch 30, gradient-norm clip 5);
+5. :func:`~attentionrnn.engine.trainer.fit`: per epoch train under the requested precision,
+   measure the validation set (accuracy and attention correctness per layer: the learning
+   curve), keep the best weights, early-stop, checkpoint; resume an interrupted run;
+6. test the best-validation weights (accuracy, accuracy by scale, attention correctness per layer
+   for the queried digit's box and strokes) and write ``RUN_DIR/metrics.json``.
+
+The same config and seed give the same metrics, also across a resume (the data order of epoch
+``e`` is a function of ``(seed, e)`` and the RNG state is checkpointed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from attentionrnn.data.generate import DATASETS
+from attentionrnn.engine.distributed import DistContext, init_distributed
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.precision import PRECISIONS, autocast, resolve_precision
+from attentionrnn.engine.state import seed_everything
+from attentionrnn.engine.trainer import (
+    finished_metrics,
+    fit,
+    process_settings,
+    train_one_epoch,
+    write_metrics,
+)
+from attentionrnn.experiments.e1.data import TASKS, E1Data
+from attentionrnn.experiments.e1.metrics import accuracy_by_scale, attention_correctness
+from attentionrnn.layers.factory import ATTENTION_NAMES
+from attentionrnn.models.pan import MASK_GEOMETRY, PAN
+
+logger = logging.getLogger("attentionrnn.e1")
+
+#: Mean number of (image, query) samples per image, measured on the generator (5–9 digits are
+#: drawn, but large digits often leave no room for all of them): 3955 samples from 700 images.
+SAMPLES_PER_IMAGE = 5.65
+ENV_DATA_DIR = "ATTENTIONRNN_DATA_DIR"
+OPTIMIZERS = ("rmsprop", "adam")
+
+
+def _opt(help: str, **kw: Any) -> dict[str, Any]:
+    return {"help": help, **kw}
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on; each field is a flag of ``attentionrnn e1 train``."""
+
+    dataset: str = field(default="mref", metadata=_opt("dataset", choices=DATASETS))
+    attention: str = field(
+        default="arnn", metadata=_opt("attention method", choices=ATTENTION_NAMES)
+    )
+    out: str = field(default="runs/run", metadata=_opt("run folder", metavar="RUN_DIR"))
+    samples: int = field(
+        default=50000,
+        metadata=_opt("(image, query) samples to generate, split 60/20/20 (PAN: 50000)"),
+    )
+    epochs: int = field(default=300, metadata=_opt("maximum epochs"))
+    seed: int = field(default=0, metadata=_opt("training seed"))
+    task: str = field(
+        default="color",
+        metadata=_opt(
+            "color: query a digit, predict its colour; digit: the inverse", choices=tuple(TASKS)
+        ),
+    )
+    data: str | None = field(
+        default=None, metadata=_opt("use this dataset file", metavar="FILE.npz")
+    )
+    data_seed: int = field(default=0, metadata=_opt("seed of the generated data"))
+    data_dir: str | None = field(
+        default=None,
+        metadata=_opt(
+            "cache folder of generated datasets (default $ATTENTIONRNN_DATA_DIR or "
+            "~/.cache/attentionrnn/e1)",
+            metavar="DIR",
+        ),
+    )
+    mnist: str | None = field(
+        default=None, metadata=_opt("folder of the MNIST IDX files", metavar="DIR")
+    )
+    batch_size: int = field(default=200, metadata=_opt("global batch size"))
+    optimizer: str = field(
+        default="rmsprop", metadata=_opt("optimiser (PAN: rmsprop)", choices=OPTIMIZERS)
+    )
+    lr: float = field(default=0.003, metadata=_opt("learning rate"))
+    rmsprop_alpha: float = field(default=0.9, metadata=_opt("RMSprop smoothing constant"))
+    clip_norm: float = field(default=5.0, metadata=_opt("gradient-norm clip"))
+    lr_decay: float = field(default=1.5, metadata=_opt("learning-rate divisor"))
+    lr_decay_start: int = field(default=30, metadata=_opt("first epoch of the decay"))
+    lr_decay_every: int = field(default=10, metadata=_opt("epochs between decays"))
+    patience: int = field(default=50, metadata=_opt("early-stopping patience (epochs)"))
+    attention_hidden: int | None = field(
+        default=None, metadata=_opt("hidden width of the attention modules")
+    )
+    layer4_gate: str | None = field(
+        default=None,
+        metadata=_opt(
+            "gate of the last attention layer (default: each method's own)",
+            choices=("sigmoid", "softmax"),
+        ),
+    )
+    precision: str = field(
+        default="auto",
+        metadata=_opt(
+            "auto: bf16 autocast where the CPU has native bf16 (AMX / AVX-512 BF16), else fp32",
+            choices=PRECISIONS,
+        ),
+    )
+    channels_last: bool = field(
+        default=True, metadata=_opt("run the conv backbone in channels_last memory order")
+    )
+    eval_batch_size: int = field(default=500, metadata=_opt("batch size of evaluation"))
+    threads: int | None = field(default=None, metadata=_opt("torch threads per process"))
+    progress: bool = field(default=True, metadata=_opt("progress bars"))
+
+    def check(self) -> None:
+        """Raise :class:`UserError` naming the first invalid field."""
+        for name, allowed in (
+            ("dataset", DATASETS),
+            ("attention", ATTENTION_NAMES),
+            ("task", tuple(TASKS)),
+            ("optimizer", OPTIMIZERS),
+            ("precision", PRECISIONS),
+            ("layer4_gate", (None, "sigmoid", "softmax")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise UserError(
+                    f"{name} must be one of {', '.join(map(str, allowed))}; "
+                    f"got {getattr(self, name)!r}"
+                )
+        for name in ("samples", "epochs", "batch_size", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "clip_norm", "lr_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UserError(f"{name} must be a positive number, got {value}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields that determine the result (compared when resuming)."""
+        d = dataclasses.asdict(self)
+        for key in _RUNTIME_FIELDS:
+            d.pop(key)
+        return d
+
+
+# Config fields that do not change the result: a run may be resumed with other values.
+_RUNTIME_FIELDS = ("out", "progress", "threads", "data_dir", "eval_batch_size", "mnist")
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """Learning rate of 0-based ``epoch``: ``lr`` until ``lr_decay_start``, then ÷``lr_decay``
+    at the start of every ``lr_decay_every`` epochs (epochs 30, 40, 50, … by default)."""
+    if epoch < config.lr_decay_start:
+        return config.lr
+    decays = (epoch - config.lr_decay_start) // config.lr_decay_every + 1
+    return config.lr / config.lr_decay**decays
+
+
+# ------------------------------------------------------------------------------------------
+# data
+
+
+def default_data_dir() -> Path:
+    """Folder of generated datasets: ``$ATTENTIONRNN_DATA_DIR`` or ``~/.cache/attentionrnn/e1``."""
+    root = os.environ.get(ENV_DATA_DIR)
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "attentionrnn" / "e1"
+
+
+def images_for_samples(samples: int) -> int:
+    """Number of images whose digits give about ``samples`` (image, query) samples."""
+    return max(1, round(samples / SAMPLES_PER_IMAGE))
+
+
+def resolve_data(config: TrainConfig, ctx: DistContext | None = None) -> tuple[Path, str]:
+    """Return the dataset file and how it was obtained (``given``, ``cached`` or ``generated``).
+
+    A generated file is named after its recipe (dataset, images, data seed, MNIST source) so a
+    later run with the same recipe reuses it. Under torchrun rank 0 generates, the others wait.
+    """
+    ctx = ctx or DistContext()
+    if config.data:
+        path = Path(config.data)
+        if not path.is_file():
+            raise UserError(f"--data {path}: no such file")
+        return path, "given"
+    images = images_for_samples(config.samples)
+    mnist = config.mnist or os.environ.get("ATTENTIONRNN_MNIST")
+    tag = "mnist" if mnist else "default"
+    folder = Path(config.data_dir) if config.data_dir else default_data_dir()
+    path = folder / f"{config.dataset}_{images}img_seed{config.data_seed}_{tag}.npz"
+    how = "cached" if path.is_file() else "generated"
+    if how == "generated" and ctx.main:
+        from attentionrnn.data.generate import generate_dataset
+
+        logger.info("generating %s with %d images -> %s", config.dataset, images, path)
+        generate_dataset(
+            config.dataset, images, config.data_seed, out=path, mnist=mnist,
+            progress=config.progress,
+        )  # fmt: skip
+    ctx.barrier()
+    return path, how
+
+
+def load_data(config: TrainConfig, ctx: DistContext | None = None) -> tuple[E1Data, str]:
+    """The run's dataset, checked against ``config.dataset``, and how it was obtained."""
+    path, how = resolve_data(config, ctx)
+    data = E1Data(path, config.task)
+    if data.dataset is not None and data.dataset != config.dataset:
+        raise UserError(
+            f"{path} holds {data.dataset!r} data but the run is for dataset "
+            f"{config.dataset!r}; pass --dataset {data.dataset}"
+        )
+    for split in ("train", "val", "test"):
+        if len(data.indices(split)) == 0:
+            raise UserError(f"{path} has no {split} samples; use more samples")
+    return data, how
+
+
+def build_model(config: TrainConfig) -> PAN:
+    """The PAN network with the run's attention method, in the run's memory format."""
+    model = PAN(
+        config.attention,
+        task=config.task,
+        attention_hidden=config.attention_hidden,
+        layer4_gate=config.layer4_gate,
+    )
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    return torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=config.rmsprop_alpha)
+
+
+# ------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: E1Data,
+    indices: np.ndarray,
+    batch_size: int,
+    ctx: DistContext | None = None,
+    full: bool = False,
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """Accuracy on ``indices`` (every rank measures a shard; results are gathered).
+
+    With ``full=True`` also per-sample correctness by scale and attention correctness of every
+    attention layer for the queried digit's box and stroke pixels.
+    """
+    ctx = ctx or DistContext()
+    model.eval()
+    shard = indices[ctx.rank :: ctx.world]
+    rows: list[np.ndarray] = []
+    for start in range(0, len(shard), batch_size):
+        idx = shard[start : start + batch_size]
+        img, query, target = data.batch(idx)
+        with autocast(precision):
+            logits, masks = model(img, query, return_masks=True)
+        cols = [idx.astype(np.float64), (logits.argmax(1) == target).double().numpy()]
+        if full:
+            boxes, strokes = data.regions(idx)
+            for k, (stride, offset) in enumerate(MASK_GEOMETRY):
+                for region in (boxes, strokes):
+                    share = attention_correctness(masks[k].float(), region, stride, offset)
+                    cols.append(share.double().numpy())
+        rows.append(np.stack(cols, axis=1))
+    width = 2 + (2 * len(MASK_GEOMETRY) if full else 0)
+    local = np.concatenate(rows) if rows else np.zeros((0, width))
+    table = ctx.gather_rows(local)
+    table = table[np.argsort(table[:, 0], kind="stable")]
+    correct = table[:, 1].astype(bool)
+    result: dict[str, Any] = {"accuracy": float(correct.mean()) if len(correct) else math.nan}
+    if full:
+        sample = table[:, 0].astype(np.int64)
+        result["accuracy_by_scale"] = accuracy_by_scale(correct, data.scale[sample])
+        result["attention_correctness"] = {
+            f"layer{k + 1}": {
+                "box": float(np.nanmean(table[:, 2 + 2 * k])),
+                "stroke": float(np.nanmean(table[:, 3 + 2 * k])),
+            }
+            for k in range(len(MASK_GEOMETRY))
+        }
+    return result
+
+
+# ------------------------------------------------------------------------------------------
+# the recipe
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train, keep the best-validation weights, test them; return (and write) the metrics."""
+    config.check()
+    ctx = init_distributed()
+    try:
+        with process_settings(config.threads):
+            return _train(config, ctx)
+    finally:
+        ctx.close()
+
+
+def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
+    out = Path(config.out)
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+
+    # -- data
+    data, data_how = load_data(config, ctx)
+    train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
+    logger.info(
+        "%s (%s, digits: %s): train %d / val %d / test %d samples",
+        data.path, data_how, data.digit_source, len(train_idx), len(val_idx), len(test_idx),
+    )  # fmt: skip
+
+    # -- model, optimiser, precision
+    model = build_model(config)
+    net: nn.Module = DistributedDataParallel(model) if ctx.world > 1 else model
+    optimizer = build_optimizer(config, model)
+    precision = resolve_precision(config.precision)
+    batch_size = max(1, config.batch_size // ctx.world)  # the global batch is config.batch_size
+    sampler = DistributedSampler(
+        range(len(train_idx)), num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=config.seed
+    )
+    name = f"{config.attention} {config.dataset}"
+
+    def loss_fn(net: nn.Module, idx: np.ndarray):
+        img, query, target = data.batch(idx)
+        logits = net(img, query)
+        return F.cross_entropy(logits, target), logits.argmax(1), target
+
+    def one_epoch(epoch: int) -> dict[str, float]:
+        sampler.set_epoch(epoch)
+        order = train_idx[np.fromiter(iter(sampler), dtype=np.int64)]
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:
+            batches.pop()  # batch norm needs at least two samples
+        return train_one_epoch(
+            net, optimizer, batches, loss_fn, precision=precision, clip_norm=config.clip_norm,
+            desc=f"{name} epoch {epoch + 1}/{config.epochs}", progress=config.progress and ctx.main,
+        )  # fmt: skip
+
+    def validate() -> dict[str, Any]:
+        val = evaluate(
+            model, data, val_idx, config.eval_batch_size, ctx, full=True, precision=precision
+        )
+        val.pop("accuracy_by_scale")
+        return val
+
+    fingerprint = config.fingerprint()
+    state = fit(
+        model, optimizer, out=out, fingerprint=fingerprint, ctx=ctx, epochs=config.epochs,
+        patience=config.patience, lr_at=lambda e: lr_at(config, e), train_one_epoch=one_epoch,
+        evaluate=validate, name=name,
+    )  # fmt: skip
+    done = finished_metrics(out, state)
+    if done is not None:
+        logger.info("run already finished; metrics in %s", out / "metrics.json")
+        return done
+
+    # -- test at the best-validation weights
+    test = evaluate(
+        model, data, test_idx, config.eval_batch_size, ctx, full=True, precision=precision
+    )
+    metrics: dict[str, Any] = {
+        "dataset": config.dataset,
+        "attention": config.attention,
+        "task": config.task,
+        "seed": config.seed,
+        "test_accuracy": test["accuracy"],
+        "val_accuracy": state.best_score,
+        "accuracy_by_scale": test["accuracy_by_scale"],
+        "attention_correctness": test["attention_correctness"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "attention_parameters": sum(p.numel() for p in model.attentions.parameters()),
+        "training_time_s": state.elapsed,
+        "seconds_per_epoch": state.elapsed / max(state.epoch, 1),
+        "epochs": state.epoch,
+        "steps": state.steps,
+        "best_epoch": state.best_epoch + 1,
+        "stopped_early": state.epoch < config.epochs,
+        "samples": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+        "data": {
+            "path": str(data.path),
+            "how": data_how,
+            "digit_source": data.digit_source,
+            "data_seed": config.data_seed if not config.data else None,
+        },
+        "precision": precision,
+        "channels_last": config.channels_last,
+        "layer4_gate": model.layer4_gate,
+        "world_size": ctx.world,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "config": dataclasses.asdict(config),
+        "history": state.history,
+    }
+    metrics = write_metrics(
+        out, metrics, state, fingerprint=fingerprint, model=model, optimizer=optimizer, ctx=ctx
+    )
+    if ctx.main:
+        logger.info(
+            "%s: test accuracy %.4f (best val %.4f @ epoch %d) -> %s",
+            name, metrics["test_accuracy"], metrics["val_accuracy"], metrics["best_epoch"],
+            out / "metrics.json",
+        )  # fmt: skip
+    return metrics

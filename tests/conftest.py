@@ -1,0 +1,40 @@
+"""Shared fixtures: a synthetic digit pool and small datasets made by the real generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attentionrnn.data.generate import generate_arrays, write_npz
+from attentionrnn.data.mnist import MnistDigits
+
+
+def synthetic_digits(per_class: int = 3) -> MnistDigits:
+    """28×28 'digits': a class-specific bar pattern with a 255 core and softer edges."""
+    rng = np.random.default_rng(123)
+    images, labels = [], []
+    for c in range(10):
+        for _ in range(per_class):
+            img = np.zeros((28, 28), dtype=np.float64)
+            y0 = 4 + int(rng.integers(0, 3))
+            img[y0 : y0 + 20, 10:18] = 120.0  # soft body
+            img[y0 + 2 : y0 + 18, 12:16] = 255.0  # opaque core, >= 2 px after 0.5x scaling
+            if c % 2:
+                img[6 + c : 10 + c, 6:22] = 255.0  # class-specific cross-bar
+            images.append(img.astype(np.uint8))
+            labels.append(c)
+    return MnistDigits(np.stack(images), np.array(labels, dtype=np.int64), "synthetic")
+
+
+@pytest.fixture(scope="session")
+def digits() -> MnistDigits:
+    return synthetic_digits()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, digits) -> Path:
+    """A small MREF file (8 images, ~45 samples) written by the generator itself."""
+    arrays = generate_arrays("mref", 8, seed=0, digits=digits, workers=1)
+    return write_npz(tmp_path_factory.mktemp("data") / "tiny.npz", arrays)
