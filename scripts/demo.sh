@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec "${PYTHON:-python3}" -m attentionrnn demo "$@"
+exec "${PYTHON:-python3}" -m attentionrnn e1 demo "$@"

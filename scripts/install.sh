@@ -10,6 +10,6 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   echo "[install] PyTorch missing: installing torch==2.13.0 (CPU build)"
   "$PYTHON" -m pip install --quiet torch==2.13.0
 fi
-"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]" 2>&1 \
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[experiments,test]" 2>&1 \
   | grep -v "Running pip as the 'root' user" || true
 "$PYTHON" -c "import attentionrnn, torch; print(f'[install] attentionrnn {attentionrnn.__version__}, torch {torch.__version__}')"

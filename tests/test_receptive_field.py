@@ -9,7 +9,7 @@ from attentionrnn import AttentionRNN, BlockAttentionRNN
 
 
 def expected_field(directions: str, height: int, width: int, i: int, j: int) -> torch.Tensor:
-    """SPEC §2: raster sees p<=i, q<=j; bi adds p>=i, q>=j; quad sees everything."""
+    """raster sees p<=i, q<=j; bi adds p>=i, q>=j; quad sees everything."""
     p = torch.arange(height)[:, None]
     q = torch.arange(width)[None, :]
     raster = (p <= i) & (q <= j)
@@ -29,9 +29,13 @@ def test_receptive_field_is_exactly_the_scan_region(directions, feedback, size, 
     torch.manual_seed(0)
     height, width = size
     layer = AttentionRNN(
-        2, hidden_channels=3, kernel_size=1, directions=directions, feedback=feedback
+        2,
+        hidden_channels=3,
+        kernel_size=1,
+        directions=directions,
+        feedback=feedback,
+        implementation=implementation,
     ).double()
-    layer.scan.implementation = implementation
     with torch.no_grad():  # keep the encoder's ReLU active so no pixel's gradient is cut there
         layer.encoder.bias.fill_(10.0)
     x = torch.randn(1, 2, height, width, dtype=torch.float64, requires_grad=True)
@@ -63,8 +67,8 @@ def test_feedback_carries_predicted_attention_into_the_recurrence():
 @pytest.mark.parametrize("implementation", ["auto", "bptt", "autograd"])
 def test_gradcheck(layer_cls, implementation):
     torch.manual_seed(0)
-    layer = layer_cls(2, hidden_channels=2, query_channels=2).double()
-    layer.scan.implementation = implementation
+    layer = layer_cls(2, hidden_channels=2, query_channels=2, implementation=implementation)
+    layer = layer.double()
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
     q = torch.randn(1, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: layer(a, b), (x, q))

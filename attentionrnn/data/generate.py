@@ -1,4 +1,4 @@
-"""Generators of the MREF / MDIST / MBG attribute datasets (SPEC §3 E1, recipe of the PAN code).
+"""Generators of the MREF / MDIST / MBG attribute datasets (recipe of the PAN code).
 
 Each image is a 100×100 RGB canvas with 5–9 coloured MNIST digits of distinct classes. Every
 digit is one sample: (image, query = its class) → its colour. MDIST adds 17 coloured distractor

