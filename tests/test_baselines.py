@@ -44,7 +44,7 @@ def test_factory_builds_every_name_with_shared_options(name):
 
 def test_factory_maps_names_to_classes_and_directions():
     assert ATTENTION_NAMES == (
-        "none", "local", "ctx", "san", "arnn_ind", "arnn", "arnn_quad", "brnn"
+        "none", "san", "local", "ctx", "arnn_ind", "arnn", "arnn_quad", "brnn"
     )  # fmt: skip
     assert isinstance(build_attention("none", 3), NoAttention)
     for name, cls in BASELINES.items():
@@ -58,7 +58,7 @@ def test_factory_maps_names_to_classes_and_directions():
 
 
 def test_factory_errors():
-    with pytest.raises(ValueError, match="unknown attention 'pan'.*none, local, ctx, san"):
+    with pytest.raises(ValueError, match="unknown attention 'pan'.*none, san, local, ctx"):
         build_attention("pan", 3)
     with pytest.raises(TypeError, match="hiden_channels"):
         build_attention("ctx", 3, hiden_channels=4)
