@@ -4,17 +4,24 @@ Each field becomes ``--field-name`` with the field's type, default, and the ``he
 ``choices`` given in its metadata; a ``bool`` field that defaults to true becomes
 ``--no-field-name``. Fields whose metadata says ``cli=False`` are left out. So a config field is
 declared once, and the flag, the default shown in ``--help`` and the copy into the config cannot
-drift apart.
+drift apart. :func:`check_config` checks a config against the same metadata (``choices``,
+``minimum``, ``positive``), for configs made in Python as much as on the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from typing import Any
 
-__all__ = ["add_config_arguments", "config_from_args"]
+from attentionrnn.engine.errors import UserError
+
+__all__ = ["add_config_arguments", "check_config", "config_from_args"]
+
+#: Metadata keys that constrain a value rather than describe a flag.
+_CHECKS = ("minimum", "positive")
 
 
 def _base_type(annotation: Any) -> tuple[type, bool]:
@@ -38,7 +45,7 @@ def add_config_arguments(
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        meta = dict(f.metadata)
+        meta = {k: v for k, v in f.metadata.items() if k not in _CHECKS}
         if not meta.pop("cli", True):
             continue
         kind, _ = _base_type(hints[f.name])
@@ -66,3 +73,23 @@ def config_from_args(cls: type, args: argparse.Namespace, **values: Any) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in names}
     return cls(**{**given, **values})
+
+
+def check_config(config: Any) -> None:
+    """Raise :class:`UserError` naming the first field of ``config`` outside its metadata's
+    ``choices``, below its ``minimum``, or not a finite number > 0 where ``positive`` is set.
+    ``None`` passes for optional fields."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise UserError(
+                f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}"
+            )
+        minimum = f.metadata.get("minimum")
+        if minimum is not None and value < minimum:
+            raise UserError(f"{f.name} must be >= {minimum}, got {value}")
+        if f.metadata.get("positive") and not (math.isfinite(value) and value > 0):
+            raise UserError(f"{f.name} must be a positive number, got {value}")

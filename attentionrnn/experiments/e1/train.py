@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from attentionrnn.data.generate import DATASETS
+from attentionrnn.engine.config import check_config
 from attentionrnn.engine.distributed import DistContext, init_distributed
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import PRECISIONS, autocast, resolve_precision
@@ -75,9 +76,9 @@ class TrainConfig:
     out: str = field(default="runs/run", metadata=_opt("run folder", metavar="RUN_DIR"))
     samples: int = field(
         default=50000,
-        metadata=_opt("(image, query) samples to generate, split 60/20/20 (PAN: 50000)"),
+        metadata=_opt("(image, query) samples to generate, split 60/20/20 (PAN: 50000)", minimum=1),
     )
-    epochs: int = field(default=300, metadata=_opt("maximum epochs"))
+    epochs: int = field(default=300, metadata=_opt("maximum epochs", minimum=1))
     seed: int = field(default=0, metadata=_opt("training seed"))
     task: str = field(
         default="color",
@@ -100,17 +101,17 @@ class TrainConfig:
     mnist: str | None = field(
         default=None, metadata=_opt("folder of the MNIST IDX files", metavar="DIR")
     )
-    batch_size: int = field(default=200, metadata=_opt("global batch size"))
+    batch_size: int = field(default=200, metadata=_opt("global batch size", minimum=1))
     optimizer: str = field(
         default="rmsprop", metadata=_opt("optimiser (PAN: rmsprop)", choices=OPTIMIZERS)
     )
-    lr: float = field(default=0.003, metadata=_opt("learning rate"))
+    lr: float = field(default=0.003, metadata=_opt("learning rate", positive=True))
     rmsprop_alpha: float = field(default=0.9, metadata=_opt("RMSprop smoothing constant"))
-    clip_norm: float = field(default=5.0, metadata=_opt("gradient-norm clip"))
-    lr_decay: float = field(default=1.5, metadata=_opt("learning-rate divisor"))
+    clip_norm: float = field(default=5.0, metadata=_opt("gradient-norm clip", positive=True))
+    lr_decay: float = field(default=1.5, metadata=_opt("learning-rate divisor", positive=True))
     lr_decay_start: int = field(default=30, metadata=_opt("first epoch of the decay"))
     lr_decay_every: int = field(default=10, metadata=_opt("epochs between decays"))
-    patience: int = field(default=50, metadata=_opt("early-stopping patience (epochs)"))
+    patience: int = field(default=50, metadata=_opt("early-stopping patience (epochs)", minimum=1))
     attention_hidden: int | None = field(
         default=None, metadata=_opt("hidden width of the attention modules")
     )
@@ -131,32 +132,13 @@ class TrainConfig:
     channels_last: bool = field(
         default=True, metadata=_opt("run the conv backbone in channels_last memory order")
     )
-    eval_batch_size: int = field(default=500, metadata=_opt("batch size of evaluation"))
+    eval_batch_size: int = field(default=500, metadata=_opt("batch size of evaluation", minimum=1))
     threads: int | None = field(default=None, metadata=_opt("torch threads per process"))
     progress: bool = field(default=True, metadata=_opt("progress bars"))
 
     def check(self) -> None:
         """Raise :class:`UserError` naming the first invalid field."""
-        for name, allowed in (
-            ("dataset", DATASETS),
-            ("attention", ATTENTION_NAMES),
-            ("task", tuple(TASKS)),
-            ("optimizer", OPTIMIZERS),
-            ("precision", PRECISIONS),
-            ("layer4_gate", (None, "sigmoid", "softmax")),
-        ):
-            if getattr(self, name) not in allowed:
-                raise UserError(
-                    f"{name} must be one of {', '.join(map(str, allowed))}; "
-                    f"got {getattr(self, name)!r}"
-                )
-        for name in ("samples", "epochs", "batch_size", "patience", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "clip_norm", "lr_decay"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise UserError(f"{name} must be a positive number, got {value}")
+        check_config(self)
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that determine the result (compared when resuming)."""
