@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from attentionrnn.data.mnist import MnistError
 from attentionrnn.engine.errors import UserError
 
-_COMMAND_MODULES = ("attentionrnn.experiments.e1.commands",)  # e1 generate|show|train|...
+_COMMAND_MODULES = ("attentionrnn.experiments.e1.commands", "attentionrnn.experiments.e2.commands")
 
 #: Exceptions that describe the user's input rather than a bug.
 USER_ERRORS = (UserError, MnistError, FileNotFoundError, NotADirectoryError, PermissionError)

@@ -1,0 +1,154 @@
+"""Figures of experiment E2: attention maps of each estimator at the three layers; curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.trainer import BEST, METRICS
+from attentionrnn.experiments.e2.data import ImageSet, _stratified_order, load_dataset
+from attentionrnn.experiments.e2.model import LABELS, AttnVGG
+from attentionrnn.experiments.e2.train import E2Config, E2Data
+
+__all__ = ["curve_figure", "load_run", "mask_figure"]
+
+
+def load_run(run_dir: str | Path) -> tuple[AttnVGG, E2Config]:
+    """The network of a finished run (its best-validation weights, eval mode) and its config."""
+    run_dir = Path(run_dir)
+    if not (run_dir / METRICS).is_file() or not (run_dir / BEST).is_file():
+        raise UserError(f"{run_dir}: no finished run ({METRICS} and {BEST})")
+    metrics = json.loads((run_dir / METRICS).read_text())
+    config = E2Config(**metrics["config"])
+    model = AttnVGG(
+        config.attention, num_classes=len(metrics["classes"]), width=config.width,
+        depth=config.depth, attention_hidden=config.attention_hidden,
+    )  # fmt: skip
+    state = torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"]
+    model.load_state_dict(state)
+    return model.eval(), config
+
+
+def _pick(images: ImageSet, count: int) -> np.ndarray:
+    """``count`` test images of different classes, the same every time."""
+    chosen, seen = [], set()
+    for i in _stratified_order(images.test_y, seed=2):
+        if int(images.test_y[i]) not in seen:
+            chosen.append(int(i))
+            seen.add(int(images.test_y[i]))
+        if len(chosen) == count:
+            break
+    return np.array(chosen, dtype=np.int64)
+
+
+@torch.no_grad()
+def mask_figure(
+    runs: dict[str, str | Path], out: str | Path, title: str = "", count: int = 4
+) -> Path | None:
+    """Each test image beside every run's masks at the three layers (upsampled, overlaid).
+
+    ``runs`` maps a method to a finished run folder; the images are read with the first run's
+    data options. Returns ``None`` when no run has attention.
+    """
+    loaded = {m: load_run(r) for m, r in runs.items()}
+    loaded = {m: v for m, v in loaded.items() if v[0].attention != "none"}
+    if not loaded:
+        return None
+    config = next(iter(loaded.values()))[1]
+    images = load_dataset(
+        config.dataset, cifar10_tar=config.cifar10_tar, cifar_dir=config.cifar_dir,
+        md5=config.cifar10_md5, cache_dir=config.data_dir,
+    )  # fmt: skip
+    data = E2Data(images, _all_images(config))
+    idx = _pick(images, count)
+    x, y = data.batch("test", idx)
+    columns: list[tuple[str, np.ndarray]] = []
+    for method, (model, _) in loaded.items():
+        logits, masks = model(x, return_masks=True)
+        for k, mask in enumerate(masks):
+            up = F.interpolate(mask.float(), size=x.shape[-2:], mode="nearest")[:, 0]
+            up = up / up.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+            columns.append((f"{LABELS.get(method, method)}\nlayer {k + 1}", up.numpy()))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cols, n_rows = 1 + len(columns), len(idx)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.5 * n_cols, 1.6 * n_rows), squeeze=False)
+    rgb = images.test_x[idx]
+    for r in range(n_rows):
+        axes[r, 0].imshow(rgb[r])
+        axes[r, 0].set_title(images.classes[int(y[r])], fontsize=7)
+        for c, (label, maps) in enumerate(columns, start=1):
+            axes[r, c].imshow(rgb[r].mean(-1), cmap="gray", vmin=0, vmax=255)
+            axes[r, c].imshow(maps[r], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            if r == 0:
+                axes[r, c].set_title(label, fontsize=6)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _all_images(config: E2Config) -> E2Config:
+    """The config with its sample limits lifted (the figure reads the test images)."""
+    import dataclasses
+
+    return dataclasses.replace(config, train_samples=None, test_samples=None)
+
+
+def curve_figure(curves: dict[str, list[list[dict]]], out: str | Path, title: str = "") -> Path:
+    """Validation top-1 error and training loss against epochs.
+
+    ``curves`` maps a row label to the ``history`` of each of its runs (seeds); each seed is a
+    thin line, their mean (over the epochs all seeds reached) a thick one.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (err_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for k, (label, runs) in enumerate(curves.items()):
+        color = f"C{k % 10}"
+        series = []
+        for history in runs:
+            epochs = np.array([h["epoch"] for h in history])
+            err = np.array([h["val_error"] for h in history], dtype=float) * 100
+            loss = np.array([h["train_loss"] for h in history], dtype=float)
+            series.append((epochs, err, loss))
+            if len(runs) > 1:
+                err_ax.plot(epochs, err, color=color, lw=0.6, alpha=0.4)
+                loss_ax.plot(epochs, loss, color=color, lw=0.6, alpha=0.4)
+        n = min(len(s[0]) for s in series)
+        epochs = series[0][0][:n]
+        err_ax.plot(epochs, np.mean([s[1][:n] for s in series], 0), color=color, lw=1.8,
+                    marker=".", label=f"{label} (n={len(runs)})")  # fmt: skip
+        loss_ax.plot(epochs, np.mean([s[2][:n] for s in series], 0), color=color, lw=1.8,
+                     marker=".")  # fmt: skip
+    err_ax.set(xlabel="epoch", ylabel="validation top-1 error (%)")
+    loss_ax.set(xlabel="epoch", ylabel="training loss")
+    for ax in (err_ax, loss_ax):
+        ax.grid(alpha=0.3)
+    err_ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,313 @@
+"""Run the E2 attention estimators on CIFAR and assemble the results table (top-1 error).
+
+``reproduce(out, budget, ...)`` trains each (dataset, method, seed) run that is not finished yet
+into ``OUT/runs/DATASET/METHOD/seedS``, so a reproduction can be run in pieces and resumed.
+:func:`assemble` builds the table from **every** finished ``metrics.json`` under ``OUT/runs`` —
+mean ± standard deviation over seeds of the test top-1 error — and writes ``OUT/results.md``,
+``OUT/results.json``, the learning curves ``OUT/curves_DATASET.png`` and, where the runs' weights
+and the data are present, the attention maps ``OUT/masks_DATASET.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.state import atomic_write_json
+from attentionrnn.engine.trainer import METRICS
+from attentionrnn.experiments.e2.data import CIFAR10_TAR_MD5, DATASETS, load_dataset
+from attentionrnn.experiments.e2.model import E2_ATTENTIONS, LABELS
+from attentionrnn.experiments.e2.train import E2Config, train
+
+logger = logging.getLogger("attentionrnn.e2.reproduce")
+
+__all__ = ["BUDGETS", "Budget", "assemble", "reproduce", "results_markdown"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Network size and training length of one budget."""
+
+    width: float
+    epochs: int
+    lr_step: int
+    description: str
+    depth: int | None = None
+    batch_size: int = 128
+    patience: int = 1000
+    val_samples: int = 5000
+    train_samples: int | None = None
+    test_samples: int | None = None
+    seeds: tuple[int, ...] = (0,)
+
+
+#: Relative training cost per method (measured: bf16, width 0.25, batch 128); parallel runs start
+#: with the most expensive so that they finish together.
+COST = {"none": 0.75, "ltpa": 0.93, "arnn": 1.0, "brnn": 0.92}
+
+BUDGETS: dict[str, Budget] = {
+    # Sized on this 2-core CPU: a step of the slowest row (ARNN, batch 128, width 0.25, bf16)
+    # took 2.3 s on one thread with both cores busy with other jobs; ~1.2 s is expected on a core
+    # of its own, i.e. ~7 min per epoch of 352 steps + validation: 20 epochs ≈ 2.5 h per run.
+    "cpu": Budget(
+        width=0.25,
+        epochs=20,
+        lr_step=5,
+        description="VGG-att3 at width 0.25 (16 ... 128 channels), 45k/5k/10k images, batch 128, "
+        "SGD 0.1 halved every 5 epochs, 20 epochs, bf16 where native",
+    ),
+    # LTPA's protocol.
+    "full": Budget(
+        width=1.0,
+        epochs=300,
+        lr_step=25,
+        description="LTPA protocol: VGG-att3 (VGG-16 widths), 45k/5k/10k images, batch 128, "
+        "SGD 0.1 momentum 0.9 wd 5e-4 halved every 25 epochs, 300 epochs",
+    ),
+}
+
+
+def _run_one(config: E2Config) -> dict[str, Any]:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return train(config)
+
+
+def _budget(budget: str | Budget) -> tuple[str, Budget]:
+    if isinstance(budget, Budget):
+        return "custom", budget
+    if budget not in BUDGETS:
+        raise UserError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
+    return budget, BUDGETS[budget]
+
+
+def reproduce(
+    out: str | Path,
+    budget: str | Budget = "cpu",
+    datasets: tuple[str, ...] = ("cifar10",),
+    methods: tuple[str, ...] = E2_ATTENTIONS,
+    seeds: tuple[int, ...] | None = None,
+    cifar10_tar: str | None = None,
+    cifar10_md5: str = CIFAR10_TAR_MD5,
+    cifar_dir: str | None = None,
+    data_dir: str | None = None,
+    precision: str = "auto",
+    jobs: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    figure: bool = True,
+) -> dict[str, Any]:
+    """Train the runs that are missing, then :func:`assemble` the table from all finished runs.
+
+    Args:
+        out: output folder (runs, table, figures).
+        budget: a name in :data:`BUDGETS` or a :class:`Budget`.
+        datasets, methods, seeds: which runs to add (seeds default to the budget's).
+        cifar10_tar, cifar10_md5, cifar_dir, data_dir: where the images are (see ``e2 train``).
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
+        jobs: runs trained in parallel (default: one per CPU core, at most 2).
+        threads: torch threads per run (default: cores // jobs).
+        progress: progress bars (only with ``jobs=1``).
+        figure: write the figures.
+    """
+    name, b = _budget(budget)
+    unknown = sorted(set(methods) - set(E2_ATTENTIONS))
+    if unknown:
+        raise UserError(f"unknown method(s) {unknown}; valid: {', '.join(E2_ATTENTIONS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    jobs = jobs or max(1, min(2, cores))
+    threads = threads or max(1, cores // jobs)
+    seeds = tuple(seeds if seeds is not None else b.seeds)
+
+    configs: list[E2Config] = []
+    for dataset in datasets:
+        base = E2Config(
+            dataset=dataset, epochs=b.epochs, width=b.width, depth=b.depth,
+            batch_size=b.batch_size, lr_step=b.lr_step, patience=b.patience,
+            val_samples=b.val_samples, train_samples=b.train_samples,
+            test_samples=b.test_samples, cifar10_tar=cifar10_tar, cifar10_md5=cifar10_md5,
+            cifar_dir=cifar_dir, data_dir=data_dir, precision=precision, threads=threads,
+            progress=progress and jobs == 1,
+        )  # fmt: skip
+        todo = [
+            (m, s)
+            for m in methods
+            for s in seeds
+            if not (out / "runs" / dataset / m / f"seed{s}" / METRICS).is_file()
+        ]
+        if todo:  # decode the tar into the cache once, before parallel runs read it
+            load_dataset(
+                dataset, cifar10_tar=cifar10_tar, cifar_dir=cifar_dir, md5=cifar10_md5,
+                cache_dir=data_dir, progress=progress,
+            )  # fmt: skip
+        for method, seed in todo:
+            run = out / "runs" / dataset / method / f"seed{seed}"
+            configs.append(dataclasses.replace(base, attention=method, seed=seed, out=str(run)))
+    configs.sort(key=lambda c: -COST[c.attention])
+    logger.info("%d run(s) to train, %d job(s) x %d thread(s)", len(configs), jobs, threads)
+    if jobs == 1:
+        for config in configs:
+            train(config)
+    elif configs:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_run_one, c): c for c in configs}
+            for future in as_completed(futures):
+                future.result()
+                logger.info("finished %s", futures[future].out)
+    return assemble(out, name, b, figure=figure)
+
+
+# ------------------------------------------------------------------------------------------
+# the table, from finished runs
+
+
+def _stats(values: list[float | None]) -> dict[str, Any]:
+    arr = np.array([v for v in values if v is not None], dtype=float)
+    return {
+        "mean": float(arr.mean()) if len(arr) else None,
+        "std": float(arr.std(ddof=1)) if len(arr) > 1 else None,
+        "values": [float(v) for v in arr],
+    }
+
+
+def finished_runs(out: Path) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+    """``{dataset: {method: {seed: metrics}}}`` of every finished run under ``OUT/runs``."""
+    found: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    for path in sorted((out / "runs").glob(f"*/*/seed*/{METRICS}")):
+        dataset, method, seed = path.parts[-4], path.parts[-3], int(path.parts[-2][4:])
+        found.setdefault(dataset, {}).setdefault(method, {})[seed] = json.loads(path.read_text())
+    return found
+
+
+def _order(method: str) -> tuple[int, str]:
+    return (E2_ATTENTIONS.index(method) if method in E2_ATTENTIONS else 99, method)
+
+
+def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over the seeds of one method."""
+    ms = [runs[s] for s in sorted(runs)]
+    first = ms[0]
+    classes = list(first["per_class_accuracy"])
+    return {
+        "method": method,
+        "label": LABELS.get(method, method),
+        "seeds": sorted(runs),
+        "width": first.get("width"),
+        "precision": first.get("precision"),
+        "parameters": first.get("parameters"),
+        "test_error": _stats([m["test_error"] for m in ms]),
+        "val_error": _stats([m["val_error"] for m in ms]),
+        "per_class_accuracy": {
+            c: _stats([m["per_class_accuracy"][c] for m in ms]) for c in classes
+        },
+        "epochs": [m["epochs"] for m in ms],
+        "best_epoch": [m["best_epoch"] for m in ms],
+        "training_time_h": _stats([m["training_time_s"] / 3600 for m in ms]),
+        "wall_time_h": sum(m.get("wall_time_s", m["training_time_s"]) for m in ms) / 3600,
+    }
+
+
+def assemble(
+    out: str | Path, budget: str, settings: Budget | None = None, figure: bool = True
+) -> dict[str, Any]:
+    """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
+    out = Path(out)
+    found = finished_runs(out)
+    settings = settings or BUDGETS.get(budget)
+    summary: dict[str, Any] = {
+        "budget": budget,
+        "budget_settings": dataclasses.asdict(settings) if settings else None,
+        "results": {
+            d: {m: summarize(m, found[d][m]) for m in sorted(found[d], key=_order)}
+            for d in [d for d in DATASETS if d in found]
+        },
+    }
+    figures: dict[str, dict[str, str]] = {}
+    if figure:
+        from attentionrnn.experiments.e2.figures import curve_figure, mask_figure
+
+        for d, rows in found.items():
+            curves = {
+                LABELS.get(m, m): [rows[m][s]["history"] for s in sorted(rows[m])]
+                for m in sorted(rows, key=_order)
+            }
+            path = curve_figure(curves, out / f"curves_{d}.png", f"{d.upper()}: learning curves")
+            figures.setdefault(d, {})["curves"] = path.name
+            runs = {m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in rows if m != "none"}
+            try:
+                masks = mask_figure(runs, out / f"masks_{d}.png", title=f"{d.upper()}: attention")
+            except UserError as exc:  # the data or weights are not here
+                logger.warning("no attention figure for %s: %s", d, exc)
+                masks = None
+            if masks:
+                figures[d]["masks"] = masks.name
+    summary["figures"] = figures
+    atomic_write_json(summary, out / "results.json")
+    (out / "results.md").write_text(results_markdown(summary))
+    logger.info("wrote %s and %s", out / "results.md", out / "results.json")
+    return summary
+
+
+def _fmt(stats: dict[str, Any] | None, scale: float = 100.0, digits: int = 2) -> str:
+    if not stats or stats.get("mean") is None:
+        return "–"
+    text = f"{stats['mean'] * scale:.{digits}f}"
+    return text + (f" ± {stats['std'] * scale:.{digits}f}" if stats.get("std") is not None else "")
+
+
+def results_markdown(summary: dict[str, Any]) -> str:
+    """The results of :func:`assemble` as Markdown."""
+    settings = summary.get("budget_settings") or {}
+    lines = [
+        f"# E2 image classification (LTPA VGG-att3) — budget `{summary['budget']}`",
+        "",
+        f"{settings.get('description', '')}.",
+        "",
+        "Top-1 error (%) on the test set at the best validation epoch; mean ± sample standard "
+        "deviation over the seeds listed (one seed has no ±). Time: training hours per run; "
+        "wall: all runs of the row.",
+        "",
+    ]
+    for d, rows in summary["results"].items():
+        lines += [
+            f"## {d.upper()}",
+            "",
+            "| method | seeds | test error % | val error % | params | epochs | time/run | wall |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows.values():
+            lines.append(
+                f"| {r['label']} | {','.join(map(str, r['seeds']))} | {_fmt(r['test_error'])} | "
+                f"{_fmt(r['val_error'])} | {r['parameters']:,} | "
+                f"{','.join(map(str, r['epochs']))} | {_fmt(r['training_time_h'], 1, 2)} h | "
+                f"{r['wall_time_h']:.2f} h |"
+            )
+        classes = list(next(iter(rows.values()))["per_class_accuracy"])
+        if len(classes) <= 20:  # CIFAR-100's per-class accuracy is in results.json only
+            lines += ["", "Per-class test accuracy % (mean over seeds):", ""]
+            lines += ["| method | " + " | ".join(classes) + " |", "|---" * (1 + len(classes)) + "|"]
+            for r in rows.values():
+                pc = r["per_class_accuracy"]
+                cells = [_fmt({"mean": pc[c]["mean"]}, digits=1) for c in classes]
+                lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+        figs = summary.get("figures", {}).get(d, {})
+        lines.append("")
+        for kind in ("curves", "masks"):
+            if kind in figs:
+                lines += [f"![{d} {kind}]({figs[kind]})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,444 @@
+"""Train one attention estimator in LTPA's VGG-att3 on CIFAR (experiment E2).
+
+``train(config)`` is the whole recipe, top to bottom:
+
+1. join ``torch.distributed`` when launched by ``torchrun`` (gloo; one process otherwise);
+2. seed python / numpy / torch and ask for deterministic algorithms;
+3. load the images (the JPEG tar through its cache, or the pickle folder), hold out a fixed,
+   stratified validation split of the training images, compute the normalisation;
+4. build the network (channels_last), SGD with momentum and weight decay, and LTPA's schedule
+   (lr × ``lr_decay`` every ``lr_step`` epochs);
+5. :func:`~attentionrnn.engine.trainer.fit`: per epoch train on augmented batches under the
+   requested precision, measure the validation split (the learning curve), keep the best weights,
+   early-stop, checkpoint; resume an interrupted run;
+6. test the best-validation weights (top-1 error, per-class accuracy) and write
+   ``RUN_DIR/metrics.json``.
+
+Batch order and augmentation of epoch ``e`` are functions of ``(seed, e)``, and the RNG state is
+checkpointed, so the same config gives the same metrics, also across a resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from attentionrnn.engine.distributed import DistContext, init_distributed
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.precision import PRECISIONS, autocast, resolve_precision
+from attentionrnn.engine.state import seed_everything
+from attentionrnn.engine.trainer import (
+    finished_metrics,
+    fit,
+    process_settings,
+    train_one_epoch,
+    write_metrics,
+)
+from attentionrnn.experiments.e2.data import (
+    CIFAR10_TAR_MD5,
+    DATASETS,
+    ImageSet,
+    augment,
+    load_dataset,
+    normalize,
+    split_indices,
+)
+from attentionrnn.experiments.e2.model import E2_ATTENTIONS, AttnVGG
+
+logger = logging.getLogger("attentionrnn.e2")
+
+__all__ = ["E2Config", "E2Data", "build_model", "evaluate", "lr_at", "train"]
+
+
+def _opt(help: str, **kw: Any) -> dict[str, Any]:
+    return {"help": help, **kw}
+
+
+@dataclass
+class E2Config:
+    """Everything one training run depends on; each field is a flag of ``attentionrnn e2 train``."""
+
+    dataset: str = field(default="cifar10", metadata=_opt("dataset", choices=DATASETS))
+    attention: str = field(
+        default="arnn",
+        metadata=_opt(
+            "attention estimator: ltpa (LTPA's compatibility), arnn (AttentionRNN), brnn (Block "
+            "AttentionRNN), none (plain VGG)",
+            choices=E2_ATTENTIONS,
+        ),
+    )
+    out: str = field(default="runs/e2", metadata=_opt("run folder", metavar="RUN_DIR"))
+    epochs: int = field(default=300, metadata=_opt("maximum epochs (LTPA: 300)"))
+    seed: int = field(default=0, metadata=_opt("training seed"))
+    width: float = field(
+        default=1.0, metadata=_opt("channel multiplier of the VGG (1.0: VGG-16's 64 ... 512)")
+    )
+    depth: int | None = field(
+        default=None, metadata=_opt("convs per block (default: VGG-16's 2,2,3,3,3,2)")
+    )
+    batch_size: int = field(default=128, metadata=_opt("global batch size (LTPA: 128)"))
+    lr: float = field(default=0.1, metadata=_opt("SGD learning rate (LTPA: 0.1)"))
+    momentum: float = field(default=0.9, metadata=_opt("SGD momentum"))
+    weight_decay: float = field(default=5e-4, metadata=_opt("SGD weight decay"))
+    lr_step: int = field(default=25, metadata=_opt("epochs between learning-rate decays"))
+    lr_decay: float = field(default=0.5, metadata=_opt("learning-rate factor at each decay"))
+    patience: int = field(
+        default=300, metadata=_opt("early-stopping patience (epochs without a better val score)")
+    )
+    val_samples: int = field(
+        default=5000, metadata=_opt("training images held out for validation (stratified, fixed)")
+    )
+    train_samples: int | None = field(
+        default=None, metadata=_opt("use only this many training images (quick runs)")
+    )
+    test_samples: int | None = field(
+        default=None, metadata=_opt("use only this many test images (quick runs)")
+    )
+    attention_hidden: int | None = field(
+        default=None, metadata=_opt("hidden width of the ARNN / BRNN estimators (default 16)")
+    )
+    cifar10_tar: str | None = field(
+        default=None,
+        metadata=_opt("the CIFAR-10 JPEG tar (default $ATTENTIONRNN_CIFAR10_TAR)", metavar="PATH"),
+    )
+    cifar10_md5: str = field(
+        default=CIFAR10_TAR_MD5, metadata=_opt("expected md5 of the tar ('' skips the check)")
+    )
+    cifar_dir: str | None = field(
+        default=None,
+        metadata=_opt(
+            "folder of the python pickles (cifar-10-batches-py / cifar-100-python); used instead "
+            "of the tar (default $ATTENTIONRNN_CIFAR_DIR)",
+            metavar="DIR",
+        ),
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata=_opt(
+            "cache of decoded images (default $ATTENTIONRNN_DATA_DIR or ~/.cache/attentionrnn/e2)",
+            metavar="DIR",
+        ),
+    )
+    precision: str = field(
+        default="auto",
+        metadata=_opt(
+            "auto: bf16 autocast where the CPU has native bf16 (AMX / AVX-512 BF16), else fp32",
+            choices=PRECISIONS,
+        ),
+    )
+    channels_last: bool = field(
+        default=True, metadata=_opt("run the network in channels_last memory order")
+    )
+    eval_batch_size: int = field(default=500, metadata=_opt("batch size of evaluation"))
+    threads: int | None = field(default=None, metadata=_opt("torch threads per process"))
+    progress: bool = field(default=True, metadata=_opt("progress bars"))
+
+    def check(self) -> None:
+        """Raise :class:`UserError` naming the first invalid field."""
+        for name, allowed in (
+            ("dataset", DATASETS),
+            ("attention", E2_ATTENTIONS),
+            ("precision", PRECISIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise UserError(
+                    f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
+                )
+        for name in ("epochs", "batch_size", "patience", "lr_step", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("val_samples", "train_samples", "test_samples", "depth", "attention_hidden"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "val_samples" else 1):
+                raise UserError(
+                    f"{name} must be >= {0 if name == 'val_samples' else 1}, got {value}"
+                )
+        for name in ("lr", "width", "lr_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UserError(f"{name} must be a positive number, got {value}")
+        for name in ("momentum", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"{name} must be >= 0, got {value}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields that determine the result (compared when resuming)."""
+        d = dataclasses.asdict(self)
+        for key in _RUNTIME_FIELDS:
+            d.pop(key)
+        return d
+
+
+# Fields that do not change the result; where the data comes from enters the fingerprint as the
+# data's identity (source and md5) instead of its path.
+_RUNTIME_FIELDS = (
+    "out", "progress", "threads", "data_dir", "eval_batch_size", "cifar10_tar", "cifar_dir",
+    "cifar10_md5",
+)  # fmt: skip
+
+
+def lr_at(config: E2Config, epoch: int) -> float:
+    """Learning rate of 0-based ``epoch``: ``lr × lr_decay^(epoch // lr_step)`` (LTPA: halved
+    every 25 epochs)."""
+    return config.lr * config.lr_decay ** (epoch // config.lr_step)
+
+
+# ------------------------------------------------------------------------------------------
+# data
+
+
+class E2Data:
+    """The run's images with its splits and normalisation; serves augmented batches by index."""
+
+    def __init__(self, images: ImageSet, config: E2Config) -> None:
+        self.images = images
+        self.train_idx, self.val_idx, self.test_idx = split_indices(
+            images.train_y, images.test_y, config.val_samples, config.train_samples,
+            config.test_samples,
+        )  # fmt: skip
+        if len(self.val_idx) == 0:
+            self.val_idx = self.train_idx  # --val-samples 0: select on the training images
+        mean, std = images.mean_std()
+        self.mean, self.std = torch.from_numpy(mean), torch.from_numpy(std)
+        self.channels_last = config.channels_last
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    def batch(
+        self, split: str, idx: np.ndarray, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(B, 3, 32, 32)`` (augmented when ``generator`` is given) and labels."""
+        images = self.images.test_x if split == "test" else self.images.train_x
+        labels = self.images.test_y if split == "test" else self.images.train_y
+        x = self._tensor(images[idx])
+        if generator is not None:
+            x = augment(x, generator)
+        x = normalize(x, self.mean, self.std)
+        if not self.channels_last:
+            x = x.contiguous()
+        return x, self._tensor(labels[idx])
+
+
+def load_data(config: E2Config, ctx: DistContext | None = None) -> E2Data:
+    """Load (rank 0 first, so that only one process decodes the tar into the cache)."""
+    ctx = ctx or DistContext()
+    kwargs = dict(
+        cifar10_tar=config.cifar10_tar, cifar_dir=config.cifar_dir, md5=config.cifar10_md5,
+        cache_dir=config.data_dir, progress=config.progress and ctx.main,
+    )  # fmt: skip
+    if ctx.main:
+        images = load_dataset(config.dataset, **kwargs)
+    ctx.barrier()
+    if not ctx.main:
+        images = load_dataset(config.dataset, **kwargs)
+    return E2Data(images, config)
+
+
+def build_model(config: E2Config, num_classes: int) -> AttnVGG:
+    model = AttnVGG(
+        config.attention, num_classes=num_classes, width=config.width, depth=config.depth,
+        attention_hidden=config.attention_hidden,
+    )  # fmt: skip
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
+
+
+# ------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: E2Data,
+    split: str,
+    batch_size: int,
+    ctx: DistContext | None = None,
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """Accuracy, top-1 error, loss and per-class accuracy on ``split`` (sharded over ranks)."""
+    ctx = ctx or DistContext()
+    model.eval()
+    indices = {"train": data.train_idx, "val": data.val_idx, "test": data.test_idx}[split]
+    shard = indices[ctx.rank :: ctx.world]
+    rows: list[np.ndarray] = []
+    for start in range(0, len(shard), batch_size):
+        idx = shard[start : start + batch_size]
+        x, y = data.batch(split, idx)
+        with autocast(precision):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="none")
+        pred = logits.argmax(1)
+        rows.append(np.stack([idx, pred.numpy(), y.numpy(), loss.double().numpy()], axis=1))
+    local = np.concatenate(rows) if rows else np.zeros((0, 4))
+    table = ctx.gather_rows(local)
+    table = table[np.argsort(table[:, 0], kind="stable")]
+    pred, target = table[:, 1].astype(np.int64), table[:, 2].astype(np.int64)
+    correct = pred == target
+    accuracy = float(correct.mean()) if len(correct) else math.nan
+    per_class = {
+        name: float(correct[target == c].mean()) if (target == c).any() else None
+        for c, name in enumerate(data.images.classes)
+    }
+    return {
+        "accuracy": accuracy,
+        "error": 1 - accuracy,
+        "loss": float(table[:, 3].mean()) if len(table) else math.nan,
+        "per_class_accuracy": per_class,
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# the recipe
+
+
+def train(config: E2Config) -> dict[str, Any]:
+    """Train, keep the best-validation weights, test them; return (and write) the metrics."""
+    config.check()
+    ctx = init_distributed()
+    try:
+        with process_settings(config.threads):
+            return _train(config, ctx)
+    finally:
+        ctx.close()
+
+
+def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
+    out = Path(config.out)
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    started = time.perf_counter()
+
+    # -- data
+    data = load_data(config, ctx)
+    images = data.images
+    logger.info(
+        "%s from %s (%s): train %d / val %d / test %d images",
+        config.dataset, images.origin, images.source, len(data.train_idx), len(data.val_idx),
+        len(data.test_idx),
+    )  # fmt: skip
+
+    # -- model, optimiser, precision
+    model = build_model(config, images.num_classes)
+    net: nn.Module = DistributedDataParallel(model) if ctx.world > 1 else model
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )  # fmt: skip
+    precision = resolve_precision(config.precision)
+    batch_size = max(1, config.batch_size // ctx.world)  # the global batch is config.batch_size
+    name = f"{config.attention} {config.dataset}"
+
+    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]):
+        x, y = batch
+        logits = net(x)
+        return F.cross_entropy(logits, y), logits.argmax(1), y
+
+    def one_epoch(epoch: int) -> dict[str, float]:
+        rng = np.random.default_rng([config.seed, epoch])
+        order = data.train_idx[rng.permutation(len(data.train_idx))][ctx.rank :: ctx.world]
+        generator = torch.Generator().manual_seed(
+            int(np.random.default_rng([config.seed, epoch, ctx.rank, 1]).integers(2**62))
+        )
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if len(chunks) > 1 and len(chunks[-1]) < 2:
+            chunks.pop()  # batch norm needs at least two samples
+        batches = (data.batch("train", np.sort(c), generator) for c in chunks)
+        return train_one_epoch(
+            net, optimizer, _Sized(batches, len(chunks)), loss_fn, precision=precision,
+            clip_norm=None, desc=f"{name} epoch {epoch + 1}/{config.epochs}",
+            progress=config.progress and ctx.main,
+        )  # fmt: skip
+
+    def validate() -> dict[str, Any]:
+        val = evaluate(model, data, "val", config.eval_batch_size, ctx, precision=precision)
+        val.pop("per_class_accuracy")
+        return val
+
+    data_id = images.source + (f":{images.md5}" if images.md5 else "")
+    fingerprint = {**config.fingerprint(), "data": data_id}
+    state = fit(
+        model, optimizer, out=out, fingerprint=fingerprint, ctx=ctx, epochs=config.epochs,
+        patience=config.patience, lr_at=lambda e: lr_at(config, e), train_one_epoch=one_epoch,
+        evaluate=validate, name=name,
+    )  # fmt: skip
+    done = finished_metrics(out, state)
+    if done is not None:
+        logger.info("run already finished; metrics in %s", out / "metrics.json")
+        return done
+
+    # -- test at the best-validation weights
+    test = evaluate(model, data, "test", config.eval_batch_size, ctx, precision=precision)
+    best = state.history[state.best_epoch] if state.best_epoch >= 0 else {}
+    metrics: dict[str, Any] = {
+        "dataset": config.dataset,
+        "attention": config.attention,
+        "seed": config.seed,
+        "width": config.width,
+        "depth": config.depth,
+        "test_error": test["error"],
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "per_class_accuracy": test["per_class_accuracy"],
+        "val_error": 1 - state.best_score if state.best_epoch >= 0 else None,
+        "val_loss": best.get("val_loss"),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "attention_parameters": sum(p.numel() for p in model.estimators.parameters()),
+        "training_time_s": state.elapsed,
+        "seconds_per_epoch": state.elapsed / max(state.epoch, 1),
+        "wall_time_s": time.perf_counter() - started,
+        "epochs": state.epoch,
+        "steps": state.steps,
+        "best_epoch": state.best_epoch + 1,
+        "stopped_early": state.epoch < config.epochs,
+        "samples": {
+            "train": len(data.train_idx),
+            "val": len(data.val_idx),
+            "test": len(data.test_idx),
+        },
+        "data": {"source": images.source, "origin": images.origin, "md5": images.md5},
+        "classes": list(images.classes),
+        "precision": precision,
+        "channels_last": config.channels_last,
+        "world_size": ctx.world,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "config": dataclasses.asdict(config),
+        "history": state.history,
+    }
+    metrics = write_metrics(
+        out, metrics, state, fingerprint=fingerprint, model=model, optimizer=optimizer, ctx=ctx
+    )
+    if ctx.main:
+        logger.info(
+            "%s: test top-1 error %.4f (best val error %.4f @ epoch %d) -> %s",
+            name, metrics["test_error"], metrics["val_error"], metrics["best_epoch"],
+            out / "metrics.json",
+        )  # fmt: skip
+    return metrics
+
+
+class _Sized:
+    """An iterable with a length (so the progress bar knows the number of batches)."""
+
+    def __init__(self, items, length: int) -> None:
+        self.items, self.length = items, length
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return self.length
