@@ -56,15 +56,17 @@ class Budget:
 COST = {"none": 0.75, "ltpa": 0.93, "arnn": 1.0, "brnn": 0.92}
 
 BUDGETS: dict[str, Budget] = {
-    # Sized on this 2-core CPU: a step of the slowest row (ARNN, batch 128, width 0.25, bf16)
-    # took 2.3 s on one thread with both cores busy with other jobs; ~1.2 s is expected on a core
-    # of its own, i.e. ~7 min per epoch of 352 steps + validation: 20 epochs ≈ 2.5 h per run.
+    # Sized on this 2-core CPU (reproduce runs 2 jobs x 1 thread): a training step of the
+    # slowest row (ARNN; batch 128, width 0.25, bf16) took 2.3 s on one thread while two other
+    # jobs kept both cores busy (LTPA 2.1 s, BRNN 2.1 s, VGG 1.7 s; fp32 2.5-2.8 s), and the
+    # 5,000-image validation ~40 s. On a core of its own about half that: ~1.2 s x 352 steps +
+    # 20 s ≈ 7 min per epoch, so 16 epochs ≈ 2 h per run (≈ 4 h if the cores stay shared).
     "cpu": Budget(
         width=0.25,
-        epochs=20,
-        lr_step=5,
+        epochs=16,
+        lr_step=4,
         description="VGG-att3 at width 0.25 (16 ... 128 channels), 45k/5k/10k images, batch 128, "
-        "SGD 0.1 halved every 5 epochs, 20 epochs, bf16 where native",
+        "SGD 0.1 momentum 0.9 wd 5e-4 halved every 4 epochs, 16 epochs, bf16 where native",
     ),
     # LTPA's protocol.
     "full": Budget(
