@@ -89,7 +89,7 @@ def check_config(config: Any) -> None:
                 f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}"
             )
         minimum = f.metadata.get("minimum")
-        if minimum is not None and value < minimum:
+        if minimum is not None and not value >= minimum:  # NaN fails too
             raise UserError(f"{f.name} must be >= {minimum}, got {value}")
         if f.metadata.get("positive") and not (math.isfinite(value) and value > 0):
             raise UserError(f"{f.name} must be a positive number, got {value}")

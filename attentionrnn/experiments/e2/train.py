@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from attentionrnn.engine.config import check_config
 from attentionrnn.engine.distributed import DistContext, init_distributed
-from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import PRECISIONS, autocast, resolve_precision
 from attentionrnn.engine.state import seed_everything
 from attentionrnn.engine.trainer import (
@@ -79,34 +79,42 @@ class E2Config:
         ),
     )
     out: str = field(default="runs/e2", metadata=_opt("run folder", metavar="RUN_DIR"))
-    epochs: int = field(default=300, metadata=_opt("maximum epochs (LTPA: 300)"))
+    epochs: int = field(default=300, metadata=_opt("maximum epochs (LTPA: 300)", minimum=1))
     seed: int = field(default=0, metadata=_opt("training seed"))
     width: float = field(
-        default=1.0, metadata=_opt("channel multiplier of the VGG (1.0: VGG-16's 64 ... 512)")
+        default=1.0,
+        metadata=_opt("channel multiplier of the VGG (1.0: VGG-16's 64 ... 512)", positive=True),
     )
     depth: int | None = field(
-        default=None, metadata=_opt("convs per block (default: VGG-16's 2,2,3,3,3,2)")
+        default=None, metadata=_opt("convs per block (default: VGG-16's 2,2,3,3,3,2)", minimum=1)
     )
-    batch_size: int = field(default=128, metadata=_opt("global batch size (LTPA: 128)"))
-    lr: float = field(default=0.1, metadata=_opt("SGD learning rate (LTPA: 0.1)"))
-    momentum: float = field(default=0.9, metadata=_opt("SGD momentum"))
-    weight_decay: float = field(default=5e-4, metadata=_opt("SGD weight decay"))
-    lr_step: int = field(default=25, metadata=_opt("epochs between learning-rate decays"))
-    lr_decay: float = field(default=0.5, metadata=_opt("learning-rate factor at each decay"))
+    batch_size: int = field(default=128, metadata=_opt("global batch size (LTPA: 128)", minimum=1))
+    lr: float = field(default=0.1, metadata=_opt("SGD learning rate (LTPA: 0.1)", positive=True))
+    momentum: float = field(default=0.9, metadata=_opt("SGD momentum", minimum=0))
+    weight_decay: float = field(default=5e-4, metadata=_opt("SGD weight decay", minimum=0))
+    lr_step: int = field(
+        default=25, metadata=_opt("epochs between learning-rate decays", minimum=1)
+    )
+    lr_decay: float = field(
+        default=0.5, metadata=_opt("learning-rate factor at each decay", positive=True)
+    )
     patience: int = field(
-        default=300, metadata=_opt("early-stopping patience (epochs without a better val score)")
+        default=300,
+        metadata=_opt("early-stopping patience (epochs without a better val score)", minimum=1),
     )
     val_samples: int = field(
-        default=5000, metadata=_opt("training images held out for validation (stratified, fixed)")
+        default=5000,
+        metadata=_opt("training images held out for validation (stratified, fixed)", minimum=0),
     )
     train_samples: int | None = field(
-        default=None, metadata=_opt("use only this many training images (quick runs)")
+        default=None, metadata=_opt("use only this many training images (quick runs)", minimum=1)
     )
     test_samples: int | None = field(
-        default=None, metadata=_opt("use only this many test images (quick runs)")
+        default=None, metadata=_opt("use only this many test images (quick runs)", minimum=1)
     )
     attention_hidden: int | None = field(
-        default=None, metadata=_opt("hidden width of the ARNN / BRNN estimators (default 16)")
+        default=None,
+        metadata=_opt("hidden width of the ARNN / BRNN estimators (default 16)", minimum=1),
     )
     cifar10_tar: str | None = field(
         default=None,
@@ -140,38 +148,13 @@ class E2Config:
     channels_last: bool = field(
         default=True, metadata=_opt("run the network in channels_last memory order")
     )
-    eval_batch_size: int = field(default=500, metadata=_opt("batch size of evaluation"))
+    eval_batch_size: int = field(default=500, metadata=_opt("batch size of evaluation", minimum=1))
     threads: int | None = field(default=None, metadata=_opt("torch threads per process"))
     progress: bool = field(default=True, metadata=_opt("progress bars"))
 
     def check(self) -> None:
         """Raise :class:`UserError` naming the first invalid field."""
-        for name, allowed in (
-            ("dataset", DATASETS),
-            ("attention", E2_ATTENTIONS),
-            ("precision", PRECISIONS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise UserError(
-                    f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
-                )
-        for name in ("epochs", "batch_size", "patience", "lr_step", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("val_samples", "train_samples", "test_samples", "depth", "attention_hidden"):
-            value = getattr(self, name)
-            if value is not None and value < (0 if name == "val_samples" else 1):
-                raise UserError(
-                    f"{name} must be >= {0 if name == 'val_samples' else 1}, got {value}"
-                )
-        for name in ("lr", "width", "lr_decay"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise UserError(f"{name} must be a positive number, got {value}")
-        for name in ("momentum", "weight_decay"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise UserError(f"{name} must be >= 0, got {value}")
+        check_config(self)
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that determine the result (compared when resuming)."""
