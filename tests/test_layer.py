@@ -243,6 +243,18 @@ def test_kernel_builds_are_cached_per_cpu_and_flags(monkeypatch):
     assert _extension.build_name() != here
 
 
+def test_kernel_builds_are_keyed_on_every_source_and_header(monkeypatch, tmp_path):
+    """An edited kernel (a .cpp or a header it includes) never loads an older build."""
+    for path in _extension.CSRC.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    assert {p.name for p in _extension.SOURCES} <= {p.name for p in tmp_path.iterdir()}
+    monkeypatch.setattr(_extension, "CSRC", tmp_path)
+    here = _extension.build_name()
+    header = tmp_path / "simd.h"
+    header.write_text(header.read_text() + "\n// edited\n")
+    assert _extension.build_name() != here
+
+
 def _cpu_has_avx512() -> bool:
     return "avx512f" in _extension._cpu_description().split()
 
@@ -296,3 +308,68 @@ def test_unknown_implementation_is_named():
 
     with pytest.raises(ValueError, match="implementation"):
         DiagonalLSTMScan(4, 4, implementation="cuda-magic")
+
+
+def test_diagonal_schedule_and_packing_index_agree():
+    """Packed cell k of diagonal t is (i, t - i) with i from first_row[t] on; the packing index of
+    each direction is a permutation of the map's positions in that order."""
+    from attentionrnn.layers.diagonal import CORNER_FLIPS, DiagonalSchedule, packing_index
+
+    height, width = 4, 6
+    sched = DiagonalSchedule.of(height, width)
+    index = packing_index(sched, tuple(CORNER_FLIPS), torch.device("cpu"))
+    top_left = index[0].tolist()
+    for t in range(sched.steps):
+        for k in range(sched.length[t]):
+            i = sched.first_row[t] + k
+            assert top_left[sched.packed_start[t] + k] == i * width + (t - i)
+    for row in index:
+        assert sorted(row.tolist()) == list(range(height * width))
+    layout = sched.kernel_layout
+    assert layout["neighbour_start"][1:] == [sched.neighbour_start(t) for t in range(1, 9)]
+    assert len(sched.pad_rows(torch.device("cpu"))) == 2 * sched.steps
+
+
+def test_kernel_weight_packing_round_trips():
+    from attentionrnn.layers.diagonal import (
+        TAP_ABOVE,
+        TAP_LEFT,
+        kernel_weights,
+        split_kernel_weights,
+        state_taps,
+    )
+
+    dirs, cin, hidden, feedback = 2, 5, 3, True
+    w_in = torch.randn(dirs, cin, 4 * hidden)
+    w_state = state_taps(torch.randn(dirs, 4 * hidden, hidden + feedback, 2)).contiguous()
+    w_cat, w_cat_t = kernel_weights(w_in, w_state, vector_bytes=64)
+    s = hidden + feedback
+    assert w_cat.shape == (dirs, cin + 2 * s, 4 * hidden)
+    torch.testing.assert_close(w_cat[:, cin : cin + s], w_state[:, TAP_ABOVE])
+    torch.testing.assert_close(w_cat[:, cin + s :], w_state[:, TAP_LEFT])
+    assert w_cat_t.shape[-1] % 16 == 0 and w_cat_t.shape[-1] >= cin + 2 * hidden
+    main = torch.cat([w_in, w_state[:, 0, :hidden], w_state[:, 1, :hidden]], 1)
+    torch.testing.assert_close(w_cat_t[..., : cin + 2 * hidden], main.transpose(1, 2))
+    assert not w_cat_t[..., cin + 2 * hidden :].any()
+    d_w_in, d_w_state = split_kernel_weights(w_cat, cin)
+    assert torch.equal(d_w_in, w_in) and torch.equal(d_w_state, w_state)
+
+
+def test_one_module_owns_the_layout():
+    """The implementations take the layout and the weight packing from layers/diagonal.py; the
+    fused wrapper does not reach into the PyTorch BPTT module for it."""
+    import ast
+    import inspect
+
+    from attentionrnn.layers import bptt, fused, reference, scan
+
+    def imports(module):
+        tree = ast.parse(inspect.getsource(module))
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+    for module in (bptt, fused, reference, scan):
+        assert "attentionrnn.layers.diagonal" in imports(module), module.__name__
+    assert "attentionrnn.layers.bptt" not in imports(fused)
+    assert not hasattr(bptt, "DiagonalSchedule") or bptt.DiagonalSchedule.__module__.endswith(
+        "diagonal"
+    )

@@ -8,7 +8,13 @@ The kernels are compiled for the building CPU (``-march=native``), so the cache 
 after the CPU's model and instruction-set flags as well as the extra compiler flags
 ``ATTENTIONRNN_EXTENSION_CFLAGS`` adds: a cache shared by machines with different CPUs (a home
 directory on a cluster) holds one build per kind of CPU instead of handing one CPU's build to
-another.
+another. The name also carries a digest of every file in ``csrc`` (sources and headers), so an
+edited kernel never loads an older build.
+
+The sources, by concern: ``simd.h`` (vector exp/sigmoid/tanh, clamps), ``products.h`` (the small
+matrix products), ``cells.h`` (one LSTM cell forward and backward), ``layout.h`` (the layout, as
+:mod:`attentionrnn.layers.diagonal` defines it), ``scans.h``/``scans.cpp`` (the scans through time)
+and ``bindings.cpp`` (the Python module).
 """
 
 from __future__ import annotations
@@ -23,13 +29,22 @@ from types import ModuleType
 
 logger = logging.getLogger("attentionrnn")
 
-SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "diagonal_lstm.cpp"
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
+# The translation units; the headers they include are in CSRC too.
+SOURCES = (CSRC / "scans.cpp", CSRC / "bindings.cpp")
+
+
+# Why the last call of load() returned None.
+_unavailable = "not loaded yet"
 
 
 @functools.cache
 def load() -> ModuleType | None:
-    """The compiled kernels, or ``None`` where they cannot be built here."""
+    """The compiled kernels, or ``None`` where they cannot be built here
+    (:func:`unavailable_reason` says why)."""
+    global _unavailable
     if os.environ.get("ATTENTIONRNN_NO_EXTENSION", "") not in ("", "0"):
+        _unavailable = "ATTENTIONRNN_NO_EXTENSION is set"
         return None
     try:
         from torch.utils import cpp_extension
@@ -37,19 +52,27 @@ def load() -> ModuleType | None:
         extra = _extra_cflags()
         return cpp_extension.load(
             name=build_name(),
-            sources=[str(SOURCE)],
+            sources=[str(path) for path in SOURCES],
             # OpenMP: ATen's parallel_for in the kernels is serial without it.
             extra_cflags=["-O3", "-march=native", "-ffast-math", "-mrecip", "-fopenmp", *extra],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except Exception as error:  # no compiler, no ninja, unsupported platform...
+        _unavailable = "building them failed: " + (
+            str(error).splitlines()[0] if str(error) else type(error).__name__
+        )
         logger.warning(
             "attentionrnn: fused C++ scan kernels unavailable (%s); using the PyTorch "
             "implementation (same results, slower)",
-            str(error).splitlines()[0] if str(error) else type(error).__name__,
+            _unavailable,
         )
         return None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`load` returns ``None`` (``None`` where the kernels load)."""
+    return None if load() is not None else _unavailable
 
 
 def _extra_cflags() -> list[str]:
@@ -57,9 +80,18 @@ def _extra_cflags() -> list[str]:
 
 
 def build_name() -> str:
-    """The extension's cache entry: one per kind of CPU and set of extra compiler flags."""
-    build = "\n".join([_cpu_description(), *_extra_cflags()])
+    """The extension's cache entry: one per kind of CPU, set of extra compiler flags and version
+    of the sources."""
+    build = "\n".join([_cpu_description(), *_extra_cflags(), _source_digest()])
     return "attentionrnn_diagonal_lstm_" + hashlib.sha1(build.encode()).hexdigest()[:10]
+
+
+def _source_digest() -> str:
+    """A digest of every source and header of the kernels (names and contents)."""
+    digest = hashlib.sha1()
+    for path in sorted(p for p in CSRC.iterdir() if p.suffix in (".cpp", ".h")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _cpu_description() -> str:

@@ -2,6 +2,9 @@
 
 It visits the positions one by one in each direction's scan order and reads each cell's two
 neighbours by their coordinates in the original map: no flips, no skew, no batching of diagonals.
+What the parameters mean (gate order, taps, the attention value passed on) is the convention
+:mod:`attentionrnn.layers.diagonal` states, read here through its names; the layouts themselves
+are not used.
 The fast layer must agree with it to rounding error; the tests check that. The reference classes
 are the fast classes with the scan swapped, so they load a fast layer's ``state_dict`` as is
 (encoder, query term and head are the same plain convolutions in both).
@@ -13,6 +16,7 @@ import torch
 from torch import Tensor
 
 from attentionrnn.layers.attention_rnn import AttentionRNN, BlockAttentionRNN, _ScanAttention
+from attentionrnn.layers.diagonal import TAP_ABOVE, TAP_LEFT, gate_slices, input_weights
 from attentionrnn.layers.scan import DiagonalLSTMScan, state_dtype_for
 
 # Scan order of each corner: (row step, column step). The cell "above" a position is the one a
@@ -31,15 +35,17 @@ def reference_scan(scan: DiagonalLSTMScan, e: Tensor) -> Tensor:
     hidden = scan.hidden_channels
     dtype = state_dtype_for(e.dtype)
     e = e.to(dtype)
-    w_in = scan.input_to_state.weight[:, :, 0, 0].to(dtype).split(4 * hidden)  # per direction
-    b_in = scan.input_to_state.bias.to(dtype).split(4 * hidden)
+    num_dirs = len(scan.directions)
+    w_in, b_in = input_weights(scan.input_to_state.weight, scan.input_to_state.bias, num_dirs)
+    w_in, b_in = w_in.to(dtype), b_in.to(dtype)  # (D, Cin, 4h), (D, 4h)
+    g = gate_slices(hidden)
     no_state = e.new_zeros(batch, scan.state_channels)
     no_cell = e.new_zeros(batch, hidden)
     maps = []
     for d, corner in enumerate(scan.directions):
         row_step, col_step = CORNER_STEPS[corner]
-        w_above = scan.state_to_state[d, :, :, 0].to(dtype)
-        w_left = scan.state_to_state[d, :, :, 1].to(dtype)
+        w_above = scan.state_to_state[d, :, :, TAP_ABOVE].to(dtype)  # (4h, S)
+        w_left = scan.state_to_state[d, :, :, TAP_LEFT].to(dtype)
         # What each visited position passes on (hidden state [+ attention value]) and its cell.
         passed: dict[tuple[int, int], Tensor] = {}
         cells: dict[tuple[int, int], Tensor] = {}
@@ -51,8 +57,9 @@ def reference_scan(scan: DiagonalLSTMScan, e: Tensor) -> Tensor:
                 above = passed.get((i - row_step, j), no_state)  # missing neighbour: zeros
                 left = passed.get((i, j - col_step), no_state)
                 c_left = cells.get((i, j - col_step), no_cell)
-                gates = e[:, :, i, j] @ w_in[d].T + b_in[d] + above @ w_above.T + left @ w_left.T
-                in_gate, forget_gate, out_gate, candidate = gates.split(hidden, dim=1)
+                gates = e[:, :, i, j] @ w_in[d] + b_in[d] + above @ w_above.T + left @ w_left.T
+                in_gate, forget_gate = gates[:, g.input], gates[:, g.forget]
+                out_gate, candidate = gates[:, g.output], gates[:, g.candidate]
                 c = torch.sigmoid(forget_gate) * c_left
                 c = c + torch.sigmoid(in_gate) * torch.tanh(candidate)
                 h = torch.sigmoid(out_gate) * torch.tanh(c)
@@ -60,7 +67,7 @@ def reference_scan(scan: DiagonalLSTMScan, e: Tensor) -> Tensor:
                 if scan.feedback:
                     w_a, b_a = scan.attention_weight[d].to(dtype), scan.attention_bias[d].to(dtype)
                     attention = torch.sigmoid(h @ w_a + b_a)
-                    passed[i, j] = torch.cat([h, attention[:, None]], dim=1)
+                    passed[i, j] = torch.cat([h, attention[:, None]], dim=1)  # state_slices
         grid = [torch.stack([hiddens[i, j] for j in range(width)], -1) for i in range(height)]
         maps.append(torch.stack(grid, -2))
     return torch.cat(maps, dim=1)

@@ -1,19 +1,15 @@
 """The diagonal-LSTM scan at the heart of AttentionRNN.
 
-The map is *skewed* so that each anti-diagonal becomes one column: row ``i`` is shifted right by
-``i``, so cell ``(i, j)`` lands in skewed column ``t = i + j``. Its two causal neighbours, the cell
-above ``(i-1, j)`` and the cell to the left ``(i, j-1)``, both lie in column ``t - 1`` (rows
-``i-1`` and ``i``), so one step of the recurrence updates a whole diagonal at once and the scan
-takes ``H + W - 1`` steps instead of ``H * W``.
-
-Every direction (a corner the scan starts from) is reduced to the top-left scan by flipping the
-map; all directions are stacked on a leading axis and advanced together in the same step loop,
-each with its own weights (a batched matrix product).
+Each anti-diagonal of the map is updated in one step, so the scan takes ``H + W - 1`` steps
+instead of ``H * W``; every direction (a corner the scan starts from) is reduced to the top-left
+scan by flipping the map, and all directions are advanced together in the same step loop, each
+with its own weights (a batched matrix product). The layouts this needs (skewed, packed by
+diagonal) and the packing of the cell's weights are defined in :mod:`attentionrnn.layers.diagonal`;
+this module holds the layer and chooses among the implementations that use them.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -22,17 +18,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attentionrnn.layers import _extension
-from attentionrnn.layers.bptt import DiagonalLSTMFunction, DiagonalSchedule
+from attentionrnn.layers.bptt import DiagonalLSTMFunction
+from attentionrnn.layers.diagonal import (
+    CORNER_FLIPS,
+    GATE_ORDER,
+    DiagonalSchedule,
+    flip_to_top_left,
+    gate_slices,
+    input_weights,
+    packing_index,
+    skew,
+    state_channels,
+    state_taps,
+    state_to_state_shape,
+    unskew,
+    valid_cells,
+)
 from attentionrnn.layers.fused import FusedDiagonalLSTM
 
-# A direction is named by the corner the scan starts from; the value is the flip that moves that
-# corner to the top-left (dims of an (..., H, W) tensor).
-CORNER_FLIPS: dict[str, tuple[int, ...]] = {
-    "top_left": (),
-    "bottom_right": (-2, -1),
-    "top_right": (-1,),
-    "bottom_left": (-2,),
-}
+__all__ = [
+    "CORNER_FLIPS",
+    "DIRECTION_SETS",
+    "IMPLEMENTATIONS",
+    "DiagonalLSTMScan",
+    "resolve_directions",
+    "skew",
+    "state_dtype_for",
+    "unskew",
+    "valid_cells",
+]
 
 # The ``directions`` argument of the public layers.
 DIRECTION_SETS: dict[str, tuple[str, ...]] = {
@@ -49,38 +63,6 @@ def resolve_directions(directions: str) -> tuple[str, ...]:
             f"unknown directions {directions!r}: expected one of {sorted(DIRECTION_SETS)}"
         )
     return DIRECTION_SETS[directions]
-
-
-def skew(x: Tensor) -> Tensor:
-    """Shift row ``i`` of an ``(..., H, W)`` tensor right by ``i``: ``(..., H, H + W - 1)``.
-
-    Pad every row with ``H`` zeros, flatten, drop the last ``H`` entries and re-read the buffer
-    with rows one element shorter: each row then starts one element further right than the last.
-    """
-    height, width = x.shape[-2:]
-    length = height + width - 1
-    flat = F.pad(x, (0, height)).flatten(-2)
-    return flat[..., : height * length].unflatten(-1, (height, length))
-
-
-def unskew(x: Tensor) -> Tensor:
-    """Inverse of :func:`skew`: ``(..., H, H + W - 1)`` to ``(..., H, W)``."""
-    height, length = x.shape[-2:]
-    width = length - height + 1
-    flat = F.pad(x.flatten(-2), (0, height))
-    return flat.unflatten(-1, (height, width + height))[..., :width]
-
-
-def valid_cells(height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``(H + W - 1, H)`` mask: 1 where skewed cell ``(i, t)`` lies inside the map (0 <= t-i < W).
-
-    Cells outside the map are padding: they must hold zero state and zero attention so that the
-    border cells of the map see exactly what a missing neighbour contributes in the reference.
-    """
-    steps = torch.arange(height + width - 1, device=device).unsqueeze(1)
-    rows = torch.arange(height, device=device).unsqueeze(0)
-    cols = steps - rows
-    return ((cols >= 0) & (cols < width)).to(dtype)
 
 
 IMPLEMENTATIONS = ("auto", "fused", "bptt", "autograd")
@@ -102,19 +84,6 @@ def state_dtype_for(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-@functools.lru_cache(maxsize=128)
-def _packing_index(
-    schedule: DiagonalSchedule, corners: tuple[str, ...], device: torch.device
-) -> Tensor:
-    """``(D, H*W)``: the row-major position of each packed cell of each direction."""
-    return torch.stack(
-        [
-            schedule.raster_index(-2 in CORNER_FLIPS[c], -1 in CORNER_FLIPS[c], device)
-            for c in corners
-        ]
-    )
-
-
 class DiagonalLSTMScan(nn.Module):
     r"""Diagonal LSTM over one or more scan directions, with attention feedback.
 
@@ -123,8 +92,8 @@ class DiagonalLSTMScan(nn.Module):
 
     * the input-to-state term :math:`K_{is} e_{i,j}` (a 1x1 convolution),
     * the state-to-state term: a 2x1 kernel over the previous skewed column, i.e. over the hidden
-      state and the predicted attention value of the cell above ``(i-1, j)`` (tap 0) and of the
-      cell to the left ``(i, j-1)`` (tap 1), zero-padded on top,
+      state and the predicted attention value of the cell above ``(i-1, j)`` (tap ``TAP_ABOVE``)
+      and of the cell to the left ``(i, j-1)`` (tap ``TAP_LEFT``), zero-padded on top,
 
     then :math:`c = f \odot c_{left} + i \odot g`, :math:`h = o \odot \tanh(c)` and the direction's
     attention estimate :math:`\hat a = \sigma(w \cdot h + b)`, which feeds the next diagonal.
@@ -144,6 +113,10 @@ class DiagonalLSTMScan(nn.Module):
             ``torch.compile`` capture.
             ``"auto"`` (default) picks ``"autograd"`` while capturing a graph, ``"fused"`` on CPU
             where the kernels build, else ``"bptt"``.
+
+    The parameters are laid out as :mod:`attentionrnn.layers.diagonal` states: gates in
+    ``GATE_ORDER``, ``state_to_state`` of shape ``(D, 4h, S, 2)``, the input-to-state convolution
+    direction-major.
 
     Shape:
         - Input: ``(B, in_channels, H, W)``
@@ -174,10 +147,12 @@ class DiagonalLSTMScan(nn.Module):
         self.feedback = feedback
         num_dirs = len(self.directions)
         gates = 4 * hidden_channels
-        # Gate order along the 4*hidden axis: input, forget, output, cell candidate.
+        # Direction-major, gates in GATE_ORDER within each direction.
         self.input_to_state = nn.Conv2d(in_channels, num_dirs * gates, kernel_size=1)
-        # (direction, out, in, tap): tap 0 reads the cell above, tap 1 the cell to the left.
-        self.state_to_state = nn.Parameter(torch.empty(num_dirs, gates, self.state_channels, 2))
+        # (direction, out, in, tap): TAP_ABOVE reads the cell above, TAP_LEFT the cell to the left.
+        self.state_to_state = nn.Parameter(
+            torch.empty(state_to_state_shape(num_dirs, hidden_channels, feedback))
+        )
         if feedback:
             self.attention_weight = nn.Parameter(torch.empty(num_dirs, hidden_channels))
             self.attention_bias = nn.Parameter(torch.empty(num_dirs))
@@ -189,15 +164,15 @@ class DiagonalLSTMScan(nn.Module):
     @property
     def state_channels(self) -> int:
         """Channels a cell passes to the next diagonal: hidden state (+ attention value)."""
-        return self.hidden_channels + int(self.feedback)
+        return state_channels(self.hidden_channels, self.feedback)
 
     def reset_parameters(self) -> None:
         self.input_to_state.reset_parameters()
         hidden = self.hidden_channels
         with torch.no_grad():
             # A forget-gate bias of 1 lets state travel along long rows early in training.
-            bias = self.input_to_state.bias.view(len(self.directions), 4, hidden)
-            bias[:, 1].fill_(1.0)
+            bias = self.input_to_state.bias.view(len(self.directions), len(GATE_ORDER), hidden)
+            bias[:, GATE_ORDER.index("forget")].fill_(1.0)
             bound = 1.0 / math.sqrt(2 * self.state_channels)
             self.state_to_state.uniform_(-bound, bound)
             if self.attention_weight is not None:
@@ -214,8 +189,7 @@ class DiagonalLSTMScan(nn.Module):
 
     def flip(self, x: Tensor, direction: int) -> Tensor:
         """Flip an ``(..., H, W)`` map so that direction ``direction`` starts at the top-left."""
-        dims = CORNER_FLIPS[self.directions[direction]]
-        return torch.flip(x, dims) if dims else x
+        return flip_to_top_left(x, self.directions[direction])
 
     def forward(self, e: Tensor) -> Tensor:
         """Hidden maps of all directions, ``(B, D * hidden, H, W)``."""
@@ -263,23 +237,23 @@ class DiagonalLSTMScan(nn.Module):
 
     def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """State-to-state taps ``(D, 2, S, 4h)``, attention weight ``(D, h)`` and bias ``(D,)``."""
-        w_state = self.state_to_state.permute(0, 3, 2, 1).to(dtype).contiguous()
+        w_state = state_taps(self.state_to_state).to(dtype).contiguous()
         if not self.feedback:
             return w_state, None, None
         return w_state, self.attention_weight.to(dtype), self.attention_bias.to(dtype)
 
     def _run_fused(self, e: Tensor, readout: Tensor | None) -> Tensor:
-        num_dirs, hidden, channels = len(self.directions), self.hidden_channels, e.shape[1]
-        height, width = e.shape[-2:]
-        schedule = DiagonalSchedule.of(height, width)
+        schedule = DiagonalSchedule.of(*e.shape[-2:])
         dtype = state_dtype_for(e.dtype)
-        w_in = self.input_to_state.weight.view(num_dirs, 4 * hidden, channels).transpose(1, 2)
+        w_in, b_in = input_weights(
+            self.input_to_state.weight, self.input_to_state.bias, len(self.directions)
+        )
         w_state, w_att, b_att = self._weights(dtype)
         return FusedDiagonalLSTM.apply(
             e,
-            _packing_index(schedule, self.directions, e.device),
+            packing_index(schedule, self.directions, e.device),
             w_in.to(dtype).contiguous(),
-            self.input_to_state.bias.view(num_dirs, 4 * hidden).to(dtype),
+            b_in.to(dtype).contiguous(),
             w_state,
             w_att,
             b_att,
@@ -292,16 +266,15 @@ class DiagonalLSTMScan(nn.Module):
         batch, channels, height, width = e.shape
         num_dirs, hidden = len(self.directions), self.hidden_channels
         schedule = DiagonalSchedule.of(height, width)
-        index = _packing_index(schedule, self.directions, e.device)
+        index = packing_index(schedule, self.directions, e.device)
         # One gather of whole (B, C) rows puts every direction's cells in diagonal order; the 1x1
         # input-to-state conv is then a batched matrix product straight into the packed layout.
         dtype = state_dtype_for(e.dtype)
         rows = e.permute(2, 3, 0, 1).reshape(height * width, batch, channels)
         packed = rows.index_select(0, index.flatten()).view(num_dirs, -1, channels)
-        weight = self.input_to_state.weight.view(num_dirs, 4 * hidden, channels).transpose(1, 2)
-        bias = self.input_to_state.bias.view(num_dirs, 1, 4 * hidden)
+        weight, bias = input_weights(self.input_to_state.weight, self.input_to_state.bias, num_dirs)
         # (under autocast this product runs in bf16, like the conv it replaces; the scan does not)
-        packed = torch.baddbmm(bias, packed, weight).to(dtype)
+        packed = torch.baddbmm(bias.unsqueeze(1), packed, weight).to(dtype)
         w_state, w_att, b_att = self._weights(dtype)
         if self.feedback:
             w_att, b_att = w_att.unsqueeze(-1), b_att.view(num_dirs, 1, 1)
@@ -329,8 +302,9 @@ class DiagonalLSTMScan(nn.Module):
         state_dtype = state_dtype_for(e.dtype)
         valid = valid_cells(height, width, e.device, state_dtype).view(steps, 1, 1, height, 1)
         valid = valid.unbind(0)
-        # (D, 2*S, 4h): rows [above-cell channels; left-cell channels], matching the concat below.
-        w_state = self.state_to_state.permute(0, 3, 2, 1).reshape(num_dirs, -1, 4 * hidden)
+        # (D, 2*S, 4h): the taps' rows stacked in tap order, matching the concat of the neighbours.
+        w_state = state_taps(self.state_to_state).reshape(num_dirs, -1, 4 * hidden)
+        g = gate_slices(hidden)
         if self.feedback:
             w_att = self.attention_weight.unsqueeze(-1)  # (D, h, 1)
             b_att = self.attention_bias.view(num_dirs, 1, 1)
@@ -340,14 +314,14 @@ class DiagonalLSTMScan(nn.Module):
         outputs: list[Tensor] = []
         for t in range(steps):
             above = F.pad(state[:, :, :-1], (0, 0, 1, 0))  # row i reads row i-1; zeros on top
-            neighbours = torch.cat([above, state], dim=-1).flatten(1, 2)
+            left = state  # row i reads row i of the previous step
+            neighbours = torch.cat([above, left], dim=-1).flatten(1, 2)  # TAP_ABOVE, TAP_LEFT
             gates = torch.baddbmm(inputs[t], neighbours.to(w_state.dtype), w_state)
             gates = gates.to(state_dtype).view(num_dirs, batch, height, 4 * hidden)
-            sig = torch.sigmoid(gates[..., : 3 * hidden])
-            candidate = torch.tanh(gates[..., 3 * hidden :])
-            in_gate = sig[..., :hidden]
-            forget_gate = sig[..., hidden : 2 * hidden]
-            out_gate = sig[..., 2 * hidden :]
+            sig = torch.sigmoid(gates[..., g.sigmoid])
+            candidate = torch.tanh(gates[..., g.tanh])
+            in_gate, forget_gate = sig[..., g.input], sig[..., g.forget]
+            out_gate = sig[..., g.output]
             cell = (forget_gate * cell + in_gate * candidate) * valid[t]
             h = out_gate * torch.tanh(cell)
             outputs.append(h)
@@ -355,7 +329,7 @@ class DiagonalLSTMScan(nn.Module):
                 logit = torch.baddbmm(b_att, h.flatten(1, 2).to(w_att.dtype), w_att)
                 att = torch.sigmoid(logit.to(state_dtype)).view(num_dirs, batch, height, 1)
                 # h is already zero off the map (cell is); sigma(bias) is not.
-                state = torch.cat([h, att * valid[t]], dim=-1)
+                state = torch.cat([h, att * valid[t]], dim=-1)  # as in state_slices
             else:
                 state = h
         # (L, D, B, H, h) -> (D, B, h, H, L) -> unskew -> flip back -> (B, D*h, H, W)
