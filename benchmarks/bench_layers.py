@@ -31,9 +31,9 @@ CHANNELS, HIDDEN = 32, 16
 
 
 def _arnn(implementation: str) -> nn.Module:
-    layer = AttentionRNN(CHANNELS, hidden_channels=HIDDEN, directions="bi")
-    layer.scan.implementation = implementation
-    return layer
+    return AttentionRNN(
+        CHANNELS, hidden_channels=HIDDEN, directions="bi", implementation=implementation
+    )
 
 
 CONTENDERS: dict[str, Callable[[], nn.Module]] = {

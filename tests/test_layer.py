@@ -213,9 +213,10 @@ def test_auto_implementation_prefers_fused_kernels_and_falls_back(monkeypatch):
         assert _extension.load() is None
         assert layer.scan.resolved_implementation(x) == "bptt"
         torch.testing.assert_close(layer(x), y_auto, rtol=0, atol=1e-6)
-        layer.scan.implementation = "fused"
+        with pytest.raises(RuntimeError, match="unavailable here: ATTENTIONRNN_NO_EXTENSION"):
+            AttentionRNN(6, hidden_channels=4, implementation="fused")
         with pytest.raises(RuntimeError, match="unavailable"):
-            layer(x)
+            layer.scan.implementation = "fused"
     finally:
         monkeypatch.delenv("ATTENTIONRNN_NO_EXTENSION")
         _extension.load.cache_clear()
@@ -266,12 +267,12 @@ from attentionrnn.layers import _extension
 assert _extension.load() is not None, "the kernels did not build without AVX-512"
 torch.manual_seed(0)
 for hidden in (8, 16, 32):  # AVX2 float: 4, 8 and 16 vectors of gates
-    layer = AttentionRNN(8, hidden_channels=hidden)
     x = torch.randn(5, 8, 6, 7, requires_grad=True)
     grads = []
     for implementation in ("fused", "bptt"):
-        layer.scan.implementation = implementation
-        layer.zero_grad(); x.grad = None
+        torch.manual_seed(1)
+        layer = AttentionRNN(8, hidden_channels=hidden, implementation=implementation)
+        x.grad = None
         y = layer(x)
         y.square().sum().backward()
         grads.append((y.detach(), x.grad.clone(), *(p.grad.clone() for p in layer.parameters())))
@@ -308,6 +309,72 @@ def test_unknown_implementation_is_named():
 
     with pytest.raises(ValueError, match="implementation"):
         DiagonalLSTMScan(4, 4, implementation="cuda-magic")
+
+
+@pytest.mark.parametrize("layer_cls", [AttentionRNN, BlockAttentionRNN])
+def test_implementation_is_a_constructor_argument(layer_cls):
+    from attentionrnn import ReferenceAttentionRNN, ReferenceBlockAttentionRNN
+
+    choices = ["auto", "bptt", "autograd"] + (["fused"] if _extension.load() else [])
+    reference_cls = {
+        AttentionRNN: ReferenceAttentionRNN,
+        BlockAttentionRNN: ReferenceBlockAttentionRNN,
+    }[layer_cls]
+    x = torch.randn(2, 6, 5, 4)
+    torch.manual_seed(0)
+    outputs = {}
+    for implementation in choices:
+        torch.manual_seed(0)
+        layer = layer_cls(6, hidden_channels=4, implementation=implementation)
+        assert layer.implementation == layer.scan.implementation == implementation
+        assert layer.config()["implementation"] == implementation
+        assert layer_cls(**layer.config()).implementation == implementation
+        assert (f"implementation='{implementation}'" in layer.extra_repr()) == (
+            implementation != "auto"
+        )
+        ref = reference_cls.from_layer(layer)
+        assert ref.implementation == implementation
+        outputs[implementation] = layer(x)
+        torch.testing.assert_close(ref(x), outputs[implementation], rtol=0, atol=1e-5)
+    if "fused" in choices:
+        assert layer_cls(6, hidden_channels=4).scan.resolved_implementation(x) == "fused"
+    bptt = layer_cls(6, hidden_channels=4, implementation="bptt")
+    assert bptt.scan.resolved_implementation(x) == "bptt"
+    with pytest.raises(ValueError, match="implementation"):
+        layer_cls(6, hidden_channels=4, implementation="cuda-magic")
+
+
+@pytest.mark.skipif(_extension.load() is None, reason="C++ kernels unavailable")
+def test_fused_is_refused_off_the_cpu_and_once_the_kernels_are_gone(monkeypatch):
+    """Asking for the fused kernels where they cannot run is an error naming why, not a silent
+    fall-back to another implementation."""
+    layer = AttentionRNN(6, hidden_channels=4, implementation="fused")
+    with pytest.raises(RuntimeError, match="CPU only.*meta"):
+        layer.to("meta")(torch.empty(2, 6, 5, 4, device="meta"))
+    layer = AttentionRNN(6, hidden_channels=4, implementation="fused")
+    x = torch.randn(2, 6, 5, 4)
+    layer(x)
+    monkeypatch.setenv("ATTENTIONRNN_NO_EXTENSION", "1")
+    _extension.load.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="'fused'.*unavailable here: ATTENTIONRNN_NO_EXT"):
+            layer(x)
+    finally:
+        monkeypatch.delenv("ATTENTIONRNN_NO_EXTENSION")
+        _extension.load.cache_clear()
+
+
+@pytest.mark.skipif(_extension.load() is None, reason="C++ kernels unavailable")
+def test_kernel_arguments_are_matched_by_name():
+    """The kernels take a ScanArgs whose fields are set by name: a misspelt name and a missing
+    field are errors that name the field."""
+    kernels = _extension.load()
+    args = kernels.ScanArgs()
+    with pytest.raises(AttributeError):
+        args.w_in = torch.zeros(1)  # not a field: the kernels read the packed w_cat
+    with pytest.raises(RuntimeError, match="ScanArgs.e_rows is not set"):
+        kernels.forward(args)
+    assert kernels.vector_bytes in (16, 32, 64)
 
 
 def test_diagonal_schedule_and_packing_index_agree():

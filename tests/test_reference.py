@@ -28,8 +28,7 @@ IMPLEMENTATIONS = [
 
 def _pair(layer_cls, ref_cls, dtype, seed, implementation="auto", **kwargs):
     torch.manual_seed(seed)
-    fast = layer_cls(3, hidden_channels=4, **kwargs).to(dtype)
-    fast.scan.implementation = implementation
+    fast = layer_cls(3, hidden_channels=4, implementation=implementation, **kwargs).to(dtype)
     # Random, non-default weights: biases and the feedback path must be exercised too.
     with torch.no_grad():
         for p in fast.parameters():
@@ -137,8 +136,8 @@ def test_fused_kernels_every_width_and_batch_block(dtype, hidden, batch):
     128 floats), process rows in blocks of 4 and work items of 16 batch elements: every path,
     with tails, against the per-pixel reference run in float64."""
     torch.manual_seed(hidden + batch)
-    fast = AttentionRNN(3, hidden_channels=hidden, query_channels=2).to(dtype)
-    fast.scan.implementation = "fused"
+    fast = AttentionRNN(3, hidden_channels=hidden, query_channels=2, implementation="fused")
+    fast = fast.to(dtype)
     with torch.no_grad():
         for p in fast.parameters():
             p.uniform_(-0.5, 0.5)
@@ -171,15 +170,20 @@ def test_fused_hidden_maps_match_the_autograd_scan(directions, feedback):
     from attentionrnn.layers.scan import DiagonalLSTMScan
 
     torch.manual_seed(5)
-    scan = DiagonalLSTMScan(3, 8, directions, feedback).double()
+    scans = {
+        implementation: DiagonalLSTMScan(
+            3, 8, directions, feedback, implementation=implementation
+        ).double()
+        for implementation in ("fused", "autograd")
+    }
     with torch.no_grad():
-        for p in scan.parameters():
+        for p in scans["fused"].parameters():
             p.uniform_(-0.6, 0.6)
+    scans["autograd"].load_state_dict(scans["fused"].state_dict())
     e = torch.randn(6, 3, 5, 7, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(6, len(directions) * 8, 5, 7, dtype=torch.float64)
     results = {}
-    for implementation in ("fused", "autograd"):
-        scan.implementation = implementation
+    for implementation, scan in scans.items():
         out = scan(e)
         grads = torch.autograd.grad((out * weights).sum(), [e, *scan.parameters()])
         results[implementation] = (out, grads)

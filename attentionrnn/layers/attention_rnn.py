@@ -29,6 +29,7 @@ class _ScanAttention(nn.Module):
         directions: str,
         gate: str,
         feedback: bool,
+        implementation: str,
     ) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
@@ -57,7 +58,9 @@ class _ScanAttention(nn.Module):
             )
         else:
             self.register_module("query_proj", None)
-        self.scan = DiagonalLSTMScan(hidden_channels, hidden_channels, corners, feedback)
+        self.scan = DiagonalLSTMScan(
+            hidden_channels, hidden_channels, corners, feedback, implementation=implementation
+        )
         self.head = nn.Conv2d(len(corners) * hidden_channels, 1, kernel_size=1)
 
     def reset_parameters(self) -> None:
@@ -77,7 +80,14 @@ class _ScanAttention(nn.Module):
             "directions": self.directions,
             "gate": self.gate,
             "feedback": self.feedback,
+            "implementation": self.implementation,
         }
+
+    @property
+    def implementation(self) -> str:
+        """How the scan runs: ``"auto"``, ``"fused"``, ``"bptt"`` or ``"autograd"`` (see
+        :class:`~attentionrnn.layers.scan.DiagonalLSTMScan`)."""
+        return self.scan.implementation
 
     def extra_repr(self) -> str:
         extra = f", query_channels={self.query_channels}" if self.query_channels else ""
@@ -85,6 +95,7 @@ class _ScanAttention(nn.Module):
             f"{self.in_channels}, hidden_channels={self.hidden_channels}, "
             f"kernel_size={self.kernel_size}{extra}, directions={self.directions!r}, "
             f"gate={self.gate!r}, feedback={self.feedback}"
+            + (f", implementation={self.implementation!r}" if self.implementation != "auto" else "")
         )
 
     def encode(self, x: Tensor, query: Tensor | None) -> Tensor:
@@ -143,6 +154,12 @@ class AttentionRNN(_ScanAttention):
             Default: ``"sigmoid"``.
         feedback: feed each direction's predicted attention values into the next diagonal (the
             paper's structure); ``False`` is the ablation without it. Default: ``True``.
+        implementation: how the scan runs, all with the same results: ``"fused"`` (C++ CPU
+            kernels), ``"bptt"`` (PyTorch ops with a hand-written backward), ``"autograd"`` (a
+            loop of differentiable ops, what tracing, export and ``torch.compile`` capture) or
+            ``"auto"``: ``"autograd"`` while capturing a graph, else ``"fused"`` on the CPU where
+            the kernels build, else ``"bptt"``. ``"fused"`` where the kernels cannot run raises
+            ``RuntimeError``. Default: ``"auto"``.
 
     Shape:
         - x: ``(B, C, H, W)``, any ``H, W >= 1``.
@@ -167,9 +184,17 @@ class AttentionRNN(_ScanAttention):
         directions: str = "bi",
         gate: str = "sigmoid",
         feedback: bool = True,
+        implementation: str = "auto",
     ) -> None:
         super().__init__(
-            in_channels, hidden_channels, kernel_size, query_channels, directions, gate, feedback
+            in_channels,
+            hidden_channels,
+            kernel_size,
+            query_channels,
+            directions,
+            gate,
+            feedback,
+            implementation,
         )
 
     def mask_logits(self, e: Tensor) -> Tensor:
@@ -187,8 +212,8 @@ class BlockAttentionRNN(_ScanAttention):
     Args:
         in_channels: channels ``C`` of the input feature map.
         block_size: pooling factor ``γ`` of the coarse grid. Default: 2.
-        hidden_channels, kernel_size, query_channels, directions, gate, feedback: as in
-            :class:`AttentionRNN`.
+        hidden_channels, kernel_size, query_channels, directions, gate, feedback, implementation:
+            as in :class:`AttentionRNN`.
 
     Shape:
         As :class:`AttentionRNN`.
@@ -210,9 +235,17 @@ class BlockAttentionRNN(_ScanAttention):
         directions: str = "bi",
         gate: str = "sigmoid",
         feedback: bool = True,
+        implementation: str = "auto",
     ) -> None:
         super().__init__(
-            in_channels, hidden_channels, kernel_size, query_channels, directions, gate, feedback
+            in_channels,
+            hidden_channels,
+            kernel_size,
+            query_channels,
+            directions,
+            gate,
+            feedback,
+            implementation,
         )
         self.block_size = check_positive_int("block_size", block_size)
         self.refine = nn.Conv2d(1 + hidden_channels, 1, kernel_size=3, padding=1)

@@ -79,6 +79,24 @@ def _graph_capture_active() -> bool:
     )
 
 
+def fused_unavailable_reason(device: torch.device | None = None) -> str | None:
+    """Why ``implementation="fused"`` cannot run (on ``device``), or ``None`` where it can."""
+    if device is not None and torch.device(device).type != "cpu":
+        return f"the fused C++ scan kernels run on the CPU only, and the input is on {device}"
+    if _extension.load() is None:
+        return f"the fused C++ scan kernels are unavailable here: {_extension.unavailable_reason()}"
+    return None
+
+
+def _check_fused(device: torch.device | None = None) -> None:
+    why = fused_unavailable_reason(device)
+    if why is not None:
+        raise RuntimeError(
+            f"implementation='fused' was asked for, but {why} "
+            "(implementation='auto' falls back to the PyTorch implementation 'bptt')"
+        )
+
+
 def state_dtype_for(dtype: torch.dtype) -> torch.dtype:
     """The recurrent state stays in at least float32 (bf16/fp16 inputs, autocast)."""
     return torch.promote_types(dtype, torch.float32)
@@ -112,7 +130,9 @@ class DiagonalLSTMScan(nn.Module):
             differentiable ops over the skewed map, the form that tracing, ONNX export and
             ``torch.compile`` capture.
             ``"auto"`` (default) picks ``"autograd"`` while capturing a graph, ``"fused"`` on CPU
-            where the kernels build, else ``"bptt"``.
+            where the kernels build, else ``"bptt"``. Asking for ``"fused"`` where the kernels
+            cannot run (they do not build here, or the input is not on the CPU) raises
+            ``RuntimeError`` rather than falling back.
 
     The parameters are laid out as :mod:`attentionrnn.layers.diagonal` states: gates in
     ``GATE_ORDER``, ``state_to_state`` of shape ``(D, 4h, S, 2)``, the input-to-state convolution
@@ -133,10 +153,6 @@ class DiagonalLSTMScan(nn.Module):
         implementation: str = "auto",
     ) -> None:
         super().__init__()
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"unknown implementation {implementation!r}: expected one of {IMPLEMENTATIONS}"
-            )
         self.implementation = implementation
         unknown = [d for d in directions if d not in CORNER_FLIPS]
         if unknown or not directions:
@@ -160,6 +176,22 @@ class DiagonalLSTMScan(nn.Module):
             self.register_parameter("attention_weight", None)
             self.register_parameter("attention_bias", None)
         self.reset_parameters()
+
+    @property
+    def implementation(self) -> str:
+        """How the scan runs (see the class docstring); assignable, and checked like the
+        constructor argument."""
+        return self._implementation
+
+    @implementation.setter
+    def implementation(self, implementation: str) -> None:
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown implementation {implementation!r}: expected one of {IMPLEMENTATIONS}"
+            )
+        if implementation == "fused":
+            _check_fused()
+        self._implementation = implementation
 
     @property
     def state_channels(self) -> int:
@@ -226,8 +258,8 @@ class DiagonalLSTMScan(nn.Module):
     def resolved_implementation(self, e: Tensor) -> str:
         """The implementation ``forward`` uses for input ``e`` (see ``implementation``)."""
         if self.implementation != "auto":
-            if self.implementation == "fused" and (e.device.type != "cpu" or not _extension.load()):
-                raise RuntimeError("the fused C++ scan kernels are unavailable here (CPU only)")
+            if self.implementation == "fused":
+                _check_fused(e.device)
             return self.implementation
         if _graph_capture_active():
             return "autograd"
