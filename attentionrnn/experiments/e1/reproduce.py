@@ -12,20 +12,20 @@ and data are present, the masks ``OUT/masks_DATASET.png``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from attentionrnn.data.generate import DATASETS
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.runs import (
+    finished_runs,
+    format_stats,
+    parallelism,
+    seed_stats,
+    train_runs,
+)
 from attentionrnn.engine.state import atomic_write_json
 from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e1.train import TrainConfig, resolve_data, train
@@ -84,15 +84,6 @@ def row_name(method: str, layer4_gate: str | None) -> str:
     return method if layer4_gate is None else f"{method}-l4{layer4_gate}"
 
 
-def _run_one(config: TrainConfig) -> dict[str, Any]:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    return train(config)
-
-
 def reproduce(
     out: str | Path,
     budget: str | Budget = "quick",
@@ -132,9 +123,7 @@ def reproduce(
         raise UserError(f"unknown method(s) {unknown}; valid: {', '.join(ATTENTION_NAMES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cores = os.cpu_count() or 1
-    jobs = jobs or max(1, min(2, cores))
-    threads = threads or max(1, cores // jobs)
+    jobs, threads = parallelism(jobs, threads)
     seeds = tuple(seeds if seeds is not None else b.seeds)
 
     configs: list[TrainConfig] = []
@@ -164,18 +153,7 @@ def reproduce(
                         base, attention=method, seed=seed, data=str(path), out=str(run)
                     )
                 )
-    configs.sort(key=lambda c: -ATTENTION_METHODS[c.attention].cost)
-    logger.info("%d run(s) to train, %d job(s) x %d thread(s)", len(configs), jobs, threads)
-    if jobs == 1:
-        for config in configs:
-            train(config)
-    elif configs:
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_run_one, c): c for c in configs}
-            for future in as_completed(futures):
-                config = futures[future]
-                future.result()
-                logger.info("finished %s", config.out)
+    train_runs(configs, train, jobs, cost=lambda c: ATTENTION_METHODS[c.attention].cost)
     return assemble(out, name, b, figure=figure)
 
 
@@ -191,27 +169,9 @@ def _budget(budget: str | Budget) -> tuple[str, Budget]:
 # the table, from finished runs
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
-    arr = np.array([v for v in values if v is not None], dtype=float)
-    return {
-        "mean": float(arr.mean()) if len(arr) else None,
-        "std": float(arr.std(ddof=1)) if len(arr) > 1 else None,
-        "values": [float(v) for v in arr],
-    }
-
-
 def _mean_layers(correctness: dict[str, dict[str, float]], kind: str) -> float | None:
     values = [v[kind] for v in correctness.values() if v[kind] is not None]
     return sum(values) / len(values) if values else None
-
-
-def finished_runs(out: Path) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
-    """``{dataset: {row: {seed: metrics}}}`` of every finished run under ``OUT/runs``."""
-    found: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
-    for path in sorted((out / "runs").glob(f"*/*/seed*/{METRICS}")):
-        dataset, row, seed = path.parts[-4], path.parts[-3], int(path.parts[-2][4:])
-        found.setdefault(dataset, {}).setdefault(row, {})[seed] = json.loads(path.read_text())
-    return found
 
 
 def _row_order(row: str) -> tuple[int, str]:
@@ -232,21 +192,21 @@ def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "layer4_gate": first.get("layer4_gate"),
         "precision": first.get("precision", "fp32"),
         "seeds": sorted(runs),
-        "test_accuracy": _stats([m["test_accuracy"] for m in ms]),
-        "box": _stats([_mean_layers(m["attention_correctness"], "box") for m in ms]),
-        "stroke": _stats([_mean_layers(m["attention_correctness"], "stroke") for m in ms]),
+        "test_accuracy": seed_stats([m["test_accuracy"] for m in ms]),
+        "box": seed_stats([_mean_layers(m["attention_correctness"], "box") for m in ms]),
+        "stroke": seed_stats([_mean_layers(m["attention_correctness"], "stroke") for m in ms]),
         "box_by_layer": {
-            k: _stats([m["attention_correctness"][k]["box"] for m in ms]) for k in layers
+            k: seed_stats([m["attention_correctness"][k]["box"] for m in ms]) for k in layers
         },
         "stroke_by_layer": {
-            k: _stats([m["attention_correctness"][k]["stroke"] for m in ms]) for k in layers
+            k: seed_stats([m["attention_correctness"][k]["stroke"] for m in ms]) for k in layers
         },
         "accuracy_by_scale": {
-            b: _stats([m["accuracy_by_scale"][b]["accuracy"] for m in ms]) for b in bins
+            b: seed_stats([m["accuracy_by_scale"][b]["accuracy"] for m in ms]) for b in bins
         },
         "steps": first.get("steps"),
         "epochs": [m["epochs"] for m in ms],
-        "training_time_min": _stats([m["training_time_s"] / 60 for m in ms]),
+        "training_time_min": seed_stats([m["training_time_s"] / 60 for m in ms]),
     }
 
 
@@ -316,15 +276,9 @@ def _row_label(r: dict[str, Any]) -> str:
     return r["label"] + (f", L4 {r['layer4_gate']}" if "-l4" in r["row"] else "")
 
 
-def _fmt(stats: dict[str, Any] | float | None, digits: int = 3) -> str:
-    if isinstance(stats, dict):
-        mean, std = stats["mean"], stats["std"]
-        if mean is None:
-            return "–"
-        return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-    if stats is None or (isinstance(stats, float) and math.isnan(stats)):
-        return "–"
-    return f"{stats:.{digits}f}"
+def _mean(stats: dict[str, Any]) -> str:
+    """The mean alone (the per-layer and per-scale tables leave the spread to results.json)."""
+    return format_stats({"mean": stats["mean"]})
 
 
 def results_markdown(summary: dict[str, Any]) -> str:
@@ -353,15 +307,16 @@ def results_markdown(summary: dict[str, Any]) -> str:
             best = max(r["box_by_layer"].items(), key=lambda kv: kv[1]["mean"] or 0)
             lines.append(
                 f"| {_row_label(r)} | {r['layer4_gate'] or '–'} | "
-                f"{','.join(map(str, r['seeds']))} | {_fmt(r['test_accuracy'])} | "
-                f"{_fmt(r['box'])} | {_fmt(r['stroke'])} | {best[0][-1]}: {_fmt(best[1])} | "
-                f"{_fmt(r['training_time_min'], 1)} min |"
+                f"{','.join(map(str, r['seeds']))} | {format_stats(r['test_accuracy'])} | "
+                f"{format_stats(r['box'])} | {format_stats(r['stroke'])} | "
+                f"{best[0][-1]}: {format_stats(best[1])} | "
+                f"{format_stats(r['training_time_min'], 1)} min |"
             )
         lines += ["", "Attention correctness per layer, box / stroke (mean over seeds):", ""]
         lines += ["| method | layer 1 | layer 2 | layer 3 | layer 4 |", "|---|---|---|---|---|"]
         for r in rows.values():
             cells = [
-                f"{_fmt(r['box_by_layer'][k]['mean'])} / {_fmt(r['stroke_by_layer'][k]['mean'])}"
+                f"{_mean(r['box_by_layer'][k])} / {_mean(r['stroke_by_layer'][k])}"
                 for k in r["box_by_layer"]
             ]
             lines.append(f"| {_row_label(r)} | " + " | ".join(cells) + " |")
@@ -369,7 +324,7 @@ def results_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "Accuracy by digit scale (mean over seeds):", ""]
         lines += ["| method | " + " | ".join(bins) + " |", "|---" * (1 + len(bins)) + "|"]
         for r in rows.values():
-            cells = [_fmt(r["accuracy_by_scale"][b]["mean"]) for b in bins]
+            cells = [_mean(r["accuracy_by_scale"][b]) for b in bins]
             lines.append(f"| {_row_label(r)} | " + " | ".join(cells) + " |")
         figs = summary.get("figures", {}).get(d, {})
         lines.append("")

@@ -11,18 +11,19 @@ and the data are present, the attention maps ``OUT/masks_DATASET.png``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.runs import (
+    finished_runs,
+    format_stats,
+    parallelism,
+    seed_stats,
+    train_runs,
+)
 from attentionrnn.engine.state import atomic_write_json
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e2.data import CIFAR10_TAR_MD5, DATASETS, load_dataset
@@ -79,15 +80,6 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-def _run_one(config: E2Config) -> dict[str, Any]:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    return train(config)
-
-
 def _budget(budget: str | Budget) -> tuple[str, Budget]:
     if isinstance(budget, Budget):
         return "custom", budget
@@ -131,9 +123,7 @@ def reproduce(
         raise UserError(f"unknown method(s) {unknown}; valid: {', '.join(E2_ATTENTIONS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cores = os.cpu_count() or 1
-    jobs = jobs or max(1, min(2, cores))
-    threads = threads or max(1, cores // jobs)
+    jobs, threads = parallelism(jobs, threads)
     seeds = tuple(seeds if seeds is not None else b.seeds)
 
     configs: list[E2Config] = []
@@ -160,40 +150,12 @@ def reproduce(
         for method, seed in todo:
             run = out / "runs" / dataset / method / f"seed{seed}"
             configs.append(dataclasses.replace(base, attention=method, seed=seed, out=str(run)))
-    configs.sort(key=lambda c: -COST[c.attention])
-    logger.info("%d run(s) to train, %d job(s) x %d thread(s)", len(configs), jobs, threads)
-    if jobs == 1:
-        for config in configs:
-            train(config)
-    elif configs:
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_run_one, c): c for c in configs}
-            for future in as_completed(futures):
-                future.result()
-                logger.info("finished %s", futures[future].out)
+    train_runs(configs, train, jobs, cost=lambda c: COST[c.attention])
     return assemble(out, name, b, figure=figure)
 
 
 # ------------------------------------------------------------------------------------------
 # the table, from finished runs
-
-
-def _stats(values: list[float | None]) -> dict[str, Any]:
-    arr = np.array([v for v in values if v is not None], dtype=float)
-    return {
-        "mean": float(arr.mean()) if len(arr) else None,
-        "std": float(arr.std(ddof=1)) if len(arr) > 1 else None,
-        "values": [float(v) for v in arr],
-    }
-
-
-def finished_runs(out: Path) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
-    """``{dataset: {method: {seed: metrics}}}`` of every finished run under ``OUT/runs``."""
-    found: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
-    for path in sorted((out / "runs").glob(f"*/*/seed*/{METRICS}")):
-        dataset, method, seed = path.parts[-4], path.parts[-3], int(path.parts[-2][4:])
-        found.setdefault(dataset, {}).setdefault(method, {})[seed] = json.loads(path.read_text())
-    return found
 
 
 def _order(method: str) -> tuple[int, str]:
@@ -212,14 +174,14 @@ def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "width": first.get("width"),
         "precision": first.get("precision"),
         "parameters": first.get("parameters"),
-        "test_error": _stats([m["test_error"] for m in ms]),
-        "val_error": _stats([m["val_error"] for m in ms]),
+        "test_error": seed_stats([m["test_error"] for m in ms]),
+        "val_error": seed_stats([m["val_error"] for m in ms]),
         "per_class_accuracy": {
-            c: _stats([m["per_class_accuracy"][c] for m in ms]) for c in classes
+            c: seed_stats([m["per_class_accuracy"][c] for m in ms]) for c in classes
         },
         "epochs": [m["epochs"] for m in ms],
         "best_epoch": [m["best_epoch"] for m in ms],
-        "training_time_h": _stats([m["training_time_s"] / 3600 for m in ms]),
+        "training_time_h": seed_stats([m["training_time_s"] / 3600 for m in ms]),
         "wall_time_h": sum(m.get("wall_time_s", m["training_time_s"]) for m in ms) / 3600,
     }
 
@@ -266,10 +228,7 @@ def assemble(
 
 
 def _fmt(stats: dict[str, Any] | None, scale: float = 100.0, digits: int = 2) -> str:
-    if not stats or stats.get("mean") is None:
-        return "–"
-    text = f"{stats['mean'] * scale:.{digits}f}"
-    return text + (f" ± {stats['std'] * scale:.{digits}f}" if stats.get("std") is not None else "")
+    return format_stats(stats, digits, scale)
 
 
 def results_markdown(summary: dict[str, Any]) -> str:

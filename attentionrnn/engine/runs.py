@@ -1,0 +1,95 @@
+"""Many runs of one experiment: train the missing ones, find the finished ones, sum them up.
+
+An experiment's ``reproduce`` lays its runs out as ``OUT/runs/DATASET/ROW/seedS/metrics.json``;
+:func:`train_runs` trains a list of run configs (one at a time, or in parallel processes, the
+most expensive first so parallel jobs finish together), :func:`finished_runs` reads back every
+finished run, and :func:`seed_stats` / :func:`format_stats` give the mean ± sample standard
+deviation over seeds that the results tables show.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attentionrnn.engine.trainer import METRICS
+
+logger = logging.getLogger("attentionrnn.engine")
+
+__all__ = ["finished_runs", "format_stats", "parallelism", "seed_stats", "train_runs"]
+
+
+def parallelism(jobs: int | None, threads: int | None) -> tuple[int, int]:
+    """``(jobs, threads per job)``: by default one job per core (at most 2), cores // jobs."""
+    cores = os.cpu_count() or 1
+    jobs = jobs or max(1, min(2, cores))
+    return jobs, threads or max(1, cores // jobs)
+
+
+def _train_logged(train: Callable[[Any], Any], config: Any) -> Any:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return train(config)
+
+
+def train_runs(
+    configs: Sequence[Any],
+    train: Callable[[Any], Any],
+    jobs: int,
+    cost: Callable[[Any], float] = lambda c: 1.0,
+) -> None:
+    """Train every config with ``train`` (a module-level function, so spawned jobs can import
+    it): in this process when ``jobs == 1``, else in ``jobs`` spawned processes."""
+    ordered = sorted(configs, key=lambda c: -cost(c))
+    logger.info("%d run(s) to train, %d job(s)", len(ordered), jobs)
+    if jobs == 1:
+        for config in ordered:
+            train(config)
+        return
+    if not ordered:
+        return
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_train_logged, train, c): c for c in ordered}
+        for future in as_completed(futures):
+            future.result()
+            logger.info("finished %s", futures[future].out)
+
+
+def finished_runs(out: Path) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+    """``{dataset: {row: {seed: metrics}}}`` of every finished run under ``OUT/runs``."""
+    found: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    for path in sorted(Path(out, "runs").glob(f"*/*/seed*/{METRICS}")):
+        dataset, row, seed = path.parts[-4], path.parts[-3], int(path.parts[-2][4:])
+        found.setdefault(dataset, {}).setdefault(row, {})[seed] = json.loads(path.read_text())
+    return found
+
+
+def seed_stats(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (``None`` for one value) and the values themselves."""
+    arr = np.array([v for v in values if v is not None], dtype=float)
+    return {
+        "mean": float(arr.mean()) if len(arr) else None,
+        "std": float(arr.std(ddof=1)) if len(arr) > 1 else None,
+        "values": [float(v) for v in arr],
+    }
+
+
+def format_stats(stats: dict[str, Any] | None, digits: int = 3, scale: float = 1.0) -> str:
+    """``"mean ± std"`` (``"mean"`` for one seed, ``"–"`` for none), values times ``scale``."""
+    if not stats or stats.get("mean") is None:
+        return "–"
+    text = f"{stats['mean'] * scale:.{digits}f}"
+    if stats.get("std") is None:
+        return text
+    return f"{text} ± {stats['std'] * scale:.{digits}f}"
