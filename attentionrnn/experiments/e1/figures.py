@@ -123,49 +123,17 @@ def mask_figure(
 
 
 def curve_figure(curves: dict[str, list[list[dict]]], out: str | Path, title: str = "") -> Path:
-    """Validation accuracy and mean box correctness against training steps.
+    """Validation accuracy and mean box correctness of the 4 layers against training steps."""
+    from attentionrnn.engine.figures import curve_figure as draw
 
-    ``curves`` maps a row label to the ``history`` of each of its runs (seeds); each seed is a
-    thin line, their mean (over the steps all seeds reached) a thick one.
-    """
-    import matplotlib
+    def box(h: dict) -> float:
+        return float(np.mean([v["box"] for v in h["val_attention_correctness"].values()]))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (acc_ax, box_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for k, (label, runs) in enumerate(curves.items()):
-        color = f"C{k % 10}"
-        series = []
-        for history in runs:
-            steps = np.array([h["step"] for h in history])
-            acc = np.array([h["val_accuracy"] for h in history])
-            box = np.array(
-                [np.mean([v["box"] for v in h["val_attention_correctness"].values()])
-                 for h in history]
-            )  # fmt: skip
-            series.append((steps, acc, box))
-            if len(runs) > 1:
-                acc_ax.plot(steps, acc, color=color, lw=0.6, alpha=0.4)
-                box_ax.plot(steps, box, color=color, lw=0.6, alpha=0.4)
-        n = min(len(s[0]) for s in series)
-        steps = series[0][0][:n]
-        acc_ax.plot(steps, np.mean([s[1][:n] for s in series], 0), color=color, lw=1.8,
-                    label=f"{label} (n={len(runs)})")  # fmt: skip
-        box_ax.plot(steps, np.mean([s[2][:n] for s in series], 0), color=color, lw=1.8)
-    acc_ax.set(xlabel="training steps", ylabel="validation accuracy")
-    box_ax.set(xlabel="training steps", ylabel="box correctness (mean of 4 layers)")
-    for ax in (acc_ax, box_ax):
-        ax.grid(alpha=0.3)
-    acc_ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    panels = [
+        ("validation accuracy", lambda h: h["val_accuracy"]),
+        ("box correctness (mean of 4 layers)", box),
+    ]
+    return draw(curves, out, panels, x="step", title=title)
 
 
 def show_grid(file, out, n: int = 16, split: str = "test", seed: int = 0) -> Path:

@@ -111,44 +111,11 @@ def _all_images(config: E2Config) -> E2Config:
 
 
 def curve_figure(curves: dict[str, list[list[dict]]], out: str | Path, title: str = "") -> Path:
-    """Validation top-1 error and training loss against epochs.
+    """Validation top-1 error and training loss against epochs."""
+    from attentionrnn.engine.figures import curve_figure as draw
 
-    ``curves`` maps a row label to the ``history`` of each of its runs (seeds); each seed is a
-    thin line, their mean (over the epochs all seeds reached) a thick one.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (err_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for k, (label, runs) in enumerate(curves.items()):
-        color = f"C{k % 10}"
-        series = []
-        for history in runs:
-            epochs = np.array([h["epoch"] for h in history])
-            err = np.array([h["val_error"] for h in history], dtype=float) * 100
-            loss = np.array([h["train_loss"] for h in history], dtype=float)
-            series.append((epochs, err, loss))
-            if len(runs) > 1:
-                err_ax.plot(epochs, err, color=color, lw=0.6, alpha=0.4)
-                loss_ax.plot(epochs, loss, color=color, lw=0.6, alpha=0.4)
-        n = min(len(s[0]) for s in series)
-        epochs = series[0][0][:n]
-        err_ax.plot(epochs, np.mean([s[1][:n] for s in series], 0), color=color, lw=1.8,
-                    marker=".", label=f"{label} (n={len(runs)})")  # fmt: skip
-        loss_ax.plot(epochs, np.mean([s[2][:n] for s in series], 0), color=color, lw=1.8,
-                     marker=".")  # fmt: skip
-    err_ax.set(xlabel="epoch", ylabel="validation top-1 error (%)")
-    loss_ax.set(xlabel="epoch", ylabel="training loss")
-    for ax in (err_ax, loss_ax):
-        ax.grid(alpha=0.3)
-    err_ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    panels = [
+        ("validation top-1 error (%)", lambda h: 100 * h["val_error"]),
+        ("training loss", lambda h: h["train_loss"]),
+    ]
+    return draw(curves, out, panels, x="epoch", title=title)
