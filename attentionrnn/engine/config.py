@@ -14,11 +14,13 @@ import argparse
 import dataclasses
 import math
 import typing
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.precision import PRECISIONS
 
-__all__ = ["add_config_arguments", "check_config", "config_from_args"]
+__all__ = ["RunConfig", "add_config_arguments", "check_config", "config_from_args"]
 
 #: Metadata keys that constrain a value rather than describe a flag.
 _CHECKS = ("minimum", "positive")
@@ -44,7 +46,9 @@ def add_config_arguments(
     ``overrides`` maps a field name to extra ``add_argument`` keywords (e.g. ``required``).
     """
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    shared = {f.name for f in dataclasses.fields(RunConfig)}
+    # the experiment's own flags first, then those every run config has
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name in shared):
         meta = {k: v for k, v in f.metadata.items() if k not in _CHECKS}
         if not meta.pop("cli", True):
             continue
@@ -93,3 +97,43 @@ def check_config(config: Any) -> None:
             raise UserError(f"{f.name} must be >= {minimum}, got {value}")
         if f.metadata.get("positive") and not (math.isfinite(value) and value > 0):
             raise UserError(f"{f.name} must be a positive number, got {value}")
+
+
+@dataclass
+class RunConfig:
+    """The fields every experiment's run config shares: how it runs, not what it computes.
+
+    An experiment's config subclasses this and adds its own fields; ``RUNTIME_FIELDS`` (extended
+    by the subclass) names the fields that do not change the result, which
+    :meth:`fingerprint` leaves out so that a run may be resumed with other values of them.
+    """
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("out", "progress", "threads", "eval_batch_size")
+
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: bf16 autocast where the CPU has native bf16 (AMX / AVX-512 BF16), "
+            "else fp32",
+            "choices": PRECISIONS,
+        },
+    )
+    channels_last: bool = field(
+        default=True, metadata={"help": "run the conv layers in channels_last memory order"}
+    )
+    eval_batch_size: int = field(
+        default=500, metadata={"help": "batch size of evaluation", "minimum": 1}
+    )
+    threads: int | None = field(default=None, metadata={"help": "torch threads per process"})
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+    def check(self) -> None:
+        """Raise :class:`UserError` naming the first invalid field."""
+        check_config(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields that determine the result (compared when resuming)."""
+        d = dataclasses.asdict(self)
+        for key in self.RUNTIME_FIELDS:
+            d.pop(key, None)
+        return d

@@ -35,10 +35,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from attentionrnn.data.generate import DATASETS
-from attentionrnn.engine.config import check_config
+from attentionrnn.engine.config import RunConfig
 from attentionrnn.engine.distributed import DistContext, init_distributed
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.precision import PRECISIONS, autocast, resolve_precision
+from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.state import seed_everything
 from attentionrnn.engine.trainer import (
     finished_metrics,
@@ -66,8 +66,11 @@ def _opt(help: str, **kw: Any) -> dict[str, Any]:
 
 
 @dataclass
-class TrainConfig:
-    """Everything one training run depends on; each field is a flag of ``attentionrnn e1 train``."""
+class TrainConfig(RunConfig):
+    """Everything one training run depends on; each field is a flag of ``attentionrnn e1 train``
+    (the fields of :class:`~attentionrnn.engine.config.RunConfig` too)."""
+
+    RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "mnist")
 
     dataset: str = field(default="mref", metadata=_opt("dataset", choices=DATASETS))
     attention: str = field(
@@ -122,34 +125,6 @@ class TrainConfig:
             choices=("sigmoid", "softmax"),
         ),
     )
-    precision: str = field(
-        default="auto",
-        metadata=_opt(
-            "auto: bf16 autocast where the CPU has native bf16 (AMX / AVX-512 BF16), else fp32",
-            choices=PRECISIONS,
-        ),
-    )
-    channels_last: bool = field(
-        default=True, metadata=_opt("run the conv backbone in channels_last memory order")
-    )
-    eval_batch_size: int = field(default=500, metadata=_opt("batch size of evaluation", minimum=1))
-    threads: int | None = field(default=None, metadata=_opt("torch threads per process"))
-    progress: bool = field(default=True, metadata=_opt("progress bars"))
-
-    def check(self) -> None:
-        """Raise :class:`UserError` naming the first invalid field."""
-        check_config(self)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The fields that determine the result (compared when resuming)."""
-        d = dataclasses.asdict(self)
-        for key in _RUNTIME_FIELDS:
-            d.pop(key)
-        return d
-
-
-# Config fields that do not change the result: a run may be resumed with other values.
-_RUNTIME_FIELDS = ("out", "progress", "threads", "data_dir", "eval_batch_size", "mnist")
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:

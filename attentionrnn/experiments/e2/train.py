@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from attentionrnn.engine.config import check_config
+from attentionrnn.engine.config import RunConfig
 from attentionrnn.engine.distributed import DistContext, init_distributed
-from attentionrnn.engine.precision import PRECISIONS, autocast, resolve_precision
+from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.state import seed_everything
 from attentionrnn.engine.trainer import (
     finished_metrics,
@@ -66,8 +66,17 @@ def _opt(help: str, **kw: Any) -> dict[str, Any]:
 
 
 @dataclass
-class E2Config:
+class E2Config(RunConfig):
     """Everything one training run depends on; each field is a flag of ``attentionrnn e2 train``."""
+
+    # where the data comes from enters the fingerprint as its identity (source, md5), not its path
+    RUNTIME_FIELDS = (
+        *RunConfig.RUNTIME_FIELDS,
+        "data_dir",
+        "cifar10_tar",
+        "cifar_dir",
+        "cifar10_md5",
+    )
 
     dataset: str = field(default="cifar10", metadata=_opt("dataset", choices=DATASETS))
     attention: str = field(
@@ -138,38 +147,6 @@ class E2Config:
             metavar="DIR",
         ),
     )
-    precision: str = field(
-        default="auto",
-        metadata=_opt(
-            "auto: bf16 autocast where the CPU has native bf16 (AMX / AVX-512 BF16), else fp32",
-            choices=PRECISIONS,
-        ),
-    )
-    channels_last: bool = field(
-        default=True, metadata=_opt("run the network in channels_last memory order")
-    )
-    eval_batch_size: int = field(default=500, metadata=_opt("batch size of evaluation", minimum=1))
-    threads: int | None = field(default=None, metadata=_opt("torch threads per process"))
-    progress: bool = field(default=True, metadata=_opt("progress bars"))
-
-    def check(self) -> None:
-        """Raise :class:`UserError` naming the first invalid field."""
-        check_config(self)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The fields that determine the result (compared when resuming)."""
-        d = dataclasses.asdict(self)
-        for key in _RUNTIME_FIELDS:
-            d.pop(key)
-        return d
-
-
-# Fields that do not change the result; where the data comes from enters the fingerprint as the
-# data's identity (source and md5) instead of its path.
-_RUNTIME_FIELDS = (
-    "out", "progress", "threads", "data_dir", "eval_batch_size", "cifar10_tar", "cifar_dir",
-    "cifar10_md5",
-)  # fmt: skip
 
 
 def lr_at(config: E2Config, epoch: int) -> float:
