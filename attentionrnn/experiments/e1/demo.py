@@ -16,16 +16,17 @@ import numpy as np
 
 from attentionrnn.experiments.e1.reproduce import Budget, reproduce
 
-# Sized to the README's 10-minute limit on two cores: both runs train in parallel, and ARNN's
-# ~1.8 s per single-thread step at batch 200 allows about 300 steps. The E1 `cpu` budget's curves
-# show where that is: before CTX's masks localise (its layer-4 box share passes 2x a uniform mask
+# Sized to the README's 10-minute limit on two cores: both runs train in parallel with one thread
+# each, and ARNN's single-thread step at batch 200 (about twice the 1.03 s of two threads in
+# benchmarks/results/bench_epoch.md) allows about 220 steps. The E1 `cpu` budget's curves show
+# where that is: before the masks localise (CTX's layer-4 box share passes 2x a uniform mask
 # after ~600 steps).
 DEMO_BUDGET = Budget(
     samples=12000,
-    epochs=8,
+    epochs=6,
     batch_size=200,
-    patience=8,
-    description="demo: ~12,000 MREF samples, 8 epochs of batch 200 (~290 steps; minutes, not "
+    patience=6,
+    description="demo: ~12,000 MREF samples, 6 epochs of batch 200 (~220 steps; minutes, not "
     "the paper's setting)",
 )
 
