@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from attentionrnn.engine.distributed import DistContext
+from attentionrnn.engine.distributed import DistContext, init_distributed
 from attentionrnn.engine.precision import autocast
 from attentionrnn.engine.state import (
     atomic_save,
@@ -52,6 +52,7 @@ __all__ = [
     "FitState",
     "finished_metrics",
     "fit",
+    "launch",
     "process_settings",
     "train_one_epoch",
     "write_metrics",
@@ -86,6 +87,18 @@ def process_settings(threads: int | None) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.set_num_threads(previous)
+
+
+def launch(config: Any, body: Callable[[Any, DistContext], Any]) -> Any:
+    """Check ``config``, join the process group (under torchrun), apply the run's process settings
+    and call ``body(config, ctx)``; restore the settings and leave the group afterwards."""
+    config.check()
+    ctx = init_distributed()
+    try:
+        with process_settings(config.threads):
+            return body(config, ctx)
+    finally:
+        ctx.close()
 
 
 def train_one_epoch(

@@ -36,14 +36,14 @@ from torch.utils.data import DistributedSampler
 
 from attentionrnn.data.generate import DATASETS
 from attentionrnn.engine.config import RunConfig
-from attentionrnn.engine.distributed import DistContext, init_distributed
+from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.state import seed_everything
 from attentionrnn.engine.trainer import (
     finished_metrics,
     fit,
-    process_settings,
+    launch,
     train_one_epoch,
     write_metrics,
 )
@@ -277,13 +277,7 @@ def evaluate(
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train, keep the best-validation weights, test them; return (and write) the metrics."""
-    config.check()
-    ctx = init_distributed()
-    try:
-        with process_settings(config.threads):
-            return _train(config, ctx)
-    finally:
-        ctx.close()
+    return launch(config, _train)
 
 
 def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:

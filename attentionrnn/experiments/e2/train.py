@@ -35,13 +35,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from attentionrnn.engine.config import RunConfig
-from attentionrnn.engine.distributed import DistContext, init_distributed
+from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.state import seed_everything
 from attentionrnn.engine.trainer import (
     finished_metrics,
     fit,
-    process_settings,
+    launch,
     train_one_epoch,
     write_metrics,
 )
@@ -266,13 +266,7 @@ def evaluate(
 
 def train(config: E2Config) -> dict[str, Any]:
     """Train, keep the best-validation weights, test them; return (and write) the metrics."""
-    config.check()
-    ctx = init_distributed()
-    try:
-        with process_settings(config.threads):
-            return _train(config, ctx)
-    finally:
-        ctx.close()
+    return launch(config, _train)
 
 
 def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
