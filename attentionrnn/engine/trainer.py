@@ -17,6 +17,7 @@ The experiment then measures its test set and calls :func:`write_metrics`. Only 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -246,13 +247,34 @@ def write_metrics(
     metrics: dict[str, Any],
     state: FitState,
     *,
+    config: Any,
+    precision: str,
     fingerprint: dict[str, Any],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     ctx: DistContext,
 ) -> dict[str, Any]:
-    """Write ``metrics.json`` and the best weights, and mark the run finished (rank 0)."""
-    metrics = json_safe(metrics)
+    """Write ``metrics.json`` — the experiment's ``metrics`` followed by how the run went
+    (epochs, steps, time, precision, processes, the config and the learning curve) — and the best
+    weights, and mark the run finished (rank 0)."""
+    metrics = json_safe(
+        {
+            **metrics,
+            "training_time_s": state.elapsed,
+            "seconds_per_epoch": state.elapsed / max(state.epoch, 1),
+            "epochs": state.epoch,
+            "steps": state.steps,
+            "best_epoch": state.best_epoch + 1,
+            "stopped_early": state.epoch < config.epochs,
+            "precision": precision,
+            "channels_last": config.channels_last,
+            "world_size": ctx.world,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "config": dataclasses.asdict(config),
+            "history": state.history,
+        }
+    )
     if ctx.main:
         atomic_save({"model": state.best_model, "epoch": state.best_epoch + 1}, out / BEST)
         atomic_write_json(metrics, out / METRICS)

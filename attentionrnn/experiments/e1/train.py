@@ -19,7 +19,6 @@ The same config and seed give the same metrics, also across a resume (the data o
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -354,12 +353,6 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
         "attention_correctness": test["attention_correctness"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "attention_parameters": sum(p.numel() for p in model.attentions.parameters()),
-        "training_time_s": state.elapsed,
-        "seconds_per_epoch": state.elapsed / max(state.epoch, 1),
-        "epochs": state.epoch,
-        "steps": state.steps,
-        "best_epoch": state.best_epoch + 1,
-        "stopped_early": state.epoch < config.epochs,
         "samples": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
         "data": {
             "path": str(data.path),
@@ -367,18 +360,12 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
             "digit_source": data.digit_source,
             "data_seed": config.data_seed if not config.data else None,
         },
-        "precision": precision,
-        "channels_last": config.channels_last,
         "layer4_gate": model.layer4_gate,
-        "world_size": ctx.world,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "config": dataclasses.asdict(config),
-        "history": state.history,
     }
     metrics = write_metrics(
-        out, metrics, state, fingerprint=fingerprint, model=model, optimizer=optimizer, ctx=ctx
-    )
+        out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
+        model=model, optimizer=optimizer, ctx=ctx,
+    )  # fmt: skip
     if ctx.main:
         logger.info(
             "%s: test accuracy %.4f (best val %.4f @ epoch %d) -> %s",

@@ -20,7 +20,6 @@ checkpointed, so the same config gives the same metrics, also across a resume.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -351,13 +350,7 @@ def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
         "val_loss": best.get("val_loss"),
         "parameters": sum(p.numel() for p in model.parameters()),
         "attention_parameters": sum(p.numel() for p in model.estimators.parameters()),
-        "training_time_s": state.elapsed,
-        "seconds_per_epoch": state.elapsed / max(state.epoch, 1),
         "wall_time_s": time.perf_counter() - started,
-        "epochs": state.epoch,
-        "steps": state.steps,
-        "best_epoch": state.best_epoch + 1,
-        "stopped_early": state.epoch < config.epochs,
         "samples": {
             "train": len(data.train_idx),
             "val": len(data.val_idx),
@@ -365,17 +358,11 @@ def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
         },
         "data": {"source": images.source, "origin": images.origin, "md5": images.md5},
         "classes": list(images.classes),
-        "precision": precision,
-        "channels_last": config.channels_last,
-        "world_size": ctx.world,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "config": dataclasses.asdict(config),
-        "history": state.history,
     }
     metrics = write_metrics(
-        out, metrics, state, fingerprint=fingerprint, model=model, optimizer=optimizer, ctx=ctx
-    )
+        out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
+        model=model, optimizer=optimizer, ctx=ctx,
+    )  # fmt: skip
     if ctx.main:
         logger.info(
             "%s: test top-1 error %.4f (best val error %.4f @ epoch %d) -> %s",
