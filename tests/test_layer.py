@@ -98,6 +98,22 @@ def test_reset_parameters_reinitialises():
     assert torch.equal(forget, torch.ones_like(forget))
 
 
+@pytest.mark.parametrize("layer_cls", [AttentionRNN, BlockAttentionRNN])
+def test_query_fusion_is_a_constructor_argument(layer_cls):
+    add = layer_cls(6, hidden_channels=4, query_channels=3)
+    assert add.query_fusion == "add" and "query_fusion" not in add.extra_repr()
+    mul = layer_cls(6, hidden_channels=4, query_channels=3, query_fusion="mul")
+    assert "query_fusion='mul'" in mul.extra_repr()
+    assert layer_cls(**mul.config()).query_fusion == "mul"
+    assert set(mul.state_dict()) == set(add.state_dict())  # the same parameters, used otherwise
+    # e = relu(conv(x) * U q): a zero query gives zero evidence everywhere
+    x = torch.randn(2, 6, 4, 5)
+    e = mul.encode(x, torch.zeros(2, 3))
+    assert torch.equal(e, torch.zeros_like(e))
+    with pytest.raises(ValueError, match="query_fusion"):
+        layer_cls(6, query_channels=3, query_fusion="concat")
+
+
 def test_extra_repr_names_the_configuration():
     text = repr(
         BlockAttentionRNN(

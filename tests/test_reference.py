@@ -212,3 +212,37 @@ def test_fused_results_do_not_depend_on_the_thread_count():
         torch.set_num_threads(threads)
     for one, many in zip(*results, strict=True):
         assert torch.equal(one, many)
+
+
+@pytest.mark.parametrize(
+    "layer_cls,ref_cls,kwargs",
+    [
+        (AttentionRNN, ReferenceAttentionRNN, {"directions": "bi"}),
+        (AttentionRNN, ReferenceAttentionRNN, {"directions": "quad", "gate": "softmax"}),
+        (BlockAttentionRNN, ReferenceBlockAttentionRNN, {"block_size": 2}),
+    ],
+)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_multiplicative_query_fusion_matches_reference(layer_cls, ref_cls, kwargs, implementation):
+    """``query_fusion="mul"``: the fast layer and its reference agree, values and gradients, and
+    the reference really multiplies (it differs from the additive layer with the same weights)."""
+    fast, ref = _pair(
+        layer_cls, ref_cls, torch.float64, 4, implementation, query_channels=2,
+        query_fusion="mul", **kwargs,
+    )  # fmt: skip
+    assert ref.query_fusion == "mul" and "query_fusion='mul'" in repr(ref)
+    for h, w in [(5, 6), (1, 4), (3, 1)]:
+        x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+        q = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+        y_fast, m_fast = fast(x, q, return_mask=True)
+        y_ref, m_ref = ref(x, q, return_mask=True)
+        torch.testing.assert_close(m_fast, m_ref, rtol=0, atol=1e-10)
+        weights = torch.randn_like(y_fast)
+        g_fast = torch.autograd.grad((y_fast * weights).sum(), [x, q, fast.query_proj.weight])
+        g_ref = torch.autograd.grad((y_ref * weights).sum(), [x, q, ref.query_proj.weight])
+        for a, b in zip(g_fast, g_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+    additive = ref_cls(**{**fast.config(), "query_fusion": "add"}).double()
+    additive.load_state_dict(fast.state_dict())
+    x, q = torch.randn(2, 3, 4, 5, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
+    assert (additive(x, q) - fast(x, q)).abs().max() > 1e-6

@@ -16,6 +16,9 @@ from attentionrnn.layers.validation import (
     check_positive_int,
 )
 
+#: How :class:`AttentionRNN`'s encoder joins the image and the query term.
+QUERY_FUSIONS = ("add", "mul")
+
 
 class _ScanAttention(nn.Module):
     """What AttentionRNN and BlockAttentionRNN share: encoder, query term, scan, head, gate."""
@@ -30,6 +33,7 @@ class _ScanAttention(nn.Module):
         gate: str,
         feedback: bool,
         implementation: str,
+        query_fusion: str = "add",
     ) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
@@ -40,6 +44,10 @@ class _ScanAttention(nn.Module):
             )
         if query_channels is not None:
             check_positive_int("query_channels", query_channels)
+        if query_fusion not in QUERY_FUSIONS:
+            raise ValueError(
+                f"query_fusion must be one of {QUERY_FUSIONS}, got {query_fusion!r}"
+            )
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.kernel_size = kernel_size
@@ -47,6 +55,7 @@ class _ScanAttention(nn.Module):
         self.directions = directions
         self.gate = check_gate(gate)
         self.feedback = feedback
+        self.query_fusion = query_fusion
         corners = resolve_directions(directions)
 
         self.encoder = nn.Conv2d(
@@ -81,6 +90,7 @@ class _ScanAttention(nn.Module):
             "gate": self.gate,
             "feedback": self.feedback,
             "implementation": self.implementation,
+            "query_fusion": self.query_fusion,
         }
 
     @property
@@ -91,6 +101,8 @@ class _ScanAttention(nn.Module):
 
     def extra_repr(self) -> str:
         extra = f", query_channels={self.query_channels}" if self.query_channels else ""
+        if self.query_fusion != "add":
+            extra += f", query_fusion={self.query_fusion!r}"
         return (
             f"{self.in_channels}, hidden_channels={self.hidden_channels}, "
             f"kernel_size={self.kernel_size}{extra}, directions={self.directions!r}, "
@@ -99,10 +111,14 @@ class _ScanAttention(nn.Module):
         )
 
     def encode(self, x: Tensor, query: Tensor | None) -> Tensor:
-        """``e = relu(conv(x) + U q)``: the local evidence every attention value starts from."""
+        """``e = relu(conv(x) + U q)`` (or ``relu(conv(x) ⊙ U q)`` with ``query_fusion="mul"``):
+        the local evidence every attention value starts from."""
         e = self.encoder(x)
         if self.query_proj is not None and query is not None:
-            e = e + self.query_proj(query.to(self.query_proj.weight.dtype))[:, :, None, None]
+            u = self.query_proj(query.to(self.query_proj.weight.dtype))[:, :, None, None]
+            # "mul": a low-rank bilinear (Hadamard) fusion, so the question can switch image
+            # channels off, which a sum can only do by outweighing them
+            e = e * u if self.query_fusion == "mul" else e + u
         return F.relu(e)
 
     def scan_logits(self, e: Tensor) -> Tensor:
@@ -135,7 +151,8 @@ class AttentionRNN(_ScanAttention):
     Every attention value is predicted from local evidence and from the attention values predicted
     before it in raster-scan (and inverse raster-scan) order (Khandelwal & Sigal, ICCV 2019):
 
-    1. encode: :math:`e = \mathrm{relu}(\mathrm{conv}_{k\times k}(x) + U q)`,
+    1. encode: :math:`e = \mathrm{relu}(\mathrm{conv}_{k\times k}(x) + U q)` (or
+       :math:`\odot\, U q` with ``query_fusion="mul"``),
     2. scan ``e`` with a diagonal LSTM from each corner in ``directions``; each cell reads the
        hidden state and the predicted attention value of the cell above and of the cell to the
        left (``H + W - 1`` sequential steps, a whole anti-diagonal per step),
@@ -160,6 +177,9 @@ class AttentionRNN(_ScanAttention):
             ``"auto"``: ``"autograd"`` while capturing a graph, else ``"fused"`` on the CPU where
             the kernels build, else ``"bptt"``. ``"fused"`` where the kernels cannot run raises
             ``RuntimeError``. Default: ``"auto"``.
+        query_fusion: how the encoder joins image and query: ``"add"`` (``conv(x) + U q``) or
+            ``"mul"`` (``conv(x) ⊙ U q``, multiplicative, as in low-rank bilinear VQA models).
+            Without a query it has no effect. Default: ``"add"``.
 
     Shape:
         - x: ``(B, C, H, W)``, any ``H, W >= 1``.
@@ -185,6 +205,7 @@ class AttentionRNN(_ScanAttention):
         gate: str = "sigmoid",
         feedback: bool = True,
         implementation: str = "auto",
+        query_fusion: str = "add",
     ) -> None:
         super().__init__(
             in_channels,
@@ -195,6 +216,7 @@ class AttentionRNN(_ScanAttention):
             gate,
             feedback,
             implementation,
+            query_fusion,
         )
 
     def mask_logits(self, e: Tensor) -> Tensor:
@@ -212,8 +234,8 @@ class BlockAttentionRNN(_ScanAttention):
     Args:
         in_channels: channels ``C`` of the input feature map.
         block_size: pooling factor ``γ`` of the coarse grid. Default: 2.
-        hidden_channels, kernel_size, query_channels, directions, gate, feedback, implementation:
-            as in :class:`AttentionRNN`.
+        hidden_channels, kernel_size, query_channels, directions, gate, feedback, implementation,
+        query_fusion: as in :class:`AttentionRNN`.
 
     Shape:
         As :class:`AttentionRNN`.
@@ -236,6 +258,7 @@ class BlockAttentionRNN(_ScanAttention):
         gate: str = "sigmoid",
         feedback: bool = True,
         implementation: str = "auto",
+        query_fusion: str = "add",
     ) -> None:
         super().__init__(
             in_channels,
@@ -246,6 +269,7 @@ class BlockAttentionRNN(_ScanAttention):
             gate,
             feedback,
             implementation,
+            query_fusion,
         )
         self.block_size = check_positive_int("block_size", block_size)
         self.refine = nn.Conv2d(1 + hidden_channels, 1, kernel_size=3, padding=1)

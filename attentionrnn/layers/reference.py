@@ -7,7 +7,9 @@ What the parameters mean (gate order, taps, the attention value passed on) is th
 are not used.
 The fast layer must agree with it to rounding error; the tests check that. The reference classes
 are the fast classes with the scan swapped, so they load a fast layer's ``state_dict`` as is
-(encoder, query term and head are the same plain convolutions in both).
+(encoder, query term and head are the same plain convolutions in both; the query term is added
+or multiplied as the layer's ``query_fusion`` says, which :meth:`_Reference.from_layer` carries
+over with the rest of the configuration).
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ class _Reference:
 
     @classmethod
     def from_layer(cls, layer: _ScanAttention):
-        """A reference with the configuration, dtype and parameters of the fast ``layer``."""
+        """A reference with the configuration (``query_fusion`` included), dtype and parameters
+        of the fast ``layer``."""
         ref = cls(**layer.config())  # type: ignore[call-arg]
         # Match dtype first: loading float64 weights into float32 parameters would round them.
         ref.to(next(layer.parameters()).dtype).load_state_dict(layer.state_dict())
