@@ -17,7 +17,11 @@ from collections.abc import Sequence
 from attentionrnn.data.mnist import MnistError
 from attentionrnn.engine.errors import UserError
 
-_COMMAND_MODULES = ("attentionrnn.experiments.e1.commands", "attentionrnn.experiments.e2.commands")
+_COMMAND_MODULES = (
+    "attentionrnn.experiments.e1.commands",
+    "attentionrnn.experiments.e2.commands",
+    "attentionrnn.experiments.e3.commands",
+)
 
 #: Exceptions that describe the user's input rather than a bug.
 USER_ERRORS = (UserError, MnistError, FileNotFoundError, NotADirectoryError, PermissionError)

@@ -1,0 +1,108 @@
+"""Figures of experiment E3: image, question, each method's glimpse masks and answer; curves."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.trainer import BEST, METRICS
+from attentionrnn.experiments.e3.model import LABELS, VQANet
+from attentionrnn.experiments.e3.train import E3Config, E3Data, build_model, load_data
+
+__all__ = ["curve_figure", "load_run", "mask_figure"]
+
+
+def load_run(run_dir: str | Path, data: E3Data | None = None) -> tuple[VQANet, E3Config, E3Data]:
+    """The network of a finished run (best-validation weights, eval mode), its config and data
+    (read again unless ``data`` is given: the vocabulary and answers follow from the config)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / METRICS).is_file() or not (run_dir / BEST).is_file():
+        raise UserError(f"{run_dir}: no finished run ({METRICS} and {BEST})")
+    metrics = json.loads((run_dir / METRICS).read_text())
+    config = E3Config(**metrics["config"])
+    data = data or load_data(dataclasses.replace(config, progress=False))
+    if data.answers != metrics["answers"]:
+        raise UserError(f"{run_dir}: the data read now has other answer classes than the run's")
+    model = build_model(config, data)
+    state = torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"]
+    model.load_state_dict(state)
+    return model.eval(), config, data
+
+
+@torch.no_grad()
+def mask_figure(
+    runs: dict[str, str | Path], out: str | Path, title: str = "", count: int = 4
+) -> Path | None:
+    """One row per test question: the image with the question and the true answer, then each
+    run's glimpse masks (upsampled, over the image) with its answer.
+
+    ``runs`` maps a method to a finished run folder; every run must use the same dataset.
+    Returns ``None`` when no run has attention or the data are feature grids (no image to show).
+    """
+    loaded, data = {}, None
+    for method, run in runs.items():
+        model, config, data = load_run(run, data)
+        loaded[method] = model
+    if data is None or data.dataset.features or all(m.attention == "none" for m in loaded.values()):
+        return None
+    split = data.split("test")
+    picks = data.test_idx[np.random.default_rng(3).permutation(len(data.test_idx))[:count]]
+    x, ids, lengths, target = data.batch("test", picks)
+    columns: list[tuple[str, np.ndarray | None, list[str]]] = []
+    for method, model in loaded.items():
+        logits, masks = model(x, ids, lengths, return_masks=True)
+        answers = [data.answers[int(k)] for k in logits.argmax(1)]
+        label = LABELS.get(method, method)
+        if masks is None:
+            columns.append((label, None, answers))
+            continue
+        up = F.interpolate(masks.float(), size=x.shape[-2:], mode="nearest")
+        up = up / up.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
+        for g in range(up.shape[1]):
+            columns.append((f"{label}\nglimpse {g + 1}", up[:, g].numpy(), answers))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cols, n_rows = 1 + len(columns), len(picks)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.1 * n_rows), squeeze=False)
+    rgb = split.images[split.image_index[picks]]
+    for r, q in enumerate(picks):
+        axes[r, 0].imshow(rgb[r])
+        text = split.questions[q]
+        axes[r, 0].set_title(f"{text[:38]}\n{text[38:76]}\ntrue: {split.answers[q]}", fontsize=5)
+        for c, (label, maps, answers) in enumerate(columns, start=1):
+            axes[r, c].imshow(rgb[r].mean(-1), cmap="gray", vmin=0, vmax=255)
+            if maps is not None:
+                axes[r, c].imshow(maps[r], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[r, c].set_title(f"{label}\nanswer: {answers[r]}" if r == 0 else
+                                 f"answer: {answers[r]}", fontsize=5)  # fmt: skip
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def curve_figure(curves: dict[str, list[list[dict]]], out: str | Path, title: str = "") -> Path:
+    """Validation accuracy and training loss against epochs."""
+    from attentionrnn.engine.figures import curve_figure as draw
+
+    panels = [
+        ("validation accuracy (%)", lambda h: 100 * h["val_accuracy"]),
+        ("training loss", lambda h: h["train_loss"]),
+    ]
+    return draw(curves, out, panels, x="epoch", title=title)

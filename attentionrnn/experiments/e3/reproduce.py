@@ -1,0 +1,293 @@
+"""Run the E3 attention variants and assemble the results table (VQA accuracy by question type).
+
+``reproduce(out, budget, ...)`` trains each (dataset, method, seed) run that is not finished yet
+into ``OUT/runs/DATASET/METHOD/seedS``, so a reproduction can be run in pieces and resumed.
+:func:`assemble` builds the table from **every** finished ``metrics.json`` under ``OUT/runs`` —
+mean ± standard deviation over seeds — and writes ``OUT/results.md``, ``OUT/results.json``, the
+learning curves ``OUT/curves_DATASET.png`` and, where the weights and data are present, the
+attention figure ``OUT/masks_DATASET.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.runs import (
+    finished_runs,
+    format_stats,
+    parallelism,
+    seed_stats,
+    train_runs,
+)
+from attentionrnn.engine.state import atomic_write_json
+from attentionrnn.engine.trainer import METRICS
+from attentionrnn.experiments.e3.data import DATASETS, QUESTION_TYPES
+from attentionrnn.experiments.e3.model import E3_ATTENTIONS, LABELS
+from attentionrnn.experiments.e3.train import E3Config, train
+
+logger = logging.getLogger("attentionrnn.e3.reproduce")
+
+__all__ = ["BUDGETS", "Budget", "assemble", "reproduce", "results_markdown"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Network size, data size and training length of one budget (other fields: E3Config's
+    defaults)."""
+
+    epochs: int
+    description: str
+    lr_step: int = 8
+    patience: int = 6
+    mcb_dim: int = 1024
+    image_size: int = 64
+    blocks: int = 3
+    val_images: int = 400
+    train_questions: int | None = None
+    test_questions: int | None = None
+    generated_train_images: int = 4000
+    generated_test_images: int = 1000
+    seeds: tuple[int, ...] = (0,)
+    #: more seeds for the rows whose spread the comparison needs (MCB attention and ARNN)
+    spread_seeds: tuple[int, ...] = (0, 1, 2)
+
+
+#: Relative training cost per method (one thread, batch 64, 64 px, a 2-core machine shared with
+#: other jobs: 0.27 / 0.54 / 0.19 / 0.20 s per step; noisy), so that parallel jobs finish together.
+COST = {"none": 0.6, "mcb": 1.0, "arnn": 0.8, "brnn": 0.7}
+SPREAD = ("mcb", "arnn")
+
+BUDGETS: dict[str, Budget] = {
+    # Sized from the step times above, not from a finished reproduction: easy-VQA's ~34,700
+    # training questions are ~540 steps of 64, i.e. 2-5 min per epoch on one thread, so 8 epochs
+    # ≈ 15-40 min per run and the 8 runs of a dataset (3 seeds of MCB and ARNN) ≈ 1-3 h with
+    # 2 jobs. The generated set (4,000 images × 10 questions) is the same size.
+    "cpu": Budget(
+        epochs=8,
+        lr_step=4,
+        description="CNN 64 px -> 8x8x64 grid, GRU 64, MCB d=1024, 2 glimpses; Adam 1e-3 halved "
+        "every 4 epochs, batch 64, 8 epochs; easy-VQA (all questions) and the generated set "
+        "(4,000 / 1,000 images, 10 questions each); bf16 where native",
+    ),
+    # A pipeline check: every step of the reproduction in a few minutes; the numbers mean nothing.
+    "tiny": Budget(
+        epochs=2,
+        lr_step=1,
+        description="pipeline check only (numbers mean nothing): 32 px images, MCB d=256, "
+        "1,000 training questions, 2 epochs",
+        mcb_dim=256,
+        image_size=32,
+        blocks=2,
+        val_images=20,
+        train_questions=1000,
+        test_questions=300,
+        generated_train_images=120,
+        generated_test_images=30,
+        spread_seeds=(0,),
+    ),
+}
+
+
+def _budget(budget: str | Budget) -> tuple[str, Budget]:
+    if isinstance(budget, Budget):
+        return "custom", budget
+    if budget not in BUDGETS:
+        raise UserError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
+    return budget, BUDGETS[budget]
+
+
+def reproduce(
+    out: str | Path,
+    budget: str | Budget = "cpu",
+    datasets: tuple[str, ...] = ("easy_vqa", "sort_of_clevr"),
+    methods: tuple[str, ...] = E3_ATTENTIONS,
+    seeds: tuple[int, ...] | None = None,
+    vqa_dir: str | None = None,
+    easy_vqa_dir: str | None = None,
+    data_dir: str | None = None,
+    precision: str = "auto",
+    jobs: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    figure: bool = True,
+) -> dict[str, Any]:
+    """Train the runs that are missing, then :func:`assemble` the table from all finished runs.
+
+    Args:
+        out: output folder (runs, table, figures).
+        budget: a name in :data:`BUDGETS` or a :class:`Budget`.
+        datasets, methods: which runs to add.
+        seeds: training seeds of every row (default: the budget's, with ``spread_seeds`` for
+            MCB attention and ARNN).
+        vqa_dir, easy_vqa_dir, data_dir: where the data is (see ``e3 train``).
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
+        jobs: runs trained in parallel (default: one per CPU core, at most 2).
+        threads: torch threads per run (default: cores // jobs).
+        progress: progress bars (only with ``jobs=1``).
+        figure: write the figures.
+    """
+    name, b = _budget(budget)
+    for given, valid, what in ((methods, E3_ATTENTIONS, "method"), (datasets, DATASETS, "dataset")):
+        unknown = sorted(set(given) - set(valid))
+        if unknown:
+            raise UserError(f"unknown {what}(s) {unknown}; valid: {', '.join(valid)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs, threads = parallelism(jobs, threads)
+
+    configs: list[E3Config] = []
+    for dataset in datasets:
+        base = E3Config(
+            dataset=dataset, epochs=b.epochs, lr_step=b.lr_step, patience=b.patience,
+            mcb_dim=b.mcb_dim, image_size=b.image_size, blocks=b.blocks,
+            val_images=b.val_images, train_questions=b.train_questions,
+            test_questions=b.test_questions, generated_train_images=b.generated_train_images,
+            generated_test_images=b.generated_test_images, vqa_dir=vqa_dir,
+            easy_vqa_dir=easy_vqa_dir, data_dir=data_dir, precision=precision, threads=threads,
+            progress=progress and jobs == 1,
+        )  # fmt: skip
+        for method in methods:
+            row_seeds = seeds if seeds is not None else (
+                b.spread_seeds if method in SPREAD else b.seeds
+            )  # fmt: skip
+            for seed in row_seeds:
+                run = out / "runs" / dataset / method / f"seed{seed}"
+                if not (run / METRICS).is_file():
+                    configs.append(
+                        dataclasses.replace(base, attention=method, seed=seed, out=str(run))
+                    )
+    if any(c.dataset == "easy_vqa" for c in configs) and jobs > 1:
+        from attentionrnn.experiments.e3.data import read_easy_vqa
+
+        read_easy_vqa(easy_vqa_dir, data_dir)  # fill the cache once, before parallel runs read it
+    train_runs(configs, train, jobs, cost=lambda c: COST[c.attention])
+    return assemble(out, name, b, figure=figure)
+
+
+# ------------------------------------------------------------------------------------------
+# the table, from finished runs
+
+
+def _order(method: str) -> tuple[int, str]:
+    return (E3_ATTENTIONS.index(method) if method in E3_ATTENTIONS else 99, method)
+
+
+def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over the seeds of one method."""
+    ms = [runs[s] for s in sorted(runs)]
+    first = ms[0]
+
+    def correctness(m: dict[str, Any]) -> float | None:
+        values = m.get("test_attention_correctness")
+        return sum(values) / len(values) if values else None
+
+    return {
+        "method": method,
+        "label": LABELS.get(method, method),
+        "seeds": sorted(runs),
+        "precision": first.get("precision"),
+        "parameters": first.get("parameters"),
+        "test_accuracy": seed_stats([m["test_accuracy"] for m in ms]),
+        "val_accuracy": seed_stats([m["val_accuracy"] for m in ms]),
+        "by_type": {
+            t: seed_stats([m["test_by_type"].get(t) for m in ms])
+            for t in QUESTION_TYPES
+            if any(t in m["test_by_type"] for m in ms)
+        },
+        "relational": seed_stats([m.get("test_relational") for m in ms]),
+        "non_relational": seed_stats([m.get("test_non_relational") for m in ms]),
+        "attention_correctness": seed_stats([correctness(m) for m in ms]),
+        "epochs": [m["epochs"] for m in ms],
+        "training_time_h": seed_stats([m["training_time_s"] / 3600 for m in ms]),
+        "wall_time_h": sum(m.get("wall_time_s", m["training_time_s"]) for m in ms) / 3600,
+    }
+
+
+def assemble(
+    out: str | Path, budget: str, settings: Budget | None = None, figure: bool = True
+) -> dict[str, Any]:
+    """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
+    out = Path(out)
+    found = finished_runs(out)
+    settings = settings or BUDGETS.get(budget)
+    summary: dict[str, Any] = {
+        "budget": budget,
+        "budget_settings": dataclasses.asdict(settings) if settings else None,
+        "results": {
+            d: {m: summarize(m, found[d][m]) for m in sorted(found[d], key=_order)}
+            for d in [d for d in DATASETS if d in found]
+        },
+    }
+    figures: dict[str, dict[str, str]] = {}
+    if figure:
+        from attentionrnn.experiments.e3.figures import curve_figure, mask_figure
+
+        for d, rows in found.items():
+            curves = {
+                LABELS.get(m, m): [rows[m][s]["history"] for s in sorted(rows[m])]
+                for m in sorted(rows, key=_order)
+            }
+            path = curve_figure(curves, out / f"curves_{d}.png", f"{d}: learning curves")
+            figures.setdefault(d, {})["curves"] = path.name
+            runs = {m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in sorted(rows, key=_order)}
+            try:
+                masks = mask_figure(runs, out / f"masks_{d}.png", title=f"{d}: attention")
+            except UserError as exc:  # the data or weights are not here
+                logger.warning("no attention figure for %s: %s", d, exc)
+                masks = None
+            if masks:
+                figures[d]["masks"] = masks.name
+    summary["figures"] = figures
+    atomic_write_json(summary, out / "results.json")
+    (out / "results.md").write_text(results_markdown(summary))
+    logger.info("wrote %s and %s", out / "results.md", out / "results.json")
+    return summary
+
+
+def _fmt(stats: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+    return format_stats(stats, digits, scale)
+
+
+def results_markdown(summary: dict[str, Any]) -> str:
+    """The results of :func:`assemble` as Markdown."""
+    settings = summary.get("budget_settings") or {}
+    lines = [
+        f"# E3 visual question answering (MCB with swappable attention) — budget "
+        f"`{summary['budget']}`",
+        "",
+        f"{settings.get('description', '')}.",
+        "",
+        "Test accuracy (%) at the best validation epoch, overall and by question type (VQA v2: "
+        "the VQA accuracy min(#humans/3, 1)); attention correctness: the share of the mask's "
+        "mass inside the boxes of the objects the question is about (generated set, mean of the "
+        "glimpses). Mean ± sample standard deviation over the seeds listed (one seed has no ±). "
+        "min/run: training minutes per run; wall: hours of all runs of the row.",
+        "",
+    ]
+    for d, rows in summary["results"].items():
+        types = [t for t in QUESTION_TYPES if any(t in r["by_type"] for r in rows.values())]
+        relational = any(r["relational"]["mean"] is not None for r in rows.values())
+        extra = (["relational", "non-relational", "att. correctness %"] if relational else [])
+        header = ["method", "seeds", "test acc %", *types, *extra, "params", "epochs",
+                  "min/run", "wall"]  # fmt: skip
+        lines += [f"## {d}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        for r in rows.values():
+            cells = [r["label"], ",".join(map(str, r["seeds"])), _fmt(r["test_accuracy"])]
+            cells += [_fmt(r["by_type"].get(t)) for t in types]
+            if relational:
+                cells += [_fmt(r["relational"]), _fmt(r["non_relational"]),
+                          _fmt(r["attention_correctness"])]  # fmt: skip
+            cells += [f"{r['parameters']:,}", ",".join(map(str, r["epochs"])),
+                      _fmt(r["training_time_h"], 60, 1), f"{r['wall_time_h']:.2f} h"]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        figs = summary.get("figures", {}).get(d, {})
+        lines.append("")
+        for kind in ("curves", "masks"):
+            if kind in figs:
+                lines += [f"![{d} {kind}]({figs[kind]})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,449 @@
+"""One E3 training run on the shared engine (:mod:`attentionrnn.engine.trainer`).
+
+1. check the config, join the process group under ``torchrun`` (gloo), set the threads;
+2. read the dataset (:func:`~attentionrnn.experiments.e3.data.load_dataset`), hold out the
+   questions of a fixed set of training images for validation, build the question vocabulary and
+   the answer classes on the remaining training questions;
+3. build :class:`~attentionrnn.experiments.e3.model.VQANet`, Adam, a step schedule;
+4. :func:`~attentionrnn.engine.trainer.fit` (learning curve, best weights, early stop, resume);
+5. test the best-validation weights: accuracy overall and by question type (yes/no, number,
+   other; relational and non-relational on the generated set; the VQA accuracy on VQA v2) and,
+   where the data has object boxes, the attention correctness of each glimpse; write
+   ``RUN_DIR/metrics.json``.
+
+Batch order of epoch ``e`` is a function of ``(seed, e)`` and the RNG state is checkpointed, so
+the same config gives the same metrics, also across a resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from attentionrnn.engine.config import RunConfig
+from attentionrnn.engine.distributed import DistContext
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.precision import autocast, resolve_precision
+from attentionrnn.engine.state import seed_everything
+from attentionrnn.engine.trainer import (
+    finished_metrics,
+    fit,
+    launch,
+    train_one_epoch,
+    write_metrics,
+)
+from attentionrnn.experiments.e3.data import (
+    DATASETS,
+    QUESTION_TYPES,
+    VQASet,
+    Vocabulary,
+    load_dataset,
+    vqa_accuracy,
+)
+from attentionrnn.experiments.e3.model import E3_ATTENTIONS, VQANet
+
+logger = logging.getLogger("attentionrnn.e3")
+
+__all__ = ["E3Config", "E3Data", "build_model", "evaluate", "load_data", "train"]
+
+
+def _opt(help: str, **kw: Any) -> dict[str, Any]:
+    return {"help": help, **kw}
+
+
+@dataclass
+class E3Config(RunConfig):
+    """Everything one training run depends on; each field is a flag of ``attentionrnn e3 train``."""
+
+    # where the data lies does not change the result; the dataset's identity enters instead
+    RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "vqa_dir", "easy_vqa_dir")
+
+    dataset: str = field(default="easy_vqa", metadata=_opt("dataset", choices=DATASETS))
+    attention: str = field(
+        default="arnn",
+        metadata=_opt(
+            "attention: mcb (MCB's conv attention), arnn (AttentionRNN on the question), brnn "
+            "(Block AttentionRNN), none (mean pool)",
+            choices=E3_ATTENTIONS,
+        ),
+    )
+    out: str = field(default="runs/e3", metadata=_opt("run folder", metavar="RUN_DIR"))
+    epochs: int = field(default=20, metadata=_opt("maximum epochs", minimum=1))
+    seed: int = field(default=0, metadata=_opt("training seed"))
+    batch_size: int = field(default=64, metadata=_opt("global batch size", minimum=2))
+    lr: float = field(default=1e-3, metadata=_opt("Adam learning rate", positive=True))
+    lr_step: int = field(default=8, metadata=_opt("epochs between lr decays", minimum=1))
+    lr_decay: float = field(default=0.5, metadata=_opt("lr factor at each decay", positive=True))
+    clip_norm: float = field(default=10.0, metadata=_opt("gradient-norm clip", positive=True))
+    patience: int = field(
+        default=6, metadata=_opt("early-stopping patience (epochs without a better val score)",
+                                 minimum=1),
+    )  # fmt: skip
+    val_images: int = field(
+        default=400,
+        metadata=_opt("training images whose questions are held out for validation", minimum=0),
+    )
+    train_questions: int | None = field(
+        default=None, metadata=_opt("use only this many training questions (quick runs)", minimum=1)
+    )
+    test_questions: int | None = field(
+        default=None, metadata=_opt("use only this many test questions (quick runs)", minimum=1)
+    )
+    channels: int = field(default=64, metadata=_opt("width of the image grid", minimum=1))
+    blocks: int = field(default=3, metadata=_opt("CNN blocks (64 px -> 8x8 grid)", minimum=1))
+    embed: int = field(default=32, metadata=_opt("word embedding width", minimum=1))
+    question_hidden: int = field(default=64, metadata=_opt("question RNN width", minimum=1))
+    rnn: str = field(default="gru", metadata=_opt("question encoder", choices=("gru", "lstm")))
+    mcb_dim: int = field(default=1024, metadata=_opt("MCB sketch size (MCB: 16000)", minimum=2))
+    glimpses: int = field(default=2, metadata=_opt("attention glimpses (MCB: 2)", minimum=1))
+    attention_hidden: int = field(
+        default=16, metadata=_opt("hidden width of the ARNN / BRNN scan", minimum=1)
+    )
+    query_fusion: str = field(
+        default="mul",
+        metadata=_opt("image-question fusion in the ARNN / BRNN encoder", choices=("mul", "add")),
+    )
+    block_size: int = field(default=2, metadata=_opt("BRNN block size", minimum=1))
+    max_answers: int = field(
+        default=3000, metadata=_opt("answer classes: the most frequent training answers",
+                                    minimum=2),
+    )  # fmt: skip
+    image_size: int = field(
+        default=64, metadata=_opt("image side (generated set; VQA v2 images are resized)",
+                                  minimum=16),
+    )  # fmt: skip
+    generated_train_images: int = field(
+        default=4000, metadata=_opt("generated set: training images", minimum=2)
+    )
+    generated_test_images: int = field(
+        default=1000, metadata=_opt("generated set: test images", minimum=1)
+    )
+    generated_seed: int = field(default=0, metadata=_opt("generated set: seed of the generator"))
+    vqa_dir: str | None = field(
+        default=None,
+        metadata=_opt("VQA v2 folder (default $ATTENTIONRNN_VQA_DIR)", metavar="DIR"),
+    )
+    easy_vqa_dir: str | None = field(
+        default=None,
+        metadata=_opt("easy-VQA data folder (default: the installed easy-vqa package)",
+                      metavar="DIR"),
+    )  # fmt: skip
+    data_dir: str | None = field(
+        default=None,
+        metadata=_opt("cache of decoded images (default $ATTENTIONRNN_DATA_DIR or "
+                      "~/.cache/attentionrnn/e3)", metavar="DIR"),
+    )  # fmt: skip
+
+
+def lr_at(config: E3Config, epoch: int) -> float:
+    """``lr × lr_decay^(epoch // lr_step)``."""
+    return config.lr * config.lr_decay ** (epoch // config.lr_step)
+
+
+# ------------------------------------------------------------------------------------------
+# data
+
+
+class E3Data:
+    """A :class:`VQASet` with the run's splits, vocabulary and answer classes; serves batches.
+
+    Validation holds out every question of ``val_images`` training images (chosen by a fixed
+    seed, the same for every training seed), so no image is seen in both.
+    """
+
+    def __init__(self, dataset: VQASet, config: E3Config) -> None:
+        self.dataset = dataset
+        train = dataset.train
+        rng = np.random.default_rng(12345)
+        n_images = len(train.images)
+        if config.val_images >= n_images:
+            raise UserError(
+                f"val_images {config.val_images} leaves no training image ({n_images} in all)"
+            )
+        held = np.zeros(n_images, dtype=bool)
+        held[rng.permutation(n_images)[: config.val_images]] = True
+        order = rng.permutation(len(train))
+        self.train_idx = np.sort(order[~held[train.image_index[order]]][: config.train_questions])
+        self.val_idx = np.sort(order[held[train.image_index[order]]])
+        if len(self.val_idx) == 0:
+            self.val_idx = self.train_idx  # --val-images 0: select on the training questions
+        test_order = np.random.default_rng(54321).permutation(len(dataset.test))
+        self.test_idx = np.sort(test_order[: config.test_questions])
+        if len(self.train_idx) == 0 or len(self.test_idx) == 0:
+            raise UserError(f"{dataset.name}: no training or no test questions to use")
+        self.vocab = Vocabulary.build(train.questions[i] for i in self.train_idx)
+        counts = Counter(train.answers[i] for i in self.train_idx)
+        ranked = sorted(counts, key=lambda a: (-counts[a], a))[: config.max_answers]
+        self.answers = sorted(ranked)
+        self.answer_index = {a: k for k, a in enumerate(self.answers)}
+        self.targets = {
+            "train": self._targets(train.answers), "test": self._targets(dataset.test.answers)
+        }  # fmt: skip
+        # a training question whose answer is no class cannot be learnt: train on the others
+        self.train_idx = self.train_idx[self.targets["train"][self.train_idx] >= 0]
+        self.channels_last = config.channels_last
+
+    def _targets(self, answers: list[str]) -> np.ndarray:
+        return np.array([self.answer_index.get(a, -1) for a in answers], dtype=np.int64)
+
+    def split(self, name: str):
+        return self.dataset.test if name == "test" else self.dataset.train
+
+    def indices(self, name: str) -> np.ndarray:
+        return {"train": self.train_idx, "val": self.val_idx, "test": self.test_idx}[name]
+
+    @property
+    def in_channels(self) -> int:
+        images = self.dataset.train.images
+        return int(images.shape[1]) if self.dataset.features else 3
+
+    def batch(self, name: str, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """``(images, ids, lengths, targets)`` of the questions ``idx`` of split ``name``."""
+        s = self.split(name)
+        images = s.images[s.image_index[idx]]
+        if self.dataset.features:
+            x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        else:  # uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-0.5, 0.5]
+            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+            x = x / 255 - 0.5
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last
+                         else torch.contiguous_format)  # fmt: skip
+        ids, lengths = self.vocab.encode([s.questions[i] for i in idx])
+        target = self.targets["test" if name == "test" else "train"][idx]
+        return x, torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(target)
+
+
+def load_data(config: E3Config, ctx: DistContext | None = None) -> E3Data:
+    """Read the dataset (rank 0 first, so that only one process fills the cache)."""
+    ctx = ctx or DistContext()
+    kwargs = dict(
+        vqa_dir=config.vqa_dir, easy_vqa_dir=config.easy_vqa_dir, cache_dir=config.data_dir,
+        image_size=config.image_size, generated_seed=config.generated_seed,
+        generated_images=(config.generated_train_images, config.generated_test_images),
+    )  # fmt: skip
+    if ctx.main:
+        dataset = load_dataset(config.dataset, **kwargs)
+    ctx.barrier()
+    if not ctx.main:
+        dataset = load_dataset(config.dataset, **kwargs)
+    return E3Data(dataset, config)
+
+
+def build_model(config: E3Config, data: E3Data) -> VQANet:
+    model = VQANet(
+        config.attention, len(data.vocab), len(data.answers), in_channels=data.in_channels,
+        features=data.dataset.features, channels=config.channels, blocks=config.blocks,
+        embed=config.embed, question_hidden=config.question_hidden, rnn=config.rnn,
+        mcb_dim=config.mcb_dim, glimpses=config.glimpses,
+        attention_hidden=config.attention_hidden, query_fusion=config.query_fusion,
+        block_size=config.block_size,
+    )  # fmt: skip
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
+
+
+# ------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _attention_mass(masks: torch.Tensor, boxes: np.ndarray, image_size: tuple[int, int]):
+    """Share of each glimpse's mass inside the union of each question's boxes: ``(B, G)``.
+
+    The mask (normalised to sum 1) is resized to the image (nearest, each cell spread over the
+    pixels it covers), as attention correctness (Liu et al., 2017) measures it."""
+    height, width = image_size
+    up = F.interpolate(masks.float(), size=(height, width), mode="nearest")
+    up = up / up.flatten(2).sum(-1).clamp_min(1e-12)[..., None, None]
+    region = torch.zeros(len(boxes), height, width)
+    for b, question_boxes in enumerate(boxes):
+        for x0, y0, x1, y1 in question_boxes:
+            if x0 >= 0:
+                region[b, y0:y1, x0:x1] = 1
+    return (up * region[:, None]).flatten(2).sum(-1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: E3Data,
+    split: str,
+    batch_size: int,
+    ctx: DistContext | None = None,
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """Accuracy (the VQA accuracy where the split has human answers), loss, accuracy by question
+    type and, where the split has object boxes, attention correctness; sharded over ranks."""
+    ctx = ctx or DistContext()
+    model.eval()
+    s = data.split(split)
+    shard = data.indices(split)[ctx.rank :: ctx.world]
+    glimpses = getattr(model, "glimpses", 1)
+    with_mass = s.boxes is not None and getattr(model, "attention", "none") != "none"
+    rows: list[np.ndarray] = []
+    for start in range(0, len(shard), batch_size):
+        idx = shard[start : start + batch_size]
+        x, ids, lengths, target = data.batch(split, idx)
+        with autocast(precision):
+            logits, masks = model(x, ids, lengths, return_masks=True)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="none")
+        pred = logits.argmax(1).numpy()
+        if s.human_answers is not None:
+            score = [vqa_accuracy(data.answers[p], s.human_answers[i]) for p, i in zip(pred, idx)]
+        else:
+            score = (pred == target.numpy()).astype(np.float64)
+        mass = (
+            _attention_mass(masks, s.boxes[idx], x.shape[-2:]).numpy()
+            if with_mass and masks is not None
+            else np.full((len(idx), glimpses), np.nan)
+        )
+        rows.append(np.column_stack([idx, pred, score, loss.double().numpy(), mass]))
+    local = np.concatenate(rows) if rows else np.zeros((0, 4 + glimpses))
+    table = ctx.gather_rows(local)
+    table = table[np.argsort(table[:, 0], kind="stable")]
+    idx = table[:, 0].astype(np.int64)
+    score = table[:, 2]
+
+    def mean(mask: np.ndarray) -> float | None:
+        return float(score[mask].mean()) if mask.any() else None
+
+    qtypes = s.qtypes[idx]
+    result: dict[str, Any] = {
+        "accuracy": float(score.mean()) if len(score) else math.nan,
+        "loss": float(table[:, 3].mean()) if len(table) else math.nan,
+        "by_type": {t: mean(qtypes == t) for t in QUESTION_TYPES if (qtypes == t).any()},
+    }
+    if s.relational is not None:
+        relational = s.relational[idx]
+        result["relational"] = mean(relational)
+        result["non_relational"] = mean(~relational)
+    if with_mass:
+        per_glimpse = np.nanmean(table[:, 4:], axis=0) if len(table) else np.full(glimpses, np.nan)
+        result["attention_correctness"] = [float(v) for v in per_glimpse]
+    return result
+
+
+# ------------------------------------------------------------------------------------------
+# the recipe
+
+
+def train(config: E3Config) -> dict[str, Any]:
+    """Train, keep the best-validation weights, test them; return (and write) the metrics."""
+    return launch(config, _train)
+
+
+def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
+    out = Path(config.out)
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    started = time.perf_counter()
+
+    data = load_data(config, ctx)
+    dataset = data.dataset
+    logger.info(
+        "%s from %s: train %d / val %d / test %d questions, %d words, %d answers",
+        config.dataset, dataset.origin, len(data.train_idx), len(data.val_idx),
+        len(data.test_idx), len(data.vocab), len(data.answers),
+    )  # fmt: skip
+
+    model = build_model(config, data)
+    net: nn.Module = DistributedDataParallel(model) if ctx.world > 1 else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    precision = resolve_precision(config.precision)
+    batch_size = max(2, config.batch_size // ctx.world)  # the global batch is config.batch_size
+    name = f"{config.attention} {config.dataset}"
+
+    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, ...]):
+        x, ids, lengths, target = batch
+        logits = net(x, ids, lengths).float()
+        return F.cross_entropy(logits, target), logits.argmax(1), target
+
+    def one_epoch(epoch: int) -> dict[str, float]:
+        rng = np.random.default_rng([config.seed, epoch])
+        order = data.train_idx[rng.permutation(len(data.train_idx))][ctx.rank :: ctx.world]
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if len(chunks) > 1 and len(chunks[-1]) < 2:
+            chunks.pop()  # batch norm needs at least two samples
+        batches = (data.batch("train", np.sort(c)) for c in chunks)
+        return train_one_epoch(
+            net, optimizer, _Sized(batches, len(chunks)), loss_fn, precision=precision,
+            clip_norm=config.clip_norm, desc=f"{name} epoch {epoch + 1}/{config.epochs}",
+            progress=config.progress and ctx.main,
+        )  # fmt: skip
+
+    def validate() -> dict[str, Any]:
+        val = evaluate(model, data, "val", config.eval_batch_size, ctx, precision=precision)
+        val.pop("by_type")
+        val.pop("attention_correctness", None)
+        return val
+
+    fingerprint = {**config.fingerprint(), "data": dataset.identity}
+    state = fit(
+        model, optimizer, out=out, fingerprint=fingerprint, ctx=ctx, epochs=config.epochs,
+        patience=config.patience, lr_at=lambda e: lr_at(config, e), train_one_epoch=one_epoch,
+        evaluate=validate, name=name,
+    )  # fmt: skip
+    done = finished_metrics(out, state)
+    if done is not None:
+        logger.info("run already finished; metrics in %s", out / "metrics.json")
+        return done
+
+    test = evaluate(model, data, "test", config.eval_batch_size, ctx, precision=precision)
+    metrics: dict[str, Any] = {
+        "dataset": config.dataset,
+        "attention": config.attention,
+        "seed": config.seed,
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_by_type": test["by_type"],
+        "test_relational": test.get("relational"),
+        "test_non_relational": test.get("non_relational"),
+        "test_attention_correctness": test.get("attention_correctness"),
+        "val_accuracy": state.best_score if state.best_epoch >= 0 else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "attention_parameters": sum(p.numel() for p in model.estimators.parameters()),
+        "wall_time_s": time.perf_counter() - started,
+        "samples": {
+            "train": len(data.train_idx),
+            "val": len(data.val_idx),
+            "test": len(data.test_idx),
+        },
+        "vocabulary": len(data.vocab),
+        "answers": data.answers,
+        "data": {"source": dataset.source, "origin": dataset.origin, "identity": dataset.identity},
+    }
+    metrics = write_metrics(
+        out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
+        model=model, optimizer=optimizer, ctx=ctx,
+    )  # fmt: skip
+    if ctx.main:
+        logger.info(
+            "%s: test accuracy %.4f (best val %.4f @ epoch %d) -> %s",
+            name, metrics["test_accuracy"], metrics["val_accuracy"], metrics["best_epoch"],
+            out / "metrics.json",
+        )  # fmt: skip
+    return metrics
+
+
+class _Sized:
+    """An iterable with a length (so the progress bar knows the number of batches)."""
+
+    def __init__(self, items, length: int) -> None:
+        self.items, self.length = items, length
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return self.length

@@ -1,0 +1,425 @@
+"""Experiment E3 (VQA with MCB and question-conditioned AttentionRNN): readers, tokenisation, MCB,
+model, training, CLI.
+
+Everything runs on tiny data made here: a few generated Sort-of-CLEVR images, a hand-made
+easy-VQA folder and a hand-made VQA v2 folder (features and images).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attentionrnn.cli import main
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.trainer import train_one_epoch
+from attentionrnn.experiments.e3.data import (
+    CLEVR_COLOURS,
+    Vocabulary,
+    answer_type,
+    generate_sort_of_clevr,
+    load_dataset,
+    normalize_answer,
+    read_easy_vqa,
+    read_vqa_v2,
+    tokenize,
+    vqa_accuracy,
+)
+from attentionrnn.experiments.e3.model import (
+    E3_ATTENTIONS,
+    CompactBilinearPooling,
+    VQANet,
+    count_sketch,
+)
+from attentionrnn.experiments.e3.train import E3Config, E3Data, evaluate, train
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("ATTENTIONRNN_VQA_DIR", raising=False)
+    monkeypatch.setenv("ATTENTIONRNN_DATA_DIR", str(tmp_path / "cache"))
+
+
+def _tiny_config(tmp_path: Path, **kw) -> E3Config:
+    base = dict(
+        dataset="sort_of_clevr", out=str(tmp_path / "run"), epochs=1, batch_size=16,
+        generated_train_images=12, generated_test_images=4, val_images=3, image_size=32,
+        blocks=2, channels=16, embed=8, question_hidden=16, mcb_dim=64, attention_hidden=4,
+        progress=False, threads=1, eval_batch_size=64,
+    )  # fmt: skip
+    return E3Config(**{**base, **kw})
+
+
+# ------------------------------------------------------------------------------------------
+# text and metric
+
+
+def test_tokenize_and_vocabulary():
+    assert tokenize("What's the COLOR of the shape?!") == ["what's", "the", "color", "of", "the",
+                                                           "shape"]  # fmt: skip
+    vocab = Vocabulary.build(["is there a red shape?", "is there a circle?", "red red"])
+    assert vocab.words[:2] == ["<pad>", "<unk>"]
+    assert vocab.words[2] == "red"  # most frequent first
+    ids, lengths = vocab.encode(["is there a red cat", "", "red " * 30], max_length=5)
+    assert ids.shape == (3, 5) and lengths.tolist() == [5, 1, 5]
+    assert ids[0, 4] == Vocabulary.UNK  # "cat" was not in the training questions
+    assert ids[1].tolist() == [Vocabulary.UNK, 0, 0, 0, 0]  # empty: one unknown word, then pads
+    assert Vocabulary.build(["a b b"], min_count=2).words == ["<pad>", "<unk>", "b"]
+
+
+def test_vqa_accuracy_and_answer_types():
+    humans = ["2", "two", "2", "Two", "3", "3", "2", "4", "4", "4"]
+    assert vqa_accuracy("2", humans) == 1.0
+    assert vqa_accuracy("3", humans) == pytest.approx(2 / 3)
+    assert vqa_accuracy("two", humans) == pytest.approx(2 / 3)  # "two" and "Two"
+    assert vqa_accuracy("five", humans) == 0.0
+    assert normalize_answer("A Red, shape!") == "red shape"
+    assert [answer_type(a) for a in ("Yes", "no", "3", "three", "circle")] == [
+        "yes/no", "yes/no", "number", "number", "other"
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# the generated relational set
+
+
+def test_generated_set_is_deterministic_and_consistent():
+    a = generate_sort_of_clevr(6, 2, seed=3, image_size=32, questions_per_image=8)
+    b = generate_sort_of_clevr(6, 2, seed=3, image_size=32, questions_per_image=8)
+    c = generate_sort_of_clevr(6, 2, seed=4, image_size=32, questions_per_image=8)
+    assert np.array_equal(a.train.images, b.train.images) and a.train.questions == b.train.questions
+    assert not np.array_equal(a.train.images, c.train.images)
+    s = a.train
+    assert len(s) == 48 and s.relational.sum() == 24 and s.boxes.shape == (48, 2, 4)
+    assert set(s.qtypes) <= {"number", "other"}
+    for q in range(len(s)):
+        image = s.images[s.image_index[q]]
+        colour = next(c for c in CLEVR_COLOURS if f" {c} object" in s.questions[q])
+        x0, y0, x1, y1 = s.boxes[q, 0]
+        patch = image[y0:y1, x0:x1].reshape(-1, 3)
+        # the first box holds the object of the colour the question names
+        assert (patch == CLEVR_COLOURS[colour]).all(1).any(), s.questions[q]
+        if "left or on the right" in s.questions[q]:
+            assert s.answers[q] == ("left" if (x0 + x1) / 2 < 16 else "right")
+        if "nearest" in s.questions[q] or "farthest" in s.questions[q]:
+            assert s.boxes[q, 1, 0] >= 0 and s.relational[q]
+        if s.questions[q].startswith("how many"):
+            assert s.qtypes[q] == "number" and 1 <= int(s.answers[q]) <= 6
+    with pytest.raises(UserError, match="objects"):
+        generate_sort_of_clevr(2, 1, objects=9)
+
+
+# ------------------------------------------------------------------------------------------
+# easy-VQA
+
+
+def _easy_vqa_folder(root: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        (root / split / "images").mkdir(parents=True)
+        rows = []
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+                root / split / "images" / f"{i}.png"
+            )
+            rows += [[f"what color is shape {i}?", "red", i], ["is there a circle?", "yes", i]]
+        (root / split / "questions.json").write_text(json.dumps(rows))
+    return root
+
+
+def test_easy_vqa_reader(tmp_path):
+    data = read_easy_vqa(_easy_vqa_folder(tmp_path / "ev"))
+    assert data.train.images.shape == (4, 64, 64, 3) and len(data.train) == 8
+    assert data.train.image_index.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert list(data.train.qtypes[:2]) == ["other", "yes/no"] and len(data.test) == 4
+    (tmp_path / "ev" / "test" / "images" / "1.png").unlink()
+    with pytest.raises(UserError, match="1.png"):
+        read_easy_vqa(tmp_path / "ev")
+    (tmp_path / "ev" / "train" / "questions.json").unlink()
+    with pytest.raises(UserError, match="questions.json"):
+        read_easy_vqa(tmp_path / "ev")
+    with pytest.raises(UserError, match="no such folder"):
+        read_easy_vqa(tmp_path / "nowhere")
+
+
+def test_easy_vqa_from_the_installed_package(tmp_path):
+    pytest.importorskip("easy_vqa")
+    data = read_easy_vqa(cache_dir=tmp_path)
+    assert (len(data.train), len(data.test)) == (38575, 9673)
+    assert data.train.images.shape == (4000, 64, 64, 3)
+    assert len(set(data.train.answers)) == 13
+    cached = read_easy_vqa(cache_dir=tmp_path)  # from the .npz now
+    assert cached.train.questions == data.train.questions
+    assert np.array_equal(cached.test.images, data.test.images)
+
+
+# ------------------------------------------------------------------------------------------
+# VQA v2 from a folder
+
+
+def _vqa2_folder(root: Path, with_features: bool = True) -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for split, image_ids in (("train2014", [5, 9, 11]), ("val2014", [7, 3])):
+        questions, annotations = [], []
+        for k, image_id in enumerate(image_ids):
+            for j, (text, answers, kind) in enumerate([
+                ("Is it a dog?", ["yes"] * 7 + ["no"] * 3, "yes/no"),
+                ("How many cats?", ["2"] * 2 + ["3"] * 8, "number"),
+                ("What color is the bus?", ["red"] * 10, "other"),
+            ]):  # fmt: skip
+                qid = image_id * 10 + j
+                questions.append({"question_id": qid, "image_id": image_id, "question": text})
+                annotations.append({
+                    "question_id": qid, "image_id": image_id, "answer_type": kind,
+                    "multiple_choice_answer": answers[-1] if kind == "number" else answers[0],
+                    "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)],
+                })  # fmt: skip
+        (root / f"v2_OpenEnded_mscoco_{split}_questions.json").write_text(
+            json.dumps({"questions": questions})
+        )
+        (root / f"v2_mscoco_{split}_annotations.json").write_text(
+            json.dumps({"annotations": annotations})
+        )
+        if with_features:
+            np.savez(root / f"features_{split}.npz", image_ids=np.array(image_ids[::-1]),
+                     features=rng.normal(size=(len(image_ids), 5, 3, 3)).astype(np.float32))
+        else:
+            (root / split).mkdir()
+            for image_id in image_ids:
+                img = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+                Image.fromarray(img).save(root / split / f"COCO_{split}_{image_id:012d}.jpg")
+    return root
+
+
+def test_vqa2_reader_features_and_images(tmp_path):
+    data = read_vqa_v2(_vqa2_folder(tmp_path / "feat"))
+    assert data.features and data.train.images.shape == (3, 5, 3, 3)
+    assert len(data.train) == 9 and len(data.test) == 6
+    assert list(data.train.qtypes[:3]) == ["yes/no", "number", "other"]
+    assert data.train.answers[:3] == ["yes", "3", "red"] and len(data.train.human_answers[0]) == 10
+    # features were stored in another order: each question still gets its own image's
+    raw = np.load(tmp_path / "feat" / "features_train2014.npz")
+    first = data.train.images[data.train.image_index[0]]  # image 5, the last row of the file
+    assert np.array_equal(first, raw["features"][2])
+
+    images = read_vqa_v2(_vqa2_folder(tmp_path / "img", with_features=False), image_size=32)
+    assert not images.features and images.test.images.shape == (2, 32, 32, 3)
+
+
+def test_vqa2_errors_name_what_is_missing(tmp_path):
+    with pytest.raises(UserError, match="--vqa-dir"):
+        read_vqa_v2(None)
+    with pytest.raises(UserError, match="no such folder"):
+        read_vqa_v2(tmp_path / "none")
+    root = _vqa2_folder(tmp_path / "v")
+    (root / "v2_mscoco_val2014_annotations.json").unlink()
+    with pytest.raises(UserError, match="v2_mscoco_val2014_annotations.json"):
+        read_vqa_v2(root)
+    root = _vqa2_folder(tmp_path / "w")
+    (root / "features_train2014.npz").unlink()
+    with pytest.raises(UserError, match="features_train2014.npz.*train2014/"):
+        read_vqa_v2(root)
+    with pytest.raises(UserError, match="dataset must be one of"):
+        load_dataset("coco")
+
+
+def test_vqa2_evaluation_uses_the_vqa_accuracy(tmp_path):
+    config = _tiny_config(tmp_path, dataset="vqa2", vqa_dir=str(_vqa2_folder(tmp_path / "v")),
+                          val_images=1, attention="arnn")  # fmt: skip
+    data = E3Data(load_dataset("vqa2", vqa_dir=config.vqa_dir), config)
+    model = VQANet("arnn", len(data.vocab), len(data.answers), in_channels=5, features=True,
+                   channels=8, question_hidden=8, embed=4, mcb_dim=32, attention_hidden=4)  # fmt: skip
+    result = evaluate(model, data, "test", 4)
+    s = data.dataset.test
+    x, ids, lengths, _ = data.batch("test", data.test_idx)
+    pred = model(x, ids, lengths).argmax(1)
+    expected = np.mean([vqa_accuracy(data.answers[p], s.human_answers[i])
+                        for p, i in zip(pred.tolist(), data.test_idx)])  # fmt: skip
+    assert result["accuracy"] == pytest.approx(expected)
+    assert set(result["by_type"]) == {"yes/no", "number", "other"}
+
+
+# ------------------------------------------------------------------------------------------
+# MCB
+
+
+def test_count_sketch_matches_a_loop():
+    torch.manual_seed(0)
+    x = torch.randn(3, 7)
+    index, sign = torch.randint(5, (7,)), torch.randint(2, (7,)).float() * 2 - 1
+    expected = torch.zeros(3, 5)
+    for i in range(7):
+        expected[:, index[i]] += sign[i] * x[:, i]
+    torch.testing.assert_close(count_sketch(x, index, sign, 5), expected)
+
+
+@pytest.mark.parametrize("in1,in2,dim", [(4, 3, 5), (6, 5, 16), (3, 8, 7)])
+def test_mcb_is_the_count_sketch_of_the_outer_product(in1, in2, dim):
+    """The sketch of x ⊗ y with hash (h1[i] + h2[j]) mod d and sign s1[i] s2[j], computed from
+    the outer product directly, equals MCB's FFT of the two sketches (circular convolution)."""
+    mcb = CompactBilinearPooling(in1, in2, dim, seed=in1, normalize=False)
+    torch.manual_seed(1)
+    x, y = torch.randn(2, in1), torch.randn(2, in2)
+    outer = x[:, :, None] * y[:, None, :]
+    expected = torch.zeros(2, dim)
+    for i in range(in1):
+        for j in range(in2):
+            k = int(mcb.h1[i] + mcb.h2[j]) % dim
+            expected[:, k] += mcb.s1[i] * mcb.s2[j] * outer[:, i, j]
+    torch.testing.assert_close(mcb(x, y), expected, rtol=1e-5, atol=1e-5)
+    normalized = CompactBilinearPooling(in1, in2, dim, seed=in1)(x, y)
+    torch.testing.assert_close(normalized.norm(dim=-1), torch.ones(2))
+
+
+def test_mcb_broadcasts_and_keeps_float32_under_bf16_autocast():
+    mcb = CompactBilinearPooling(4, 3, 16)
+    x, y = torch.randn(2, 5, 5, 4), torch.randn(2, 1, 1, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = mcb(x.bfloat16(), y)
+    assert z.shape == (2, 5, 5, 16) and z.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------
+# model and training
+
+
+def _batch(vocab: int = 12, batch: int = 4):
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32)
+    ids = torch.randint(2, vocab, (batch, 6))
+    lengths = torch.tensor([6, 3, 1, 4][:batch])
+    return x, ids, lengths
+
+
+def _model(attention: str, **kw) -> VQANet:
+    torch.manual_seed(0)
+    base = dict(blocks=2, channels=16, embed=8, question_hidden=16, mcb_dim=64,
+                attention_hidden=4)  # fmt: skip
+    return VQANet(attention, 12, 5, **{**base, **kw})
+
+
+@pytest.mark.parametrize("attention", E3_ATTENTIONS)
+def test_model_shapes_and_masks(attention):
+    model = _model(attention).eval()
+    x, ids, lengths = _batch()
+    logits, masks = model(x, ids, lengths, return_masks=True)
+    assert logits.shape == (4, 5)
+    if attention == "none":
+        assert masks is None
+        return
+    assert masks.shape == (4, 2, 8, 8)
+    torch.testing.assert_close(masks.float().sum((2, 3)), torch.ones(4, 2))
+    # the masks depend on the question
+    other = model(x, ids.flip(0), lengths.flip(0), return_masks=True)[1]
+    assert (other - masks).abs().max() > 1e-6
+
+
+def test_arnn_uses_the_multiplicative_fusion_by_default():
+    model = _model("arnn")
+    assert all(est.query_fusion == "mul" for est in model.estimators)
+    assert _model("brnn", query_fusion="add").estimators[0].query_fusion == "add"
+
+
+@pytest.mark.parametrize("attention", E3_ATTENTIONS)
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+def test_one_training_step_per_row(attention, rnn):
+    model = _model(attention, rnn=rnn)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, ids, lengths = _batch()
+    target = torch.tensor([0, 1, 2, 3])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def loss_fn(net, batch):
+        logits = net(*batch[:3]).float()
+        return torch.nn.functional.cross_entropy(logits, batch[3]), logits.argmax(1), batch[3]
+
+    stats = train_one_epoch(model, optimizer, [(x, ids, lengths, target)], loss_fn,
+                            precision="fp32", clip_norm=10.0, progress=False)  # fmt: skip
+    assert stats["steps"] == 1 and np.isfinite(stats["train_loss"])
+    # every parameter gets a gradient (none is left out of the graph)
+    unchanged = [n for n, p in model.named_parameters() if torch.equal(before[n], p)]
+    assert unchanged == []
+
+
+def test_bf16_training_step():
+    model = _model("arnn")
+    optimizer = torch.optim.Adam(model.parameters())
+    x, ids, lengths = _batch()
+
+    def loss_fn(net, batch):
+        logits = net(*batch[:3]).float()
+        return torch.nn.functional.cross_entropy(logits, batch[3]), logits.argmax(1), batch[3]
+
+    stats = train_one_epoch(model, optimizer, [(x, ids, lengths, torch.tensor([0, 1, 2, 3]))],
+                            loss_fn, precision="bf16", clip_norm=None, progress=False)  # fmt: skip
+    assert np.isfinite(stats["train_loss"])
+
+
+def test_train_writes_metrics_and_resumes(tmp_path):
+    config = _tiny_config(tmp_path, attention="arnn", epochs=2)
+    metrics = train(config)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["test_accuracy"] == metrics["test_accuracy"]
+    assert set(saved["test_by_type"]) <= {"number", "other"}
+    assert saved["test_relational"] is not None and saved["test_non_relational"] is not None
+    assert len(saved["test_attention_correctness"]) == 2
+    assert all(0 <= v <= 1 for v in saved["test_attention_correctness"])
+    assert len(saved["history"]) == 2 and saved["epochs"] == 2
+    assert saved["samples"]["val"] > 0 and saved["precision"] in ("fp32", "bf16")
+    assert train(config)["test_accuracy"] == metrics["test_accuracy"]  # finished: read back
+    with pytest.raises(UserError, match="another configuration"):
+        train(_tiny_config(tmp_path, attention="arnn", epochs=2, lr=0.5))
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(UserError, match="query_fusion"):
+        _tiny_config(tmp_path, query_fusion="concat").check()
+    with pytest.raises(UserError, match="batch_size"):
+        _tiny_config(tmp_path, batch_size=1).check()
+    with pytest.raises(UserError, match="val_images"):
+        train(_tiny_config(tmp_path, val_images=12))
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_train_reproduce_table(tmp_path, capsys):
+    run = tmp_path / "one"
+    assert main(["e3", "train", "--dataset", "sort_of_clevr", "--attention", "mcb", "--out",
+                 str(run), "--epochs", "1", "--generated-train-images", "10",
+                 "--generated-test-images", "3", "--val-images", "2", "--image-size", "32",
+                 "--blocks", "2", "--channels", "8", "--mcb-dim", "32", "--no-progress",
+                 "--threads", "1", "--precision", "fp32"]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    assert 0 <= printed["test_accuracy"] <= 1 and printed["precision"] == "fp32"
+
+    out = tmp_path / "e3-tiny"
+    assert main(["e3", "reproduce", "--budget", "tiny", "--out", str(out), "--datasets",
+                 "sort_of_clevr", "--methods", "none", "arnn", "--jobs", "1", "--threads", "1",
+                 "--no-progress", "--precision", "fp32"]) == 0  # fmt: skip
+    text = (out / "results.md").read_text()
+    assert "| ARNN (bi) | 0 |" in text and "relational" in text
+    assert (out / "curves_sort_of_clevr.png").is_file()
+    assert (out / "masks_sort_of_clevr.png").is_file()
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary["results"]["sort_of_clevr"]) == {"none", "arnn"}
+    capsys.readouterr()
+    assert main(["e3", "table", str(out), "--no-figures"]) == 0
+    assert "ARNN (bi)" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["e3", "train", "--dataset", "vqa2", "--out", str(tmp_path / "r")]) == 2
+    assert "VQA v2 needs a folder" in capsys.readouterr().err
+    assert main(["e3", "table", str(tmp_path)]) == 2
+    assert "no runs/ folder" in capsys.readouterr().err
