@@ -170,7 +170,7 @@ def _vqa2_folder(root: Path, with_features: bool = True) -> Path:
     rng = np.random.default_rng(1)
     for split, image_ids in (("train2014", [5, 9, 11]), ("val2014", [7, 3])):
         questions, annotations = [], []
-        for k, image_id in enumerate(image_ids):
+        for image_id in image_ids:
             for j, (text, answers, kind) in enumerate([
                 ("Is it a dog?", ["yes"] * 7 + ["no"] * 3, "yes/no"),
                 ("How many cats?", ["2"] * 2 + ["3"] * 8, "number"),
@@ -190,8 +190,11 @@ def _vqa2_folder(root: Path, with_features: bool = True) -> Path:
             json.dumps({"annotations": annotations})
         )
         if with_features:
-            np.savez(root / f"features_{split}.npz", image_ids=np.array(image_ids[::-1]),
-                     features=rng.normal(size=(len(image_ids), 5, 3, 3)).astype(np.float32))
+            np.savez(
+                root / f"features_{split}.npz",
+                image_ids=np.array(image_ids[::-1]),
+                features=rng.normal(size=(len(image_ids), 5, 3, 3)).astype(np.float32),
+            )
         else:
             (root / split).mkdir()
             for image_id in image_ids:
@@ -236,14 +239,16 @@ def test_vqa2_evaluation_uses_the_vqa_accuracy(tmp_path):
     config = _tiny_config(tmp_path, dataset="vqa2", vqa_dir=str(_vqa2_folder(tmp_path / "v")),
                           val_images=1, attention="arnn")  # fmt: skip
     data = E3Data(load_dataset("vqa2", vqa_dir=config.vqa_dir), config)
-    model = VQANet("arnn", len(data.vocab), len(data.answers), in_channels=5, features=True,
-                   channels=8, question_hidden=8, embed=4, mcb_dim=32, attention_hidden=4)  # fmt: skip
+    model = VQANet(
+        "arnn", len(data.vocab), len(data.answers), in_channels=5, features=True, channels=8,
+        question_hidden=8, embed=4, mcb_dim=32, attention_hidden=4,
+    )  # fmt: skip
     result = evaluate(model, data, "test", 4)
     s = data.dataset.test
     x, ids, lengths, _ = data.batch("test", data.test_idx)
     pred = model(x, ids, lengths).argmax(1)
     expected = np.mean([vqa_accuracy(data.answers[p], s.human_answers[i])
-                        for p, i in zip(pred.tolist(), data.test_idx)])  # fmt: skip
+                        for p, i in zip(pred.tolist(), data.test_idx, strict=True)])  # fmt: skip
     assert result["accuracy"] == pytest.approx(expected)
     assert set(result["by_type"]) == {"yes/no", "number", "other"}
 

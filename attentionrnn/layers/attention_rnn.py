@@ -45,9 +45,7 @@ class _ScanAttention(nn.Module):
         if query_channels is not None:
             check_positive_int("query_channels", query_channels)
         if query_fusion not in QUERY_FUSIONS:
-            raise ValueError(
-                f"query_fusion must be one of {QUERY_FUSIONS}, got {query_fusion!r}"
-            )
+            raise ValueError(f"query_fusion must be one of {QUERY_FUSIONS}, got {query_fusion!r}")
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.kernel_size = kernel_size

@@ -151,7 +151,9 @@ class Vocabulary:
     def build(cls, texts: Iterable[str], min_count: int = 1) -> Vocabulary:
         """The words that occur ``min_count`` times or more, most frequent first (then a-z)."""
         counts = Counter(w for t in texts for w in tokenize(t))
-        kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        kept = sorted(
+            (w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w)
+        )
         return cls(kept)
 
     def __len__(self) -> int:
@@ -279,7 +281,9 @@ def _easy_vqa_split(root: Path, split: str) -> VQASplit:
     )
 
 
-def read_easy_vqa(root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> VQASet:
+def read_easy_vqa(
+    root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+) -> VQASet:
     """easy-VQA (train: 4,000 images / 38,575 questions; test: 1,000 / 9,673).
 
     Args:
@@ -576,9 +580,7 @@ def load_dataset(
     if name == "easy_vqa":
         return read_easy_vqa(easy_vqa_dir, cache_dir)
     if name == "sort_of_clevr":
-        return generate_sort_of_clevr(
-            *generated_images, seed=generated_seed, image_size=image_size
-        )
+        return generate_sort_of_clevr(*generated_images, seed=generated_seed, image_size=image_size)
     if name == "vqa2":
         return read_vqa_v2(vqa_dir, image_size, max_questions)
     raise UserError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")

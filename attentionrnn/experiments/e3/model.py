@@ -65,7 +65,8 @@ class CompactBilinearPooling(nn.Module):
 
     Approximates the outer product :math:`x \otimes y` projected to ``out_dim`` by the count
     sketch of the outer product, which equals the circular convolution of the two count
-    sketches, computed as :math:`\mathrm{FFT}^{-1}(\mathrm{FFT}(\Psi(x)) \odot \mathrm{FFT}(\Psi(y)))`.
+    sketches, computed as
+    :math:`\mathrm{FFT}^{-1}(\mathrm{FFT}(\Psi(x)) \odot \mathrm{FFT}(\Psi(y)))`.
     The hashes and signs are drawn once from ``seed`` and stored as buffers (not trained). The
     FFT runs in float32 whatever the autocast (bf16 has no FFT on the CPU).
 

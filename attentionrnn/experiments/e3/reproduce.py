@@ -234,7 +234,9 @@ def assemble(
             }
             path = curve_figure(curves, out / f"curves_{d}.png", f"{d}: learning curves")
             figures.setdefault(d, {})["curves"] = path.name
-            runs = {m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in sorted(rows, key=_order)}
+            runs = {
+                m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in sorted(rows, key=_order)
+            }
             try:
                 masks = mask_figure(runs, out / f"masks_{d}.png", title=f"{d}: attention")
             except UserError as exc:  # the data or weights are not here
@@ -272,7 +274,7 @@ def results_markdown(summary: dict[str, Any]) -> str:
     for d, rows in summary["results"].items():
         types = [t for t in QUESTION_TYPES if any(t in r["by_type"] for r in rows.values())]
         relational = any(r["relational"]["mean"] is not None for r in rows.values())
-        extra = (["relational", "non-relational", "att. correctness %"] if relational else [])
+        extra = ["relational", "non-relational", "att. correctness %"] if relational else []
         header = ["method", "seeds", "test acc %", *types, *extra, "params", "epochs",
                   "min/run", "wall"]  # fmt: skip
         lines += [f"## {d}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]

@@ -46,8 +46,8 @@ from attentionrnn.engine.trainer import (
 from attentionrnn.experiments.e3.data import (
     DATASETS,
     QUESTION_TYPES,
-    VQASet,
     Vocabulary,
+    VQASet,
     load_dataset,
     vqa_accuracy,
 )
@@ -299,7 +299,10 @@ def evaluate(
         loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="none")
         pred = logits.argmax(1).numpy()
         if s.human_answers is not None:
-            score = [vqa_accuracy(data.answers[p], s.human_answers[i]) for p, i in zip(pred, idx)]
+            score = [
+                vqa_accuracy(data.answers[p], s.human_answers[i])
+                for p, i in zip(pred, idx, strict=True)
+            ]
         else:
             score = (pred == target.numpy()).astype(np.float64)
         mass = (
