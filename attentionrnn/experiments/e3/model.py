@@ -204,6 +204,9 @@ class VQANet(nn.Module):
             (``16 x`` that).
         query_fusion: ``"mul"`` or ``"add"``: the image-question fusion inside ARNN / BRNN.
         block_size: BRNN's pooling factor.
+        coords: append two coordinate maps (x and y in [-1, 1]) to the image grid (our choice,
+            as Sort-of-CLEVR's relation networks tag objects with coordinates): the pooled
+            glimpse then says *where* it looked, which position questions need.
 
     Shape:
         - image: ``(B, in_channels, H, W)``; ids ``(B, L)``; lengths ``(B,)``.
@@ -229,13 +232,16 @@ class VQANet(nn.Module):
         attention_hidden: int = 16,
         query_fusion: str = "mul",
         block_size: int = 2,
+        coords: bool = True,
     ) -> None:
         super().__init__()
         if attention not in E3_ATTENTIONS:
             raise ValueError(f"attention must be one of {E3_ATTENTIONS}, got {attention!r}")
         self.attention = attention
         self.glimpses = glimpses if attention != "none" else 1
+        self.coords = coords
         self.image = ImageEncoder(in_channels, channels, blocks, features)
+        channels += 2 if coords else 0
         self.question = QuestionEncoder(vocabulary, embed, question_hidden, rnn)
         self.estimators = nn.ModuleList()
         if attention == "mcb":
@@ -263,10 +269,21 @@ class VQANet(nn.Module):
             return self.estimators[0](grid, q)
         return torch.cat([est(grid, query=q, return_mask=True)[1] for est in self.estimators], 1)
 
+    def encode_image(self, image: Tensor) -> Tensor:
+        """The grid ``(B, C (+2), h, w)`` the attention looks at."""
+        grid = self.image(image)
+        if not self.coords:
+            return grid
+        b, _, h, w = grid.shape
+        ys = torch.linspace(-1, 1, h, dtype=grid.dtype, device=grid.device)
+        xs = torch.linspace(-1, 1, w, dtype=grid.dtype, device=grid.device)
+        yx = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # (2, h, w)
+        return torch.cat([grid, yx.flip(0).expand(b, 2, h, w)], 1)
+
     def forward(
         self, image: Tensor, ids: Tensor, lengths: Tensor, return_masks: bool = False
     ) -> Tensor | tuple[Tensor, Tensor | None]:
-        grid = self.image(image)
+        grid = self.encode_image(image)
         q = self.question(ids, lengths)
         masks = self.masks(grid, q)
         if masks is None:

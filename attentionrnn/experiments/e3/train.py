@@ -115,6 +115,9 @@ class E3Config(RunConfig):
         metadata=_opt("image-question fusion in the ARNN / BRNN encoder", choices=("mul", "add")),
     )
     block_size: int = field(default=2, metadata=_opt("BRNN block size", minimum=1))
+    coords: bool = field(
+        default=True, metadata=_opt("append x / y coordinate maps to the image grid")
+    )
     max_answers: int = field(
         default=3000, metadata=_opt("answer classes: the most frequent training answers",
                                     minimum=2),
@@ -247,7 +250,7 @@ def build_model(config: E3Config, data: E3Data) -> VQANet:
         embed=config.embed, question_hidden=config.question_hidden, rnn=config.rnn,
         mcb_dim=config.mcb_dim, glimpses=config.glimpses,
         attention_hidden=config.attention_hidden, query_fusion=config.query_fusion,
-        block_size=config.block_size,
+        block_size=config.block_size, coords=config.coords,
     )  # fmt: skip
     return model.to(memory_format=torch.channels_last) if config.channels_last else model
 
