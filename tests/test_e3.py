@@ -244,6 +244,8 @@ def test_vqa2_evaluation_uses_the_vqa_accuracy(tmp_path):
         question_hidden=8, embed=4, mcb_dim=32, attention_hidden=4,
     )  # fmt: skip
     result = evaluate(model, data, "test", 4)
+    few = load_dataset("vqa2", vqa_dir=config.vqa_dir, max_questions=4)
+    assert len(few.train) == len(few.test) == 4 and len(few.train.images) == 2
     s = data.dataset.test
     x, ids, lengths, _ = data.batch("test", data.test_idx)
     pred = model(x, ids, lengths).argmax(1)

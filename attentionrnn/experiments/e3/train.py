@@ -133,6 +133,12 @@ class E3Config(RunConfig):
         default=1000, metadata=_opt("generated set: test images", minimum=1)
     )
     generated_seed: int = field(default=0, metadata=_opt("generated set: seed of the generator"))
+    max_questions: int | None = field(
+        default=None,
+        metadata=_opt(
+            "VQA v2: read only the first questions of each split (quick runs)", minimum=1
+        ),
+    )
     vqa_dir: str | None = field(
         default=None,
         metadata=_opt("VQA v2 folder (default $ATTENTIONRNN_VQA_DIR)", metavar="DIR"),
@@ -234,6 +240,7 @@ def load_data(config: E3Config, ctx: DistContext | None = None) -> E3Data:
         vqa_dir=config.vqa_dir, easy_vqa_dir=config.easy_vqa_dir, cache_dir=config.data_dir,
         image_size=config.image_size, generated_seed=config.generated_seed,
         generated_images=(config.generated_train_images, config.generated_test_images),
+        max_questions=config.max_questions,
     )  # fmt: skip
     if ctx.main:
         dataset = load_dataset(config.dataset, **kwargs)
