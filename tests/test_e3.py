@@ -383,6 +383,8 @@ def test_train_writes_metrics_and_resumes(tmp_path):
     assert saved["test_relational"] is not None and saved["test_non_relational"] is not None
     assert len(saved["test_attention_correctness"]) == 2
     assert all(0 <= v <= 1 for v in saved["test_attention_correctness"])
+    # a uniform mask's score is the boxes' share of the image: 4x4 objects on 32x32, 1 or 2 each
+    assert 16 / 1024 <= saved["test_attention_chance"] <= 32 / 1024
     assert len(saved["history"]) == 2 and saved["epochs"] == 2
     assert saved["samples"]["val"] > 0 and saved["precision"] in ("fp32", "bf16")
     assert train(config)["test_accuracy"] == metrics["test_accuracy"]  # finished: read back
@@ -418,7 +420,7 @@ def test_cli_train_reproduce_table(tmp_path, capsys):
                  "sort_of_clevr", "--methods", "none", "arnn", "--jobs", "1", "--threads", "1",
                  "--no-progress", "--precision", "fp32"]) == 0  # fmt: skip
     text = (out / "results.md").read_text()
-    assert "| ARNN (bi) | 0 |" in text and "relational" in text
+    assert "| ARNN (bi) | 0 |" in text and "relational" in text and "uniform mask" in text
     assert (out / "curves_sort_of_clevr.png").is_file()
     assert (out / "masks_sort_of_clevr.png").is_file()
     summary = json.loads((out / "results.json").read_text())

@@ -202,6 +202,7 @@ def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "relational": seed_stats([m.get("test_relational") for m in ms]),
         "non_relational": seed_stats([m.get("test_non_relational") for m in ms]),
         "attention_correctness": seed_stats([correctness(m) for m in ms]),
+        "attention_chance": seed_stats([m.get("test_attention_chance") for m in ms]),
         "epochs": [m["epochs"] for m in ms],
         "training_time_h": seed_stats([m["training_time_s"] / 3600 for m in ms]),
         "wall_time_h": sum(m.get("wall_time_s", m["training_time_s"]) for m in ms) / 3600,
@@ -267,7 +268,8 @@ def results_markdown(summary: dict[str, Any]) -> str:
         "Test accuracy (%) at the best validation epoch, overall and by question type (VQA v2: "
         "the VQA accuracy min(#humans/3, 1)); attention correctness: the share of the mask's "
         "mass inside the boxes of the objects the question is about (generated set, mean of the "
-        "glimpses). Mean ± sample standard deviation over the seeds listed (one seed has no ±). "
+        "glimpses; a uniform mask scores the boxes' share of the image, given below the "
+        "table). Mean ± sample standard deviation over the seeds listed (one seed has no ±). "
         "min/run: training minutes per run; wall: hours of all runs of the row.",
         "",
     ]
@@ -289,6 +291,10 @@ def results_markdown(summary: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         figs = summary.get("figures", {}).get(d, {})
         lines.append("")
+        chance = next((r["attention_chance"] for r in rows.values()
+                       if r["attention_chance"]["mean"] is not None), None)  # fmt: skip
+        if relational and chance:
+            lines += [f"A uniform mask's attention correctness: {_fmt(chance)} %.", ""]
         for kind in ("curves", "masks"):
             if kind in figs:
                 lines += [f"![{d} {kind}]({figs[kind]})", ""]

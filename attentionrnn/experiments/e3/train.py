@@ -343,6 +343,11 @@ def evaluate(
     if with_mass:
         per_glimpse = np.nanmean(table[:, 4:], axis=0) if len(table) else np.full(glimpses, np.nan)
         result["attention_correctness"] = [float(v) for v in per_glimpse]
+    if s.boxes is not None and len(idx):
+        # what a uniform mask scores: the share of the image the boxes cover
+        uniform = torch.ones(len(idx), 1, 1, 1)
+        share = _attention_mass(uniform, s.boxes[idx], s.images.shape[1:3])
+        result["attention_chance"] = float(share.mean())
     return result
 
 
@@ -399,6 +404,7 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
         val = evaluate(model, data, "val", config.eval_batch_size, ctx, precision=precision)
         val.pop("by_type")
         val.pop("attention_correctness", None)
+        val.pop("attention_chance", None)
         return val
 
     fingerprint = {**config.fingerprint(), "data": dataset.identity}
@@ -423,6 +429,7 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
         "test_relational": test.get("relational"),
         "test_non_relational": test.get("non_relational"),
         "test_attention_correctness": test.get("attention_correctness"),
+        "test_attention_chance": test.get("attention_chance"),
         "val_accuracy": state.best_score if state.best_epoch >= 0 else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "attention_parameters": sum(p.numel() for p in model.estimators.parameters()),
