@@ -439,3 +439,29 @@ def test_full_mnist_integration(tmp_path):
     path = generate_dataset("mdist", 20, seed=0, out=tmp_path / "x.npz", progress=False, workers=1)
     ds = AttributeDataset(path, split="all")
     assert ds.metadata["digit_source"] == "mnist-full" and len(ds) >= 100
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_smaller_canvas_scales_every_length(digits, dataset):
+    a = generate_arrays(dataset, 6, seed=1, digits=digits, workers=1, canvas=64)
+    assert a["images"].shape == (6, 64, 64, 3) and a["instances"].shape == (6, 64, 64)
+    box = a["box"]
+    side = box[:, 2] - box[:, 0]
+    assert np.array_equal(side, box[:, 3] - box[:, 1])
+    assert box.min() >= 0 and box[:, 2:].max() <= 64
+    # a digit of PAN scale s is 28 * s * 64 / 100 pixels; the recorded scale stays PAN's s
+    expected = np.maximum(1, np.floor(28 * a["scale"].astype(np.float64) * 0.64 + 0.5))
+    assert np.array_equal(side, expected.astype(np.int64))
+    assert a["scale"].min() >= 0.5 and a["scale"].max() <= 3.0
+    # the strokes of each sample's digit lie in its box, as on the full canvas
+    for s in range(len(box)):
+        ys, xs = np.nonzero(a["instances"][a["image_index"][s]] == a["instance"][s])
+        x0, y0, x1, y1 = box[s]
+        assert len(ys) and ys.min() >= y0 and ys.max() < y1 and xs.min() >= x0 and xs.max() < x1
+
+
+def test_canvas_checked(digits):
+    with pytest.raises(ValueError, match="canvas must be >= 46"):
+        generate_arrays("mref", 2, seed=0, digits=digits, workers=1, canvas=45)
+    with pytest.raises(TypeError, match="canvas must be an int"):
+        generate_arrays("mref", 2, seed=0, digits=digits, workers=1, canvas=64.0)

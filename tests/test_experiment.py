@@ -337,3 +337,41 @@ def test_cli_verbose_shows_the_traceback(tmp_path):
 
     with pytest.raises(UserError):
         main(["-v", *_cmd(text, tmp_path / "r", 1)])
+
+
+# ---------------------------------------------------------------------------------- canvas
+
+
+def test_small_canvas_trains_and_names_its_data(tmp_path, monkeypatch, digits):
+    """--canvas: the generated file's name says its size, the run trains on it and measures
+    attention correctness on its own image size; a file of another size is refused."""
+    import attentionrnn.data.generate as gen_mod
+    from attentionrnn.engine.errors import UserError
+    from attentionrnn.experiments.e1 import train as train_mod
+
+    monkeypatch.setattr(gen_mod, "load_mnist", lambda mnist=None: digits)
+    config = TrainConfig(
+        attention="ctx", samples=60, canvas=64, epochs=1, batch_size=8, threads=1,
+        data_dir=str(tmp_path / "data"), out=str(tmp_path / "run"), progress=False,
+    )  # fmt: skip
+    path, how = train_mod.resolve_data(config)
+    assert how == "generated" and path.name == "mref_11img_64px_seed0_default.npz"
+    assert E1Data(path).images.shape[1:] == (64, 64, 3)
+    metrics = train(config)
+    for layer in metrics["attention_correctness"].values():
+        assert 0.0 <= layer["box"] <= 1.0
+    # the default canvas keeps the old name and fingerprint (runs from before still resume)
+    old = TrainConfig(samples=60, data_dir=str(tmp_path / "data"), progress=False)
+    assert train_mod.resolve_data(old)[0].name == "mref_11img_seed0_default.npz"
+    assert "canvas" not in old.fingerprint() and config.fingerprint()["canvas"] == 64
+    with pytest.raises(UserError, match="64-pixel images but the run asks for --canvas 80"):
+        train(TrainConfig(data=str(path), canvas=80, out=str(tmp_path / "r2"), progress=False))
+
+
+def test_row_names_drop_a_gate_override_that_is_the_methods_own():
+    from attentionrnn.experiments.e1.reproduce import row_name
+
+    assert row_name("ctx", "softmax") == "ctx"
+    assert row_name("ctx", "sigmoid") == "ctx-l4sigmoid"
+    assert row_name("arnn", "softmax") == "arnn-l4softmax"
+    assert row_name("arnn", "sigmoid") == "arnn" and row_name("arnn", None) == "arnn"

@@ -1,6 +1,7 @@
 """Generators of the MREF / MDIST / MBG attribute datasets (recipe of the PAN code).
 
-Each image is a 100×100 RGB canvas with 5–9 coloured MNIST digits of distinct classes. Every
+Each image is a 100×100 RGB canvas with 5–9 coloured MNIST digits of distinct classes (PAN's size;
+``canvas`` makes a smaller or larger image with every length scaled alike, e.g. for a quick demo). Every
 digit is one sample: (image, query = its class) → its colour. MDIST adds 17 coloured distractor
 fragments under the digits; MBG puts the digits over crops of natural images / textures.
 
@@ -39,6 +40,7 @@ PALETTE = np.array(
 )
 PALETTE.setflags(write=False)
 
+#: PAN's canvas side; the scale range below is relative to it.
 CANVAS = 100
 DIGIT_SIZE = 28
 MIN_DIGITS, MAX_DIGITS = 5, 9
@@ -107,7 +109,9 @@ def _side(scale: float, base: int) -> int:
     return max(1, int(np.floor(base * scale + 0.5)))
 
 
-def load_backgrounds(names: tuple[str, ...] = BACKGROUND_IMAGES) -> list[tuple[str, np.ndarray]]:
+def load_backgrounds(
+    names: tuple[str, ...] = BACKGROUND_IMAGES, min_side: int = CANVAS
+) -> list[tuple[str, np.ndarray]]:
     """The bundled scikit-image pictures as uint8 (H, W, 3) arrays (grey ones replicated)."""
     import skimage.data
 
@@ -123,12 +127,24 @@ def load_backgrounds(names: tuple[str, ...] = BACKGROUND_IMAGES) -> list[tuple[s
         if img.ndim == 2:
             img = np.repeat(img[:, :, None], 3, axis=2)
         img = img[:, :, :3]
-        if min(img.shape[:2]) < CANVAS:
+        if min(img.shape[:2]) < min_side:
             continue
         out.append((name, np.ascontiguousarray(img)))
     if not out:
         raise RuntimeError("no MBG background image available from skimage.data")
     return out
+
+
+#: The smallest canvas on which every digit scale still gives a digit of at least one pixel and
+#: PAN's four valid-conv / pool blocks still leave a map (see attentionrnn.models.pan).
+MIN_CANVAS = 46
+
+
+def check_canvas(canvas: int) -> None:
+    if isinstance(canvas, bool) or not isinstance(canvas, (int, np.integer)):
+        raise TypeError(f"canvas must be an int, got {type(canvas).__name__}")
+    if canvas < MIN_CANVAS:
+        raise ValueError(f"canvas must be >= {MIN_CANVAS} pixels, got {canvas}")
 
 
 def split_images(samples_per_image: np.ndarray, seed: int) -> np.ndarray:
@@ -163,8 +179,12 @@ class _Generator:
         digits: MnistDigits,
         rng: np.random.Generator,
         backgrounds: list[tuple[str, np.ndarray]] | None = None,
+        canvas: int = CANVAS,
     ):
         self.dataset = dataset
+        self.canvas = canvas
+        # lengths scale with the canvas, so a smaller image keeps PAN's geometry
+        self.zoom = canvas / CANVAS
         self.images = digits.images
         self.rng = rng
         self.pools = [np.flatnonzero(digits.labels == c) for c in range(10)]
@@ -179,10 +199,11 @@ class _Generator:
         rng = self.rng
         if self.dataset == "mbg":
             _, img = self.backgrounds[rng.integers(len(self.backgrounds))]
-            y = rng.integers(img.shape[0] - CANVAS + 1)
-            x = rng.integers(img.shape[1] - CANVAS + 1)
-            return img[y : y + CANVAS, x : x + CANVAS].astype(np.float64)
-        canvas = np.zeros((CANVAS, CANVAS, 3), dtype=np.float64)
+            size = self.canvas
+            y = rng.integers(img.shape[0] - size + 1)
+            x = rng.integers(img.shape[1] - size + 1)
+            return img[y : y + size, x : x + size].astype(np.float64)
+        canvas = np.zeros((self.canvas, self.canvas, 3), dtype=np.float64)
         if self.dataset == "mdist":
             n = len(self.images)
             lim = DIGIT_SIZE - DISTRACTOR_CROP + 1
@@ -195,10 +216,10 @@ class _Generator:
                 crop = self.images[
                     src[j], cy[j] : cy[j] + DISTRACTOR_CROP, cx[j] : cx[j] + DISTRACTOR_CROP
                 ]
-                side = _side(scales[j], DISTRACTOR_CROP)
+                side = _side(scales[j] * self.zoom, DISTRACTOR_CROP)
                 alpha = _scaled_alpha(crop, side)
-                y = rng.integers(CANVAS - side + 1)
-                x = rng.integers(CANVAS - side + 1)
+                y = rng.integers(self.canvas - side + 1)
+                x = rng.integers(self.canvas - side + 1)
                 canvas[y : y + side, x : x + side] += alpha[:, :, None] * self.palette[colors[j]]
             np.minimum(canvas, 255.0, out=canvas)  # saturate: never wrap around uint8
         return canvas
@@ -215,14 +236,15 @@ class _Generator:
         colors = rng.integers(len(PALETTE), size=k)
         noise = rng.normal(0.0, COLOR_NOISE_STD, size=k)
         scales = np.sort(rng.uniform(*SCALE_RANGE, size=k))[::-1]
-        occupied = np.zeros((CANVAS, CANVAS), dtype=bool)
-        integral = np.zeros((CANVAS + 1, CANVAS + 1), dtype=np.int32)
+        size = self.canvas
+        occupied = np.zeros((size, size), dtype=bool)
+        integral = np.zeros((size + 1, size + 1), dtype=np.int32)
         layout = []
         for j in range(k):
-            side = _side(scales[j], DIGIT_SIZE)
+            side = _side(scales[j] * self.zoom, DIGIT_SIZE)
             # Placement: uniform over the top-left corners whose box holds no stroke pixel of an
             # earlier digit: the distribution of unlimited rejection sampling, without the loop.
-            n = CANVAS - side + 1
+            n = size - side + 1
             s = integral
             box_sums = s[side:, side:] - s[:n, side:] - s[side:, :n] + s[:n, :n]
             free = np.flatnonzero(box_sums.ravel() == 0)
@@ -243,7 +265,7 @@ class _Generator:
 
     def _render(self, layout):
         canvas = self._background()
-        instances = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
+        instances = np.zeros((self.canvas, self.canvas), dtype=np.uint8)
         records = []
         for j, (cls, col, scale, x, y, side, alpha, color, src) in enumerate(layout):
             a = alpha[:, :, None]
@@ -270,8 +292,8 @@ CHUNK_IMAGES = 250
 _WORKER_STATE: dict = {}
 
 
-def _init_worker(dataset, images, labels, source, backgrounds):
-    _WORKER_STATE["args"] = (dataset, MnistDigits(images, labels, source), backgrounds)
+def _init_worker(dataset, images, labels, source, backgrounds, canvas):
+    _WORKER_STATE["args"] = (dataset, MnistDigits(images, labels, source), backgrounds, canvas)
 
 
 def _chunk_rng(seed: int, chunk: int) -> np.random.Generator:
@@ -279,10 +301,10 @@ def _chunk_rng(seed: int, chunk: int) -> np.random.Generator:
 
 
 def _generate_chunk(seed: int, chunk: int, count: int, args=None):
-    dataset, digits, backgrounds = args if args is not None else _WORKER_STATE["args"]
-    gen = _Generator(dataset, digits, _chunk_rng(seed, chunk), backgrounds)
-    imgs = np.empty((count, CANVAS, CANVAS, 3), dtype=np.uint8)
-    insts = np.empty((count, CANVAS, CANVAS), dtype=np.uint8)
+    dataset, digits, backgrounds, canvas = args if args is not None else _WORKER_STATE["args"]
+    gen = _Generator(dataset, digits, _chunk_rng(seed, chunk), backgrounds, canvas)
+    imgs = np.empty((count, canvas, canvas, 3), dtype=np.uint8)
+    insts = np.empty((count, canvas, canvas), dtype=np.uint8)
     records = []
     for i in range(count):
         imgs[i], insts[i], recs = gen.image()
@@ -304,6 +326,7 @@ def generate_arrays(
     digits: MnistDigits,
     progress: bool = False,
     workers: int | None = None,
+    canvas: int = CANVAS,
 ) -> dict[str, np.ndarray]:
     """Generate a dataset in memory: the dict of arrays that :func:`generate_dataset` writes.
 
@@ -315,15 +338,16 @@ def generate_arrays(
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if images < 1:
         raise ValueError(f"images must be >= 1, got {images}")
-    backgrounds = load_backgrounds() if dataset == "mbg" else None
+    check_canvas(canvas)
+    backgrounds = load_backgrounds(min_side=canvas) if dataset == "mbg" else None
     chunks = [
         (c, min(CHUNK_IMAGES, images - c * CHUNK_IMAGES)) for c in range(-(-images // CHUNK_IMAGES))
     ]
     workers = _default_workers() if workers is None else max(1, int(workers))
     workers = min(workers, len(chunks))
 
-    out_images = np.empty((images, CANVAS, CANVAS, 3), dtype=np.uint8)
-    out_instances = np.empty((images, CANVAS, CANVAS), dtype=np.uint8)
+    out_images = np.empty((images, canvas, canvas, 3), dtype=np.uint8)
+    out_instances = np.empty((images, canvas, canvas), dtype=np.uint8)
     per_image: list = [None] * images
     resampled = 0
     bar = None
@@ -345,13 +369,13 @@ def generate_arrays(
 
     try:
         if workers == 1:
-            args = (dataset, digits, backgrounds)
+            args = (dataset, digits, backgrounds, canvas)
             for c, count in chunks:
                 store(c, _generate_chunk(seed, c, count, args))
         else:
             from concurrent.futures import ProcessPoolExecutor
 
-            init = (dataset, digits.images, digits.labels, digits.source, backgrounds)
+            init = (dataset, digits.images, digits.labels, digits.source, backgrounds, canvas)
             with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
                 futures = {pool.submit(_generate_chunk, seed, c, count): c for c, count in chunks}
                 for future, c in futures.items():
@@ -434,6 +458,7 @@ def generate_dataset(
     mnist: str | None = None,
     progress: bool = True,
     workers: int | None = None,
+    canvas: int = CANVAS,
 ) -> Path:
     """Generate ``images`` images of MREF / MDIST / MBG and write them to ``out`` (.npz).
 
@@ -446,6 +471,9 @@ def generate_dataset(
         progress: show a tqdm progress bar.
         workers: processes to use (default: the available cores, at most 8); the output does
             not depend on it.
+        canvas: side of the square image in pixels (PAN: 100). Digit and distractor sizes
+            scale with it (a digit of scale ``s`` is ``28 * s * canvas / 100`` pixels); the
+            recorded ``scale`` stays PAN's ``s``, so accuracy by scale compares across canvases.
 
     Returns:
         The path written.
@@ -455,7 +483,9 @@ def generate_dataset(
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     out = Path(out) if out is not None else Path(f"{dataset}_{images}_seed{seed}.npz")
     digits = load_mnist(mnist)
-    arrays = generate_arrays(dataset, images, seed, digits, progress=progress, workers=workers)
+    arrays = generate_arrays(
+        dataset, images, seed, digits, progress=progress, workers=workers, canvas=canvas
+    )
     path = write_npz(out, arrays)
     counts = np.bincount(arrays["split"], minlength=3)
     logger.info(

@@ -8,6 +8,7 @@ joined with the query embedding, then dropout 0.5 and a linear layer.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 
 from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES, build_attention
 
-__all__ = ["PAN", "TASKS", "MASK_GEOMETRY"]
+__all__ = ["PAN", "TASKS", "MASK_GEOMETRY", "own_layer4_gate"]
 
 
 #: task -> (number of query values, number of classes). ``color``: query a digit class, predict its
@@ -140,3 +141,9 @@ class PAN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"attention={self.attention!r}, task={self.task!r}"
+
+
+@functools.cache
+def own_layer4_gate(attention: str) -> str | None:
+    """The last attention layer's gate of ``PAN(attention)`` without an override."""
+    return PAN(attention).layer4_gate

