@@ -1,9 +1,10 @@
 """Generators of the MREF / MDIST / MBG attribute datasets (recipe of the PAN code).
 
-Each image is a 100×100 RGB canvas with 5–9 coloured MNIST digits of distinct classes (PAN's size;
-``canvas`` makes a smaller or larger image with every length scaled alike, e.g. for a quick demo). Every
-digit is one sample: (image, query = its class) → its colour. MDIST adds 17 coloured distractor
-fragments under the digits; MBG puts the digits over crops of natural images / textures.
+Each image is a 100×100 RGB canvas with 5–9 coloured MNIST digits of distinct classes (PAN's
+size; ``canvas`` makes a smaller or larger image with every length scaled alike, e.g. for a quick
+demo). Every digit is one sample: (image, query = its class) → its colour. MDIST adds 17 coloured
+distractor fragments under the digits; MBG puts the digits over crops of natural images /
+textures.
 
 The file written is a plain ``.npz`` (see ``docs/data.md`` for the schema), written
 deterministically: the same arguments give a byte-identical file.

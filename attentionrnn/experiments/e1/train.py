@@ -133,7 +133,6 @@ class TrainConfig(RunConfig):
         ),
     )
 
-
     def fingerprint(self) -> dict[str, Any]:
         d = super().fingerprint()
         if d["canvas"] == CANVAS:  # runs from before the option existed still resume
