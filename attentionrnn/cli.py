@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "attentionrnn.experiments.e1.commands",
     "attentionrnn.experiments.e2.commands",
     "attentionrnn.experiments.e3.commands",
+    "attentionrnn.experiments.e4.commands",
 )
 
 #: Exceptions that describe the user's input rather than a bug.

@@ -1,0 +1,308 @@
+"""The networks and losses of experiment E4: a ModularGAN-style editor (Zhao et al., ECCV 2018).
+
+``image → encoder E → features f``; each attribute has a transformer module ``T_m`` that, given
+the target label (and the query), computes an edited feature map ``t`` and a mask ``A`` and
+blends them, ``f ← A⊙t + (1−A)⊙f``; the reconstructor ``R`` decodes the features to an image.
+The discriminator ``D`` scores realism per patch and classifies the attributes (of the queried
+digit, through a query-conditioned pooling). The mask head (``mask``):
+
+* ``ctx`` — a conv head (3×3 conv with the condition added, ReLU, 1×1 conv, sigmoid): the
+  baseline, :class:`~attentionrnn.layers.baselines.ContextAttention`;
+* ``arnn`` — :class:`~attentionrnn.AttentionRNN` (bi-directional scan) on the same input;
+* ``brnn`` — :class:`~attentionrnn.BlockAttentionRNN`.
+
+Losses (ModularGAN's terms): adversarial, attribute classification (real images for ``D``, edited
+ones for the generator), reconstruction ``R(E(x)) ≈ x``, cycle ``edit(edit(x, t), labels) ≈ x``
+and mask sparsity ``mean(A)``. The adversarial loss is the **hinge** loss with **no gradient
+penalty**: a penalty on ``D``'s input gradient needs double backward through the generator's
+masks, which the scan's fused CPU kernels do not support, and ``D`` alone needs none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attentionrnn.layers.factory import build_attention
+
+__all__ = [
+    "E4_MASKS",
+    "LABELS",
+    "AttributeClassifier",
+    "Discriminator",
+    "Editor",
+    "LossWeights",
+    "discriminator_loss",
+    "generator_loss",
+]
+
+E4_MASKS = ("ctx", "arnn", "brnn")
+LABELS = {"ctx": "conv mask (CTX)", "arnn": "ARNN (bi)", "brnn": "BRNN"}
+
+
+def _norm(channels: int) -> nn.Module:
+    return nn.InstanceNorm2d(channels, affine=True)
+
+
+def _down(cin: int, cout: int, norm: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 4, 2, 1)]
+    if norm:
+        layers.append(_norm(cout))
+    layers.append(nn.LeakyReLU(0.2) if not norm else nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Transformer(nn.Module):
+    """One attribute's module: edited features and the mask that blends them in.
+
+    Args:
+        channels: feature channels.
+        condition: width of the condition (target one-hot, plus the query).
+        mask: ``"ctx"``, ``"arnn"`` or ``"brnn"`` (built by
+            :func:`~attentionrnn.build_attention` with a sigmoid gate).
+        mask_hidden: hidden width of the mask head.
+        block_size: BRNN block size.
+
+    Shape:
+        - f: ``(B, C, h, w)``, condition: ``(B, K)``
+        - output: ``(B, C, h, w)`` and the mask ``(B, 1, h, w)`` in [0, 1]
+    """
+
+    def __init__(
+        self, channels: int, condition: int, mask: str, mask_hidden: int = 16, block_size: int = 2
+    ) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels + condition, channels, 3, padding=1), _norm(channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1), _norm(channels),
+        )  # fmt: skip
+        self.mask = build_attention(
+            mask, channels, query_channels=condition, gate="sigmoid",
+            hidden_channels=mask_hidden, block_size=block_size,
+        )  # fmt: skip
+
+    def forward(self, f: Tensor, condition: Tensor) -> tuple[Tensor, Tensor]:
+        tiled = condition[:, :, None, None].expand(-1, -1, *f.shape[-2:]).to(f.dtype)
+        t = f + self.body(torch.cat([f, tiled], 1))
+        _, a = self.mask(f, query=condition.to(f.dtype), return_mask=True)
+        a = a.to(f.dtype)
+        return a * t + (1 - a) * f, a
+
+
+class Editor(nn.Module):
+    """The generator: encoder, one :class:`Transformer` per attribute, reconstructor.
+
+    Args:
+        classes: number of classes of each attribute (one module each).
+        query_channels: width of the query (the digit class one-hot) or ``None``.
+        mask: the mask head of every module (:data:`E4_MASKS`).
+        channels: width of the first encoder layer (doubled at each of the two downsamplings).
+        mask_hidden, block_size: of the mask head.
+
+    Shape:
+        - x: ``(B, 3, H, W)`` in [0, 1] (``H, W`` divisible by 4), targets ``(B, M)`` int64,
+          query ``(B, Q)`` or ``None``
+        - output: edited ``(B, 3, H, W)`` in [0, 1] and the masks ``(B, M, H/4, W/4)``
+    """
+
+    def __init__(
+        self,
+        classes: tuple[int, ...],
+        query_channels: int | None,
+        mask: str = "arnn",
+        channels: int = 16,
+        mask_hidden: int = 16,
+        block_size: int = 2,
+    ) -> None:
+        super().__init__()
+        if mask not in E4_MASKS:
+            raise ValueError(f"mask must be one of {E4_MASKS}, got {mask!r}")
+        self.classes, self.query_channels, self.mask_name = tuple(classes), query_channels, mask
+        c = channels
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), _norm(c), nn.ReLU(), _down(c, 2 * c), _down(2 * c, 4 * c)
+        )
+        self.transformers = nn.ModuleList(
+            Transformer(4 * c, n + (query_channels or 0), mask, mask_hidden, block_size)
+            for n in self.classes
+        )
+        self.reconstructor = nn.Sequential(
+            nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1), _norm(2 * c), nn.ReLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1), _norm(c), nn.ReLU(),
+            nn.Conv2d(c, 3, 3, padding=1),
+        )  # fmt: skip
+
+    def condition(self, m: int, targets: Tensor, query: Tensor | None) -> Tensor:
+        onehot = F.one_hot(targets[:, m], self.classes[m]).float()
+        return onehot if query is None else torch.cat([onehot, query.float()], 1)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """``R(E(x))``: the image through the autoencoder without any module."""
+        return torch.sigmoid(self.reconstructor(self.encoder(x)))
+
+    def forward(
+        self, x: Tensor, targets: Tensor, query: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[-1] % 4 or x.shape[-2] % 4:
+            raise ValueError(f"x must be (B, 3, H, W) with H, W divisible by 4, got "
+                             f"{tuple(x.shape)}")  # fmt: skip
+        if targets.shape != (len(x), len(self.classes)):
+            raise ValueError(f"targets must be (B, {len(self.classes)}), got "
+                             f"{tuple(targets.shape)}")  # fmt: skip
+        if (query is None) != (self.query_channels is None):
+            raise ValueError("query must be given exactly when the editor has query_channels")
+        f = self.encoder(x)
+        masks = []
+        for m, module in enumerate(self.transformers):
+            f, a = module(f, self.condition(m, targets, query))
+            masks.append(a)
+        return torch.sigmoid(self.reconstructor(f)), torch.cat(masks, 1)
+
+
+class _QueryPool(nn.Module):
+    """Pool a feature map to one vector: the mean, plus (with a query) a softmax-weighted sum
+    whose weights come from the features' match with the query embedding, so that a classifier
+    of "the colour of digit k" can find digit k."""
+
+    def __init__(self, channels: int, query_channels: int | None) -> None:
+        super().__init__()
+        self.embed = nn.Linear(query_channels, channels) if query_channels else None
+        self.out_channels = channels * (2 if query_channels else 1)
+
+    def forward(self, h: Tensor, query: Tensor | None) -> Tensor:
+        mean = h.mean((2, 3))
+        if self.embed is None:
+            return mean
+        score = (h * self.embed(query.to(h.dtype))[:, :, None, None]).sum(1).flatten(1)
+        weights = torch.softmax(score.float() / h.shape[1] ** 0.5, 1).to(h.dtype)
+        return torch.cat([mean, (h.flatten(2) * weights[:, None]).sum(-1)], 1)
+
+
+class Discriminator(nn.Module):
+    """Patch discriminator with an attribute classifier (ModularGAN's ``D``).
+
+    Args:
+        classes: classes of each attribute.
+        query_channels: width of the query or ``None``.
+        channels: width of the first layer (doubled at each of three downsamplings).
+
+    Shape:
+        - x: ``(B, 3, H, W)``, query ``(B, Q)`` or ``None``
+        - output: realism scores ``(B, 1, H/8, W/8)`` and attribute logits
+          ``(B, sum(classes))``
+    """
+
+    def __init__(
+        self, classes: tuple[int, ...], query_channels: int | None, channels: int = 16
+    ) -> None:
+        super().__init__()
+        c = channels
+        self.classes = tuple(classes)
+        self.trunk = nn.Sequential(_down(3, c, False), _down(c, 2 * c, False),
+                                   _down(2 * c, 4 * c, False))  # fmt: skip
+        self.adversarial = nn.Conv2d(4 * c, 1, 3, padding=1)
+        self.pool = _QueryPool(4 * c, query_channels)
+        self.classifier = nn.Linear(self.pool.out_channels, sum(self.classes))
+
+    def forward(self, x: Tensor, query: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h = self.trunk(x * 2 - 1)
+        return self.adversarial(h), self.classifier(self.pool(h, query))
+
+
+class AttributeClassifier(nn.Module):
+    """The judge of edit success and the feature network of KID, trained on real images only.
+
+    Args:
+        classes: classes of each attribute.
+        query_channels: width of the query or ``None``.
+        channels: width of the first layer.
+
+    Shape:
+        - x: ``(B, 3, H, W)`` in [0, 1], query ``(B, Q)`` or ``None``
+        - output: attribute logits ``(B, sum(classes))``; :meth:`features`: ``(B, F)``
+    """
+
+    def __init__(
+        self, classes: tuple[int, ...], query_channels: int | None, channels: int = 32
+    ) -> None:
+        super().__init__()
+        c = channels
+        self.classes = tuple(classes)
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.trunk = nn.Sequential(*block(3, c), nn.MaxPool2d(2), *block(c, c), nn.MaxPool2d(2),
+                                   *block(c, 2 * c))  # fmt: skip
+        self.pool = _QueryPool(2 * c, query_channels)
+        self.head = nn.Linear(self.pool.out_channels, sum(self.classes))
+
+    def features(self, x: Tensor, query: Tensor | None = None) -> Tensor:
+        """The penultimate features (what KID compares)."""
+        return self.pool(self.trunk(x * 2 - 1), query)
+
+    def forward(self, x: Tensor, query: Tensor | None = None) -> Tensor:
+        return self.head(self.features(x, query))
+
+
+def split_logits(logits: Tensor, classes: tuple[int, ...]) -> list[Tensor]:
+    """The logits of each attribute from their concatenation ``(B, sum(classes))``."""
+    return list(torch.split(logits, list(classes), dim=1))
+
+
+def attribute_loss(logits: Tensor, labels: Tensor, classes: tuple[int, ...]) -> Tensor:
+    """Cross-entropy summed over the attributes (each a softmax over its classes)."""
+    parts = split_logits(logits.float(), classes)
+    return sum(F.cross_entropy(p, labels[:, m]) for m, p in enumerate(parts))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the generator's loss terms (ModularGAN: cls 1, rec / cycle 10; the mask
+    sparsity weight is our choice)."""
+
+    cls: float = 1.0
+    rec: float = 10.0
+    cycle: float = 10.0
+    mask: float = 0.1
+
+
+def discriminator_loss(
+    d: Discriminator, real: Tensor, fake: Tensor, labels: Tensor, query: Tensor | None,
+    weights: LossWeights = LossWeights(),
+) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+    """Hinge loss on real / edited images plus the attribute loss on real ones.
+
+    Returns ``(loss, terms)``; ``terms`` also holds ``d_accuracy`` (attributes of real images)."""
+    real_score, real_logits = d(real, query)
+    fake_score, _ = d(fake.detach(), query)
+    adv = F.relu(1 - real_score.float()).mean() + F.relu(1 + fake_score.float()).mean()
+    cls = attribute_loss(real_logits, labels, d.classes)
+    with torch.no_grad():  # how well D tells the real attributes (the learning curve's accuracy)
+        hits = [(p.argmax(1) == labels[:, m]).float().mean()
+                for m, p in enumerate(split_logits(real_logits.float(), d.classes))]  # fmt: skip
+    parts = {"d_adv": adv, "d_cls": cls, "d_accuracy": torch.stack(hits).mean()}
+    return adv + weights.cls * cls, parts
+
+
+def generator_loss(
+    g: Editor, d: Discriminator, x: Tensor, labels: Tensor, targets: Tensor,
+    query: Tensor | None, weights: LossWeights = LossWeights(),
+) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:  # fmt: skip
+    """ModularGAN's generator loss: adversarial (hinge), classification of the edited image,
+    reconstruction, cycle and mask sparsity. Returns ``(loss, terms, edited, masks)``."""
+    edited, masks = g(x, targets, query)
+    score, logits = d(edited, query)
+    adv = -score.float().mean()
+    cls = attribute_loss(logits, targets, g.classes)
+    rec = (g.reconstruct(x).float() - x).abs().mean()
+    back, _ = g(edited, labels, query)
+    cycle = (back.float() - x).abs().mean()
+    sparsity = masks.float().mean()
+    loss = (adv + weights.cls * cls + weights.rec * rec + weights.cycle * cycle
+            + weights.mask * sparsity)  # fmt: skip
+    parts = {"g_adv": adv, "g_cls": cls, "rec": rec, "cycle": cycle, "mask": sparsity}
+    return loss, parts, edited, masks

@@ -1,0 +1,305 @@
+"""Run the E4 mask heads and assemble the results table (edit success, preservation, mask
+correctness, KID).
+
+``reproduce(out, budget, ...)`` trains each (dataset, mask, seed) run that is not finished yet
+into ``OUT/runs/DATASET/MASK/seedS``; :func:`assemble` builds the table from **every** finished
+``metrics.json`` under ``OUT/runs`` — mean ± standard deviation over seeds — and writes
+``OUT/results.md``, ``OUT/results.json``, the learning curves ``OUT/curves_DATASET.png`` and,
+where the weights and data are present, the sample grid ``OUT/samples_DATASET.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.runs import (
+    finished_runs,
+    format_stats,
+    parallelism,
+    seed_stats,
+    train_runs,
+)
+from attentionrnn.engine.state import atomic_write_json
+from attentionrnn.engine.trainer import METRICS
+from attentionrnn.experiments.e4.data import DATASETS
+from attentionrnn.experiments.e4.model import E4_MASKS, LABELS
+from attentionrnn.experiments.e4.train import E4Config, train
+
+logger = logging.getLogger("attentionrnn.e4.reproduce")
+
+__all__ = ["BUDGETS", "Budget", "assemble", "reproduce", "results_markdown"]
+
+#: the metrics of the table: (key in metrics.json without "test_", header, scale, digits)
+COLUMNS = (
+    ("edit_success", "edit success %", 100.0, 1),
+    ("preservation_l1", "preservation L1 ×100", 100.0, 2),
+    ("truth_l1", "L1 to exact ×100", 100.0, 2),
+    ("mask_correctness", "mask on digit %", 100.0, 1),
+    ("mask_correctness_box", "mask in box %", 100.0, 1),
+    ("kid", "KID ×100", 100.0, 3),
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Data size, network size and training length of one budget (other fields: E4Config's
+    defaults)."""
+
+    epochs: int
+    description: str
+    images: int = 3000
+    canvas: int = 64
+    batch_size: int = 32
+    lr_step: int = 6
+    channels: int = 16
+    d_channels: int = 16
+    mask_hidden: int = 16
+    judge_epochs: int = 15
+    judge_channels: int = 32
+    train_samples: int | None = None
+    val_samples: int = 500
+    test_samples: int = 2000
+    seeds: tuple[int, ...] = (0,)
+
+
+#: Relative cost of a training step (one D and one G update) per mask head, measured with one
+#: thread, batch 32, 64 px, bf16 on a 2-core machine shared with another job: 0.58 / 0.65 /
+#: 0.62 s per step (noisy).
+COST = {"ctx": 0.9, "arnn": 1.0, "brnn": 0.95}
+
+BUDGETS: dict[str, Budget] = {
+    # An ESTIMATE from the measured step times above, not from a finished reproduction:
+    # 3,000 images of 64 px hold ~21,000 (image, digit) samples, ~12,600 of them training edits,
+    # i.e. ~395 steps of 32 per epoch, ~4-5 min per epoch on one thread with validation; 12
+    # epochs plus the judge (15 cheaper epochs) and the test ≈ 1-1.3 h per row, ~2 h for the three
+    # rows with 2 jobs (fp32 CPUs without native bf16: slower, not measured).
+    "cpu": Budget(
+        epochs=12,
+        description="MREF, 3,000 images of 64 px (~12,600 training edits); editor 16-32-64 ch "
+        "(16×16 feature map), patch discriminator 16-32-64 ch, mask head width 16; Adam 2e-4 "
+        "(β₁ 0.5) halved every 6 epochs, batch 32, 12 epochs; hinge loss, no gradient "
+        "penalty; the last epoch's weights; judge: a separately trained colour classifier (15 "
+        "epochs); bf16 where native",
+    ),
+    # A pipeline check: every step of the reproduction in well under a minute; numbers mean
+    # nothing.
+    "tiny": Budget(
+        epochs=2,
+        lr_step=1,
+        description="pipeline check only (numbers mean nothing): 24 images of 48 px, tiny "
+        "networks, 2 epochs",
+        images=24,
+        canvas=48,
+        batch_size=8,
+        channels=4,
+        d_channels=4,
+        mask_hidden=4,
+        judge_epochs=1,
+        judge_channels=4,
+        val_samples=16,
+        test_samples=16,
+    ),
+}
+
+
+def _budget(budget: str | Budget) -> tuple[str, Budget]:
+    if isinstance(budget, Budget):
+        return "custom", budget
+    if budget not in BUDGETS:
+        raise UserError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
+    return budget, BUDGETS[budget]
+
+
+def reproduce(
+    out: str | Path,
+    budget: str | Budget = "cpu",
+    datasets: tuple[str, ...] = ("mref",),
+    masks: tuple[str, ...] = E4_MASKS,
+    seeds: tuple[int, ...] | None = None,
+    mnist: str | None = None,
+    celeba_dir: str | None = None,
+    data_dir: str | None = None,
+    precision: str = "auto",
+    jobs: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    figure: bool = True,
+) -> dict[str, Any]:
+    """Train the runs that are missing, then :func:`assemble` the table from all finished runs.
+
+    Args:
+        out: output folder (runs, table, figures).
+        budget: a name in :data:`BUDGETS` or a :class:`Budget`.
+        datasets, masks: which runs to add.
+        seeds: training seeds of every row (default: the budget's).
+        mnist, celeba_dir, data_dir: where the data is (see ``e4 train``).
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
+        jobs: runs trained in parallel (default: one per CPU core, at most 2).
+        threads: torch threads per run (default: cores // jobs).
+        progress: progress bars (only with ``jobs=1``).
+        figure: write the figures.
+    """
+    name, b = _budget(budget)
+    for given, valid, what in ((masks, E4_MASKS, "mask"), (datasets, DATASETS, "dataset")):
+        unknown = sorted(set(given) - set(valid))
+        if unknown:
+            raise UserError(f"unknown {what}(s) {unknown}; valid: {', '.join(valid)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs, threads = parallelism(jobs, threads)
+    settings = {k: v for k, v in dataclasses.asdict(b).items()
+                if k not in ("description", "seeds")}  # fmt: skip
+    configs: list[E4Config] = []
+    for dataset in datasets:
+        base = E4Config(dataset=dataset, mnist=mnist, celeba_dir=celeba_dir, data_dir=data_dir,
+                        precision=precision, threads=threads, progress=progress and jobs == 1,
+                        **settings)  # fmt: skip
+        base.check()
+        for mask in masks:
+            for seed in seeds if seeds is not None else b.seeds:
+                run = out / "runs" / dataset / mask / f"seed{seed}"
+                if not (run / METRICS).is_file():
+                    configs.append(dataclasses.replace(base, mask=mask, seed=seed, out=str(run)))
+    if jobs > 1 and configs:
+        from attentionrnn.experiments.e4.train import load_data
+
+        load_data(configs[0])  # generate the data once, before parallel runs read it
+    train_runs(configs, train, jobs, cost=lambda c: COST[c.mask])
+    return assemble(out, name, b, figure=figure)
+
+
+def _order(mask: str) -> tuple[int, str]:
+    return (E4_MASKS.index(mask) if mask in E4_MASKS else 99, mask)
+
+
+def summarize(mask: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over the seeds of one mask head."""
+    ms = [runs[s] for s in sorted(runs)]
+    first = ms[0]
+    exact = first.get("exact_edit") or {}
+    return {
+        "mask": mask,
+        "label": LABELS.get(mask, mask),
+        "seeds": sorted(runs),
+        "precision": first.get("precision"),
+        "parameters": first.get("parameters"),
+        **{key: seed_stats([m.get(f"test_{key}") for m in ms]) for key, *_ in COLUMNS},
+        "exact_edit": {key: exact.get(key) for key, *_ in COLUMNS},
+        "judge_accuracy": first.get("judge", {}).get("test_accuracy"),
+        "epochs": [m["epochs"] for m in ms],
+        "training_time_h": seed_stats([m["training_time_s"] / 3600 for m in ms]),
+        "wall_time_h": sum(m.get("wall_time_s", m["training_time_s"]) for m in ms) / 3600,
+    }
+
+
+def assemble(
+    out: str | Path, budget: str, settings: Budget | None = None, figure: bool = True
+) -> dict[str, Any]:
+    """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
+    out = Path(out)
+    found = finished_runs(out)
+    settings = settings or BUDGETS.get(budget)
+    summary: dict[str, Any] = {
+        "budget": budget,
+        "budget_settings": dataclasses.asdict(settings) if settings else None,
+        "results": {
+            d: {m: summarize(m, found[d][m]) for m in sorted(found[d], key=_order)}
+            for d in [d for d in DATASETS if d in found]
+        },
+    }
+    figures: dict[str, dict[str, str]] = {}
+    if figure:
+        from attentionrnn.experiments.e4.figures import curve_figure
+
+        for d, rows in found.items():
+            curves = {
+                LABELS.get(m, m): [rows[m][s]["history"] for s in sorted(rows[m])]
+                for m in sorted(rows, key=_order)
+            }
+            path = curve_figure(curves, out / f"curves_{d}.png", f"{d}: learning curves")
+            figures.setdefault(d, {})["curves"] = path.name
+            runs = {m: out / "runs" / d / m / f"seed{min(rows[m])}"
+                    for m in sorted(rows, key=_order)}  # fmt: skip
+            try:
+                grid = _sample_grid(runs, out / f"samples_{d}.png", d)
+            except UserError as exc:  # the data or weights are not here
+                logger.warning("no sample grid for %s: %s", d, exc)
+                grid = None
+            if grid:
+                figures[d]["samples"] = grid.name
+    summary["figures"] = figures
+    atomic_write_json(summary, out / "results.json")
+    (out / "results.md").write_text(results_markdown(summary))
+    logger.info("wrote %s and %s", out / "results.md", out / "results.json")
+    return summary
+
+
+def _sample_grid(runs: dict[str, Path], path: Path, dataset: str, count: int = 6) -> Path:
+    """Every mask head's edits of the same test samples (the first run's data and targets)."""
+    from attentionrnn.experiments.e4.figures import load_editor, sample_grid
+    from attentionrnn.experiments.e4.train import _fixed_targets, _split_indices, load_data
+
+    first = next(iter(runs.values()))
+    config = E4Config(**json.loads((first / METRICS).read_text())["config"])
+    task = load_data(dataclasses.replace(config, progress=False))
+    idx = _split_indices(task, config)["test"]
+    targets = _fixed_targets(task, idx, "test")
+    pick = np.arange(min(count, len(idx)))
+    editors = {m: load_editor(run, task) for m, run in runs.items()}
+    return sample_grid(editors, task, idx[pick], targets[pick], path, title=f"{dataset}: edits")
+
+
+def results_markdown(summary: dict[str, Any]) -> str:
+    """The results of :func:`assemble` as Markdown."""
+    settings = summary.get("budget_settings") or {}
+    lines = [
+        f"# E4 image editing (ModularGAN-style, swappable mask heads) — budget "
+        f"`{summary['budget']}`",
+        "",
+        f"{settings.get('description', '')}.",
+        "",
+        "Test edits of the last epoch's weights (the default; `--select edit_success` of "
+        "`e4 train` picks the best validation epoch instead). Edit "
+        "success: share of edits whose new colour the separately trained judge reads; "
+        "preservation L1: mean absolute change (RGB in [0, 1]) outside the edited digit's "
+        "strokes; L1 to exact: against the exactly rendered edit; mask on digit / in box: share "
+        "of the edit module's mask mass on the digit's strokes / box; KID against the exact "
+        "edits, with the judge's penultimate features. Mean ± sample standard deviation over "
+        "the seeds listed (one seed has no ±). The row 'exact edit' is what the perfect edit "
+        "scores (its mask is the stroke region).",
+        "",
+    ]
+    header = ["mask", "seeds", *[c[1] for c in COLUMNS], "params", "epochs", "min/run", "wall"]
+    for d, rows in summary["results"].items():
+        lines += [f"## {d}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        for r in rows.values():
+            cells = [r["label"], ",".join(map(str, r["seeds"]))]
+            cells += [format_stats(r[key], digits, scale) for key, _, scale, digits in COLUMNS]
+            cells += [f"{r['parameters']:,}", ",".join(map(str, r["epochs"]))]
+            cells += [format_stats(r["training_time_h"], 1, 60), f"{r['wall_time_h']:.2f} h"]
+            lines.append("| " + " | ".join(cells) + " |")
+        first = next(iter(rows.values()))
+        if any(v is not None for v in first["exact_edit"].values()):
+            cells = ["exact edit", "–"] + [
+                "–" if first["exact_edit"][key] is None
+                else f"{first['exact_edit'][key] * scale:.{digits}f}"
+                for key, _, scale, digits in COLUMNS
+            ] + ["–"] * 4  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        if first.get("judge_accuracy") is not None:
+            lines += [f"Judge accuracy on real test images: {100 * first['judge_accuracy']:.1f} %.",
+                      ""]  # fmt: skip
+        figs = summary.get("figures", {}).get(d, {})
+        for kind in ("curves", "samples"):
+            if kind in figs:
+                lines += [f"![{d} {kind}]({figs[kind]})", ""]
+    return "\n".join(lines)
