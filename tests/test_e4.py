@@ -319,6 +319,30 @@ def test_train_resume_and_refusal(tmp_path):
         train(_config(tmp_path, mask="brnn", epochs=2, lr=1e-3))
 
 
+def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
+    import attentionrnn.experiments.e4.train as e4train
+
+    reference = train(_config(tmp_path / "ref", mask="arnn", epochs=2, samples=0))
+    config = _config(tmp_path / "cut", mask="arnn", epochs=2, samples=0)
+    steps, calls = e4train._step, {"n": 0}
+
+    def interrupted(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] > reference["steps"] // 2:  # stop inside epoch 2
+            raise KeyboardInterrupt
+        return steps(*args, **kw)
+
+    monkeypatch.setattr(e4train, "_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(e4train, "_step", steps)
+    resumed = train(config)
+    timing = {"training_time_s", "seconds_per_epoch", "wall_time_s", "history", "config"}
+    assert {k: v for k, v in resumed.items() if k not in timing} == {
+        k: v for k, v in reference.items() if k not in timing
+    }
+
+
 def test_cli_train_reproduce_table(tmp_path, capsys):
     run = tmp_path / "one"
     argv = ["e4", "train", "--out", str(run), "--mask", "arnn", "--epochs", "1", "--images",
