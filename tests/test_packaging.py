@@ -1,5 +1,6 @@
 """The layer needs only torch and numpy: importing and running it must not pull in the
-experiments' dependencies (matplotlib, tqdm, scikit-image, mlxtend), which are an extra."""
+experiments' dependencies (matplotlib, tqdm, scikit-image, mlxtend, easy-vqa), which are an
+extra."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENT_ONLY = ("matplotlib", "tqdm", "skimage", "mlxtend")
+EXPERIMENT_ONLY = ("matplotlib", "tqdm", "skimage", "mlxtend", "easy_vqa")
 
 
 def test_layer_runs_without_the_experiment_dependencies():
@@ -39,4 +40,4 @@ def test_core_dependencies_are_the_layers_and_the_rest_is_an_extra():
     core = {d.split(">")[0].split("=")[0] for d in project["dependencies"]}
     assert core == {"torch", "numpy", "ninja"}
     extra = {d.split(">")[0] for d in project["optional-dependencies"]["experiments"]}
-    assert {"matplotlib", "tqdm", "scikit-image", "mlxtend"} <= extra
+    assert {"matplotlib", "tqdm", "scikit-image", "mlxtend", "easy-vqa"} <= extra
