@@ -343,6 +343,17 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
     }
 
 
+def test_train_on_a_celeba_folder(tmp_path):
+    root = _celeba(tmp_path, n=10)
+    config = _config(tmp_path, dataset="celeba", celeba_dir=str(root), canvas=16, samples=2)
+    metrics = train(config)
+    assert metrics["dataset"] == "celeba" and metrics["samples"] == {"train": 8, "val": 1,
+                                                                      "test": 1}  # fmt: skip
+    assert 0 <= metrics["test_edit_success"] <= 1 and metrics["exact_edit"] is None
+    assert metrics["test_preservation_l1"] is None  # no known edit region on faces
+    assert (Path(config.out) / "samples.png").is_file()
+
+
 def test_cli_train_reproduce_table(tmp_path, capsys):
     run = tmp_path / "one"
     argv = ["e4", "train", "--out", str(run), "--mask", "arnn", "--epochs", "1", "--images",
