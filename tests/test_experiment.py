@@ -375,3 +375,30 @@ def test_row_names_drop_a_gate_override_that_is_the_methods_own():
     assert row_name("ctx", "sigmoid") == "ctx-l4sigmoid"
     assert row_name("arnn", "softmax") == "arnn-l4softmax"
     assert row_name("arnn", "sigmoid") == "arnn" and row_name("arnn", None) == "arnn"
+
+
+def test_demo_trains_ctx_and_arnn_with_a_softmax_last_layer(tmp_path, monkeypatch, digits):
+    """The demo's path on a tiny budget: the data file it generates (here made beforehand from
+    synthetic digits, under the name it looks for), both rows, the uniform level, the report."""
+    from attentionrnn.data.generate import generate_arrays, write_npz
+    from attentionrnn.experiments.e1.demo import demo, demo_report
+    from attentionrnn.experiments.e1.reproduce import Budget
+
+    monkeypatch.delenv("ATTENTIONRNN_MNIST", raising=False)
+    monkeypatch.delenv("ATTENTIONRNN_OFFLINE", raising=False)
+    budget = Budget(samples=60, epochs=1, batch_size=8, patience=1, canvas=64, description="t")
+    arrays = generate_arrays("mref", images_for_samples(60), seed=0, digits=digits, workers=1,
+                             canvas=64)  # fmt: skip
+    write_npz(tmp_path / "data" / "mref_11img_64px_seed0_default.npz", arrays)
+    summary = demo(tmp_path, budget=budget, progress=False)
+    assert os.environ["ATTENTIONRNN_OFFLINE"] == "1"  # the demo never downloads
+    rows = summary["results"]["mref"]
+    assert set(rows) == {"ctx", "arnn-l4softmax"}
+    assert rows["arnn-l4softmax"]["layer4_gate"] == "softmax"
+    assert rows["ctx"]["layer4_gate"] == "softmax"
+    box = arrays["box"][arrays["split"] == 2]
+    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) / 64**2
+    assert summary["uniform_box"] == pytest.approx(area.mean())
+    text = demo_report(summary, tmp_path)
+    assert "CTX (PAN)" in text and "ARNN (bi)" in text and "uniform mask" in text
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "masks_mref.png").is_file()
