@@ -62,6 +62,9 @@ def report(configs: list[TrainConfig], seeds: list[int]) -> str:
     lines = ["# fp32 vs bf16 learning curves (E1)", ""]
     for method in METHODS:
         runs = {(c.precision, c.seed): curve(c) for c in configs if c.attention == method}
+        # a longer run of the same config has the same first epochs: compare the common ones
+        n = min(len(r) for r in runs.values())
+        runs = {k: r[:n] for k, r in runs.items()}
         keys = list(runs)
         lines += [
             f"## {method}" + (f" (layer-4 gate {METHODS[method]})" if METHODS[method] else ""),

@@ -398,7 +398,13 @@ def test_demo_trains_ctx_and_arnn_with_a_softmax_last_layer(tmp_path, monkeypatc
     assert rows["ctx"]["layer4_gate"] == "softmax"
     box = arrays["box"][arrays["split"] == 2]
     area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) / 64**2
-    assert summary["uniform_box"] == pytest.approx(area.mean())
+    assert summary["uniform"]["box"] == pytest.approx(area.mean())
+    test = np.flatnonzero(arrays["split"] == 2)
+    strokes = [
+        (arrays["instances"][arrays["image_index"][s]] == arrays["instance"][s]).mean()
+        for s in test
+    ]
+    assert summary["uniform"]["stroke"] == pytest.approx(np.mean(strokes))
     text = demo_report(summary, tmp_path)
-    assert "CTX (PAN)" in text and "ARNN (bi)" in text and "uniform mask" in text
+    assert "CTX (PAN)" in text and "ARNN (bi), L4 softmax" in text and "uniform mask" in text
     assert (tmp_path / "results.md").is_file() and (tmp_path / "masks_mref.png").is_file()

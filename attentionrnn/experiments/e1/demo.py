@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from attentionrnn.experiments.e1.reproduce import Budget, reproduce
+from attentionrnn.experiments.e1.reproduce import Budget, reproduce, row_label
 
 # Sized to the README's 10-minute limit on two cores: both runs train side by side with one thread
 # each. At PAN's 100x100 the masks localise only after ~100k training samples (the E1 `cpu`
@@ -49,41 +49,58 @@ def demo(
         out, budget=budget, datasets=("mref",), methods=methods, seeds=(seed,), mnist=mnist,
         layer4_gate=DEMO_LAYER4_GATE, progress=progress,
     )  # fmt: skip
-    summary["uniform_box"] = uniform_box_share(Path(out))
+    summary["uniform"] = uniform_shares(Path(out))
     return summary
 
 
-def uniform_box_share(out: Path) -> float | None:
-    """Box correctness of a uniform mask on the demo's test set: the mean share of the image
-    that the queried digit's box covers."""
+def uniform_shares(out: Path) -> dict[str, float] | None:
+    """Attention correctness of a uniform mask on the demo's test set, ``{"box", "stroke"}``: the
+    mean share of the image that the queried digit's box, and its stroke pixels, cover."""
     from attentionrnn.experiments.e1.data import E1Data
 
     files = sorted((out / "data").glob("mref_*.npz"))
     if not files:
         return None
     data = E1Data(files[0])
-    box = data.box[data.indices("test")]
+    idx = data.indices("test")
+    box = data.box[idx]
+    pixels = float(np.prod(data.images.shape[1:3]))
     area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-    return float(np.mean(area) / np.prod(data.images.shape[1:3]))
+    strokes = [
+        data.stroke_masks(idx[i : i + 500]).sum(axis=(1, 2)) for i in range(0, len(idx), 500)
+    ]
+    return {
+        "box": float(np.mean(area) / pixels),
+        "stroke": float(np.mean(np.concatenate(strokes)) / pixels),
+    }
 
 
 def demo_report(summary: dict[str, Any], out: str | Path) -> str:
-    """What the demo prints: per method test accuracy and box correctness per layer."""
-    uniform = summary.get("uniform_box")
+    """What the demo prints: per method test accuracy, and box and stroke correctness per layer
+    next to a uniform mask's."""
+    uniform = summary.get("uniform") or {}
     lines = [
         "",
-        "method        test acc   box correctness, layers 1-4   best vs uniform mask",
+        f"{'method':<24} test acc   layer 1-4 box / stroke correctness"
+        "                     best vs uniform: box, stroke",
     ]
     for r in summary["results"]["mref"].values():
         boxes = [v["mean"] for v in r["box_by_layer"].values()]
-        ratio = f"{max(boxes) / uniform:.1f}x" if uniform else "-"
+        strokes = [v["mean"] for v in r["stroke_by_layer"].values()]
+        ratio = " ".join(
+            f"{max(values) / uniform[kind]:.1f}x" if uniform.get(kind) else "-"
+            for kind, values in (("box", boxes), ("stroke", strokes))
+        )
         lines.append(
-            f"{r['label']:<13} {r['test_accuracy']['mean']:>8.3f}   "
-            + " ".join(f"{b:.3f}" for b in boxes)
-            + f"           {ratio}"
+            f"{row_label(r):<24} {r['test_accuracy']['mean']:>8.3f}   "
+            + " ".join(f"{b:.3f}/{s:.3f}" for b, s in zip(boxes, strokes, strict=True))
+            + f"   {ratio}"
         )
     if uniform:
-        lines.append(f"(a uniform mask puts {uniform:.3f} of its mass on the queried digit's box)")
+        lines.append(
+            f"(a uniform mask puts {uniform['box']:.3f} of its mass on the queried digit's box "
+            f"and {uniform['stroke']:.3f} on its strokes)"
+        )
     out = Path(out)
     lines += [
         "",

@@ -242,7 +242,7 @@ def assemble(
 
         for d, rows in summary["results"].items():
             curves = {
-                _row_label(r): [found[d][row][s]["history"] for s in sorted(found[d][row])]
+                row_label(r): [found[d][row][s]["history"] for s in sorted(found[d][row])]
                 for row, r in rows.items()
             }
             name = curve_figure(curves, out / f"curves_{d}.png", f"{d.upper()}: learning curves")
@@ -268,7 +268,7 @@ def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> s
         seed = min(seeds)
         run = out / "runs" / dataset / row / f"seed{seed}"
         if (run / BEST).is_file():
-            runs[_row_label(summarize(row, {seed: seeds[seed]}))] = run
+            runs[row_label(summarize(row, {seed: seeds[seed]}))] = run
             data_path = data_path or seeds[seed]["data"]["path"]
     if not runs or not data_path or not Path(data_path).is_file():
         return None
@@ -278,7 +278,7 @@ def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> s
     return path.name
 
 
-def _row_label(r: dict[str, Any]) -> str:
+def row_label(r: dict[str, Any]) -> str:
     """The method's label, plus the last layer's gate where the row overrides it."""
     return r["label"] + (f", L4 {r['layer4_gate']}" if "-l4" in r["row"] else "")
 
@@ -313,7 +313,7 @@ def results_markdown(summary: dict[str, Any]) -> str:
         for r in rows.values():
             best = max(r["box_by_layer"].items(), key=lambda kv: kv[1]["mean"] or 0)
             lines.append(
-                f"| {_row_label(r)} | {r['layer4_gate'] or '–'} | "
+                f"| {row_label(r)} | {r['layer4_gate'] or '–'} | "
                 f"{','.join(map(str, r['seeds']))} | {format_stats(r['test_accuracy'])} | "
                 f"{format_stats(r['box'])} | {format_stats(r['stroke'])} | "
                 f"{best[0][-1]}: {format_stats(best[1])} | "
@@ -326,13 +326,13 @@ def results_markdown(summary: dict[str, Any]) -> str:
                 f"{_mean(r['box_by_layer'][k])} / {_mean(r['stroke_by_layer'][k])}"
                 for k in r["box_by_layer"]
             ]
-            lines.append(f"| {_row_label(r)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row_label(r)} | " + " | ".join(cells) + " |")
         bins = list(next(iter(rows.values()))["accuracy_by_scale"])
         lines += ["", "Accuracy by digit scale (mean over seeds):", ""]
         lines += ["| method | " + " | ".join(bins) + " |", "|---" * (1 + len(bins)) + "|"]
         for r in rows.values():
             cells = [_mean(r["accuracy_by_scale"][b]) for b in bins]
-            lines.append(f"| {_row_label(r)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row_label(r)} | " + " | ".join(cells) + " |")
         figs = summary.get("figures", {}).get(d, {})
         lines.append("")
         for kind in ("curves", "masks"):
