@@ -16,21 +16,9 @@ import numpy as np
 
 from attentionrnn.experiments.e1.reproduce import Budget, reproduce, row_label
 
-# Sized to the README's 10-minute limit on two cores: both runs train side by side with one thread
-# each. At PAN's 100x100 the masks localise only after ~100k training samples (the E1 `cpu`
-# budget's curves), ~15 min of one core per method, so the demo draws its MREF on a 64x64 canvas
-# (every length scaled, docs/experiments.md), where a sample costs about 0.4x as much, and uses
-# batch 50, which learns more per sample than 200 in the first epochs. ARNN's last layer uses a
-# softmax, as CTX's does: with a sigmoid there its masks did not concentrate (docs/results/cpu).
-DEMO_BUDGET = Budget(
-    samples=16000,
-    epochs=16,
-    batch_size=50,
-    patience=16,
-    canvas=64,
-    description="demo: ~16,000 MREF samples on a 64x64 canvas, 16 epochs of batch 50 (~3,100 "
-    "steps); minutes, not the paper's setting",
-)
+# The demo's budget is BUDGETS["demo"] (sized in attentionrnn.experiments.e1.reproduce). ARNN's
+# last layer uses a softmax, as CTX's does: with a sigmoid there its masks did not concentrate
+# (docs/results/cpu).
 DEMO_LAYER4_GATE = "softmax"
 
 
@@ -39,7 +27,7 @@ def demo(
     methods: tuple[str, ...] = ("ctx", "arnn"),
     mnist: str | None = None,
     seed: int = 0,
-    budget: Budget = DEMO_BUDGET,
+    budget: str | Budget = "demo",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the demo into ``out``; return the summary of :func:`reproduce`."""
