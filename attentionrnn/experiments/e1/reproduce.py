@@ -18,15 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from attentionrnn.data.generate import CANVAS, DATASETS
+from attentionrnn.engine import results
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.runs import (
-    finished_runs,
-    format_stats,
-    parallelism,
-    seed_stats,
-    train_runs,
-)
-from attentionrnn.engine.state import atomic_write_json
+from attentionrnn.engine.runs import format_stats, parallelism, seed_stats, train_runs
 from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e1.train import TrainConfig, resolve_data, train
 from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES
@@ -235,40 +229,34 @@ def assemble(
     out: str | Path, budget: str, settings: Budget | None = None, figure: bool = True
 ) -> dict[str, Any]:
     """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
-    out = Path(out)
-    found = finished_runs(out)
-    settings = settings or BUDGETS.get(budget)
-    summary: dict[str, Any] = {
-        "budget": budget,
-        "budget_settings": dataclasses.asdict(settings) if settings else None,
-        "results": {
-            d: {r: summarize(r, found[d][r]) for r in sorted(found[d], key=_row_order)}
-            for d in [d for d in DATASETS if d in found]
-        },
+    return results.assemble(
+        out, budget, settings or BUDGETS.get(budget), datasets=DATASETS, summarize=summarize,
+        order=_row_order, markdown=results_markdown, figures=_figures if figure else None,
+        totals=_wall_time, figures_for="table", log=logger,
+    )  # fmt: skip
+
+
+def _wall_time(found: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> dict[str, Any]:
+    """Training minutes of all runs of each dataset (the table's headings)."""
+    return {
         "wall_time_min": {
             d: sum(m["training_time_s"] for rs in found[d].values() for m in rs.values()) / 60
             for d in found
-        },
+        }
     }
-    figures: dict[str, dict[str, str]] = {}
-    if figure:
-        from attentionrnn.experiments.e1.figures import curve_figure
 
-        for d, rows in summary["results"].items():
-            curves = {
-                row_label(r): [found[d][row][s]["history"] for s in sorted(found[d][row])]
-                for row, r in rows.items()
-            }
-            name = curve_figure(curves, out / f"curves_{d}.png", f"{d.upper()}: learning curves")
-            figures.setdefault(d, {})["curves"] = name.name
-            masks = _mask_figure(out, d, found[d])
-            if masks:
-                figures[d]["masks"] = masks
-    summary["figures"] = figures
-    atomic_write_json(summary, out / "results.json")
-    (out / "results.md").write_text(results_markdown(summary))
-    logger.info("wrote %s and %s", out / "results.md", out / "results.json")
-    return summary
+
+def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, str]:
+    """The learning curves and, where the weights and data are here, the masks."""
+    from attentionrnn.experiments.e1.figures import curve_figure
+
+    curves = results.learning_curves(rows, lambda r: row_label(summarize(r, rows[r])), _row_order)
+    name = curve_figure(curves, out / f"curves_{d}.png", f"{d.upper()}: learning curves")
+    drawn = {"curves": name.name}
+    masks = _mask_figure(out, d, rows)
+    if masks:
+        drawn["masks"] = masks
+    return drawn
 
 
 def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> str | None:

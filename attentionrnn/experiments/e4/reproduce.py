@@ -19,15 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from attentionrnn.engine import results
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.runs import (
-    finished_runs,
-    format_stats,
-    parallelism,
-    seed_stats,
-    train_runs,
-)
-from attentionrnn.engine.state import atomic_write_json
+from attentionrnn.engine.runs import format_stats, parallelism, seed_stats, train_runs
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e4.data import DATASETS
 from attentionrnn.experiments.e4.model import E4_MASKS, LABELS
@@ -204,42 +198,25 @@ def assemble(
     out: str | Path, budget: str, settings: Budget | None = None, figure: bool = True
 ) -> dict[str, Any]:
     """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
-    out = Path(out)
-    found = finished_runs(out)
-    settings = settings or BUDGETS.get(budget)
-    summary: dict[str, Any] = {
-        "budget": budget,
-        "budget_settings": dataclasses.asdict(settings) if settings else None,
-        "results": {
-            d: {m: summarize(m, found[d][m]) for m in sorted(found[d], key=_order)}
-            for d in [d for d in DATASETS if d in found]
-        },
-    }
-    figures: dict[str, dict[str, str]] = {}
-    if figure:
-        from attentionrnn.experiments.e4.figures import curve_figure
+    return results.assemble(
+        out, budget, settings or BUDGETS.get(budget), datasets=DATASETS, summarize=summarize,
+        order=_order, markdown=results_markdown, figures=_figures if figure else None, log=logger,
+    )  # fmt: skip
 
-        for d, rows in found.items():
-            curves = {
-                LABELS.get(m, m): [rows[m][s]["history"] for s in sorted(rows[m])]
-                for m in sorted(rows, key=_order)
-            }
-            path = curve_figure(curves, out / f"curves_{d}.png", f"{d}: learning curves")
-            figures.setdefault(d, {})["curves"] = path.name
-            runs = {m: out / "runs" / d / m / f"seed{min(rows[m])}"
-                    for m in sorted(rows, key=_order)}  # fmt: skip
-            try:
-                grid = _sample_grid(runs, out / f"samples_{d}.png", d)
-            except UserError as exc:  # the data or weights are not here
-                logger.warning("no sample grid for %s: %s", d, exc)
-                grid = None
-            if grid:
-                figures[d]["samples"] = grid.name
-    summary["figures"] = figures
-    atomic_write_json(summary, out / "results.json")
-    (out / "results.md").write_text(results_markdown(summary))
-    logger.info("wrote %s and %s", out / "results.md", out / "results.json")
-    return summary
+
+def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, str]:
+    """The learning curves and, where the data and weights are here, the sample grid."""
+    from attentionrnn.experiments.e4.figures import curve_figure
+
+    curves = results.learning_curves(rows, lambda m: LABELS.get(m, m), _order)
+    drawn = {"curves": curve_figure(curves, out / f"curves_{d}.png", f"{d}: learning curves").name}
+    runs = {m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in sorted(rows, key=_order)}
+    grid = results.optional_figure(
+        lambda: _sample_grid(runs, out / f"samples_{d}.png", d), "sample grid", d, logger
+    )
+    if grid:
+        drawn["samples"] = grid.name
+    return drawn
 
 
 def _sample_grid(runs: dict[str, Path], path: Path, dataset: str, count: int = 6) -> Path:

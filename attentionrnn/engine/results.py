@@ -1,0 +1,102 @@
+"""An experiment's results folder: the table and figures from every finished run.
+
+Each experiment's ``assemble`` sums up the runs under ``OUT/runs`` the same way — one row per
+``OUT/runs/DATASET/ROW`` summed over its seeds, the datasets in the experiment's order, its
+figures per dataset — and writes ``OUT/results.json`` and ``OUT/results.md``. :func:`assemble`
+does that once; the experiment gives what differs (a row's summary, the row order, the Markdown,
+the figures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.runs import finished_runs
+from attentionrnn.engine.state import atomic_write_json
+
+__all__ = ["assemble", "learning_curves", "optional_figure"]
+
+#: ``{row: {seed: metrics}}`` of one dataset
+Rows = dict[str, dict[int, dict[str, Any]]]
+
+
+def assemble(
+    out: str | Path,
+    budget: str,
+    settings: Any,
+    *,
+    datasets: Iterable[str],
+    summarize: Callable[[str, dict[int, dict[str, Any]]], dict[str, Any]],
+    order: Callable[[str], Any],
+    markdown: Callable[[dict[str, Any]], str],
+    figures: Callable[[Path, str, Rows], dict[str, str]] | None = None,
+    totals: Callable[[dict[str, Rows]], dict[str, Any]] | None = None,
+    figures_for: str = "found",
+    log: logging.Logger | None = None,
+) -> dict[str, Any]:
+    """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``.
+
+    Args:
+        out: the results folder.
+        budget, settings: the budget's name and its settings (a dataclass, or ``None``).
+        datasets: the order of the datasets in the table (others found are left out of it).
+        summarize: ``(row, {seed: metrics})`` -> the row's entry of the table.
+        order: sort key of the rows.
+        markdown: the summary -> ``results.md``.
+        figures: ``(out, dataset, rows)`` -> ``{kind: file name}`` of the figures drawn for a
+            found dataset; ``None``: no figures.
+        totals: ``found`` -> more keys of the summary, after ``results``.
+        figures_for: ``"found"``: figures of every dataset found, in folder order; ``"table"``:
+            of the table's datasets, in its order (E1's ``figures`` keys keep that order).
+        log: the experiment's logger.
+    """
+    out = Path(out)
+    found = finished_runs(out)
+    summary: dict[str, Any] = {
+        "budget": budget,
+        "budget_settings": dataclasses.asdict(settings) if settings else None,
+        "results": {
+            d: {r: summarize(r, found[d][r]) for r in sorted(found[d], key=order)}
+            for d in [d for d in datasets if d in found]
+        },
+    }
+    if totals is not None:
+        summary.update(totals(found))
+    drawn: dict[str, dict[str, str]] = {}
+    if figures is not None:
+        for d in found if figures_for == "found" else summary["results"]:
+            names = figures(out, d, found[d])
+            if names:
+                drawn[d] = names
+    summary["figures"] = drawn
+    atomic_write_json(summary, out / "results.json")
+    (out / "results.md").write_text(markdown(summary))
+    (log or logging.getLogger("attentionrnn.engine")).info(
+        "wrote %s and %s", out / "results.md", out / "results.json"
+    )
+    return summary
+
+
+def learning_curves(
+    rows: Rows, label: Callable[[str], str], order: Callable[[str], Any]
+) -> dict[str, list[list[dict[str, Any]]]]:
+    """``{row label: [history of each seed]}``, the rows in table order, for a curve figure."""
+    return {
+        label(r): [rows[r][s]["history"] for s in sorted(rows[r])] for r in sorted(rows, key=order)
+    }
+
+
+def optional_figure(
+    draw: Callable[[], Path | None], what: str, dataset: str, log: logging.Logger
+) -> Path | None:
+    """``draw()``, or ``None`` with a warning where the data or weights it needs are not here."""
+    try:
+        return draw()
+    except UserError as exc:
+        log.warning("no %s for %s: %s", what, dataset, exc)
+        return None
