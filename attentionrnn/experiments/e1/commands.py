@@ -15,6 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+from attentionrnn.engine.commands import (
+    add_reproduce_parser,
+    add_run_options,
+    add_table_parser,
+    table,
+)
 from attentionrnn.engine.config import add_config_arguments, config_from_args
 
 logger = logging.getLogger("attentionrnn.e1")
@@ -27,7 +33,6 @@ def _tty() -> bool:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``e1`` and its sub-commands to the ``attentionrnn`` CLI."""
     from attentionrnn.data.generate import DATASETS
-    from attentionrnn.engine.precision import PRECISIONS
     from attentionrnn.experiments.e1.reproduce import BUDGETS
     from attentionrnn.experiments.e1.train import TrainConfig
     from attentionrnn.layers.factory import ATTENTION_NAMES
@@ -78,37 +83,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(t, TrainConfig, {"out": {"required": True}})
     t.set_defaults(func=_train)
 
-    r = sub.add_parser(
-        "reproduce",
-        help="add runs to a budget's results folder and rebuild its table and figures",
-        description="Train the missing (dataset, method, seed) runs of a budget into "
-        "OUT/runs/DATASET/METHOD/seedS, then write OUT/results.md, OUT/results.json, "
-        "OUT/curves_DATASET.png and OUT/masks_DATASET.png from every finished run. Budgets: "
-        + "; ".join(f"{k}: {v.description}" for k, v in BUDGETS.items()),
-        formatter_class=fmt,
-    )
-    r.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
-    r.add_argument("--out", default=None, help="output folder (default results/BUDGET)")
+    r = add_reproduce_parser(sub, BUDGETS, "quick", "results/BUDGET")
     r.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     r.add_argument("--methods", nargs="+", choices=ATTENTION_NAMES, default=list(ATTENTION_NAMES))
     r.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: the budget's)")
     r.add_argument("--layer4-gate", choices=("sigmoid", "softmax"), help="override layer 4's gate")
     r.add_argument("--task", choices=("color", "digit"), default="color")
-    r.add_argument("--precision", choices=PRECISIONS, default="auto")
     r.add_argument("--mnist", metavar="DIR", help="folder of the MNIST IDX files")
-    r.add_argument("--jobs", type=int, help="runs in parallel (default: min(2, cores))")
-    r.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs)")
-    r.add_argument("--no-progress", action="store_true")
+    add_run_options(r, figures=False)
     r.set_defaults(func=_reproduce)
 
-    tb = sub.add_parser(
-        "table",
-        help="rebuild a results folder's table and figures from its finished runs",
-        formatter_class=fmt,
-    )
-    tb.add_argument("out", type=Path, help="results folder (holds runs/)")
-    tb.add_argument("--budget", default=None, help="budget name (default: the folder's name)")
-    tb.set_defaults(func=_table)
+    add_table_parser(sub, _table, figures=False)
 
     m = sub.add_parser(
         "demo",
@@ -171,14 +156,9 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from attentionrnn.engine.errors import UserError
     from attentionrnn.experiments.e1.reproduce import assemble, results_markdown
 
-    if not (args.out / "runs").is_dir():
-        raise UserError(f"{args.out}: no runs/ folder of finished runs")
-    summary = assemble(args.out, args.budget or args.out.name)
-    print(results_markdown(summary))
-    return 0
+    return table(args, assemble, results_markdown)
 
 
 def _demo(args: argparse.Namespace) -> int:

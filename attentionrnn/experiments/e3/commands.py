@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from attentionrnn.engine.commands import (
+    add_reproduce_parser,
+    add_run_options,
+    add_table_parser,
+    table,
+)
 from attentionrnn.engine.config import add_config_arguments, config_from_args
 
 
@@ -20,7 +25,6 @@ def _tty() -> bool:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``e3`` and its sub-commands to the ``attentionrnn`` CLI."""
-    from attentionrnn.engine.precision import PRECISIONS
     from attentionrnn.experiments.e3.data import DATASETS
     from attentionrnn.experiments.e3.model import E3_ATTENTIONS
     from attentionrnn.experiments.e3.reproduce import BUDGETS
@@ -47,17 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(t, E3Config, {"out": {"required": True}})
     t.set_defaults(func=_train)
 
-    r = sub.add_parser(
-        "reproduce",
-        help="add runs to a budget's results folder and rebuild its table and figures",
-        description="Train the missing (dataset, method, seed) runs of a budget into "
-        "OUT/runs/DATASET/METHOD/seedS, then write OUT/results.md, OUT/results.json, "
-        "OUT/curves_DATASET.png and OUT/masks_DATASET.png from every finished run. Budgets: "
-        + "; ".join(f"{k}: {v.description}" for k, v in BUDGETS.items()),
-        formatter_class=fmt,
-    )
-    r.add_argument("--budget", choices=tuple(BUDGETS), default="cpu")
-    r.add_argument("--out", default=None, help="output folder (default results/e3-BUDGET)")
+    r = add_reproduce_parser(sub, BUDGETS, "cpu", "results/e3-BUDGET")
     r.add_argument("--datasets", nargs="+", choices=DATASETS,
                    default=["easy_vqa", "sort_of_clevr"])  # fmt: skip
     r.add_argument("--methods", nargs="+", choices=E3_ATTENTIONS, default=list(E3_ATTENTIONS))
@@ -67,22 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--easy-vqa-dir", metavar="DIR", help="easy-VQA data folder "
                    "(default: the installed easy-vqa package)")  # fmt: skip
     r.add_argument("--data-dir", metavar="DIR", help="cache of decoded images")
-    r.add_argument("--precision", choices=PRECISIONS, default="auto")
-    r.add_argument("--jobs", type=int, help="runs in parallel (default: min(2, cores))")
-    r.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs)")
-    r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--no-figures", action="store_true", help="only the table")
+    add_run_options(r)
     r.set_defaults(func=_reproduce)
 
-    tb = sub.add_parser(
-        "table",
-        help="rebuild a results folder's table and figures from its finished runs",
-        formatter_class=fmt,
-    )
-    tb.add_argument("out", type=Path, help="results folder (holds runs/)")
-    tb.add_argument("--budget", default=None, help="budget name (default: the folder's name)")
-    tb.add_argument("--no-figures", action="store_true", help="only the table")
-    tb.set_defaults(func=_table)
+    add_table_parser(sub, _table)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -114,12 +96,6 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from attentionrnn.engine.errors import UserError
     from attentionrnn.experiments.e3.reproduce import assemble, results_markdown
 
-    if not (args.out / "runs").is_dir():
-        raise UserError(f"{args.out}: no runs/ folder of finished runs")
-    budget = args.budget or args.out.name.removeprefix("e3-")
-    summary = assemble(args.out, budget, figure=not args.no_figures)
-    print(results_markdown(summary))
-    return 0
+    return table(args, assemble, results_markdown, "e3-")

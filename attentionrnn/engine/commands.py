@@ -1,0 +1,89 @@
+"""The ``reproduce`` and ``table`` sub-commands every experiment has, so their flags agree.
+
+An experiment's ``reproduce`` parser is :func:`add_reproduce_parser` (``--budget``, ``--out``),
+then its own data flags, then :func:`add_run_options` (``--precision``, ``--jobs``,
+``--threads``, ``--no-progress``); its ``table`` is :func:`add_table_parser` running
+:func:`table`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.precision import PRECISIONS
+
+__all__ = ["add_reproduce_parser", "add_run_options", "add_table_parser", "table"]
+
+
+def add_reproduce_parser(
+    sub: argparse._SubParsersAction,
+    budgets: dict[str, Any],
+    default: str,
+    out: str,
+    row: str = "method",
+    figure: str = "masks",
+) -> argparse.ArgumentParser:
+    """The ``reproduce`` parser with ``--budget`` and ``--out`` (default folder ``out``);
+    ``row`` names the runs' row folders, ``figure`` the per-dataset figure next to the curves."""
+    r = sub.add_parser(
+        "reproduce",
+        help="add runs to a budget's results folder and rebuild its table and figures",
+        description=f"Train the missing (dataset, {row}, seed) runs of a budget into "
+        f"OUT/runs/DATASET/{row.upper()}/seedS, then write OUT/results.md, OUT/results.json, "
+        f"OUT/curves_DATASET.png and OUT/{figure}_DATASET.png from every finished run. Budgets: "
+        + "; ".join(f"{k}: {v.description}" for k, v in budgets.items()),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r.add_argument("--budget", choices=tuple(budgets), default=default)
+    r.add_argument("--out", default=None, help=f"output folder (default {out})")
+    return r
+
+
+def add_run_options(parser: argparse.ArgumentParser, figures: bool = True) -> None:
+    """How ``reproduce`` runs: precision, parallel jobs, threads, progress bars and (where the
+    experiment's ``reproduce`` can skip them) ``--no-figures``."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--jobs", type=int, help="runs in parallel (default: min(2, cores))")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per run (default: cores // jobs)"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    if figures:
+        parser.add_argument("--no-figures", action="store_true", help="only the table")
+
+
+def add_table_parser(
+    sub: argparse._SubParsersAction, func: Callable[[argparse.Namespace], int], figures: bool = True
+) -> argparse.ArgumentParser:
+    """The ``table`` parser: a results folder, ``--budget`` and (``figures``) ``--no-figures``."""
+    tb = sub.add_parser(
+        "table",
+        help="rebuild a results folder's table and figures from its finished runs",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    tb.add_argument("out", type=Path, help="results folder (holds runs/)")
+    tb.add_argument("--budget", default=None, help="budget name (default: the folder's name)")
+    if figures:
+        tb.add_argument("--no-figures", action="store_true", help="only the table")
+    tb.set_defaults(func=func)
+    return tb
+
+
+def table(
+    args: argparse.Namespace,
+    assemble: Callable[..., dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+    prefix: str = "",
+) -> int:
+    """Rebuild ``args.out``'s table (and figures) and print it; the budget defaults to the
+    folder's name less ``prefix`` (``results/e2-cpu`` is budget ``cpu``)."""
+    if not (args.out / "runs").is_dir():
+        raise UserError(f"{args.out}: no runs/ folder of finished runs")
+    budget = args.budget or args.out.name.removeprefix(prefix)
+    summary = assemble(args.out, budget, figure=not getattr(args, "no_figures", False))
+    print(markdown(summary))
+    return 0
