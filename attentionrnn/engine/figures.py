@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["curve_figure"]
+__all__ = ["curve_figure", "save_figure"]
 
 History = list[dict[str, Any]]
 
@@ -51,11 +51,21 @@ def curve_figure(
         ax.set(xlabel="training steps" if x == "step" else x, ylabel=ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    return save_figure(fig, out, title, fontsize=10, dpi=100)
+
+
+def save_figure(
+    fig: Any, out: str | Path, title: str = "", fontsize: int = 10, dpi: int = 100
+) -> Path:
+    """Give ``fig`` its title, lay it out, write it to ``out`` (making the folder) and close it,
+    as every figure of the experiments ends."""
+    import matplotlib.pyplot as plt
+
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=fontsize)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out

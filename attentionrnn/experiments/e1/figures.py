@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e1.data import E1Data
 from attentionrnn.experiments.e1.metrics import mask_to_image
@@ -112,14 +113,7 @@ def mask_figure(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, title, fontsize=9, dpi=110)
 
 
 def curve_figure(curves: dict[str, list[list[dict]]], out: str | Path, title: str = "") -> Path:

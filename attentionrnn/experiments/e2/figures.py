@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e2.data import ImageSet, _stratified_order, load_dataset
 from attentionrnn.experiments.e2.model import LABELS, AttnVGG
@@ -93,14 +94,7 @@ def mask_figure(
                 axes[r, c].set_title(label, fontsize=6)
     for ax in axes.flat:
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, title, fontsize=9, dpi=110)
 
 
 def _all_images(config: E2Config) -> E2Config:

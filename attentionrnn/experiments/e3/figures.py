@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e3.model import LABELS, VQANet
 from attentionrnn.experiments.e3.train import E3Config, E3Data, build_model, load_data
@@ -87,14 +88,7 @@ def mask_figure(
                                  f"answer: {answers[r]}", fontsize=5)  # fmt: skip
     for ax in axes.flat:
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, title, fontsize=8, dpi=120)
 
 
 def curve_figure(curves: dict[str, list[list[dict]]], out: str | Path, title: str = "") -> Path:

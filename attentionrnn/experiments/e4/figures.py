@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e4.model import LABELS, Editor
 
@@ -78,14 +79,7 @@ def sample_grid(
             ax.set_title(label if r == 0 else "", fontsize=6)
             ax.axis("off")
         axes[r, 0].set_title(("input\n" if r == 0 else "") + _describe(task, b, r), fontsize=5)
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, title, fontsize=8, dpi=110)
 
 
 def curve_figure(curves: dict[str, list[list[dict]]], out: str | Path, title: str = "") -> Path:
