@@ -20,11 +20,29 @@ from typing import Any
 
 import numpy as np
 
+from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.trainer import METRICS
 
 logger = logging.getLogger("attentionrnn.engine")
 
-__all__ = ["finished_runs", "format_stats", "parallelism", "seed_stats", "train_runs"]
+__all__ = [
+    "finished_runs",
+    "format_stats",
+    "named_budget",
+    "parallelism",
+    "seed_stats",
+    "train_runs",
+]
+
+
+def named_budget(budget: Any, budgets: dict[str, Any], cls: type) -> tuple[str, Any]:
+    """``(name, settings)`` of a budget given by name, or ``("custom", budget)`` for settings of
+    the experiment's budget class ``cls`` made in Python."""
+    if isinstance(budget, cls):
+        return "custom", budget
+    if budget not in budgets:
+        raise UserError(f"budget must be one of {', '.join(budgets)}; got {budget!r}")
+    return budget, budgets[budget]
 
 
 def parallelism(jobs: int | None, threads: int | None) -> tuple[int, int]:

@@ -20,7 +20,13 @@ from typing import Any
 from attentionrnn.data.generate import CANVAS, DATASETS
 from attentionrnn.engine import results
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.runs import format_stats, parallelism, seed_stats, train_runs
+from attentionrnn.engine.runs import (
+    format_stats,
+    named_budget,
+    parallelism,
+    seed_stats,
+    train_runs,
+)
 from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e1.train import TrainConfig, resolve_data, train
 from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES
@@ -131,7 +137,7 @@ def reproduce(
         figure: write the figures.
         data: ``{dataset: file.npz}`` to use instead of generating (or reusing) the data.
     """
-    name, b = _budget(budget)
+    name, b = named_budget(budget, BUDGETS, Budget)
     unknown = sorted(set(methods) - set(ATTENTION_NAMES))
     if unknown:
         raise UserError(f"unknown method(s) {unknown}; valid: {', '.join(ATTENTION_NAMES)}")
@@ -170,14 +176,6 @@ def reproduce(
                 )
     train_runs(configs, train, jobs, cost=lambda c: ATTENTION_METHODS[c.attention].cost)
     return assemble(out, name, b, figure=figure)
-
-
-def _budget(budget: str | Budget) -> tuple[str, Budget]:
-    if isinstance(budget, Budget):
-        return "custom", budget
-    if budget not in BUDGETS:
-        raise UserError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
-    return budget, BUDGETS[budget]
 
 
 # ------------------------------------------------------------------------------------------

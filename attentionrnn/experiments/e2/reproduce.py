@@ -18,7 +18,13 @@ from typing import Any
 
 from attentionrnn.engine import results
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.runs import format_stats, parallelism, seed_stats, train_runs
+from attentionrnn.engine.runs import (
+    format_stats,
+    named_budget,
+    parallelism,
+    seed_stats,
+    train_runs,
+)
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e2.data import CIFAR10_TAR_MD5, DATASETS, load_dataset
 from attentionrnn.experiments.e2.model import E2_ATTENTIONS, LABELS
@@ -74,14 +80,6 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-def _budget(budget: str | Budget) -> tuple[str, Budget]:
-    if isinstance(budget, Budget):
-        return "custom", budget
-    if budget not in BUDGETS:
-        raise UserError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
-    return budget, BUDGETS[budget]
-
-
 def reproduce(
     out: str | Path,
     budget: str | Budget = "cpu",
@@ -111,7 +109,7 @@ def reproduce(
         progress: progress bars (only with ``jobs=1``).
         figure: write the figures.
     """
-    name, b = _budget(budget)
+    name, b = named_budget(budget, BUDGETS, Budget)
     unknown = sorted(set(methods) - set(E2_ATTENTIONS))
     if unknown:
         raise UserError(f"unknown method(s) {unknown}; valid: {', '.join(E2_ATTENTIONS)}")

@@ -21,7 +21,13 @@ import numpy as np
 
 from attentionrnn.engine import results
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.runs import format_stats, parallelism, seed_stats, train_runs
+from attentionrnn.engine.runs import (
+    format_stats,
+    named_budget,
+    parallelism,
+    seed_stats,
+    train_runs,
+)
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e4.data import DATASETS
 from attentionrnn.experiments.e4.model import E4_MASKS, LABELS
@@ -104,14 +110,6 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-def _budget(budget: str | Budget) -> tuple[str, Budget]:
-    if isinstance(budget, Budget):
-        return "custom", budget
-    if budget not in BUDGETS:
-        raise UserError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
-    return budget, BUDGETS[budget]
-
-
 def reproduce(
     out: str | Path,
     budget: str | Budget = "cpu",
@@ -141,7 +139,7 @@ def reproduce(
         progress: progress bars (only with ``jobs=1``).
         figure: write the figures.
     """
-    name, b = _budget(budget)
+    name, b = named_budget(budget, BUDGETS, Budget)
     for given, valid, what in ((masks, E4_MASKS, "mask"), (datasets, DATASETS, "dataset")):
         unknown = sorted(set(given) - set(valid))
         if unknown:
