@@ -350,6 +350,7 @@ def test_small_canvas_trains_and_names_its_data(tmp_path, monkeypatch, digits):
     from attentionrnn.experiments.e1 import train as train_mod
 
     monkeypatch.setattr(gen_mod, "load_mnist", lambda mnist=None: digits)
+    monkeypatch.delenv("ATTENTIONRNN_MNIST", raising=False)  # the file name says the source
     config = TrainConfig(
         attention="ctx", samples=60, canvas=64, epochs=1, batch_size=8, threads=1,
         data_dir=str(tmp_path / "data"), out=str(tmp_path / "run"), progress=False,
