@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -52,6 +54,21 @@ def parallelism(jobs: int | None, threads: int | None) -> tuple[int, int]:
     return jobs, threads or max(1, cores // jobs)
 
 
+def _exit_with_parent(parent: int, interval: float = 2.0) -> None:
+    """Pool initializer: end this job when the process that started it is gone.
+
+    ``kill PID`` (or a crash) of ``reproduce`` would otherwise leave its spawned jobs training on
+    for hours, unseen, on the cores the next command needs.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _train_logged(train: Callable[[Any], Any], config: Any) -> Any:
     logging.basicConfig(
         level=logging.INFO,
@@ -77,7 +94,10 @@ def train_runs(
         return
     if not ordered:
         return
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:  # fmt: skip
         futures = {pool.submit(_train_logged, train, c): c for c in ordered}
         for future in as_completed(futures):
             future.result()

@@ -1,0 +1,69 @@
+"""engine.runs: parallel jobs end with the process that started them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+# The parent trains two "runs" on two spawned jobs; each run records its pid and then sleeps far
+# longer than the test waits.
+PARENT = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from attentionrnn.engine.runs import train_runs
+    import tests.test_runs as here
+
+    if __name__ == "__main__":
+        train_runs([sys.argv[1] + "/a", sys.argv[1] + "/b"], here.sleepy_run, jobs=2)
+    """
+)
+
+
+def sleepy_run(out: str) -> None:
+    Path(out).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie has exited but may not be reaped yet (its parent is gone: init reaps it)
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_killed_parent_takes_its_jobs_with_it(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=root, env=env)
+    files = [tmp_path / "a", tmp_path / "b"]
+    deadline = time.monotonic() + 60
+    while not all(f.exists() and f.read_text() for f in files):
+        assert parent.poll() is None, "the parent ended before its jobs started"
+        assert time.monotonic() < deadline, "the jobs did not start within 60 s"
+        time.sleep(0.2)
+    jobs = [int(f.read_text()) for f in files]
+    assert all(_alive(pid) for pid in jobs)
+
+    parent.send_signal(signal.SIGKILL)  # no handler can run: the jobs must notice by themselves
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in jobs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in jobs if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"jobs {left} kept running after their parent was killed"
