@@ -83,7 +83,8 @@ def sample_grid(
 
 
 def curve_figure(curves: dict[str, list[list[dict]]], out: str | Path, title: str = "") -> Path:
-    """Validation edit success, preservation L1 and the generator's loss against epochs."""
+    """Validation edit success, preservation L1, mask on the digit's strokes and the generator's
+    loss against epochs."""
     from attentionrnn.engine.figures import curve_figure as draw
 
     def value(key: str):
@@ -92,6 +93,7 @@ def curve_figure(curves: dict[str, list[list[dict]]], out: str | Path, title: st
     panels = [
         ("validation edit success", value("val_edit_success")),
         ("validation preservation L1", value("val_preservation_l1")),
+        ("validation mask on digit", value("val_mask_correctness")),
         ("generator loss", value("train_loss")),
     ]
     return draw(curves, out, panels, x="epoch", title=title)
