@@ -296,6 +296,10 @@ def test_evaluate_the_exact_edit_and_the_judge(task, tmp_path):
     assert abs(exact["kid"]) < 1e-3
     learnt = evaluate(g, judge, task, test, targets, 64)
     assert learnt["preservation_l1"] > 0 and learnt["mask_correctness"] < 1
+    # chance level: a uniform mask scores the region's share of the image; the exact edit's
+    # mask is the stroke region, so its mean is that share too (old runs' table reads it there)
+    assert 0 < learnt["uniform_mask_correctness"] < learnt["uniform_mask_correctness_box"] < 1
+    assert exact["mask_mean"] == pytest.approx(learnt["uniform_mask_correctness"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -369,7 +373,8 @@ def test_cli_train_reproduce_table(tmp_path, capsys):
     assert main(["e4", "reproduce", "--budget", "tiny", "--out", str(out), "--jobs", "1",
                  "--threads", "1", "--no-progress", "--precision", "fp32"]) == 0  # fmt: skip
     table = capsys.readouterr().out
-    for label in ("conv mask (CTX)", "ARNN (bi)", "BRNN", "exact edit", "Judge accuracy"):
+    for label in ("conv mask (CTX)", "ARNN (bi)", "BRNN", "exact edit", "uniform mask (chance)",
+                  "Judge accuracy"):  # fmt: skip
         assert label in table
     for name in ("results.md", "results.json", "curves_mref.png", "samples_mref.png"):
         assert (out / name).is_file()

@@ -185,11 +185,22 @@ def summarize(mask: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "parameters": first.get("parameters"),
         **{key: seed_stats([m.get(f"test_{key}") for m in ms]) for key, *_ in COLUMNS},
         "exact_edit": {key: exact.get(key) for key, *_ in COLUMNS},
+        "uniform_mask": _uniform_mask(first),
         "judge_accuracy": first.get("judge", {}).get("test_accuracy"),
         "epochs": [m["epochs"] for m in ms],
         "training_time_h": seed_stats([m["training_time_s"] / 3600 for m in ms]),
         "wall_time_h": sum(m.get("wall_time_s", m["training_time_s"]) for m in ms) / 3600,
     }
+
+
+def _uniform_mask(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """What a uniform mask scores on the mask columns (the regions' share of the image): the
+    chance level of mask correctness. Runs recorded before the test measured it directly still
+    hold the stroke share as the exact edit's mask mean (its mask is the stroke region)."""
+    exact = metrics.get("exact_edit") or {}
+    strokes = metrics.get("test_uniform_mask_correctness", exact.get("mask_mean"))
+    return {"mask_correctness": strokes,
+            "mask_correctness_box": metrics.get("test_uniform_mask_correctness_box")}  # fmt: skip
 
 
 def assemble(
@@ -266,6 +277,13 @@ def results_markdown(summary: dict[str, Any]) -> str:
             cells = ["exact edit", "–"] + [
                 "–" if first["exact_edit"][key] is None
                 else f"{first['exact_edit'][key] * scale:.{digits}f}"
+                for key, _, scale, digits in COLUMNS
+            ] + ["–"] * 4  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        uniform = first.get("uniform_mask") or {}
+        if any(v is not None for v in uniform.values()):
+            cells = ["uniform mask (chance)", "–"] + [
+                "–" if uniform.get(key) is None else f"{uniform[key] * scale:.{digits}f}"
                 for key, _, scale, digits in COLUMNS
             ] + ["–"] * 4  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")

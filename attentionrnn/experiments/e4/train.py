@@ -324,7 +324,7 @@ def evaluate(
     judge.eval()
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in (
         "success", "preservation", "truth_l1", "correctness", "correctness_box", "mask_mean",
-        "features", "reference")}  # fmt: skip
+        "features", "reference", "uniform", "uniform_box")}  # fmt: skip
     for start in range(0, len(idx), batch_size):
         sl = slice(start, start + batch_size)
         b = task.batch(idx[sl], targets[sl])
@@ -348,6 +348,9 @@ def evaluate(
             rows["truth_l1"].append((edited - b.truth).abs().flatten(1).mean(1))
             rows["correctness"].append(mask_correctness(mask, b.region))
             rows["correctness_box"].append(mask_correctness(mask, b.box))
+            # what a uniform mask scores: the region's share of the image (chance level)
+            rows["uniform"].append(b.region.float().flatten(1).mean(1))
+            rows["uniform_box"].append(b.box.float().flatten(1).mean(1))
         else:
             rows["reference"].append(judge.features(b.x, b.query))
 
@@ -365,6 +368,8 @@ def evaluate(
         "mask_correctness": mean("correctness"),
         "mask_correctness_box": mean("correctness_box"),
         "mask_mean": mean("mask_mean"),
+        "uniform_mask_correctness": mean("uniform"),
+        "uniform_mask_correctness_box": mean("uniform_box"),
         "kid": kid(torch.cat(rows["features"]), torch.cat(rows["reference"])),
     }
 
