@@ -76,14 +76,15 @@ class Budget:
 COST = {"ctx": 0.9, "arnn": 1.0, "brnn": 0.95}
 
 BUDGETS: dict[str, Budget] = {
-    # An ESTIMATE from the measured step times above, not from a finished reproduction:
-    # 3,000 images of 64 px hold ~21,000 (image, digit) samples, ~12,600 of them training edits,
-    # i.e. ~395 steps of 32 per epoch, ~4-5 min per epoch on one thread with validation; 12
-    # epochs plus the judge (15 cheaper epochs) and the test ≈ 1-1.3 h per row, ~2 h for the three
-    # rows with 2 jobs (fp32 CPUs without native bf16: slower, not measured).
+    # Measured (seed 0 of the three rows as three one-thread jobs on 2 cores, bf16, full
+    # MNIST): 3,000 images of 64 px hold ~12,800 (image, digit) samples, 10,280 of them training
+    # edits, i.e. 322 steps of 32 per epoch; the judge (15 epochs) took 6 min and an epoch of the
+    # editor ~3.7 min per row with three rows sharing the cores; 0.83-0.86 h per row, 52 min for
+    # all three. The curves flatten over epochs 9-12 (validation edit success 0.58-0.68) but the
+    # ARNN mask's share on the digit still rises at epoch 12: not every measure is past its knee.
     "cpu": Budget(
         epochs=12,
-        description="MREF, 3,000 images of 64 px (~12,600 training edits); editor 16-32-64 ch "
+        description="MREF, 3,000 images of 64 px (10,280 training edits); editor 16-32-64 ch "
         "(16×16 feature map), patch discriminator 16-32-64 ch, mask head width 16; Adam 2e-4 "
         "(β₁ 0.5) halved every 6 epochs, batch 32, 12 epochs; hinge loss, no gradient "
         "penalty; the last epoch's weights; judge: a separately trained colour classifier (15 "
