@@ -194,6 +194,18 @@ def summarize(mask: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _reference_row(label: str, values: dict[str, float | None]) -> list[str]:
+    """A table row of a reference that has no seeds or cost (the exact edit, a uniform mask);
+    none when it has no value at all (runs recorded before the reference was measured)."""
+    if all(v is None for v in values.values()):
+        return []
+    cells = [label, "–"] + [
+        "–" if values.get(key) is None else f"{values[key] * scale:.{digits}f}"
+        for key, _, scale, digits in COLUMNS
+    ] + ["–"] * 4  # fmt: skip
+    return ["| " + " | ".join(cells) + " |"]
+
+
 def _uniform_mask(metrics: dict[str, Any]) -> dict[str, float | None]:
     """What a uniform mask scores on the mask columns (the regions' share of the image): the
     chance level of mask correctness. Runs recorded before the test measured it directly still
@@ -274,20 +286,8 @@ def results_markdown(summary: dict[str, Any]) -> str:
             cells += [format_stats(r["training_time_h"], 1, 60), f"{r['wall_time_h']:.2f} h"]
             lines.append("| " + " | ".join(cells) + " |")
         first = next(iter(rows.values()))
-        if any(v is not None for v in first["exact_edit"].values()):
-            cells = ["exact edit", "–"] + [
-                "–" if first["exact_edit"][key] is None
-                else f"{first['exact_edit'][key] * scale:.{digits}f}"
-                for key, _, scale, digits in COLUMNS
-            ] + ["–"] * 4  # fmt: skip
-            lines.append("| " + " | ".join(cells) + " |")
-        uniform = first.get("uniform_mask") or {}
-        if any(v is not None for v in uniform.values()):
-            cells = ["uniform mask (chance)", "–"] + [
-                "–" if uniform.get(key) is None else f"{uniform[key] * scale:.{digits}f}"
-                for key, _, scale, digits in COLUMNS
-            ] + ["–"] * 4  # fmt: skip
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += _reference_row("exact edit", first["exact_edit"])
+        lines += _reference_row("uniform mask (chance)", first.get("uniform_mask") or {})
         lines.append("")
         if first.get("judge_accuracy") is not None:
             lines += [f"Judge accuracy on real test images: {100 * first['judge_accuracy']:.1f} %.",
