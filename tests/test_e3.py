@@ -35,7 +35,7 @@ from attentionrnn.experiments.e3.model import (
     VQANet,
     count_sketch,
 )
-from attentionrnn.experiments.e3.train import E3Config, E3Data, evaluate, train
+from attentionrnn.experiments.e3.train import E3Config, E3Data, answer_prior, evaluate, train
 
 
 @pytest.fixture(autouse=True)
@@ -392,6 +392,36 @@ def test_train_writes_metrics_and_resumes(tmp_path):
         train(_tiny_config(tmp_path, attention="arnn", epochs=2, lr=0.5))
 
 
+def test_answer_prior_answers_from_the_question_alone(tmp_path):
+    data = E3Data(generate_sort_of_clevr(30, 10, image_size=32), _tiny_config(tmp_path))
+    train_split, test = data.dataset.train, data.dataset.test
+    # by hand: the most frequent training answer of each question text (ties: first by name)
+    counts: dict[str, dict[str, int]] = {}
+    for i in data.train_idx:
+        per = counts.setdefault(train_split.questions[i], {})
+        per[train_split.answers[i]] = per.get(train_split.answers[i], 0) + 1
+    everything: dict[str, int] = {}
+    for per in counts.values():
+        for a, n in per.items():
+            everything[a] = everything.get(a, 0) + n
+
+    def top(c):
+        return sorted(c, key=lambda a: (-c[a], a))[0]
+    hits = [top(counts.get(test.questions[i]) or everything) == test.answers[i]
+            for i in data.test_idx]  # fmt: skip
+    prior = answer_prior(data)
+    assert prior["accuracy"] == pytest.approx(np.mean(hits))
+    relational = test.relational[data.test_idx]
+    assert prior["relational"] == pytest.approx(np.mean(np.array(hits)[relational]))
+    assert set(prior["by_type"]) <= {"number", "other"}
+    # scored on training questions: every question is seen, its own majority answer is guessed
+    data.dataset.test = train_split
+    data.test_idx = data.train_idx[:20]
+    assert answer_prior(data)["accuracy"] == pytest.approx(np.mean(
+        [top(counts[train_split.questions[i]]) == train_split.answers[i] for i in data.test_idx]
+    ))
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(UserError, match="query_fusion"):
         _tiny_config(tmp_path, query_fusion="concat").check()
@@ -421,15 +451,25 @@ def test_cli_train_reproduce_table(tmp_path, capsys):
                  "--no-progress", "--precision", "fp32"]) == 0  # fmt: skip
     text = (out / "results.md").read_text()
     assert "| ARNN (bi) | 0 |" in text and "relational" in text and "uniform mask" in text
+    assert "| question only (prior) | – |" in text
     assert (out / "curves_sort_of_clevr.png").is_file()
     assert (out / "masks_sort_of_clevr.png").is_file()
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["results"]["sort_of_clevr"]) == {"none", "arnn"}
     # the budget's per-dataset length: tiny trains 2 epochs, but 1 on the generated set
     assert summary["results"]["sort_of_clevr"]["arnn"]["epochs"] == [1]
+    recorded = summary["answer_prior"]["sort_of_clevr"]
+    assert 0 <= recorded["accuracy"] <= 1
+    # runs recorded before the prior was: the table computes it from their data
+    for metrics_file in out.glob("runs/*/*/*/metrics.json"):
+        m = json.loads(metrics_file.read_text())
+        del m["test_answer_prior"]
+        metrics_file.write_text(json.dumps(m))
     capsys.readouterr()
     assert main(["e3", "table", str(out), "--no-figures"]) == 0
     assert "ARNN (bi)" in capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())
+    assert again["answer_prior"]["sort_of_clevr"] == recorded
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -28,7 +28,7 @@ from attentionrnn.engine.runs import (
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e3.data import DATASETS, QUESTION_TYPES
 from attentionrnn.experiments.e3.model import E3_ATTENTIONS, LABELS
-from attentionrnn.experiments.e3.train import E3Config, train
+from attentionrnn.experiments.e3.train import E3Config, answer_prior, load_data, train
 
 logger = logging.getLogger("attentionrnn.e3.reproduce")
 
@@ -218,8 +218,27 @@ def assemble(
     """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
     return results.assemble(
         out, budget, settings or BUDGETS.get(budget), datasets=DATASETS, summarize=summarize,
-        order=_order, markdown=results_markdown, figures=_figures if figure else None, log=logger,
+        order=_order, markdown=results_markdown, figures=_figures if figure else None,
+        totals=_answer_priors, log=logger,
     )  # fmt: skip
+
+
+def _answer_priors(found: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> dict[str, Any]:
+    """``{"answer_prior": {dataset: scores}}``: the question-only baseline of each dataset, as
+    its runs recorded it or, for runs recorded before it was, computed from their data."""
+    priors: dict[str, Any] = {}
+    for d, rows in found.items():
+        first = next(iter(rows[min(rows, key=_order)].values()))
+        prior = first.get("test_answer_prior")
+        if prior is None:
+            try:
+                config = E3Config(**first["config"])
+                prior = answer_prior(load_data(dataclasses.replace(config, progress=False)))
+            except (UserError, OSError, TypeError) as e:  # the data are not here
+                logger.warning("%s: no question-only baseline (%s)", d, e)
+                continue
+        priors[d] = prior
+    return {"answer_prior": priors}
 
 
 def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, str]:
@@ -236,6 +255,11 @@ def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> d
     if masks:
         drawn["masks"] = masks.name
     return drawn
+
+
+def _point(value: float | None) -> dict[str, Any]:
+    """One value as the statistics of a single seed (for :func:`_fmt`)."""
+    return seed_stats([value])
 
 
 def _fmt(stats: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -256,6 +280,8 @@ def results_markdown(summary: dict[str, Any]) -> str:
         "mass inside the boxes of the objects the question is about (generated set, mean of the "
         "glimpses; a uniform mask scores the boxes' share of the image, given below the "
         "table). Mean ± sample standard deviation over the seeds listed (one seed has no ±). "
+        "'question only (prior)': each test question answered with the training set's most "
+        "frequent answer to the same question, no image. "
         "min/run: training minutes per run; wall: hours of all runs of the row.",
         "",
     ]
@@ -275,6 +301,14 @@ def results_markdown(summary: dict[str, Any]) -> str:
             cells += [f"{r['parameters']:,}", ",".join(map(str, r["epochs"])),
                       _fmt(r["training_time_h"], 60, 1), f"{r['wall_time_h']:.2f} h"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
+        prior = summary.get("answer_prior", {}).get(d)
+        if prior:
+            cells = ["question only (prior)", "–", _fmt(_point(prior["accuracy"]))]
+            cells += [_fmt(_point(prior["by_type"].get(t))) for t in types]
+            if relational:
+                cells += [_fmt(_point(prior.get("relational"))),
+                          _fmt(_point(prior.get("non_relational"))), "–"]  # fmt: skip
+            lines.append("| " + " | ".join(cells + ["–"] * 4) + " |")
         figs = summary.get("figures", {}).get(d, {})
         lines.append("")
         chance = next((r["attention_chance"] for r in rows.values()

@@ -49,13 +49,14 @@ from attentionrnn.experiments.e3.data import (
     Vocabulary,
     VQASet,
     load_dataset,
+    tokenize,
     vqa_accuracy,
 )
 from attentionrnn.experiments.e3.model import E3_ATTENTIONS, VQANet
 
 logger = logging.getLogger("attentionrnn.e3")
 
-__all__ = ["E3Config", "E3Data", "build_model", "evaluate", "load_data", "train"]
+__all__ = ["E3Config", "E3Data", "answer_prior", "build_model", "evaluate", "load_data", "train"]
 
 
 def _opt(help: str, **kw: Any) -> dict[str, Any]:
@@ -351,6 +352,43 @@ def evaluate(
     return result
 
 
+def answer_prior(data: E3Data) -> dict[str, Any]:
+    """How far the question alone goes: the test scores of answering each question with the
+    training questions' most frequent answer to the same words (to an unseen question: the most
+    frequent training answer). Keys as :func:`evaluate`'s (no loss, no attention).
+
+    A row that scores no better than this has not used the image.
+    """
+    train, test = data.split("train"), data.split("test")
+    by_question: dict[tuple[str, ...], Counter] = {}
+    for i in data.train_idx:
+        by_question.setdefault(tuple(tokenize(train.questions[i])), Counter())[train.answers[i]] += 1
+    overall = sum(by_question.values(), Counter())
+
+    def top(counts: Counter) -> str:
+        return min(counts, key=lambda a: (-counts[a], a))  # ties: the first answer by name
+
+    prior = {q: top(c) for q, c in by_question.items()}
+    fallback = top(overall)
+    idx = data.test_idx
+    guess = {i: prior.get(tuple(tokenize(test.questions[i])), fallback) for i in idx}
+    if test.human_answers is not None:
+        score = np.array([vqa_accuracy(guess[i], test.human_answers[i]) for i in idx])
+    else:
+        score = np.array([guess[i] == test.answers[i] for i in idx], dtype=np.float64)
+    qtypes = test.qtypes[idx]
+    result: dict[str, Any] = {
+        "accuracy": float(score.mean()),
+        "by_type": {t: float(score[qtypes == t].mean()) for t in QUESTION_TYPES
+                    if (qtypes == t).any()},  # fmt: skip
+    }
+    if test.relational is not None:
+        relational = test.relational[idx]
+        for key, mask in (("relational", relational), ("non_relational", ~relational)):
+            result[key] = float(score[mask].mean()) if mask.any() else None
+    return result
+
+
 # ------------------------------------------------------------------------------------------
 # the recipe
 
@@ -430,6 +468,7 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
         "test_non_relational": test.get("non_relational"),
         "test_attention_correctness": test.get("attention_correctness"),
         "test_attention_chance": test.get("attention_chance"),
+        "test_answer_prior": answer_prior(data),
         "val_accuracy": state.best_score if state.best_epoch >= 0 else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "attention_parameters": sum(p.numel() for p in model.estimators.parameters()),
