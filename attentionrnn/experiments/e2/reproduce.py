@@ -60,8 +60,9 @@ BUDGETS: dict[str, Budget] = {
     # Sized on this 2-core CPU (reproduce runs 2 jobs x 1 thread): a training step of the
     # slowest row (ARNN; batch 128, width 0.25, bf16) took 2.3 s on one thread while two other
     # jobs kept both cores busy (LTPA 2.1 s, BRNN 2.1 s, VGG 1.7 s; fp32 2.5-2.8 s), and the
-    # 5,000-image validation ~40 s. On a core of its own about half that: ~1.2 s x 352 steps +
-    # 20 s ≈ 7 min per epoch, so 16 epochs ≈ 2 h per run (≈ 4 h if the cores stay shared).
+    # 5,000-image validation ~40 s. Measured since: one ARNN epoch (352 steps and the
+    # validation) took 5.6 min on one thread beside one other one-thread job, so 16 epochs are
+    # ≈ 1.5 h per run of the slowest row and the 8 runs ≈ 6 h wall with 2 jobs.
     "cpu": Budget(
         width=0.25,
         epochs=16,
