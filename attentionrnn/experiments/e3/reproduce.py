@@ -74,8 +74,9 @@ BUDGETS: dict[str, Budget] = {
     # 0.9995 after epochs 1 / 2 / 3, MCB's 0.872 after epoch 1, so 4 epochs (lr constant: the
     # first halving would come after epoch 4) are past the knee. The generated set (4,000 images
     # x 10 questions: 625 steps) is harder (relational questions) and gets 6 epochs, the last two
-    # at half the lr, so that both datasets' 16 runs fit one ~2 h sitting with 2 jobs (an epoch
-    # took 2.7-3.4 min per run here); its learning curves are in the results.
+    # at half the lr, so that both datasets' 16 runs fit one sitting with 2 jobs (measured:
+    # 1 h 47 min; an epoch 2.7-3.4 min per MCB run, 1.2 min per ARNN run on free cores). Its
+    # curves were still rising at epoch 6 (docs/results/e3-cpu): too short to be past the knee.
     "cpu": Budget(
         epochs=6,
         lr_step=4,
