@@ -48,6 +48,7 @@ from attentionrnn.experiments.e3.data import (
     QUESTION_TYPES,
     Vocabulary,
     VQASet,
+    VQASplit,
     load_dataset,
     tokenize,
     vqa_accuracy,
@@ -328,19 +329,11 @@ def evaluate(
     idx = table[:, 0].astype(np.int64)
     score = table[:, 2]
 
-    def mean(mask: np.ndarray) -> float | None:
-        return float(score[mask].mean()) if mask.any() else None
-
-    qtypes = s.qtypes[idx]
     result: dict[str, Any] = {
         "accuracy": float(score.mean()) if len(score) else math.nan,
         "loss": float(table[:, 3].mean()) if len(table) else math.nan,
-        "by_type": {t: mean(qtypes == t) for t in QUESTION_TYPES if (qtypes == t).any()},
+        **_by_kind(score, s, idx),
     }
-    if s.relational is not None:
-        relational = s.relational[idx]
-        result["relational"] = mean(relational)
-        result["non_relational"] = mean(~relational)
     if with_mass:
         per_glimpse = np.nanmean(table[:, 4:], axis=0) if len(table) else np.full(glimpses, np.nan)
         result["attention_correctness"] = [float(v) for v in per_glimpse]
@@ -376,16 +369,24 @@ def answer_prior(data: E3Data) -> dict[str, Any]:
         score = np.array([vqa_accuracy(guess[i], test.human_answers[i]) for i in idx])
     else:
         score = np.array([guess[i] == test.answers[i] for i in idx], dtype=np.float64)
-    qtypes = test.qtypes[idx]
+    return {"accuracy": float(score.mean()), **_by_kind(score, test, idx)}
+
+
+def _by_kind(score: np.ndarray, split: VQASplit, idx: np.ndarray) -> dict[str, Any]:
+    """Mean ``score`` of the questions ``idx`` by question type and, where the split marks
+    them, of the relational and the non-relational ones (``None`` where there are none)."""
+
+    def mean(mask: np.ndarray) -> float | None:
+        return float(score[mask].mean()) if mask.any() else None
+
+    qtypes = split.qtypes[idx]
     result: dict[str, Any] = {
-        "accuracy": float(score.mean()),
-        "by_type": {t: float(score[qtypes == t].mean()) for t in QUESTION_TYPES
-                    if (qtypes == t).any()},  # fmt: skip
+        "by_type": {t: mean(qtypes == t) for t in QUESTION_TYPES if (qtypes == t).any()}
     }
-    if test.relational is not None:
-        relational = test.relational[idx]
-        for key, mask in (("relational", relational), ("non_relational", ~relational)):
-            result[key] = float(score[mask].mean()) if mask.any() else None
+    if split.relational is not None:
+        relational = split.relational[idx]
+        result["relational"] = mean(relational)
+        result["non_relational"] = mean(~relational)
     return result
 
 
