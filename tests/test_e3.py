@@ -33,6 +33,7 @@ from attentionrnn.experiments.e3.model import (
     E3_ATTENTIONS,
     CompactBilinearPooling,
     VQANet,
+    box_masks,
     count_sketch,
 )
 from attentionrnn.experiments.e3.train import E3Config, E3Data, answer_prior, evaluate, train
@@ -360,6 +361,40 @@ def test_one_training_step_per_row(attention, rnn):
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_box_masks_cover_the_cells_the_boxes_overlap():
+    boxes = torch.tensor([
+        [[8, 0, 16, 8], [-1, -1, -1, -1]],  # exactly one cell: row 0, column 1
+        [[4, 4, 12, 12], [56, 56, 64, 64]],  # straddles four cells, plus the corner cell
+        [[-1, -1, -1, -1], [-1, -1, -1, -1]],  # no box: uniform
+    ])  # fmt: skip
+    masks = box_masks(boxes, (8, 8), (64, 64))
+    assert masks.shape == (3, 1, 8, 8)
+    torch.testing.assert_close(masks.sum((1, 2, 3)), torch.ones(3))
+    cells = [sorted(map(tuple, (m[0] > 0).nonzero().tolist())) for m in masks]
+    assert cells[0] == [(0, 1)]
+    assert cells[1] == [(0, 0), (0, 1), (1, 0), (1, 1), (7, 7)]
+    assert len(cells[2]) == 64 and masks[1, 0, 0, 0] == pytest.approx(1 / 5)
+
+
+def test_oracle_row_puts_the_masks_on_the_boxes(tmp_path):
+    model = _model("oracle").eval()
+    assert len(list(model.estimators.parameters())) == 0
+    x, ids, lengths = _batch()
+    boxes = torch.tensor([[[0, 0, 4, 4], [28, 28, 32, 32]]] * 4)  # 32 px image, 8x8 grid
+    logits, masks = model(x, ids, lengths, return_masks=True, boxes=boxes)
+    assert logits.shape == (4, 5) and masks.shape == (4, 2, 8, 8)
+    assert masks[:, :, 0, 0].eq(0.5).all() and masks[:, :, 7, 7].eq(0.5).all()
+    with pytest.raises(ValueError, match="boxes"):
+        model(x, ids, lengths)
+    # trained end to end on the generated set: its attention is on the objects
+    metrics = train(_tiny_config(tmp_path, attention="oracle"))
+    assert min(metrics["test_attention_correctness"]) > 4 * metrics["test_attention_chance"]
+    with pytest.raises(UserError, match="boxes"):
+        train(_tiny_config(tmp_path, dataset="easy_vqa",
+                           easy_vqa_dir=str(_easy_vqa_folder(tmp_path / "easy")),
+                           attention="oracle", out=str(tmp_path / "easy-run")))  # fmt: skip
+
+
 def test_bf16_training_step():
     model = _model("arnn")
     optimizer = torch.optim.Adam(model.parameters())
@@ -447,15 +482,16 @@ def test_cli_train_reproduce_table(tmp_path, capsys):
 
     out = tmp_path / "e3-tiny"
     assert main(["e3", "reproduce", "--budget", "tiny", "--out", str(out), "--datasets",
-                 "sort_of_clevr", "--methods", "none", "arnn", "--jobs", "1", "--threads", "1",
-                 "--no-progress", "--precision", "fp32"]) == 0  # fmt: skip
+                 "sort_of_clevr", "--methods", "none", "arnn", "oracle", "--jobs", "1",
+                 "--threads", "1", "--no-progress", "--precision", "fp32"]) == 0  # fmt: skip
     text = (out / "results.md").read_text()
     assert "| ARNN (bi) | 0 |" in text and "relational" in text and "uniform mask" in text
     assert "| question only (prior) | – |" in text
+    assert text.index("| ARNN (bi) |") < text.index("| oracle mask (named objects) |")
     assert (out / "curves_sort_of_clevr.png").is_file()
     assert (out / "masks_sort_of_clevr.png").is_file()
     summary = json.loads((out / "results.json").read_text())
-    assert set(summary["results"]["sort_of_clevr"]) == {"none", "arnn"}
+    assert set(summary["results"]["sort_of_clevr"]) == {"none", "arnn", "oracle"}
     # the budget's per-dataset length: tiny trains 2 epochs, but 1 on the generated set
     assert summary["results"]["sort_of_clevr"]["arnn"]["epochs"] == [1]
     recorded = summary["answer_prior"]["sort_of_clevr"]

@@ -26,8 +26,7 @@ def _tty() -> bool:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``e3`` and its sub-commands to the ``attentionrnn`` CLI."""
     from attentionrnn.experiments.e3.data import DATASETS
-    from attentionrnn.experiments.e3.model import E3_ATTENTIONS
-    from attentionrnn.experiments.e3.reproduce import BUDGETS
+    from attentionrnn.experiments.e3.reproduce import BUDGETS, METHODS
     from attentionrnn.experiments.e3.train import E3Config
 
     e3 = subparsers.add_parser(
@@ -54,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = add_reproduce_parser(sub, BUDGETS, "cpu", "results/e3-BUDGET")
     r.add_argument("--datasets", nargs="+", choices=DATASETS,
                    default=["easy_vqa", "sort_of_clevr"])  # fmt: skip
-    r.add_argument("--methods", nargs="+", choices=E3_ATTENTIONS, default=list(E3_ATTENTIONS))
+    r.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="rows to add (oracle: on the generated set only)")  # fmt: skip
     r.add_argument("--seeds", nargs="+", type=int, help="training seeds of every row "
                    "(default: the budget's; 3 for MCB attention and ARNN)")  # fmt: skip
     r.add_argument("--vqa-dir", metavar="DIR", help="VQA v2 folder (default $ATTENTIONRNN_VQA_DIR)")

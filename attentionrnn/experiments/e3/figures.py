@@ -57,7 +57,8 @@ def mask_figure(
     x, ids, lengths, target = data.batch("test", picks)
     columns: list[tuple[str, np.ndarray | None, list[str]]] = []
     for method, model in loaded.items():
-        logits, masks = model(x, ids, lengths, return_masks=True)
+        logits, masks = model(x, ids, lengths, return_masks=True,
+                              boxes=data.boxes("test", picks))  # fmt: skip
         answers = [data.answers[int(k)] for k in logits.argmax(1)]
         label = LABELS.get(method, method)
         if masks is None:

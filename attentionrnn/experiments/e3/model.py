@@ -11,7 +11,10 @@ classifier. Attention (``attention``):
   (softmax gate, so a mask is a distribution over positions; multiplicative image-question fusion
   in its encoder by default);
 * ``brnn`` — the same with :class:`~attentionrnn.BlockAttentionRNN`;
-* ``none`` — the mean over positions (one "glimpse" of uniform weight).
+* ``none`` — the mean over positions (one "glimpse" of uniform weight);
+* ``oracle`` — a reference row, not an estimator: every glimpse is spread evenly over the grid
+  cells that the question's object boxes overlap (data with boxes only: the generated set), so it
+  measures what attention on the right objects is worth to this network.
 """
 
 from __future__ import annotations
@@ -31,17 +34,45 @@ __all__ = [
     "CompactBilinearPooling",
     "ImageEncoder",
     "QuestionEncoder",
+    "REFERENCE_ATTENTIONS",
     "VQANet",
+    "box_masks",
     "count_sketch",
 ]
 
 E3_ATTENTIONS = ("none", "mcb", "arnn", "brnn")
+#: Rows that learn no attention but bound it: they need the data's object boxes.
+REFERENCE_ATTENTIONS = ("oracle",)
 LABELS = {
     "none": "no attention (mean pool)",
     "mcb": "MCB attention (conv)",
     "arnn": "ARNN (bi)",
     "brnn": "BRNN",
+    "oracle": "oracle mask (named objects)",
 }
+
+
+def box_masks(boxes: Tensor, grid_size: tuple[int, int], image_size: tuple[int, int]) -> Tensor:
+    """Masks spread evenly over the grid cells that each question's boxes overlap.
+
+    Args:
+        boxes: ``(B, K, 4)`` pixel boxes ``(x0, y0, x1, y1)`` (end exclusive); rows of ``-1`` are
+            absent boxes.
+        grid_size: ``(h, w)`` of the grid; image_size: ``(H, W)`` of the image the boxes are in.
+
+    Returns:
+        ``(B, 1, h, w)``, each summing to 1 (uniform where a question has no box).
+    """
+    (h, w), (height, width) = grid_size, image_size
+    ys = torch.arange(h, device=boxes.device) * height / h  # top edge of each cell row
+    xs = torch.arange(w, device=boxes.device) * width / w
+    x0, y0, x1, y1 = (boxes[..., k, None].float() for k in range(4))  # (B, K, 1)
+    present = (boxes[..., 0] >= 0)[..., None]
+    rows = (ys + height / h > y0) & (ys < y1) & present  # (B, K, h): the row overlaps the box
+    cols = (xs + width / w > x0) & (xs < x1) & present
+    cells = (rows[..., :, None] & cols[..., None, :]).any(1).float()  # (B, h, w)
+    cells[cells.flatten(1).sum(1) == 0] = 1
+    return (cells / cells.flatten(1).sum(1)[:, None, None])[:, None]
 
 
 def count_sketch(x: Tensor, index: Tensor, sign: Tensor, dim: int) -> Tensor:
@@ -210,6 +241,7 @@ class VQANet(nn.Module):
 
     Shape:
         - image: ``(B, in_channels, H, W)``; ids ``(B, L)``; lengths ``(B,)``.
+        - boxes (``"oracle"`` only): ``(B, K, 4)`` pixel boxes of the question's objects.
         - Output: logits ``(B, answers)``; with ``return_masks=True`` also the masks
           ``(B, glimpses, h, w)`` (each sums to 1 over positions), ``None`` for ``"none"``.
     """
@@ -235,8 +267,9 @@ class VQANet(nn.Module):
         coords: bool = True,
     ) -> None:
         super().__init__()
-        if attention not in E3_ATTENTIONS:
-            raise ValueError(f"attention must be one of {E3_ATTENTIONS}, got {attention!r}")
+        valid = E3_ATTENTIONS + REFERENCE_ATTENTIONS
+        if attention not in valid:
+            raise ValueError(f"attention must be one of {valid}, got {attention!r}")
         self.attention = attention
         self.glimpses = glimpses if attention != "none" else 1
         self.coords = coords
@@ -261,10 +294,18 @@ class VQANet(nn.Module):
         self.dropout = nn.Dropout(0.3)
         self.classifier = nn.Linear(mcb_dim, answers)
 
-    def masks(self, grid: Tensor, q: Tensor) -> Tensor | None:
+    def masks(
+        self, grid: Tensor, q: Tensor, boxes: Tensor | None = None,
+        image_size: tuple[int, int] | None = None,
+    ) -> Tensor | None:  # fmt: skip
         """The ``(B, glimpses, h, w)`` attention masks over ``grid``, or ``None``."""
         if self.attention == "none":
             return None
+        if self.attention == "oracle":
+            if boxes is None or image_size is None:
+                raise ValueError("the oracle row needs the questions' object boxes (boxes=...)")
+            mask = box_masks(boxes, grid.shape[-2:], image_size)
+            return mask.to(grid.dtype).expand(-1, self.glimpses, -1, -1)
         if self.attention == "mcb":
             return self.estimators[0](grid, q)
         return torch.cat([est(grid, query=q, return_mask=True)[1] for est in self.estimators], 1)
@@ -281,11 +322,16 @@ class VQANet(nn.Module):
         return torch.cat([grid, yx.flip(0).expand(b, 2, h, w)], 1)
 
     def forward(
-        self, image: Tensor, ids: Tensor, lengths: Tensor, return_masks: bool = False
+        self,
+        image: Tensor,
+        ids: Tensor,
+        lengths: Tensor,
+        return_masks: bool = False,
+        boxes: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor | None]:
         grid = self.encode_image(image)
         q = self.question(ids, lengths)
-        masks = self.masks(grid, q)
+        masks = self.masks(grid, q, boxes, image.shape[-2:])
         if masks is None:
             pooled = grid.float().mean((2, 3))
         else:  # (B, G, C): one weighted sum of the grid per glimpse

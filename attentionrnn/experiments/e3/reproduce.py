@@ -27,7 +27,7 @@ from attentionrnn.engine.runs import (
 )
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e3.data import DATASETS, QUESTION_TYPES
-from attentionrnn.experiments.e3.model import E3_ATTENTIONS, LABELS
+from attentionrnn.experiments.e3.model import E3_ATTENTIONS, LABELS, REFERENCE_ATTENTIONS
 from attentionrnn.experiments.e3.train import E3Config, answer_prior, load_data, train
 
 logger = logging.getLogger("attentionrnn.e3.reproduce")
@@ -65,8 +65,12 @@ class Budget:
 
 #: Relative training cost per method (one thread, batch 64, 64 px, a 2-core machine shared with
 #: other jobs: 0.27 / 0.54 / 0.19 / 0.20 s per step; noisy), so that parallel jobs finish together.
-COST = {"none": 0.6, "mcb": 1.0, "arnn": 0.8, "brnn": 0.7}
+COST = {"none": 0.6, "mcb": 1.0, "arnn": 0.8, "brnn": 0.7, "oracle": 0.6}
 SPREAD = ("mcb", "arnn")
+#: The rows of a reproduction: the estimators, then the oracle where the data have boxes.
+METHODS = E3_ATTENTIONS + REFERENCE_ATTENTIONS
+#: The datasets with object boxes (the oracle row needs them).
+BOXED = ("sort_of_clevr",)
 
 BUDGETS: dict[str, Budget] = {
     # easy-VQA's ~34,700 training questions are 542 steps of 64. Measured (8-epoch trial, one
@@ -109,7 +113,7 @@ def reproduce(
     out: str | Path,
     budget: str | Budget = "cpu",
     datasets: tuple[str, ...] = ("easy_vqa", "sort_of_clevr"),
-    methods: tuple[str, ...] = E3_ATTENTIONS,
+    methods: tuple[str, ...] = METHODS,
     seeds: tuple[int, ...] | None = None,
     vqa_dir: str | None = None,
     easy_vqa_dir: str | None = None,
@@ -125,7 +129,7 @@ def reproduce(
     Args:
         out: output folder (runs, table, figures).
         budget: a name in :data:`BUDGETS` or a :class:`Budget`.
-        datasets, methods: which runs to add.
+        datasets, methods: which runs to add (``oracle`` only on the datasets with boxes).
         seeds: training seeds of every row (default: the budget's, with ``spread_seeds`` for
             MCB attention and ARNN).
         vqa_dir, easy_vqa_dir, data_dir: where the data is (see ``e3 train``).
@@ -136,7 +140,7 @@ def reproduce(
         figure: write the figures.
     """
     name, b = named_budget(budget, BUDGETS, Budget)
-    for given, valid, what in ((methods, E3_ATTENTIONS, "method"), (datasets, DATASETS, "dataset")):
+    for given, valid, what in ((methods, METHODS, "method"), (datasets, DATASETS, "dataset")):
         unknown = sorted(set(given) - set(valid))
         if unknown:
             raise UserError(f"unknown {what}(s) {unknown}; valid: {', '.join(valid)}")
@@ -156,6 +160,8 @@ def reproduce(
             progress=progress and jobs == 1,
         )  # fmt: skip
         for method in methods:
+            if method in REFERENCE_ATTENTIONS and dataset not in BOXED:
+                continue  # no boxes to put the oracle's mask on
             row_seeds = seeds if seeds is not None else (
                 b.spread_seeds if method in SPREAD else b.seeds
             )  # fmt: skip
@@ -178,7 +184,7 @@ def reproduce(
 
 
 def _order(method: str) -> tuple[int, str]:
-    return (E3_ATTENTIONS.index(method) if method in E3_ATTENTIONS else 99, method)
+    return (METHODS.index(method) if method in METHODS else 99, method)
 
 
 def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -282,7 +288,9 @@ def results_markdown(summary: dict[str, Any]) -> str:
         "glimpses; a uniform mask scores the boxes' share of the image, given below the "
         "table). Mean ± sample standard deviation over the seeds listed (one seed has no ±). "
         "'question only (prior)': each test question answered with the training set's most "
-        "frequent answer to the same question, no image. "
+        "frequent answer to the same question, no image. 'oracle mask': not an estimator but "
+        "a bound: the same network with each glimpse spread over the grid cells the question's "
+        "object boxes overlap (the generated set). "
         "min/run: training minutes per run; wall: hours of all runs of the row.",
         "",
     ]

@@ -53,7 +53,7 @@ from attentionrnn.experiments.e3.data import (
     tokenize,
     vqa_accuracy,
 )
-from attentionrnn.experiments.e3.model import E3_ATTENTIONS, VQANet
+from attentionrnn.experiments.e3.model import E3_ATTENTIONS, REFERENCE_ATTENTIONS, VQANet
 
 logger = logging.getLogger("attentionrnn.e3")
 
@@ -76,8 +76,9 @@ class E3Config(RunConfig):
         default="arnn",
         metadata=_opt(
             "attention: mcb (MCB's conv attention), arnn (AttentionRNN on the question), brnn "
-            "(Block AttentionRNN), none (mean pool)",
-            choices=E3_ATTENTIONS,
+            "(Block AttentionRNN), none (mean pool); oracle (reference: the mask on the "
+            "question's object boxes, generated set only)",
+            choices=E3_ATTENTIONS + REFERENCE_ATTENTIONS,
         ),
     )
     out: str = field(default="runs/e3", metadata=_opt("run folder", metavar="RUN_DIR"))
@@ -235,6 +236,12 @@ class E3Data:
         return x, torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(target)
 
 
+    def boxes(self, name: str, idx: np.ndarray) -> torch.Tensor | None:
+        """The ``(B, 2, 4)`` pixel boxes of the questions' objects, or ``None`` (no boxes)."""
+        boxes = self.split(name).boxes
+        return None if boxes is None else torch.from_numpy(boxes[idx])
+
+
 def load_data(config: E3Config, ctx: DistContext | None = None) -> E3Data:
     """Read the dataset (rank 0 first, so that only one process fills the cache)."""
     ctx = ctx or DistContext()
@@ -306,7 +313,8 @@ def evaluate(
         idx = shard[start : start + batch_size]
         x, ids, lengths, target = data.batch(split, idx)
         with autocast(precision):
-            logits, masks = model(x, ids, lengths, return_masks=True)
+            logits, masks = model(x, ids, lengths, return_masks=True,
+                                  boxes=data.boxes(split, idx))  # fmt: skip
         logits = logits.float()
         loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="none")
         pred = logits.argmax(1).numpy()
@@ -355,7 +363,8 @@ def answer_prior(data: E3Data) -> dict[str, Any]:
     train, test = data.split("train"), data.split("test")
     by_question: dict[tuple[str, ...], Counter] = {}
     for i in data.train_idx:
-        by_question.setdefault(tuple(tokenize(train.questions[i])), Counter())[train.answers[i]] += 1
+        words = tuple(tokenize(train.questions[i]))
+        by_question.setdefault(words, Counter())[train.answers[i]] += 1
     overall = sum(by_question.values(), Counter())
 
     def top(counts: Counter) -> str:
@@ -408,6 +417,9 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
 
     data = load_data(config, ctx)
     dataset = data.dataset
+    if config.attention in REFERENCE_ATTENTIONS and dataset.train.boxes is None:
+        raise UserError(f"--attention {config.attention} needs object boxes, which "
+                        f"{config.dataset} does not have (the generated set has them)")  # fmt: skip
     logger.info(
         "%s from %s: train %d / val %d / test %d questions, %d words, %d answers",
         config.dataset, dataset.origin, len(data.train_idx), len(data.val_idx),
@@ -421,9 +433,9 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
     batch_size = max(2, config.batch_size // ctx.world)  # the global batch is config.batch_size
     name = f"{config.attention} {config.dataset}"
 
-    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, ...]):
-        x, ids, lengths, target = batch
-        logits = net(x, ids, lengths).float()
+    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor | None, ...]):
+        x, ids, lengths, target, boxes = batch
+        logits = net(x, ids, lengths, boxes=boxes).float()
         return F.cross_entropy(logits, target), logits.argmax(1), target
 
     def one_epoch(epoch: int) -> dict[str, float]:
@@ -432,7 +444,9 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
         chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         if len(chunks) > 1 and len(chunks[-1]) < 2:
             chunks.pop()  # batch norm needs at least two samples
-        batches = (data.batch("train", np.sort(c)) for c in chunks)
+        batches = (
+            (*data.batch("train", np.sort(c)), data.boxes("train", np.sort(c))) for c in chunks
+        )
         return train_one_epoch(
             net, optimizer, _Sized(batches, len(chunks)), loss_fn, precision=precision,
             clip_norm=config.clip_norm, desc=f"{name} epoch {epoch + 1}/{config.epochs}",
