@@ -79,8 +79,11 @@ BUDGETS: dict[str, Budget] = {
     # first halving would come after epoch 4) are past the knee. The generated set (4,000 images
     # x 10 questions: 625 steps) is harder (relational questions) and gets 6 epochs, the last two
     # at half the lr, so that both datasets' 16 runs fit one sitting with 2 jobs (measured:
-    # 1 h 47 min; an epoch 2.7-3.4 min per MCB run, 1.2 min per ARNN run on free cores). Its
-    # curves were still rising at epoch 6 (docs/results/e3-cpu): too short to be past the knee.
+    # 1 h 47 min; an epoch 2.7-3.4 min per MCB run, 1.2 min per ARNN run on free cores). The
+    # learned rows' curves there swing by +-5 points and still crept up at epoch 6, but twice
+    # the length did not help: 12 epochs (lr halved after 8) gave ARNN 66.9 % and MCB 65.5 %
+    # test, as 6 epochs do, with masks still at the uniform level (docs/results/e3-cpu/longer).
+    # The oracle row is past its knee by epoch 4 (val .80 .85 .87 .88 .87 .88).
     "cpu": Budget(
         epochs=6,
         lr_step=4,
