@@ -221,7 +221,8 @@ class VQANet(nn.Module):
     """Image + question → answer logits, with one of :data:`E3_ATTENTIONS`.
 
     Args:
-        attention: ``"none"``, ``"mcb"``, ``"arnn"`` or ``"brnn"``.
+        attention: ``"none"``, ``"mcb"``, ``"arnn"``, ``"brnn"`` or the reference ``"oracle"``
+            (needs ``boxes`` in :meth:`forward`).
         vocabulary: number of word ids (with padding and unknown).
         answers: number of answer classes.
         in_channels: 3 for images, the width of precomputed features.
