@@ -5,6 +5,7 @@ Everything runs on tiny data made here (a tar of a few JPEGs, a few pickled imag
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -302,3 +303,11 @@ def test_reproduce_and_table(tiny_tar, tmp_path):
     assert "| LTPA + ARNN |" in (out / "results.md").read_text()
     assert (out / "curves_cifar10.png").is_file() and (out / "masks_cifar10.png").is_file()
     assert main(["e2", "table", str(out), "--no-figures"]) == 0
+    # without --seeds: the budget's seeds, and its spread seeds for LTPA (seed 0 is done)
+    summary = reproduce(
+        out, dataclasses.replace(budget, spread_seeds=(0, 1)), methods=("none", "ltpa"),
+        cifar10_tar=str(path), cifar10_md5=md5, data_dir=str(tmp_path / "cache"), jobs=1,
+        threads=1, progress=False, figure=False,
+    )  # fmt: skip
+    rows = summary["results"]["cifar10"]
+    assert rows["ltpa"]["seeds"] == [0, 1] and rows["none"]["seeds"] == [0]

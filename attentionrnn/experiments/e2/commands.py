@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = add_reproduce_parser(sub, BUDGETS, "cpu", "results/e2-BUDGET")
     r.add_argument("--datasets", nargs="+", choices=DATASETS, default=["cifar10"])
     r.add_argument("--methods", nargs="+", choices=E2_ATTENTIONS, default=list(E2_ATTENTIONS))
-    r.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: the budget's)")
+    r.add_argument("--seeds", nargs="+", type=int, help="training seeds of every row "
+                   "(default: the budget's; 3 for LTPA and LTPA + ARNN)")  # fmt: skip
     r.add_argument("--cifar10-tar", metavar="PATH", help="CIFAR-10 JPEG tar "
                    "(default $ATTENTIONRNN_CIFAR10_TAR)")  # fmt: skip
     r.add_argument("--cifar10-md5", default=CIFAR10_TAR_MD5, help="expected md5 of the tar")

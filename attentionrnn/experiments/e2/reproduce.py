@@ -50,11 +50,14 @@ class Budget:
     train_samples: int | None = None
     test_samples: int | None = None
     seeds: tuple[int, ...] = (0,)
+    #: more seeds for the rows whose spread the comparison needs (LTPA and LTPA + ARNN)
+    spread_seeds: tuple[int, ...] = (0, 1, 2)
 
 
 #: Relative training cost per method (measured: bf16, width 0.25, batch 128); parallel runs start
 #: with the most expensive so that they finish together.
 COST = {"none": 0.75, "ltpa": 0.93, "arnn": 1.0, "brnn": 0.92}
+SPREAD = ("ltpa", "arnn")
 
 BUDGETS: dict[str, Budget] = {
     # Sized on this 2-core CPU (reproduce runs 2 jobs x 1 thread): a training step of the
@@ -62,7 +65,9 @@ BUDGETS: dict[str, Budget] = {
     # jobs kept both cores busy (LTPA 2.1 s, BRNN 2.1 s, VGG 1.7 s; fp32 2.5-2.8 s), and the
     # 5,000-image validation ~40 s. Measured since: one ARNN epoch (352 steps and the
     # validation) took 5.6 min on one thread beside one other one-thread job, so 16 epochs are
-    # ≈ 1.5 h per run of the slowest row and the 8 runs ≈ 6 h wall with 2 jobs.
+    # ≈ 1.5 h per run of the slowest row and the 8 runs ≈ 6 h wall with 2 jobs. Measured on
+    # full runs (2 jobs, part of the time beside a third): LTPA 1.50 h, ARNN 1.83 h; both
+    # validation curves flat over epochs 13-16 (docs/results/e2-cpu).
     "cpu": Budget(
         width=0.25,
         epochs=16,
@@ -102,7 +107,8 @@ def reproduce(
     Args:
         out: output folder (runs, table, figures).
         budget: a name in :data:`BUDGETS` or a :class:`Budget`.
-        datasets, methods, seeds: which runs to add (seeds default to the budget's).
+        datasets, methods, seeds: which runs to add (seeds of every row; default: the
+            budget's, with ``spread_seeds`` for LTPA and LTPA + ARNN).
         cifar10_tar, cifar10_md5, cifar_dir, data_dir: where the images are (see ``e2 train``).
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
         jobs: runs trained in parallel (default: one per CPU core, at most 2).
@@ -117,7 +123,11 @@ def reproduce(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs, threads = parallelism(jobs, threads)
-    seeds = tuple(seeds if seeds is not None else b.seeds)
+
+    def row_seeds(method: str) -> tuple[int, ...]:
+        if seeds is not None:
+            return tuple(seeds)
+        return b.spread_seeds if method in SPREAD else b.seeds
 
     configs: list[E2Config] = []
     for dataset in datasets:
@@ -132,7 +142,7 @@ def reproduce(
         todo = [
             (m, s)
             for m in methods
-            for s in seeds
+            for s in row_seeds(m)
             if not (out / "runs" / dataset / m / f"seed{s}" / METRICS).is_file()
         ]
         if todo:  # decode the tar into the cache once, before parallel runs read it
