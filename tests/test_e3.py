@@ -442,6 +442,7 @@ def test_answer_prior_answers_from_the_question_alone(tmp_path):
 
     def top(c):
         return sorted(c, key=lambda a: (-c[a], a))[0]
+
     hits = [top(counts.get(test.questions[i]) or everything) == test.answers[i]
             for i in data.test_idx]  # fmt: skip
     prior = answer_prior(data)
@@ -452,9 +453,11 @@ def test_answer_prior_answers_from_the_question_alone(tmp_path):
     # scored on training questions: every question is seen, its own majority answer is guessed
     data.dataset.test = train_split
     data.test_idx = data.train_idx[:20]
-    assert answer_prior(data)["accuracy"] == pytest.approx(np.mean(
-        [top(counts[train_split.questions[i]]) == train_split.answers[i] for i in data.test_idx]
-    ))
+    assert answer_prior(data)["accuracy"] == pytest.approx(
+        np.mean(
+            [top(counts[train_split.questions[i]]) == train_split.answers[i] for i in data.test_idx]
+        )
+    )
 
 
 def test_config_errors(tmp_path):

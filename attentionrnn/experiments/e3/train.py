@@ -235,7 +235,6 @@ class E3Data:
         target = self.targets["test" if name == "test" else "train"][idx]
         return x, torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(target)
 
-
     def boxes(self, name: str, idx: np.ndarray) -> torch.Tensor | None:
         """The ``(B, 2, 4)`` pixel boxes of the questions' objects, or ``None`` (no boxes)."""
         boxes = self.split(name).boxes
