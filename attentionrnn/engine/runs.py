@@ -32,6 +32,7 @@ __all__ = [
     "format_stats",
     "named_budget",
     "parallelism",
+    "row_seeds",
     "seed_stats",
     "train_runs",
 ]
@@ -45,6 +46,16 @@ def named_budget(budget: Any, budgets: dict[str, Any], cls: type) -> tuple[str, 
     if budget not in budgets:
         raise UserError(f"budget must be one of {', '.join(budgets)}; got {budget!r}")
     return budget, budgets[budget]
+
+
+def row_seeds(
+    method: str, seeds: Sequence[int] | None, budget: Any, spread: Sequence[str]
+) -> tuple[int, ...]:
+    """The seeds of one row: ``seeds`` where given, else the budget's ``spread_seeds`` for the
+    rows whose seed spread the comparison needs (``spread``) and its ``seeds`` for the others."""
+    if seeds is not None:
+        return tuple(seeds)
+    return tuple(budget.spread_seeds if method in spread else budget.seeds)
 
 
 def parallelism(jobs: int | None, threads: int | None) -> tuple[int, int]:

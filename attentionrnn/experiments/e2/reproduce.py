@@ -22,6 +22,7 @@ from attentionrnn.engine.runs import (
     format_stats,
     named_budget,
     parallelism,
+    row_seeds,
     seed_stats,
     train_runs,
 )
@@ -124,11 +125,6 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     jobs, threads = parallelism(jobs, threads)
 
-    def row_seeds(method: str) -> tuple[int, ...]:
-        if seeds is not None:
-            return tuple(seeds)
-        return b.spread_seeds if method in SPREAD else b.seeds
-
     configs: list[E2Config] = []
     for dataset in datasets:
         base = E2Config(
@@ -142,7 +138,7 @@ def reproduce(
         todo = [
             (m, s)
             for m in methods
-            for s in row_seeds(m)
+            for s in row_seeds(m, seeds, b, SPREAD)
             if not (out / "runs" / dataset / m / f"seed{s}" / METRICS).is_file()
         ]
         if todo:  # decode the tar into the cache once, before parallel runs read it

@@ -22,6 +22,7 @@ from attentionrnn.engine.runs import (
     format_stats,
     named_budget,
     parallelism,
+    row_seeds,
     seed_stats,
     train_runs,
 )
@@ -165,10 +166,7 @@ def reproduce(
         for method in methods:
             if method in REFERENCE_ATTENTIONS and dataset not in BOXED:
                 continue  # no boxes to put the oracle's mask on
-            row_seeds = seeds if seeds is not None else (
-                b.spread_seeds if method in SPREAD else b.seeds
-            )  # fmt: skip
-            for seed in row_seeds:
+            for seed in row_seeds(method, seeds, b, SPREAD):
                 run = out / "runs" / dataset / method / f"seed{seed}"
                 if not (run / METRICS).is_file():
                     configs.append(
