@@ -152,6 +152,10 @@ def test_pan_ctx_layer4_and_inverse_task():
     gates = [a.gate for a in model.attentions]
     assert gates == ["sigmoid", "sigmoid", "sigmoid", "softmax"]
     assert model.attentions[3].kernel_size == 1 and model.attentions[0].kernel_size == 3
+    # every estimator ends in PAN's layer-4 softmax unless told otherwise
+    assert PAN("arnn").layer4_gate == PAN("brnn").layer4_gate == PAN("local").layer4_gate
+    assert PAN("arnn").layer4_gate == "softmax" and PAN("none").layer4_gate is None
+    assert [a.gate for a in PAN("arnn", layer4_gate="sigmoid").attentions] == ["sigmoid"] * 4
     inverse = PAN("arnn_ind", task="digit")
     assert inverse.num_queries == 5 and inverse.num_classes == 10
     assert inverse(torch.rand(2, 3, 100, 100), torch.tensor([0, 4])).shape == (2, 10)

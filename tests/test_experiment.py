@@ -156,6 +156,19 @@ def test_train_end_to_end_via_cli(tiny, tmp_path, capsys):
     assert again == metrics
 
 
+def test_load_run_rebuilds_the_gate_the_run_trained_with(tiny, tmp_path):
+    """Runs recorded before layer 4's default became a softmax have no gate in their config;
+    the figures must rebuild the sigmoid they trained with, not today's default."""
+    from attentionrnn.experiments.e1.figures import load_run
+
+    train(_config(tiny, tmp_path, attention="arnn_ind", epochs=1, layer4_gate="sigmoid"))
+    path = tmp_path / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["config"]["layer4_gate"] = None
+    path.write_text(json.dumps(metrics))
+    assert load_run(tmp_path).layer4_gate == "sigmoid"
+
+
 def test_same_seed_same_metrics(tiny, tmp_path):
     runs = [train(_config(tiny, tmp_path / f"r{i}", attention="arnn_ind", epochs=2, seed=5))
             for i in range(2)]  # fmt: skip
@@ -374,11 +387,11 @@ def test_row_names_drop_a_gate_override_that_is_the_methods_own():
 
     assert row_name("ctx", "softmax") == "ctx"
     assert row_name("ctx", "sigmoid") == "ctx-l4sigmoid"
-    assert row_name("arnn", "softmax") == "arnn-l4softmax"
-    assert row_name("arnn", "sigmoid") == "arnn" and row_name("arnn", None) == "arnn"
+    assert row_name("arnn", "sigmoid") == "arnn-l4sigmoid"
+    assert row_name("arnn", "softmax") == "arnn" and row_name("arnn", None) == "arnn"
 
 
-def test_demo_trains_ctx_and_arnn_with_a_softmax_last_layer(tmp_path, monkeypatch, digits):
+def test_demo_trains_ctx_and_arnn(tmp_path, monkeypatch, digits):
     """The demo's path on a tiny budget: the data file it generates (here made beforehand from
     synthetic digits, under the name it looks for), both rows, the uniform level, the report."""
     from attentionrnn.data.generate import generate_arrays, write_npz
@@ -394,8 +407,8 @@ def test_demo_trains_ctx_and_arnn_with_a_softmax_last_layer(tmp_path, monkeypatc
     summary = demo(tmp_path, budget=budget, progress=False)
     assert os.environ["ATTENTIONRNN_OFFLINE"] == "1"  # the demo never downloads
     rows = summary["results"]["mref"]
-    assert set(rows) == {"ctx", "arnn-l4softmax"}
-    assert rows["arnn-l4softmax"]["layer4_gate"] == "softmax"
+    assert set(rows) == {"ctx", "arnn"}
+    assert rows["arnn"]["layer4_gate"] == "softmax"
     assert rows["ctx"]["layer4_gate"] == "softmax"
     box = arrays["box"][arrays["split"] == 2]
     area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) / 64**2
@@ -407,5 +420,5 @@ def test_demo_trains_ctx_and_arnn_with_a_softmax_last_layer(tmp_path, monkeypatc
     ]
     assert summary["uniform"]["stroke"] == pytest.approx(np.mean(strokes))
     text = demo_report(summary, tmp_path)
-    assert "CTX (PAN)" in text and "ARNN (bi), L4 softmax" in text and "uniform mask" in text
+    assert "CTX (PAN)" in text and "ARNN (bi) " in text and "uniform mask" in text
     assert (tmp_path / "results.md").is_file() and (tmp_path / "masks_mref.png").is_file()

@@ -36,6 +36,8 @@ class PAN(nn.Module):
         attention: attention name for all four layers (see
             :data:`~attentionrnn.layers.factory.ATTENTION_NAMES`). ``"ctx"`` is PAN itself: 3×3
             context with a sigmoid at layers 1–3 and a 1×1 context with a softmax at layer 4.
+            Every method ends in PAN's softmax at layer 4, so that rows differ only in the
+            estimator.
         task: ``"color"`` (query a digit class 0–9, predict its colour, 5 classes) or ``"digit"``
             (inverse: query a colour 0–4, predict the digit class).
         channels: filters of each conv block (32 in PAN).
@@ -43,8 +45,9 @@ class PAN(nn.Module):
         attention_hidden: hidden width of the attention modules; ``None`` uses the method's
             own (:data:`~attentionrnn.layers.factory.ATTENTION_METHODS`: PAN's 32 for the
             PAN-style modules, 16 for the recurrent family).
-        layer4_gate: gate of the last attention layer; ``None`` keeps each method's own
-            (``"softmax"`` for ``ctx`` and ``san``, ``"sigmoid"`` for the others).
+        layer4_gate: gate of the last attention layer; ``None`` is PAN's ``"softmax"``. (With a
+            sigmoid there ARNN's last mask did not concentrate on the queried digit:
+            ``docs/results/cpu``.)
         dropout: dropout before the classifier.
         attention_kwargs: further keyword arguments for :func:`~attentionrnn.build_attention`
             (e.g. ``block_size``, ``feedback``, ``kernel_size``).
@@ -103,11 +106,10 @@ class PAN(nn.Module):
                 )
             )
             layer_kwargs = dict(kwargs)
-            if layer == 3:
+            if layer == 3 and attention != "none":
                 if attention == "ctx":
-                    layer_kwargs.update(kernel_size=1, gate="softmax")
-                if layer4_gate is not None:
-                    layer_kwargs["gate"] = layer4_gate
+                    layer_kwargs["kernel_size"] = 1
+                layer_kwargs["gate"] = layer4_gate or "softmax"
             attentions.append(
                 build_attention(attention, channels, query_channels=query_dim, **layer_kwargs)
             )

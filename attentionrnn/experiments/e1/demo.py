@@ -16,10 +16,7 @@ import numpy as np
 
 from attentionrnn.experiments.e1.reproduce import Budget, reproduce, row_label
 
-# The demo's budget is BUDGETS["demo"] (sized in attentionrnn.experiments.e1.reproduce). ARNN's
-# last layer uses a softmax, as CTX's does: with a sigmoid there its masks did not concentrate
-# (docs/results/cpu).
-DEMO_LAYER4_GATE = "softmax"
+# The demo's budget is BUDGETS["demo"] (sized in attentionrnn.experiments.e1.reproduce).
 
 
 def demo(
@@ -35,7 +32,7 @@ def demo(
         os.environ["ATTENTIONRNN_OFFLINE"] = "1"  # never try to download in the demo
     summary = reproduce(
         out, budget=budget, datasets=("mref",), methods=methods, seeds=(seed,), mnist=mnist,
-        layer4_gate=DEMO_LAYER4_GATE, progress=progress,
+        progress=progress,
     )  # fmt: skip
     summary["uniform"] = uniform_shares(Path(out))
     return summary

@@ -24,12 +24,14 @@ COLOR_NAMES = ("red", "green", "blue", "yellow", "white")
 def load_run(run_dir: str | Path) -> PAN:
     """The PAN network of a finished run (its best-validation weights), in eval mode."""
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / METRICS).read_text())["config"]
+    metrics = json.loads((run_dir / METRICS).read_text())
+    config = metrics["config"]
     model = PAN(
         config["attention"],
         task=config["task"],
         attention_hidden=config["attention_hidden"],
-        layer4_gate=config.get("layer4_gate"),
+        # the gate the run trained with, which the config leaves out when it was the default
+        layer4_gate=metrics.get("layer4_gate") or config.get("layer4_gate"),
     )
     state = torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"]
     model.load_state_dict(state)

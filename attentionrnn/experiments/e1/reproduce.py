@@ -1,7 +1,7 @@
 """Run the attention methods on MREF, MDIST and MBG and assemble the paper-style results table.
 
 ``reproduce(out, budget, ...)`` trains each (dataset, method, seed) run that is not finished yet
-into ``OUT/runs/DATASET/ROW/seedS`` (``ROW`` is the method, plus ``-l4softmax`` / ``-l4sigmoid``
+into ``OUT/runs/DATASET/ROW/seedS`` (``ROW`` is the method, plus ``-l4sigmoid``
 when the last layer's gate is overridden), so a reproduction can be run in pieces and resumed.
 :func:`assemble` then builds the table from **every** finished ``metrics.json`` under
 ``OUT/runs`` — mean ± standard deviation over seeds — and writes ``OUT/results.md``,
