@@ -165,6 +165,25 @@ def test_pan_ctx_layer4_and_inverse_task():
         PAN("pan")
 
 
+def test_pan_block_pools_before_its_relu_with_the_same_values_and_gradients():
+    """PAN's blocks apply the ReLU after the max-pool (cheaper); the result and every gradient
+    must equal PAN's conv → BN → ReLU → pool order."""
+    torch.manual_seed(0)
+    block = PAN("ctx").blocks[1].double().train()
+    conv, bn = block[0], block[1]
+    x = torch.randn(3, 32, 21, 21, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for forward in (block, lambda t: torch.nn.functional.max_pool2d(torch.relu(bn(conv(t))), 2)):
+        y = forward(x)
+        (y * torch.linspace(-1, 2, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        grads.append([y.detach(), x.grad.clone(), conv.weight.grad.clone(), bn.weight.grad.clone()])
+        x.grad = None
+        block.zero_grad()
+    assert (grads[0][0] == 0).any() and (grads[0][0] > 0).any()
+    for ours, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, theirs)
+
+
 def test_float64_follows_input():
     att = ContextAttention(3, query_channels=2).double()
     y, mask = att(torch.randn(1, 3, 4, 4, dtype=torch.float64), torch.randn(1, 2).double(), True)
