@@ -169,6 +169,22 @@ def test_load_run_rebuilds_the_gate_the_run_trained_with(tiny, tmp_path):
     assert load_run(tmp_path).layer4_gate == "sigmoid"
 
 
+def test_evaluation_does_not_depend_on_its_batch_size(tiny):
+    """``--eval-batch-size`` is a runtime flag (runs resume with another value): the numbers
+    must not move with it."""
+    from attentionrnn.experiments.e1.train import evaluate
+    from attentionrnn.models.pan import PAN
+
+    torch.manual_seed(0)
+    data = E1Data(tiny)
+    model = PAN("arnn", attention_hidden=4)
+    image, query, _ = data.batch(data.indices("train")[:8])
+    model.train()(image, query)  # BN's running statistics move away from their initial values
+    idx = data.indices("val")
+    results = [evaluate(model, data, idx, bs, full=True, precision="bf16") for bs in (3, 50)]
+    np.testing.assert_equal(results[0], results[1])  # NaN (an empty scale bin) equals NaN
+
+
 def test_same_seed_same_metrics(tiny, tmp_path):
     runs = [train(_config(tiny, tmp_path / f"r{i}", attention="arnn_ind", epochs=2, seed=5))
             for i in range(2)]  # fmt: skip
