@@ -36,7 +36,14 @@ from attentionrnn.experiments.e3.model import (
     box_masks,
     count_sketch,
 )
-from attentionrnn.experiments.e3.train import E3Config, E3Data, answer_prior, evaluate, train
+from attentionrnn.experiments.e3.train import (
+    E3Config,
+    E3Data,
+    answer_prior,
+    evaluate,
+    lr_at,
+    train,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -427,6 +434,27 @@ def test_train_writes_metrics_and_resumes(tmp_path):
         train(_tiny_config(tmp_path, attention="arnn", epochs=2, lr=0.5))
 
 
+def test_curriculum_trains_the_non_relational_questions_first(tmp_path):
+    config = _tiny_config(tmp_path, attention="arnn", epochs=2, curriculum_epochs=1, lr_step=1)
+    data = E3Data(generate_sort_of_clevr(12, 4, image_size=32), config)
+    relational = data.dataset.train.relational
+    assert not relational[data.curriculum_idx].any()
+    assert len(data.curriculum_idx) == (~relational[data.train_idx]).sum() > 0
+    metrics = train(config)
+    steps = [h["step"] for h in metrics["history"]]
+    assert steps == [-(-len(data.curriculum_idx) // 16), steps[0] + -(-len(data.train_idx) // 16)]
+    # the lr decays count from the end of the curriculum
+    assert [h["lr"] for h in metrics["history"]] == [config.lr, config.lr]
+    assert lr_at(config, 2) == config.lr * config.lr_decay
+    # runs without a curriculum keep their old fingerprint (they resume)
+    assert "curriculum_epochs" not in _tiny_config(tmp_path).fingerprint()
+    assert config.fingerprint()["curriculum_epochs"] == 1
+    with pytest.raises(UserError, match="relational"):
+        train(_tiny_config(tmp_path, dataset="easy_vqa", curriculum_epochs=1,
+                           easy_vqa_dir=str(_easy_vqa_folder(tmp_path / "easy")),
+                           out=str(tmp_path / "easy-run")))  # fmt: skip
+
+
 def test_answer_prior_answers_from_the_question_alone(tmp_path):
     data = E3Data(generate_sort_of_clevr(30, 10, image_size=32), _tiny_config(tmp_path))
     train_split, test = data.dataset.train, data.dataset.test
@@ -458,6 +486,23 @@ def test_answer_prior_answers_from_the_question_alone(tmp_path):
             [top(counts[train_split.questions[i]]) == train_split.answers[i] for i in data.test_idx]
         )
     )
+
+
+def test_reproduce_with_a_curriculum_budget_runs_the_relational_set(tmp_path):
+    import dataclasses
+
+    from attentionrnn.experiments.e3.reproduce import BUDGETS, reproduce
+
+    budget = dataclasses.replace(BUDGETS["tiny"], curriculum_epochs=1, epochs=2,
+                                 dataset_epochs=())  # fmt: skip
+    summary = reproduce(tmp_path, budget, methods=("none",), jobs=1, threads=1,
+                        progress=False, figure=False)  # fmt: skip
+    assert list(summary["results"]) == ["sort_of_clevr"]
+    metrics = json.loads((tmp_path / "runs/sort_of_clevr/none/seed0/metrics.json").read_text())
+    assert metrics["config"]["curriculum_epochs"] == 1 and metrics["epochs"] == 2
+    with pytest.raises(UserError, match="curriculum.*--datasets sort_of_clevr"):
+        reproduce(tmp_path, budget, datasets=("easy_vqa",), methods=("none",))
+    assert BUDGETS["cpu-curriculum"].curriculum_epochs < BUDGETS["cpu-curriculum"].epochs
 
 
 def test_config_errors(tmp_path):

@@ -67,3 +67,22 @@ def test_killed_parent_takes_its_jobs_with_it(tmp_path: Path) -> None:
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"jobs {left} kept running after their parent was killed"
+
+
+@pytest.mark.parametrize(("patience_from", "epochs_run"), [(0, 2), (3, 4)])
+def test_fit_counts_patience_from_the_given_epoch(tmp_path, patience_from, epochs_run):
+    """With a score that never improves after the first epoch, ``patience=1`` stops after two
+    epochs — or, where the first epochs are a warm-up, one epoch after the warm-up's end."""
+    import torch
+
+    from attentionrnn.engine.distributed import DistContext
+    from attentionrnn.engine.trainer import fit
+
+    model = torch.nn.Linear(2, 1)
+    state = fit(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), out=tmp_path,
+        fingerprint={"x": 1}, ctx=DistContext(), epochs=10, patience=1, lr_at=lambda e: 0.1,
+        train_one_epoch=lambda e: {"steps": 1}, evaluate=lambda: {"accuracy": 0.5},
+        patience_from=patience_from,
+    )  # fmt: skip
+    assert state.epoch == epochs_run and state.best_epoch == 0

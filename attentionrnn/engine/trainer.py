@@ -158,6 +158,7 @@ def fit(
     evaluate: Callable[[], dict[str, Any]],
     monitor: str = "accuracy",
     name: str = "run",
+    patience_from: int = 0,
 ) -> FitState:
     """Train until ``epochs`` or early stop; return the state with the best weights loaded.
 
@@ -176,6 +177,8 @@ def fit(
         evaluate: validation metrics of the current weights; ``monitor`` is the score, the rest
             goes into the learning curve.
         name: shown in the log.
+        patience_from: epochs before this one (0-based) do not count towards ``patience`` (a
+            warm-up or curriculum whose validation score is not yet comparable).
     """
     state = FitState()
     ckpt_path = out / CHECKPOINT
@@ -194,7 +197,10 @@ def fit(
         state = FitState(**ckpt["state"])
         logger.info("resuming %s from epoch %d", out, state.epoch)
 
-    while not state.done and state.epoch < epochs and state.epoch - state.best_epoch <= patience:
+    def patient() -> bool:
+        return state.epoch - max(state.best_epoch, patience_from - 1) <= patience
+
+    while not state.done and state.epoch < epochs and patient():
         started = time.perf_counter()
         lr = lr_at(state.epoch)
         for group in optimizer.param_groups:

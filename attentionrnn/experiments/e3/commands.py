@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     r = add_reproduce_parser(sub, BUDGETS, "cpu", "results/e3-BUDGET")
     r.add_argument("--datasets", nargs="+", choices=DATASETS,
-                   default=["easy_vqa", "sort_of_clevr"])  # fmt: skip
+                   help="datasets to add runs of (default: easy_vqa and sort_of_clevr; with "
+                   "a curriculum budget, sort_of_clevr)")  # fmt: skip
     r.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="rows to add (oracle: on the generated set only)")  # fmt: skip
     r.add_argument("--seeds", nargs="+", type=int, help="training seeds of every row "
@@ -85,7 +86,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     summary = reproduce(
         args.out or f"results/e3-{args.budget}", budget=args.budget,
-        datasets=tuple(args.datasets), methods=tuple(args.methods),
+        datasets=tuple(args.datasets) if args.datasets else None, methods=tuple(args.methods),
         seeds=tuple(args.seeds) if args.seeds else None, vqa_dir=args.vqa_dir,
         easy_vqa_dir=args.easy_vqa_dir, data_dir=args.data_dir, precision=args.precision,
         jobs=args.jobs, threads=args.threads, progress=not args.no_progress and _tty(),

@@ -93,6 +93,14 @@ class E3Config(RunConfig):
         default=6, metadata=_opt("early-stopping patience (epochs without a better val score)",
                                  minimum=1),
     )  # fmt: skip
+    curriculum_epochs: int = field(
+        default=0,
+        metadata=_opt(
+            "generated set: train the first N epochs on the non-relational questions only, then "
+            "on all (lr decays and early stopping count from the end of the curriculum)",
+            minimum=0,
+        ),
+    )
     val_images: int = field(
         default=400,
         metadata=_opt("training images whose questions are held out for validation", minimum=0),
@@ -157,10 +165,18 @@ class E3Config(RunConfig):
                       "~/.cache/attentionrnn/e3)", metavar="DIR"),
     )  # fmt: skip
 
+    def fingerprint(self) -> dict[str, Any]:
+        d = super().fingerprint()
+        if not d["curriculum_epochs"]:  # runs from before the option existed still resume
+            del d["curriculum_epochs"]
+        return d
+
 
 def lr_at(config: E3Config, epoch: int) -> float:
-    """``lr × lr_decay^(epoch // lr_step)``."""
-    return config.lr * config.lr_decay ** (epoch // config.lr_step)
+    """``lr × lr_decay^(e // lr_step)``, ``e`` counted from the end of the curriculum."""
+    return config.lr * config.lr_decay ** (
+        max(0, epoch - config.curriculum_epochs) // config.lr_step
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -205,6 +221,16 @@ class E3Data:
         # a training question whose answer is no class cannot be learnt: train on the others
         self.train_idx = self.train_idx[self.targets["train"][self.train_idx] >= 0]
         self.channels_last = config.channels_last
+        # the curriculum's questions: the non-relational ones (about one named object), whose
+        # answer needs attention on that object and nothing else
+        self.curriculum_idx = self.train_idx
+        if config.curriculum_epochs:
+            if train.relational is None:
+                raise UserError(
+                    f"--curriculum-epochs needs relational / non-relational question labels, "
+                    f"which {dataset.name} does not have (the generated set has them)"
+                )
+            self.curriculum_idx = self.train_idx[~train.relational[self.train_idx]]
 
     def _targets(self, answers: list[str]) -> np.ndarray:
         return np.array([self.answer_index.get(a, -1) for a in answers], dtype=np.int64)
@@ -438,8 +464,9 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
         return F.cross_entropy(logits, target), logits.argmax(1), target
 
     def one_epoch(epoch: int) -> dict[str, float]:
+        pool = data.curriculum_idx if epoch < config.curriculum_epochs else data.train_idx
         rng = np.random.default_rng([config.seed, epoch])
-        order = data.train_idx[rng.permutation(len(data.train_idx))][ctx.rank :: ctx.world]
+        order = pool[rng.permutation(len(pool))][ctx.rank :: ctx.world]
         chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         if len(chunks) > 1 and len(chunks[-1]) < 2:
             chunks.pop()  # batch norm needs at least two samples
@@ -463,7 +490,7 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
     state = fit(
         model, optimizer, out=out, fingerprint=fingerprint, ctx=ctx, epochs=config.epochs,
         patience=config.patience, lr_at=lambda e: lr_at(config, e), train_one_epoch=one_epoch,
-        evaluate=validate, name=name,
+        evaluate=validate, name=name, patience_from=config.curriculum_epochs,
     )  # fmt: skip
     done = finished_metrics(out, state)
     if done is not None:
