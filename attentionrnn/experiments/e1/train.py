@@ -132,11 +132,6 @@ class TrainConfig(RunConfig):
             choices=("sigmoid", "softmax"),
         ),
     )
-    # Evaluation keeps running statistics, so its batch size does not change the numbers; on this
-    # CPU batches of 50 evaluate ~35% faster than 500 (the activations stay in cache).
-    eval_batch_size: int = field(
-        default=50, metadata={"help": "batch size of evaluation", "minimum": 1}
-    )
 
     def fingerprint(self) -> dict[str, Any]:
         d = super().fingerprint()
