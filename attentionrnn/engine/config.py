@@ -109,6 +109,9 @@ class RunConfig:
     """
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("out", "progress", "threads", "eval_batch_size")
+    #: fields added after runs were recorded, with their value in those runs: left out of the
+    #: fingerprint at that value, so that the older runs still resume
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {}
 
     precision: str = field(
         default="auto",
@@ -136,4 +139,7 @@ class RunConfig:
         d = dataclasses.asdict(self)
         for key in self.RUNTIME_FIELDS:
             d.pop(key, None)
+        for key, value in self.LATER_FIELDS.items():
+            if d.get(key) == value:
+                del d[key]
         return d

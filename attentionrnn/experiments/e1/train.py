@@ -70,6 +70,7 @@ class TrainConfig(RunConfig):
     (the fields of :class:`~attentionrnn.engine.config.RunConfig` too)."""
 
     RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "mnist")
+    LATER_FIELDS = {"canvas": CANVAS}
 
     dataset: str = field(default="mref", metadata=_opt("dataset", choices=DATASETS))
     attention: str = field(
@@ -132,12 +133,6 @@ class TrainConfig(RunConfig):
             choices=("sigmoid", "softmax"),
         ),
     )
-
-    def fingerprint(self) -> dict[str, Any]:
-        d = super().fingerprint()
-        if d["canvas"] == CANVAS:  # runs from before the option existed still resume
-            del d["canvas"]
-        return d
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:

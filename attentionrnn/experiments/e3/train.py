@@ -70,6 +70,7 @@ class E3Config(RunConfig):
 
     # where the data lies does not change the result; the dataset's identity enters instead
     RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "vqa_dir", "easy_vqa_dir")
+    LATER_FIELDS = {"curriculum_epochs": 0}
 
     dataset: str = field(default="easy_vqa", metadata=_opt("dataset", choices=DATASETS))
     attention: str = field(
@@ -164,12 +165,6 @@ class E3Config(RunConfig):
         metadata=_opt("cache of decoded images (default $ATTENTIONRNN_DATA_DIR or "
                       "~/.cache/attentionrnn/e3)", metavar="DIR"),
     )  # fmt: skip
-
-    def fingerprint(self) -> dict[str, Any]:
-        d = super().fingerprint()
-        if not d["curriculum_epochs"]:  # runs from before the option existed still resume
-            del d["curriculum_epochs"]
-        return d
 
 
 def lr_at(config: E3Config, epoch: int) -> float:
