@@ -438,3 +438,16 @@ def test_demo_trains_ctx_and_arnn(tmp_path, monkeypatch, digits):
     text = demo_report(summary, tmp_path)
     assert "CTX (PAN)" in text and "ARNN (bi) " in text and "uniform mask" in text
     assert (tmp_path / "results.md").is_file() and (tmp_path / "masks_mref.png").is_file()
+
+
+def test_reproduce_dry_run_lists_the_budgets_runs_and_prepares_nothing(tmp_path, capsys):
+    out = tmp_path / "cpu"
+    assert main(["e1", "reproduce", "--budget", "cpu", "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert not out.exists()  # no data generated, no folder made
+    # CTX and ARNN with three seeds, the six other methods with one, on each dataset
+    assert "36 run(s) to train" in text
+    for dataset in ("mref", "mdist", "mbg"):
+        for seed in (0, 1, 2):
+            assert f"{dataset}/arnn/seed{seed}" in text and f"{dataset}/ctx/seed{seed}" in text
+        assert f"{dataset}/san/seed0" in text and f"{dataset}/san/seed1" not in text

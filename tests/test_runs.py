@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -86,3 +88,34 @@ def test_fit_counts_patience_from_the_given_epoch(tmp_path, patience_from, epoch
         patience_from=patience_from,
     )  # fmt: skip
     assert state.epoch == epochs_run and state.best_epoch == 0
+
+
+def _finished(out: Path, run: str, **metrics: float) -> None:
+    folder = out / "runs" / run
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_plan_times_each_run_by_its_rows_finished_runs(tmp_path):
+    from attentionrnn.engine.runs import plan_markdown, plan_runs
+
+    _finished(tmp_path, "a/slow/seed0", wall_time_s=3 * 3600)
+    _finished(tmp_path, "a/slow/seed1", wall_time_s=5 * 3600)
+    _finished(tmp_path, "a/slow/seed2", wall_time_s=4.5 * 3600)
+    _finished(tmp_path, "b/fast/seed0", training_time_s=3600)  # older runs: training time only
+    todo = [SimpleNamespace(out=str(tmp_path / "runs" / r)) for r in
+            ("a/slow/seed3", "a/fast/seed0", "b/fast/seed1", "a/new/seed0")]  # fmt: skip
+    plan = plan_runs(todo, jobs=2)
+    hours = {Path(r["out"]).relative_to(tmp_path / "runs").as_posix(): r["hours"]
+             for r in plan["runs"]}  # fmt: skip
+    # the same row's median; then the row on the other datasets; else unknown
+    assert hours == {"a/slow/seed3": 4.5, "a/fast/seed0": 1.0, "b/fast/seed1": 1.0,
+                     "a/new/seed0": None}  # fmt: skip
+    assert plan["job_hours"] == pytest.approx(6.5) and plan["unknown"] == 1
+    assert plan["wall_hours"] == pytest.approx(4.5)  # 4.5 on one job, 1 + 1 on the other
+    text = plan_markdown(plan)
+    assert "4 run(s) to train with 2 job(s)" in text and "~4.50 h" in text
+    assert "other datasets" in text and "6.5 job-hours, ~4.5 h wall" in text
+    assert "1 run(s) whose row has no finished run" in text
+    assert "Nothing to train" in plan_markdown(plan_runs([], jobs=2))
+    assert "No estimate" in plan_markdown(plan_runs(todo[-1:], jobs=2))

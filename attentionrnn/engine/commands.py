@@ -16,7 +16,13 @@ from typing import Any
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import PRECISIONS
 
-__all__ = ["add_reproduce_parser", "add_run_options", "add_table_parser", "table"]
+__all__ = [
+    "add_reproduce_parser",
+    "add_run_options",
+    "add_table_parser",
+    "print_reproduced",
+    "table",
+]
 
 
 def add_reproduce_parser(
@@ -44,14 +50,20 @@ def add_reproduce_parser(
 
 
 def add_run_options(parser: argparse.ArgumentParser, figures: bool = True) -> None:
-    """How ``reproduce`` runs: precision, parallel jobs, threads, progress bars and (where the
-    experiment's ``reproduce`` can skip them) ``--no-figures``."""
+    """How ``reproduce`` runs: precision, parallel jobs, threads, progress bars, ``--dry-run``
+    and (where the experiment's ``reproduce`` can skip them) ``--no-figures``."""
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--jobs", type=int, help="runs in parallel (default: min(2, cores))")
     parser.add_argument(
         "--threads", type=int, help="torch threads per run (default: cores // jobs)"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the runs still to train, each with the median time of its row's finished "
+        "runs, and the total; prepare no data, train nothing",
+    )
     if figures:
         parser.add_argument("--no-figures", action="store_true", help="only the table")
 
@@ -86,4 +98,12 @@ def table(
     budget = args.budget or args.out.name.removeprefix(prefix)
     summary = assemble(args.out, budget, figure=not getattr(args, "no_figures", False))
     print(markdown(summary))
+    return 0
+
+
+def print_reproduced(summary: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> int:
+    """Print what ``reproduce`` returned: its results table, or the plan of a ``--dry-run``."""
+    from attentionrnn.engine.runs import plan_markdown
+
+    print(plan_markdown(summary) if summary.get("dry_run") else markdown(summary))
     return 0

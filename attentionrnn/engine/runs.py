@@ -4,7 +4,8 @@ An experiment's ``reproduce`` lays its runs out as ``OUT/runs/DATASET/ROW/seedS/
 :func:`train_runs` trains a list of run configs (one at a time, or in parallel processes, the
 most expensive first so parallel jobs finish together), :func:`finished_runs` reads back every
 finished run, and :func:`seed_stats` / :func:`format_stats` give the mean ± sample standard
-deviation over seeds that the results tables show.
+deviation over seeds that the results tables show. :func:`plan_runs` is ``reproduce
+--dry-run``: the runs still to train, each with the time its row's finished runs took.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ __all__ = [
     "format_stats",
     "named_budget",
     "parallelism",
+    "plan_markdown",
+    "plan_runs",
     "row_seeds",
     "seed_stats",
     "train_runs",
@@ -113,6 +116,76 @@ def train_runs(
         for future in as_completed(futures):
             future.result()
             logger.info("finished %s", futures[future].out)
+
+
+def _hours(metrics: dict[str, Any]) -> float | None:
+    seconds = metrics.get("wall_time_s", metrics.get("training_time_s"))
+    return None if seconds is None else seconds / 3600
+
+
+def _row_estimate(row: Path) -> tuple[float | None, str]:
+    """Median hours of the finished runs of one row (``OUT/runs/DATASET/ROW``), else of the same
+    row on the other datasets, with where the figure came from."""
+    for pattern, source in ((row.name, "this row"), (f"*/{row.name}", "this row, other datasets")):
+        base = row.parent if pattern == row.name else row.parent.parent
+        hours = [
+            h
+            for path in base.glob(f"{pattern}/seed*/{METRICS}")
+            if (h := _hours(json.loads(path.read_text()))) is not None
+        ]
+        if hours:
+            return float(np.median(hours)), f"median of {len(hours)} finished run(s) of {source}"
+    return None, "no finished run of this row to time"
+
+
+def plan_runs(
+    configs: Sequence[Any], jobs: int, cost: Callable[[Any], float] = lambda c: 1.0
+) -> dict[str, Any]:
+    """What :func:`train_runs` would do with ``configs``, without training: every run still to
+    train (its ``out``) with an estimate of its hours, the median wall time (``wall_time_s``, else
+    ``training_time_s``) of the finished runs of the same row, on the same dataset where there
+    are some, else on the others (``None`` where there are none), and the total.
+
+    ``wall_hours`` schedules the estimated runs the way :func:`train_runs` does (most expensive
+    first, each on the job that frees up first); runs of unknown length are left out of both sums
+    and counted in ``unknown``.
+    """
+    ordered = sorted(configs, key=lambda c: -cost(c))
+    runs = []
+    for c in ordered:
+        hours, source = _row_estimate(Path(c.out).parent)
+        runs.append({"out": str(c.out), "hours": hours, "source": source})
+    known = [r["hours"] for r in runs if r["hours"] is not None]
+    free = [0.0] * max(1, jobs)
+    for hours in known:
+        free[free.index(min(free))] += hours
+    return {
+        "dry_run": True,
+        "jobs": jobs,
+        "runs": runs,
+        "job_hours": float(sum(known)),
+        "wall_hours": max(free),
+        "unknown": len(runs) - len(known),
+    }
+
+
+def plan_markdown(plan: dict[str, Any]) -> str:
+    """The plan of :func:`plan_runs` as a markdown list with its total."""
+    if not plan["runs"]:
+        return "Nothing to train: every requested run has finished."
+    lines = [f"{len(plan['runs'])} run(s) to train with {plan['jobs']} job(s):", ""]
+    for run in plan["runs"]:
+        hours = "unknown" if run["hours"] is None else f"~{run['hours']:.2f} h"
+        lines.append(f"- {run['out']}: {hours} ({run['source']})")
+    if plan["unknown"] == len(plan["runs"]):
+        return "\n".join([*lines, "", "No estimate: none of these rows has a finished run yet."])
+    total = (
+        f"Estimated: {plan['job_hours']:.1f} job-hours, ~{plan['wall_hours']:.1f} h wall "
+        f"with {plan['jobs']} job(s)"
+    )
+    if plan["unknown"]:
+        total += f", plus {plan['unknown']} run(s) whose row has no finished run to time"
+    return "\n".join([*lines, "", total + "."])
 
 
 def finished_runs(out: Path) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:

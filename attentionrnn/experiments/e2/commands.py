@@ -15,6 +15,7 @@ from attentionrnn.engine.commands import (
     add_reproduce_parser,
     add_run_options,
     add_table_parser,
+    print_reproduced,
     table,
 )
 from attentionrnn.engine.config import add_config_arguments, config_from_args
@@ -91,9 +92,9 @@ def _reproduce(args: argparse.Namespace) -> int:
         cifar10_md5=args.cifar10_md5, cifar_dir=args.cifar_dir, data_dir=args.data_dir,
         precision=args.precision, jobs=args.jobs, threads=args.threads,
         progress=not args.no_progress and _tty(),
+        dry_run=args.dry_run,
     )  # fmt: skip
-    print(results_markdown(summary))
-    return 0
+    return print_reproduced(summary, results_markdown)
 
 
 def _table(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from attentionrnn.engine.runs import (
     format_stats,
     named_budget,
     parallelism,
+    plan_runs,
     row_seeds,
     seed_stats,
     train_runs,
@@ -102,6 +103,7 @@ def reproduce(
     threads: int | None = None,
     progress: bool = True,
     figure: bool = True,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Train the runs that are missing, then :func:`assemble` the table from all finished runs.
 
@@ -116,13 +118,16 @@ def reproduce(
         threads: torch threads per run (default: cores // jobs).
         progress: progress bars (only with ``jobs=1``).
         figure: write the figures.
+        dry_run: train nothing and prepare no data; return the runs still to train with their
+            estimated time (:func:`~attentionrnn.engine.runs.plan_runs`).
     """
     name, b = named_budget(budget, BUDGETS, Budget)
     unknown = sorted(set(methods) - set(E2_ATTENTIONS))
     if unknown:
         raise UserError(f"unknown method(s) {unknown}; valid: {', '.join(E2_ATTENTIONS)}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not dry_run:
+        out.mkdir(parents=True, exist_ok=True)
     jobs, threads = parallelism(jobs, threads)
 
     configs: list[E2Config] = []
@@ -141,7 +146,7 @@ def reproduce(
             for s in row_seeds(m, seeds, b, SPREAD)
             if not (out / "runs" / dataset / m / f"seed{s}" / METRICS).is_file()
         ]
-        if todo:  # decode the tar into the cache once, before parallel runs read it
+        if todo and not dry_run:  # decode the tar into the cache once, before parallel runs read it
             load_dataset(
                 dataset, cifar10_tar=cifar10_tar, cifar_dir=cifar_dir, md5=cifar10_md5,
                 cache_dir=data_dir, progress=progress,
@@ -149,6 +154,8 @@ def reproduce(
         for method, seed in todo:
             run = out / "runs" / dataset / method / f"seed{seed}"
             configs.append(dataclasses.replace(base, attention=method, seed=seed, out=str(run)))
+    if dry_run:
+        return plan_runs(configs, jobs, cost=lambda c: COST[c.attention])
     train_runs(configs, train, jobs, cost=lambda c: COST[c.attention])
     return assemble(out, name, b, figure=figure)
 

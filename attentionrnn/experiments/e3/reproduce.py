@@ -22,6 +22,7 @@ from attentionrnn.engine.runs import (
     format_stats,
     named_budget,
     parallelism,
+    plan_runs,
     row_seeds,
     seed_stats,
     train_runs,
@@ -146,6 +147,7 @@ def reproduce(
     threads: int | None = None,
     progress: bool = True,
     figure: bool = True,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Train the runs that are missing, then :func:`assemble` the table from all finished runs.
 
@@ -163,6 +165,8 @@ def reproduce(
         threads: torch threads per run (default: cores // jobs).
         progress: progress bars (only with ``jobs=1``).
         figure: write the figures.
+        dry_run: train nothing and prepare no data; return the runs still to train with their
+            estimated time (:func:`~attentionrnn.engine.runs.plan_runs`).
     """
     name, b = named_budget(budget, BUDGETS, Budget)
     if datasets is None:
@@ -177,7 +181,8 @@ def reproduce(
             f"{', '.join(RELATIONAL)} has; pass --datasets {' '.join(RELATIONAL)}"
         )
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not dry_run:
+        out.mkdir(parents=True, exist_ok=True)
     jobs, threads = parallelism(jobs, threads)
 
     configs: list[E3Config] = []
@@ -200,6 +205,8 @@ def reproduce(
                     configs.append(
                         dataclasses.replace(base, attention=method, seed=seed, out=str(run))
                     )
+    if dry_run:
+        return plan_runs(configs, jobs, cost=lambda c: COST[c.attention])
     if any(c.dataset == "easy_vqa" for c in configs) and jobs > 1:
         from attentionrnn.experiments.e3.data import read_easy_vqa
 

@@ -14,6 +14,7 @@ from attentionrnn.engine.commands import (
     add_reproduce_parser,
     add_run_options,
     add_table_parser,
+    print_reproduced,
     table,
 )
 from attentionrnn.engine.config import add_config_arguments, config_from_args
@@ -91,10 +92,10 @@ def _reproduce(args: argparse.Namespace) -> int:
         seeds=tuple(args.seeds) if args.seeds else None, mnist=args.mnist,
         celeba_dir=args.celeba_dir, data_dir=args.data_dir, precision=args.precision,
         jobs=args.jobs, threads=args.threads, progress=not args.no_progress and _tty(),
+        dry_run=args.dry_run,
         figure=not args.no_figures,
     )  # fmt: skip
-    print(results_markdown(summary))
-    return 0
+    return print_reproduced(summary, results_markdown)
 
 
 def _table(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from attentionrnn.engine.runs import (
     format_stats,
     named_budget,
     parallelism,
+    plan_runs,
     seed_stats,
     train_runs,
 )
@@ -125,6 +126,7 @@ def reproduce(
     threads: int | None = None,
     progress: bool = True,
     figure: bool = True,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Train the runs that are missing, then :func:`assemble` the table from all finished runs.
 
@@ -139,6 +141,8 @@ def reproduce(
         threads: torch threads per run (default: cores // jobs).
         progress: progress bars (only with ``jobs=1``).
         figure: write the figures.
+        dry_run: train nothing and prepare no data; return the runs still to train with their
+            estimated time (:func:`~attentionrnn.engine.runs.plan_runs`).
     """
     name, b = named_budget(budget, BUDGETS, Budget)
     for given, valid, what in ((masks, E4_MASKS, "mask"), (datasets, DATASETS, "dataset")):
@@ -146,7 +150,8 @@ def reproduce(
         if unknown:
             raise UserError(f"unknown {what}(s) {unknown}; valid: {', '.join(valid)}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not dry_run:
+        out.mkdir(parents=True, exist_ok=True)
     jobs, threads = parallelism(jobs, threads)
     settings = {k: v for k, v in dataclasses.asdict(b).items()
                 if k not in ("description", "seeds")}  # fmt: skip
@@ -161,6 +166,8 @@ def reproduce(
                 run = out / "runs" / dataset / mask / f"seed{seed}"
                 if not (run / METRICS).is_file():
                     configs.append(dataclasses.replace(base, mask=mask, seed=seed, out=str(run)))
+    if dry_run:
+        return plan_runs(configs, jobs, cost=lambda c: COST[c.mask])
     if jobs > 1 and configs:
         from attentionrnn.experiments.e4.train import load_data
 
