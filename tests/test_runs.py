@@ -105,17 +105,20 @@ def test_plan_times_each_run_by_its_rows_finished_runs(tmp_path):
     _finished(tmp_path, "b/fast/seed0", training_time_s=3600)  # older runs: training time only
     todo = [SimpleNamespace(out=str(tmp_path / "runs" / r)) for r in
             ("a/slow/seed3", "a/fast/seed0", "b/fast/seed1", "a/new/seed0")]  # fmt: skip
-    plan = plan_runs(todo, jobs=2)
+    costs = {"slow": 4.0, "fast": 1.0, "new": 2.0}
+    plan = plan_runs(todo, jobs=2, cost=lambda c: costs[Path(c.out).parent.name])
     hours = {Path(r["out"]).relative_to(tmp_path / "runs").as_posix(): r["hours"]
              for r in plan["runs"]}  # fmt: skip
-    # the same row's median; then the row on the other datasets; else unknown
+    # the same row's median; then the row on the other datasets; a row never run: its cost
+    # times the median hours per cost of the timed runs (4.5/4, 1/1, 1/1 -> 1.0)
     assert hours == {"a/slow/seed3": 4.5, "a/fast/seed0": 1.0, "b/fast/seed1": 1.0,
-                     "a/new/seed0": None}  # fmt: skip
-    assert plan["job_hours"] == pytest.approx(6.5) and plan["unknown"] == 1
-    assert plan["wall_hours"] == pytest.approx(4.5)  # 4.5 on one job, 1 + 1 on the other
+                     "a/new/seed0": 2.0}  # fmt: skip
+    assert plan["job_hours"] == pytest.approx(8.5) and plan["unknown"] == 0
+    assert plan["wall_hours"] == pytest.approx(4.5)  # 4.5 on one job; 2 + 1 + 1 on the other
     text = plan_markdown(plan)
     assert "4 run(s) to train with 2 job(s)" in text and "~4.50 h" in text
-    assert "other datasets" in text and "6.5 job-hours, ~4.5 h wall" in text
-    assert "1 run(s) whose row has no finished run" in text
+    assert "other datasets" in text and "8.5 job-hours, ~4.5 h wall" in text
+    assert "(1 of the runs from relative costs alone)" in text
     assert "Nothing to train" in plan_markdown(plan_runs([], jobs=2))
-    assert "No estimate" in plan_markdown(plan_runs(todo[-1:], jobs=2))
+    alone = plan_runs(todo[-1:], jobs=2)  # nothing in the plan can be timed
+    assert alone["unknown"] == 1 and "No estimate" in plan_markdown(alone)

@@ -144,7 +144,9 @@ def plan_runs(
     """What :func:`train_runs` would do with ``configs``, without training: every run still to
     train (its ``out``) with an estimate of its hours, the median wall time (``wall_time_s``, else
     ``training_time_s``) of the finished runs of the same row, on the same dataset where there
-    are some, else on the others (``None`` where there are none), and the total.
+    are some, else on the others; for a row with no finished run at all, the median hours per
+    unit of ``cost`` of the timed runs in the plan times its own ``cost`` (``None`` where no run
+    of the plan can be timed); and the total.
 
     ``wall_hours`` schedules the estimated runs the way :func:`train_runs` does (most expensive
     first, each on the job that frees up first); runs of unknown length are left out of both sums
@@ -154,7 +156,14 @@ def plan_runs(
     runs = []
     for c in ordered:
         hours, source = _row_estimate(Path(c.out).parent)
-        runs.append({"out": str(c.out), "hours": hours, "source": source})
+        runs.append({"out": str(c.out), "hours": hours, "source": source, "cost": cost(c)})
+    # a row never run yet: the timed runs' hours per unit of cost, times its own cost
+    per_cost = [r["hours"] / r["cost"] for r in runs if r["hours"] is not None]
+    for r in runs if per_cost else []:
+        if r["hours"] is None:
+            r["hours"] = float(np.median(per_cost)) * r["cost"]
+            r["source"] = f"never run: relative cost {r['cost']:g} x the timed rows' hours/cost"
+            r["scaled"] = True
     known = [r["hours"] for r in runs if r["hours"] is not None]
     free = [0.0] * max(1, jobs)
     for hours in known:
@@ -166,6 +175,7 @@ def plan_runs(
         "job_hours": float(sum(known)),
         "wall_hours": max(free),
         "unknown": len(runs) - len(known),
+        "scaled": sum(1 for r in runs if r.get("scaled")),
     }
 
 
@@ -183,6 +193,8 @@ def plan_markdown(plan: dict[str, Any]) -> str:
         f"Estimated: {plan['job_hours']:.1f} job-hours, ~{plan['wall_hours']:.1f} h wall "
         f"with {plan['jobs']} job(s)"
     )
+    if plan.get("scaled"):
+        total += f" ({plan['scaled']} of the runs from relative costs alone)"
     if plan["unknown"]:
         total += f", plus {plan['unknown']} run(s) whose row has no finished run to time"
     return "\n".join([*lines, "", total + "."])
