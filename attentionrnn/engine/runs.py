@@ -159,9 +159,10 @@ def plan_runs(
         runs.append({"out": str(c.out), "hours": hours, "source": source, "cost": cost(c)})
     # a row never run yet: the timed runs' hours per unit of cost, times its own cost
     per_cost = [r["hours"] / r["cost"] for r in runs if r["hours"] is not None]
-    for r in runs if per_cost else []:
-        if r["hours"] is None:
-            r["hours"] = float(np.median(per_cost)) * r["cost"]
+    scale = float(np.median(per_cost)) if per_cost else None
+    for r in runs:
+        if r["hours"] is None and scale is not None:
+            r["hours"] = scale * r["cost"]
             r["source"] = f"never run: relative cost {r['cost']:g} x the timed rows' hours/cost"
             r["scaled"] = True
     known = [r["hours"] for r in runs if r["hours"] is not None]
