@@ -30,9 +30,11 @@ def demo(
     """Run the demo into ``out``; return the summary of :func:`reproduce`."""
     if not mnist and not os.environ.get("ATTENTIONRNN_MNIST"):
         os.environ["ATTENTIONRNN_OFFLINE"] = "1"  # never try to download in the demo
+    # One run at a time on every core: run side by side with one thread each, the cheaper CTX
+    # finished first and left its core idle while ARNN trained on (docs/experiments.md).
     summary = reproduce(
         out, budget=budget, datasets=("mref",), methods=methods, seeds=(seed,), mnist=mnist,
-        progress=progress,
+        jobs=1, progress=progress,
     )  # fmt: skip
     summary["uniform"] = uniform_shares(Path(out))
     return summary

@@ -78,19 +78,20 @@ BUDGETS: dict[str, Budget] = {
         "bf16 where native",
         spread_seeds=(0, 1, 2),
     ),
-    # Sized to the README's 10-minute demo on two cores: both runs train side by side with one
-    # thread each. At PAN's 100x100 the masks localise only after ~100k training samples (the
-    # `cpu` curves), ~15 min of one core per method, so the demo draws its MREF on a 64x64
-    # canvas (every length scaled, docs/data.md), where a sample costs ~0.4x as much, at batch
-    # 50, which learned more per sample than 200 in the first epochs (docs/experiments.md).
+    # Sized to the README's 10-minute demo on two cores. At PAN's 100x100 the masks localise only
+    # after ~100k training samples (the `cpu` curves), ~15 min of one core per method, so the
+    # demo draws its MREF on an 80x80 canvas (every length scaled, docs/data.md), where a sample
+    # costs ~0.6x as much, at batch 50. 80 px is the smallest canvas whose layer-4 map is 3x3:
+    # at 64 px it is 2x2, and ARNN's layer-4 box share stalled at 1.6x a uniform mask's
+    # (docs/experiments.md).
     "demo": Budget(
         samples=16000,
-        epochs=16,
+        epochs=12,
         batch_size=50,
-        patience=16,
-        canvas=64,
-        description="~16,000 MREF samples on a 64x64 canvas, 16 epochs of batch 50 "
-        "(~3,100 steps); minutes, not the paper's setting",
+        patience=12,
+        canvas=80,
+        description="~16,000 MREF samples on an 80x80 canvas, 12 epochs of batch 50 "
+        "(~2,300 steps); minutes, not the paper's setting",
     ),
     # The PAN protocol.
     "full": Budget(
