@@ -126,8 +126,10 @@ def _hours(metrics: dict[str, Any]) -> float | None:
 def _row_estimate(row: Path) -> tuple[float | None, str]:
     """Median hours of the finished runs of one row (``OUT/runs/DATASET/ROW``), else of the same
     row on the other datasets, with where the figure came from."""
-    for pattern, source in ((row.name, "this row"), (f"*/{row.name}", "this row, other datasets")):
-        base = row.parent if pattern == row.name else row.parent.parent
+    for base, pattern, source in (
+        (row.parent, row.name, "this row"),
+        (row.parent.parent, f"*/{row.name}", "this row, other datasets"),
+    ):
         hours = [
             h
             for path in base.glob(f"{pattern}/seed*/{METRICS}")

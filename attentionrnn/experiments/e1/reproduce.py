@@ -81,9 +81,8 @@ BUDGETS: dict[str, Budget] = {
     # Sized to the README's 10-minute demo on two cores. At PAN's 100x100 the masks localise only
     # after ~100k training samples (the `cpu` curves), ~15 min of one core per method, so the
     # demo draws its MREF on an 80x80 canvas (every length scaled, docs/data.md), where a sample
-    # costs ~0.6x as much, at batch 50. 80 px is the smallest canvas whose layer-4 map is 3x3:
-    # at 64 px it is 2x2, and ARNN's layer-4 box share stalled at 1.6x a uniform mask's
-    # (docs/experiments.md).
+    # costs ~0.6x as much, at batch 50. Its layer-4 map is 3x3 (from 78 px up); at 64 px it is
+    # 2x2, and ARNN's layer-4 box share stalled at 1.6x a uniform mask's (docs/experiments.md).
     "demo": Budget(
         samples=16000,
         epochs=12,
