@@ -8,8 +8,13 @@ repeat, and ratios are computed from medians of the same run.
 Precisions: ``fp32`` (NCHW), ``fp32-cl`` (channels_last), ``bf16`` (autocast, NCHW) and
 ``bf16-cl`` (autocast + channels_last, what ``--precision bf16`` trains with).
 
+Like a training run, the benchmark keeps freed memory in the process
+(:func:`~attentionrnn.engine.memory.retain_freed_memory`); ``--malloc system`` measures glibc's
+default, which returns large blocks to the kernel and page-faults them back in every step.
+
     python benchmarks/bench_epoch.py                       # batch 200 (PAN's), ctx vs arnn
     python benchmarks/bench_epoch.py --methods none ctx arnn brnn --precisions bf16-cl
+    python benchmarks/bench_epoch.py --precisions bf16-cl --malloc system
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from attentionrnn.engine.memory import retain_freed_memory
 from attentionrnn.engine.precision import autocast, native_bf16
 from attentionrnn.models.pan import PAN
 
@@ -46,8 +52,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--malloc", choices=("retain", "system"), default="retain")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    retained = args.malloc == "retain" and retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -72,7 +80,8 @@ def main() -> None:
     med = {c: statistics.median(v) for c, v in times.items()}
     lines = [
         f"PAN training step, batch {args.batch}, {torch.get_num_threads()} threads, native bf16: "
-        f"{native_bf16()} (median of {args.repeats}, contenders interleaved)",
+        f"{native_bf16()}, freed memory {'retained' if retained else 'returned to the system'} "
+        f"(median of {args.repeats}, contenders interleaved)",
         "",
         "| attention | precision | step s | × same method fp32 | × ctx same precision "
         "| epoch of 30,000 samples, min |",
@@ -95,6 +104,7 @@ def main() -> None:
                 "batch": args.batch,
                 "threads": torch.get_num_threads(),
                 "native_bf16": native_bf16(),
+                "malloc": "retain" if retained else "system",
                 "times": {f"{m}/{p}": v for (m, p), v in times.items()},
             },
             indent=2,
