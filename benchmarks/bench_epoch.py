@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -94,6 +95,8 @@ def main() -> None:
         lines.append(
             f"| {m} | {p} | {t:.3f} | {vs_fp32} | {vs_ctx} | {t * 30000 / args.batch / 60:.1f} |"
         )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    lines += ["", f"Peak memory of the process: {peak_mb:.0f} MB"]
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -105,6 +108,7 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
                 "native_bf16": native_bf16(),
                 "malloc": "retain" if retained else "system",
+                "peak_mb": peak_mb,
                 "times": {f"{m}/{p}": v for (m, p), v in times.items()},
             },
             indent=2,
