@@ -165,6 +165,32 @@ def test_pan_ctx_layer4_and_inverse_task():
         PAN("pan")
 
 
+def test_pan_san_attends_at_the_last_layer_only():
+    """SAN attends once, over the last map: its softmax at layers 1-3 broke eval-mode BN."""
+    torch.manual_seed(0)
+    model = PAN("san", attention_hidden=4).eval()
+    assert model.attention_layers == (4,)
+    kinds = [type(a).__name__ for a in model.attentions]
+    assert kinds == ["NoAttention"] * 3 + ["GlobalAttention"]
+    _, masks = model(torch.rand(2, 3, 100, 100), torch.tensor([1, 2]), return_masks=True)
+    assert all(bool((m == 1).all()) for m in masks[:3])
+    torch.testing.assert_close(masks[3].sum(dim=(1, 2, 3)), torch.ones(2))
+    assert model.layer4_gate == "softmax"
+    every = PAN("san", attention_layers=(1, 2, 3, 4))
+    assert [type(a).__name__ for a in every.attentions] == ["GlobalAttention"] * 4
+    assert PAN("ctx").attention_layers == (1, 2, 3, 4)
+    assert [type(a).__name__ for a in PAN("ctx", attention_layers=(2,)).attentions] == [
+        "NoAttention",
+        "ContextAttention",
+        "NoAttention",
+        "NoAttention",
+    ]
+    assert PAN("arnn", attention_layers=(1, 2)).layer4_gate is None
+    for bad in [(), (0, 4), (5,)]:
+        with pytest.raises(ValueError, match="attention_layers"):
+            PAN("ctx", attention_layers=bad)
+
+
 def test_pan_block_pools_before_its_relu_with_the_same_values_and_gradients():
     """PAN's blocks apply the ReLU after the max-pool (cheaper); the result and every gradient
     must equal PAN's conv → BN → ReLU → pool order."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES, build_attention
 
-__all__ = ["PAN", "TASKS", "MASK_GEOMETRY", "own_layer4_gate"]
+__all__ = ["DEFAULT_ATTENTION_LAYERS", "MASK_GEOMETRY", "PAN", "TASKS", "own_layer4_gate"]
 
 
 #: task -> (number of query values, number of classes). ``color``: query a digit class, predict its
@@ -27,6 +27,14 @@ TASKS: dict[str, tuple[int, int]] = {"color": (10, 5), "digit": (5, 10)}
 #: ``i`` is centred on image pixel ``offset + stride * i`` (valid 3×3 convs, floor pooling). Used to
 #: project masks back onto the image for attention correctness.
 MASK_GEOMETRY: tuple[tuple[float, float], ...] = ((2, 1.5), (4, 4.5), (8, 10.5), (16, 22.5))
+
+#: The attention layers (1-based) a method attends at when ``PAN(attention_layers=None)``: all four,
+#: except SAN, which attends once over the last map as in Stacked Attention Networks. A softmax mask
+#: at layer 1 has mean ``1/2401``: the next conv's output then varies ~60x less than its bias, and
+#: the BN after it, in eval mode, amplifies the error of its running mean into a broken network
+#: (a SAN trained with it at every layer: 0.91 train accuracy, 0.32 in eval mode, 0.89 with batch
+#: statistics; ``docs/experiments.md``).
+DEFAULT_ATTENTION_LAYERS: dict[str, tuple[int, ...]] = {"san": (4,)}
 
 
 class PAN(nn.Module):
@@ -49,6 +57,9 @@ class PAN(nn.Module):
             sigmoid there ARNN's last mask did not concentrate on the queried digit:
             ``docs/results/cpu``.)
         dropout: dropout before the classifier.
+        attention_layers: the layers (1–4) that attend; the others pass their features on
+            (a mask of ones). ``None``: all four, or layer 4 alone for ``"san"``
+            (:data:`DEFAULT_ATTENTION_LAYERS`).
         attention_kwargs: further keyword arguments for :func:`~attentionrnn.build_attention`
             (e.g. ``block_size``, ``feedback``, ``kernel_size``).
 
@@ -77,6 +88,7 @@ class PAN(nn.Module):
         layer4_gate: str | None = None,
         dropout: float = 0.5,
         attention_kwargs: dict[str, Any] | None = None,
+        attention_layers: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         if attention not in ATTENTION_NAMES:
@@ -87,6 +99,14 @@ class PAN(nn.Module):
             raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
         self.attention = attention
         self.task = task
+        if attention_layers is None:
+            attention_layers = DEFAULT_ATTENTION_LAYERS.get(attention, (1, 2, 3, 4))
+        self.attention_layers = tuple(sorted(set(attention_layers)))
+        if not self.attention_layers or not set(self.attention_layers) <= {1, 2, 3, 4}:
+            raise ValueError(
+                "attention_layers must be a non-empty subset of (1, 2, 3, 4), "
+                f"got {attention_layers!r}"
+            )
         self.num_queries, self.num_classes = TASKS[task]
         hidden = attention_hidden or ATTENTION_METHODS[attention].hidden_channels
         kwargs = dict(attention_kwargs or {})
@@ -112,8 +132,9 @@ class PAN(nn.Module):
                 if attention == "ctx":
                     layer_kwargs["kernel_size"] = 1
                 layer_kwargs["gate"] = layer4_gate or "softmax"
+            name = attention if layer + 1 in self.attention_layers else "none"
             attentions.append(
-                build_attention(attention, channels, query_channels=query_dim, **layer_kwargs)
+                build_attention(name, channels, query_channels=query_dim, **layer_kwargs)
             )
             in_ch = channels
         self.blocks = nn.ModuleList(blocks)
@@ -144,7 +165,10 @@ class PAN(nn.Module):
         return getattr(self.attentions[3], "gate", None)
 
     def extra_repr(self) -> str:
-        return f"attention={self.attention!r}, task={self.task!r}"
+        return (
+            f"attention={self.attention!r}, task={self.task!r}, "
+            f"attention_layers={self.attention_layers}"
+        )
 
 
 @functools.cache
