@@ -276,6 +276,30 @@ def test_reproduce_adds_runs_and_assembles_the_table(tiny, tmp_path, capsys):
     assert set(history[0]["val_attention_correctness"]) == {f"layer{k}" for k in range(1, 5)}
 
 
+def test_table_averages_correctness_over_the_layers_that_attend():
+    from attentionrnn.experiments.e1.reproduce import summarize
+
+    def run(attention, box4, recorded=None):
+        m = {
+            "attention": attention, "test_accuracy": 0.5, "training_time_s": 60.0, "epochs": 1,
+            "accuracy_by_scale": {"0.5-1.0": {"accuracy": 0.5}},
+            "attention_correctness": {
+                f"layer{k}": {"box": 0.1 if k < 4 else box4, "stroke": 0.0} for k in range(1, 5)
+            },
+        }  # fmt: skip
+        if recorded is not None:
+            m["attention_layers"] = recorded
+        return m
+
+    # SAN's layers 1-3 pass their features on: only layer 4 counts, recorded or not (older runs)
+    for recorded in (None, [4]):
+        san = summarize("san", {0: run("san", 0.5, recorded)})
+        assert san["attention_layers"] == [4] and san["box"]["mean"] == pytest.approx(0.5)
+    ctx = summarize("ctx", {0: run("ctx", 0.5), 1: run("ctx", 0.9)})
+    assert ctx["attention_layers"] == [1, 2, 3, 4]
+    assert ctx["box"]["mean"] == pytest.approx(np.mean([(0.3 + 0.5) / 4, (0.3 + 0.9) / 4]))
+
+
 def test_attribute_dataset_is_a_view_of_the_same_reader(tiny):
     for task in ("color", "digit"):
         fast = E1Data(tiny, task)

@@ -32,7 +32,7 @@ from attentionrnn.engine.runs import (
 from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e1.train import TrainConfig, resolve_data, train
 from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES
-from attentionrnn.models.pan import own_layer4_gate
+from attentionrnn.models.pan import DEFAULT_ATTENTION_LAYERS, own_layer4_gate
 
 logger = logging.getLogger("attentionrnn.e1.reproduce")
 
@@ -202,8 +202,18 @@ def reproduce(
 # the table, from finished runs
 
 
-def _mean_layers(correctness: dict[str, dict[str, float]], kind: str) -> float | None:
-    values = [v[kind] for v in correctness.values() if v[kind] is not None]
+def _attention_layers(metrics: dict[str, Any]) -> list[int]:
+    """The layers that attend in a run (recorded since SAN attends at layer 4 only)."""
+    recorded = metrics.get("attention_layers")
+    return recorded or list(DEFAULT_ATTENTION_LAYERS.get(metrics["attention"], (1, 2, 3, 4)))
+
+
+def _mean_layers(metrics: dict[str, Any], kind: str) -> float | None:
+    """Correctness averaged over the layers that attend (a layer that passes its features on has
+    a mask of ones, which would only add the uniform share)."""
+    correctness = metrics["attention_correctness"]
+    layers = [f"layer{k}" for k in _attention_layers(metrics)]
+    values = [correctness[k][kind] for k in layers if correctness[k][kind] is not None]
     return sum(values) / len(values) if values else None
 
 
@@ -226,8 +236,9 @@ def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "precision": first.get("precision", "fp32"),
         "seeds": sorted(runs),
         "test_accuracy": seed_stats([m["test_accuracy"] for m in ms]),
-        "box": seed_stats([_mean_layers(m["attention_correctness"], "box") for m in ms]),
-        "stroke": seed_stats([_mean_layers(m["attention_correctness"], "stroke") for m in ms]),
+        "attention_layers": _attention_layers(first),
+        "box": seed_stats([_mean_layers(m, "box") for m in ms]),
+        "stroke": seed_stats([_mean_layers(m, "stroke") for m in ms]),
         "box_by_layer": {
             k: seed_stats([m["attention_correctness"][k]["box"] for m in ms]) for k in layers
         },
@@ -317,10 +328,10 @@ def results_markdown(summary: dict[str, Any]) -> str:
         f"{settings.get('description', '')}.",
         "",
         "Test accuracy at the best validation epoch; box / stroke: attention correctness (share "
-        "of the mask's mass on the queried digit's box / stroke pixels), mean of the 4 attention "
-        "layers; best layer: the highest per-layer box correctness. Mean ± sample standard "
-        "deviation over the seeds listed; one seed has no ±. L4: the last layer's gate. Time: "
-        "training time per run.",
+        "of the mask's mass on the queried digit's box / stroke pixels), mean of the attention "
+        "layers that attend (all 4, SAN only layer 4); best layer: the highest per-layer box "
+        "correctness. Mean ± sample standard deviation over the seeds listed; one seed has no ±. "
+        "L4: the last layer's gate. Time: training time per run.",
         "",
     ]
     for d, rows in summary["results"].items():

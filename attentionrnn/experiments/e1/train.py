@@ -376,6 +376,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
             "data_seed": config.data_seed if not config.data else None,
         },
         "layer4_gate": model.layer4_gate,
+        "attention_layers": list(model.attention_layers),
     }
     metrics = write_metrics(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
