@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from attentionrnn.cli import main
+from attentionrnn.engine.precision import resolve_precision
 from attentionrnn.experiments.e1.data import AttributeDataset, E1Data
 from attentionrnn.experiments.e1.metrics import (
     accuracy,
@@ -267,8 +268,9 @@ def test_reproduce_adds_runs_and_assembles_the_table(tiny, tmp_path, capsys):
     (tmp_path / "results.md").unlink()
     assert main(["e1", "table", str(tmp_path), "--budget", "test"]) == 0
     table = (tmp_path / "results.md").read_text()
-    assert "| CTX (PAN) | softmax | 0,1 |" in table and " ± " in table
-    assert "| CTX (PAN), L4 sigmoid | sigmoid | 0 |" in table
+    precision = resolve_precision("auto")  # what the runs above trained in on this machine
+    assert f"| CTX (PAN) | softmax | 0,1 | {precision} |" in table and " ± " in table
+    assert f"| CTX (PAN), L4 sigmoid | sigmoid | 0 | {precision} |" in table
     history = json.loads(first)["history"]
     n = len(E1Data(tiny).indices("train"))
     per_epoch = -(-n // 8) - (n % 8 == 1)  # a last batch of one sample is dropped
@@ -277,7 +279,7 @@ def test_reproduce_adds_runs_and_assembles_the_table(tiny, tmp_path, capsys):
 
 
 def test_table_averages_correctness_over_the_layers_that_attend():
-    from attentionrnn.experiments.e1.reproduce import summarize
+    from attentionrnn.experiments.e1.reproduce import _precisions, summarize
 
     def run(attention, box4, recorded=None):
         m = {
@@ -295,8 +297,9 @@ def test_table_averages_correctness_over_the_layers_that_attend():
     for recorded in (None, [4]):
         san = summarize("san", {0: run("san", 0.5, recorded)})
         assert san["attention_layers"] == [4] and san["box"]["mean"] == pytest.approx(0.5)
-    ctx = summarize("ctx", {0: run("ctx", 0.5), 1: run("ctx", 0.9)})
+    ctx = summarize("ctx", {0: run("ctx", 0.5), 1: run("ctx", 0.9) | {"precision": "bf16"}})
     assert ctx["attention_layers"] == [1, 2, 3, 4]
+    assert _precisions(ctx) == "fp32 (0), bf16 (1)" and _precisions(san) == "fp32"
     assert ctx["box"]["mean"] == pytest.approx(np.mean([(0.3 + 0.5) / 4, (0.3 + 0.9) / 4]))
 
 

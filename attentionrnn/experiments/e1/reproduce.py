@@ -234,6 +234,8 @@ def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "label": ATTENTION_METHODS[first["attention"]].label,
         "layer4_gate": first.get("layer4_gate"),
         "precision": first.get("precision", "fp32"),
+        # per seed: a row may hold runs of machines with and without native bf16
+        "precisions": [m.get("precision", "fp32") for m in ms],
         "seeds": sorted(runs),
         "test_accuracy": seed_stats([m["test_accuracy"] for m in ms]),
         "attention_layers": _attention_layers(first),
@@ -314,6 +316,14 @@ def row_label(r: dict[str, Any]) -> str:
     return r["label"] + (f", L4 {r['layer4_gate']}" if "-l4" in r["row"] else "")
 
 
+def _precisions(r: dict[str, Any]) -> str:
+    """The row's training precision, or each seed's where they differ."""
+    precisions = r.get("precisions") or [r["precision"]]
+    if len(set(precisions)) == 1:
+        return precisions[0]
+    return ", ".join(f"{p} ({s})" for s, p in zip(r["seeds"], precisions, strict=True))
+
+
 def _mean(stats: dict[str, Any]) -> str:
     """The mean alone (the per-layer and per-scale tables leave the spread to results.json)."""
     return format_stats({"mean": stats["mean"]})
@@ -331,21 +341,24 @@ def results_markdown(summary: dict[str, Any]) -> str:
         "of the mask's mass on the queried digit's box / stroke pixels), mean of the attention "
         "layers that attend (all 4, SAN only layer 4); best layer: the highest per-layer box "
         "correctness. Mean ± sample standard deviation over the seeds listed; one seed has no ±. "
-        "L4: the last layer's gate. Time: training time per run.",
+        "L4: the last layer's gate. Precision: bf16 autocast where the machine computes bf16 "
+        "natively, else fp32 (per seed where a row mixes them). Time: training time per run.",
         "",
     ]
     for d, rows in summary["results"].items():
         lines += [
             f"## {d.upper()} (training time of all runs: {summary['wall_time_min'][d] / 60:.1f} h)",
             "",
-            "| method | L4 | seeds | test acc | box | stroke | best layer (box) | time |",
-            "|---|---|---|---|---|---|---|---|",
+            "| method | L4 | seeds | precision | test acc | box | stroke | best layer (box) "
+            "| time |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows.values():
             best = max(r["box_by_layer"].items(), key=lambda kv: kv[1]["mean"] or 0)
             lines.append(
                 f"| {row_label(r)} | {r['layer4_gate'] or '–'} | "
-                f"{','.join(map(str, r['seeds']))} | {format_stats(r['test_accuracy'])} | "
+                f"{','.join(map(str, r['seeds']))} | {_precisions(r)} | "
+                f"{format_stats(r['test_accuracy'])} | "
                 f"{format_stats(r['box'])} | {format_stats(r['stroke'])} | "
                 f"{best[0][-1]}: {format_stats(best[1])} | "
                 f"{format_stats(r['training_time_min'], 1)} min |"
