@@ -122,3 +122,25 @@ def test_plan_times_each_run_by_its_rows_finished_runs(tmp_path):
     assert "Nothing to train" in plan_markdown(plan_runs([], jobs=2))
     alone = plan_runs(todo[-1:], jobs=2)  # nothing in the plan can be timed
     assert alone["unknown"] == 1 and "No estimate" in plan_markdown(alone)
+
+
+def test_plan_prefers_runs_timed_in_the_precision_this_machine_trains_in(tmp_path):
+    from attentionrnn.engine.precision import resolve_precision
+    from attentionrnn.engine.runs import plan_markdown, plan_runs
+
+    here = resolve_precision("auto")
+    other = "fp32" if here == "bf16" else "bf16"
+    _finished(tmp_path, "a/row/seed0", wall_time_s=3600, precision=other)
+    _finished(tmp_path, "b/row/seed0", wall_time_s=3 * 3600, precision=here)
+    _finished(tmp_path, "a/old/seed0", wall_time_s=2 * 3600, precision=other)
+    todo = [SimpleNamespace(out=str(tmp_path / "runs" / r), precision="auto")
+            for r in ("a/row/seed1", "a/old/seed1")]  # fmt: skip
+    plan = plan_runs(todo, jobs=1)
+    by_row = {Path(r["out"]).parent.name: r for r in plan["runs"]}
+    # a run in this machine's precision on another dataset beats one in another precision here
+    assert by_row["row"]["hours"] == pytest.approx(3.0) and not by_row["row"]["other"]
+    # with none in this machine's precision, the others still give an estimate, marked as such
+    assert by_row["old"]["hours"] == pytest.approx(2.0) and by_row["old"]["other"]
+    assert f"timed in {other}: this machine trains in {here}" in by_row["old"]["source"]
+    assert plan["other_precision"] == 1
+    assert "1 of the estimates come from runs timed in another precision" in plan_markdown(plan)

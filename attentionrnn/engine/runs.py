@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.precision import resolve_precision
 from attentionrnn.engine.trainer import METRICS
 
 logger = logging.getLogger("attentionrnn.engine")
@@ -123,21 +124,33 @@ def _hours(metrics: dict[str, Any]) -> float | None:
     return None if seconds is None else seconds / 3600
 
 
-def _row_estimate(row: Path) -> tuple[float | None, str]:
+def _row_estimate(row: Path, precision: str | None = None) -> tuple[float | None, str, bool]:
     """Median hours of the finished runs of one row (``OUT/runs/DATASET/ROW``), else of the same
-    row on the other datasets, with where the figure came from."""
+    row on the other datasets, with where the figure came from and whether it was timed in
+    another precision than ``precision`` (the one the run would train in here: a bf16 run on a
+    machine with AMX takes less than half the time of the same run in fp32 elsewhere). Runs in
+    ``precision`` are preferred on either level; ``None`` takes every run alike."""
+    places = []
     for base, pattern, source in (
         (row.parent, row.name, "this row"),
         (row.parent.parent, f"*/{row.name}", "this row, other datasets"),
     ):
-        hours = [
-            h
-            for path in base.glob(f"{pattern}/seed*/{METRICS}")
-            if (h := _hours(json.loads(path.read_text()))) is not None
-        ]
-        if hours:
-            return float(np.median(hours)), f"median of {len(hours)} finished run(s) of {source}"
-    return None, "no finished run of this row to time"
+        timed = []
+        for path in base.glob(f"{pattern}/seed*/{METRICS}"):
+            metrics = json.loads(path.read_text())
+            if (hours := _hours(metrics)) is not None:
+                timed.append((hours, metrics.get("precision", "fp32")))
+        places.append((timed, source))
+    for same in (True, False):
+        for timed, source in places:
+            hours = [h for h, p in timed if precision is None or (p == precision) == same]
+            if hours:
+                note = f"median of {len(hours)} finished run(s) of {source}"
+                if not same:
+                    others = "/".join(sorted({p for _, p in timed}))
+                    note += f", timed in {others}: this machine trains in {precision}"
+                return float(np.median(hours)), note, not same
+    return None, "no finished run of this row to time", False
 
 
 def plan_runs(
@@ -146,7 +159,9 @@ def plan_runs(
     """What :func:`train_runs` would do with ``configs``, without training: every run still to
     train (its ``out``) with an estimate of its hours, the median wall time (``wall_time_s``, else
     ``training_time_s``) of the finished runs of the same row, on the same dataset where there
-    are some, else on the others; for a row with no finished run at all, the median hours per
+    are some, else on the others (runs timed in the precision the config would train in on this
+    machine first; the others only where there are none, and then counted in
+    ``other_precision``); for a row with no finished run at all, the median hours per
     unit of ``cost`` of the timed runs in the plan times its own ``cost`` (``None`` where no run
     of the plan can be timed); and the total.
 
@@ -157,16 +172,21 @@ def plan_runs(
     ordered = sorted(configs, key=lambda c: -cost(c))
     runs = []
     for c in ordered:
-        hours, source = _row_estimate(Path(c.out).parent)
-        runs.append({"out": str(c.out), "hours": hours, "source": source, "cost": cost(c)})
+        precision = resolve_precision(c.precision) if hasattr(c, "precision") else None
+        hours, source, other = _row_estimate(Path(c.out).parent, precision)
+        runs.append(
+            {"out": str(c.out), "hours": hours, "source": source, "cost": cost(c), "other": other}
+        )
     # a row never run yet: the timed runs' hours per unit of cost, times its own cost
-    per_cost = [r["hours"] / r["cost"] for r in runs if r["hours"] is not None]
+    timed = [r for r in runs if r["hours"] is not None]
+    per_cost = [r["hours"] / r["cost"] for r in timed]
     scale = float(np.median(per_cost)) if per_cost else None
     for r in runs:
         if r["hours"] is None and scale is not None:
             r["hours"] = scale * r["cost"]
             r["source"] = f"never run: relative cost {r['cost']:g} x the timed rows' hours/cost"
             r["scaled"] = True
+            r["other"] = any(t["other"] for t in timed)
     known = [r["hours"] for r in runs if r["hours"] is not None]
     free = [0.0] * max(1, jobs)
     for hours in known:
@@ -179,6 +199,7 @@ def plan_runs(
         "wall_hours": max(free),
         "unknown": len(runs) - len(known),
         "scaled": sum(1 for r in runs if r.get("scaled")),
+        "other_precision": sum(1 for r in runs if r["other"]),
     }
 
 
@@ -200,6 +221,11 @@ def plan_markdown(plan: dict[str, Any]) -> str:
         total += f" ({plan['scaled']} of the runs from relative costs alone)"
     if plan["unknown"]:
         total += f", plus {plan['unknown']} run(s) whose row has no finished run to time"
+    if plan.get("other_precision"):
+        total += (
+            f"; {plan['other_precision']} of the estimates come from runs timed in another "
+            "precision than this machine's, so they are off by the speed of that precision here"
+        )
     return "\n".join([*lines, "", total + "."])
 
 
