@@ -115,6 +115,11 @@ def test_schedule_and_sizes():
     assert [lr_at(c, e) for e in (0, 29)] == [0.003, 0.003]
     assert lr_at(c, 30) == pytest.approx(0.002) and lr_at(c, 39) == pytest.approx(0.002)
     assert lr_at(c, 40) == pytest.approx(0.003 / 1.5**2)
+    # a linear warm-up over the first epochs, then the rate itself (PAN has none)
+    w = TrainConfig(lr_warmup_epochs=2)
+    assert [lr_at(w, e) for e in (0, 1, 2, 29)] == pytest.approx([0.001, 0.002, 0.003, 0.003])
+    with pytest.raises(ValueError, match="lr_warmup_epochs"):
+        TrainConfig(lr_warmup_epochs=-1).check()
     assert images_for_samples(50000) == 8850 and images_for_samples(3) == 1
     with pytest.raises(ValueError, match="attention must be one of .*got .pan."):
         TrainConfig(attention="pan").check()
@@ -443,7 +448,8 @@ def test_demo_trains_ctx_and_arnn(tmp_path, monkeypatch, digits):
 
     monkeypatch.delenv("ATTENTIONRNN_MNIST", raising=False)
     monkeypatch.delenv("ATTENTIONRNN_OFFLINE", raising=False)
-    budget = Budget(samples=60, epochs=1, batch_size=8, patience=1, canvas=64, description="t")
+    budget = Budget(samples=60, epochs=1, batch_size=8, patience=1, canvas=64, description="t",
+                    lr=0.0007, lr_warmup_epochs=3)  # fmt: skip
     arrays = generate_arrays("mref", images_for_samples(60), seed=0, digits=digits, workers=1,
                              canvas=64)  # fmt: skip
     write_npz(tmp_path / "data" / "mref_11img_64px_seed0_default.npz", arrays)
@@ -453,6 +459,11 @@ def test_demo_trains_ctx_and_arnn(tmp_path, monkeypatch, digits):
     assert set(rows) == {"ctx", "arnn"}
     assert rows["arnn"]["layer4_gate"] == "softmax"
     assert rows["ctx"]["layer4_gate"] == "softmax"
+    for method in ("ctx", "arnn"):  # the budget's learning rate is the one the runs trained with
+        metrics = tmp_path / "runs" / "mref" / method / "seed0" / "metrics.json"
+        run = json.loads(metrics.read_text())
+        assert run["config"]["lr"] == 0.0007 and run["config"]["lr_warmup_epochs"] == 3
+        assert run["history"][0]["lr"] == pytest.approx(0.0007 / 4)  # the first warm-up epoch
     box = arrays["box"][arrays["split"] == 2]
     area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) / 64**2
     assert summary["uniform"]["box"] == pytest.approx(area.mean())

@@ -122,6 +122,13 @@ class TrainConfig(RunConfig):
     lr_decay: float = field(default=1.5, metadata=_opt("learning-rate divisor", positive=True))
     lr_decay_start: int = field(default=30, metadata=_opt("first epoch of the decay"))
     lr_decay_every: int = field(default=10, metadata=_opt("epochs between decays"))
+    lr_warmup_epochs: int = field(
+        default=0,
+        metadata=_opt(
+            "epochs over which the rate ramps up to --lr: lr*(e+1)/(n+1) in epoch e < n (PAN: 0)",
+            minimum=0,
+        ),
+    )
     patience: int = field(default=50, metadata=_opt("early-stopping patience (epochs)", minimum=1))
     attention_hidden: int | None = field(
         default=None, metadata=_opt("hidden width of the attention modules")
@@ -137,7 +144,11 @@ class TrainConfig(RunConfig):
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
     """Learning rate of 0-based ``epoch``: ``lr`` until ``lr_decay_start``, then ÷``lr_decay``
-    at the start of every ``lr_decay_every`` epochs (epochs 30, 40, 50, … by default)."""
+    at the start of every ``lr_decay_every`` epochs (epochs 30, 40, 50, … by default); in the
+    first ``lr_warmup_epochs`` epochs a linear ramp up to ``lr`` (RMSprop's running square
+    starts at zero, so its first steps are ~3x the rate)."""
+    if epoch < config.lr_warmup_epochs:
+        return config.lr * (epoch + 1) / (config.lr_warmup_epochs + 1)
     if epoch < config.lr_decay_start:
         return config.lr
     decays = (epoch - config.lr_decay_start) // config.lr_decay_every + 1
