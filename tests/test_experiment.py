@@ -305,6 +305,8 @@ def test_table_averages_correctness_over_the_layers_that_attend():
     ctx = summarize("ctx", {0: run("ctx", 0.5), 1: run("ctx", 0.9) | {"precision": "bf16"}})
     assert ctx["attention_layers"] == [1, 2, 3, 4]
     assert _precisions(ctx) == "fp32 (0), bf16 (1)" and _precisions(san) == "fp32"
+    mixed = {"seeds": [0, 1, 2], "precisions": ["bf16", "fp32", "bf16"]}
+    assert _precisions(mixed) == "bf16 (0, 2), fp32 (1)"  # seeds grouped by precision
     assert ctx["box"]["mean"] == pytest.approx(np.mean([(0.3 + 0.5) / 4, (0.3 + 0.9) / 4]))
 
 

@@ -332,7 +332,10 @@ def _precisions(r: dict[str, Any]) -> str:
     precisions = r.get("precisions") or [r["precision"]]
     if len(set(precisions)) == 1:
         return precisions[0]
-    return ", ".join(f"{p} ({s})" for s, p in zip(r["seeds"], precisions, strict=True))
+    seeds: dict[str, list[str]] = {}
+    for seed, precision in zip(r["seeds"], precisions, strict=True):
+        seeds.setdefault(precision, []).append(str(seed))
+    return ", ".join(f"{p} ({', '.join(s)})" for p, s in seeds.items())
 
 
 def _mean(stats: dict[str, Any]) -> str:
