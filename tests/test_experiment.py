@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from attentionrnn.cli import main
-from attentionrnn.engine.precision import resolve_precision
+from attentionrnn.engine.precision import cpu_name, resolve_precision
 from attentionrnn.experiments.e1.data import AttributeDataset, E1Data
 from attentionrnn.experiments.e1.metrics import (
     accuracy,
@@ -155,6 +155,7 @@ def test_train_end_to_end_via_cli(tiny, tmp_path, capsys):
     assert all(0 <= v[k] <= 1 for v in layers.values() for k in ("box", "stroke"))
     assert metrics["parameters"] > metrics["attention_parameters"] > 0
     assert metrics["training_time_s"] > 0 and metrics["data"]["how"] == "given"
+    assert metrics["cpu"] == cpu_name() and metrics["cpu"]  # what the time was measured on
     assert (out / "best.pt").is_file() and (out / "checkpoint.pt").is_file()
     assert "test_accuracy" in capsys.readouterr().out
     # rerunning a finished run returns its metrics without training again

@@ -124,6 +124,39 @@ def test_plan_times_each_run_by_its_rows_finished_runs(tmp_path):
     assert alone["unknown"] == 1 and "No estimate" in plan_markdown(alone)
 
 
+def test_plan_prefers_runs_timed_on_this_cpu_and_totals_the_whole_request(tmp_path, monkeypatch):
+    from attentionrnn.engine import runs
+    from attentionrnn.engine.precision import resolve_precision
+
+    monkeypatch.setattr(runs, "cpu_name", lambda: "CPU A")
+    here = resolve_precision("auto")
+    _finished(tmp_path, "a/row/seed0", wall_time_s=4 * 3600, precision=here, cpu="CPU B")
+    _finished(tmp_path, "b/row/seed0", wall_time_s=3600, precision=here, cpu="CPU A")
+    _finished(tmp_path, "a/old/seed0", wall_time_s=2 * 3600, precision=here)  # no CPU recorded
+    config = lambda r: SimpleNamespace(out=str(tmp_path / "runs" / r), precision="auto")  # noqa: E731
+    todo = [config("a/row/seed1"), config("a/old/seed1")]
+    every = [*todo, config("a/row/seed0"), config("b/row/seed0"), config("a/old/seed0")]
+    plan = runs.plan_runs(todo, jobs=2, every=every)
+    by_row = {Path(r["out"]).parent.name: r for r in plan["runs"]}
+    # a run on this CPU on another dataset beats one on another CPU on the same dataset
+    assert by_row["row"]["hours"] == pytest.approx(1.0) and by_row["row"]["this_cpu"]
+    assert "timed on this CPU" in by_row["row"]["source"]
+    assert by_row["old"]["hours"] == pytest.approx(2.0) and not by_row["old"]["this_cpu"]
+    assert plan["other_cpu"] == 1 and plan["cpu"] == "CPU A"
+    # the whole request: three runs of "row" at 1 h (this CPU), two of "old" at 2 h
+    whole = plan["whole"]
+    assert whole["runs"] == 5 and whole["this_cpu"] == 3 and whole["unknown"] == 0
+    assert whole["job_hours"] == pytest.approx(7.0)
+    assert whole["wall_hours"] == pytest.approx(4.0)  # 2 + 1 + 1 on one job, 2 + 1 on the other
+    text = runs.plan_markdown(plan)
+    assert "1 come from runs timed on other CPUs" in text
+    assert "The whole request on this machine (CPU A): 5 runs" in text
+    assert "~7.0 job-hours, ~4.0 h wall with 2 job(s); 3 of the 5 estimates" in text
+    # every run finished: nothing to train, and the whole request is still told
+    done = runs.plan_markdown(runs.plan_runs([], jobs=2, every=every))
+    assert done.startswith("Nothing to train") and "5 runs, finished ones included" in done
+
+
 def test_plan_prefers_runs_timed_in_the_precision_this_machine_trains_in(tmp_path):
     from attentionrnn.engine.precision import resolve_precision
     from attentionrnn.engine.runs import plan_markdown, plan_runs

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 from collections.abc import Iterator
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
-__all__ = ["PRECISIONS", "autocast", "native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "autocast", "cpu_name", "native_bf16", "resolve_precision"]
 
 
 @functools.cache
@@ -37,6 +38,24 @@ def native_bf16() -> bool:
     except OSError:
         return False
     return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name (Linux: ``/proc/cpuinfo``), else what :mod:`platform` knows.
+
+    Recorded in every run's ``metrics.json``: how long a run takes depends on the machine far more
+    than on anything in its config, so time estimates compare runs of the same CPU.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.precision import resolve_precision
+from attentionrnn.engine.precision import cpu_name, resolve_precision
 from attentionrnn.engine.trainer import METRICS
 
 logger = logging.getLogger("attentionrnn.engine")
@@ -124,12 +124,19 @@ def _hours(metrics: dict[str, Any]) -> float | None:
     return None if seconds is None else seconds / 3600
 
 
-def _row_estimate(row: Path, precision: str | None = None) -> tuple[float | None, str, bool]:
+def _row_estimate(
+    row: Path, precision: str | None = None, cpu: str | None = None
+) -> tuple[float | None, str, bool, bool]:
     """Median hours of the finished runs of one row (``OUT/runs/DATASET/ROW``), else of the same
-    row on the other datasets, with where the figure came from and whether it was timed in
-    another precision than ``precision`` (the one the run would train in here: a bf16 run on a
-    machine with AMX takes less than half the time of the same run in fp32 elsewhere). Runs in
-    ``precision`` are preferred on either level; ``None`` takes every run alike."""
+    row on the other datasets (a budget gives every dataset the same number of samples and image
+    size, so a run costs about the same on each), with where the figure came from, whether it was
+    timed in another precision than ``precision`` (the one the run would train in here: a bf16
+    run on a machine with AMX takes less than half the time of the same run in fp32 elsewhere)
+    and whether it was timed on this CPU (``cpu``, as :func:`cpu_name` records it in
+    ``metrics.json``; older runs did not record one).
+
+    Runs on this CPU in ``precision`` come first, then runs in ``precision`` anywhere, then any;
+    at each level this row's runs before the other datasets'. ``None`` takes every run alike."""
     places = []
     for base, pattern, source in (
         (row.parent, row.name, "this row"),
@@ -139,44 +146,43 @@ def _row_estimate(row: Path, precision: str | None = None) -> tuple[float | None
         for path in base.glob(f"{pattern}/seed*/{METRICS}"):
             metrics = json.loads(path.read_text())
             if (hours := _hours(metrics)) is not None:
-                timed.append((hours, metrics.get("precision", "fp32")))
+                timed.append((hours, metrics.get("precision", "fp32"), metrics.get("cpu")))
         places.append((timed, source))
-    for same in (True, False):
+    same_precision = lambda p: precision is None or p == precision  # noqa: E731
+    levels = (
+        lambda p, c: same_precision(p) and cpu is not None and c == cpu,
+        lambda p, c: same_precision(p),
+        lambda p, c: True,
+    )
+    for level, keep in enumerate(levels):
         for timed, source in places:
-            hours = [h for h, p in timed if precision is None or (p == precision) == same]
-            if hours:
-                note = f"median of {len(hours)} finished run(s) of {source}"
-                if not same:
-                    others = "/".join(sorted({p for _, p in timed}))
-                    note += f", timed in {others}: this machine trains in {precision}"
-                return float(np.median(hours)), note, not same
-    return None, "no finished run of this row to time", False
+            hours = [h for h, p, c in timed if keep(p, c)]
+            if not hours:
+                continue
+            note = f"median of {len(hours)} finished run(s) of {source}"
+            if level == 0:
+                note += ", timed on this CPU"
+            other = level == 2 and precision is not None
+            if other:
+                others = "/".join(sorted({p for _, p, _ in timed}))
+                note += f", timed in {others}: this machine trains in {precision}"
+            return float(np.median(hours)), note, other, level == 0
+    return None, "no finished run of this row to time", False, False
 
 
-def plan_runs(
-    configs: Sequence[Any], jobs: int, cost: Callable[[Any], float] = lambda c: 1.0
-) -> dict[str, Any]:
-    """What :func:`train_runs` would do with ``configs``, without training: every run still to
-    train (its ``out``) with an estimate of its hours, the median wall time (``wall_time_s``, else
-    ``training_time_s``) of the finished runs of the same row, on the same dataset where there
-    are some, else on the others (runs timed in the precision the config would train in on this
-    machine first; the others only where there are none, and then counted in
-    ``other_precision``); for a row with no finished run at all, the median hours per
-    unit of ``cost`` of the timed runs in the plan times its own ``cost`` (``None`` where no run
-    of the plan can be timed); and the total.
-
-    ``wall_hours`` schedules the estimated runs the way :func:`train_runs` does (most expensive
-    first, each on the job that frees up first); runs of unknown length are left out of both sums
-    and counted in ``unknown``.
-    """
-    ordered = sorted(configs, key=lambda c: -cost(c))
+def _estimate(configs: Sequence[Any], cost: Callable[[Any], float]) -> list[dict[str, Any]]:
+    """Each config's run with its estimated hours (:func:`_row_estimate`; a row with no finished
+    run at all: the median hours per unit of ``cost`` of the timed runs times its own cost),
+    most expensive first."""
+    cpu = cpu_name()
     runs = []
-    for c in ordered:
+    for c in sorted(configs, key=lambda c: -cost(c)):
         precision = resolve_precision(c.precision) if hasattr(c, "precision") else None
-        hours, source, other = _row_estimate(Path(c.out).parent, precision)
+        hours, source, other, here = _row_estimate(Path(c.out).parent, precision, cpu)
         runs.append(
-            {"out": str(c.out), "hours": hours, "source": source, "cost": cost(c), "other": other}
-        )
+            {"out": str(c.out), "hours": hours, "source": source, "cost": cost(c),
+             "other": other, "this_cpu": here}
+        )  # fmt: skip
     # a row never run yet: the timed runs' hours per unit of cost, times its own cost
     timed = [r for r in runs if r["hours"] is not None]
     per_cost = [r["hours"] / r["cost"] for r in timed]
@@ -187,24 +193,90 @@ def plan_runs(
             r["source"] = f"never run: relative cost {r['cost']:g} x the timed rows' hours/cost"
             r["scaled"] = True
             r["other"] = any(t["other"] for t in timed)
-    known = [r["hours"] for r in runs if r["hours"] is not None]
+    return runs
+
+
+def _wall_hours(hours: Sequence[float], jobs: int) -> float:
+    """Wall hours of runs taking ``hours`` (most expensive first), each started on the job that
+    frees up first, as :func:`train_runs` schedules them."""
     free = [0.0] * max(1, jobs)
-    for hours in known:
-        free[free.index(min(free))] += hours
-    return {
+    for h in hours:
+        free[free.index(min(free))] += h
+    return max(free)
+
+
+def plan_runs(
+    configs: Sequence[Any],
+    jobs: int,
+    cost: Callable[[Any], float] = lambda c: 1.0,
+    every: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """What :func:`train_runs` would do with ``configs``, without training: every run still to
+    train (its ``out``) with an estimate of its hours, the median wall time (``wall_time_s``, else
+    ``training_time_s``) of the finished runs of the same row, on the same dataset where there
+    are some, else on the others (runs timed on this CPU in the precision the config would train
+    in first, then runs in that precision on any CPU; runs in another precision only where there
+    are none, and then counted in ``other_precision``); for a row with no finished
+    run at all, the median hours per unit of ``cost`` of the timed runs in the plan times its own
+    ``cost`` (``None`` where no run of the plan can be timed); and the total.
+
+    ``wall_hours`` schedules the estimated runs the way :func:`train_runs` does (most expensive
+    first, each on the job that frees up first); runs of unknown length are left out of both sums
+    and counted in ``unknown``.
+
+    ``every``: the configs of the whole request, finished runs included. Then ``whole`` gives
+    what all of it costs on this machine, every run estimated as above (a finished run by its
+    row's runs, not by its own recorded time), so that a budget's size on one machine can be
+    told from runs spread over several.
+    """
+    runs = _estimate(configs, cost)
+    known = [r["hours"] for r in runs if r["hours"] is not None]
+    plan = {
         "dry_run": True,
         "jobs": jobs,
         "runs": runs,
         "job_hours": float(sum(known)),
-        "wall_hours": max(free),
+        "wall_hours": _wall_hours(known, jobs),
         "unknown": len(runs) - len(known),
         "scaled": sum(1 for r in runs if r.get("scaled")),
         "other_precision": sum(1 for r in runs if r["other"]),
+        "other_cpu": sum(1 for r in runs if r["hours"] is not None and not r["this_cpu"]),
+        "cpu": cpu_name(),
     }
+    if every is not None:
+        whole = _estimate(every, cost)
+        hours = [r["hours"] for r in whole if r["hours"] is not None]
+        plan["whole"] = {
+            "runs": len(whole),
+            "job_hours": float(sum(hours)),
+            "wall_hours": _wall_hours(hours, jobs),
+            "unknown": len(whole) - len(hours),
+            "this_cpu": sum(1 for r in whole if r["this_cpu"]),
+        }
+    return plan
 
 
 def plan_markdown(plan: dict[str, Any]) -> str:
-    """The plan of :func:`plan_runs` as a markdown list with its total."""
+    """The plan of :func:`plan_runs` as a markdown list with its total (and, where the plan has
+    one, what the whole request costs on this machine)."""
+    text = _todo_markdown(plan)
+    whole = plan.get("whole")
+    if whole is None:
+        return text
+    if whole["unknown"] == whole["runs"]:
+        return text + "\n\nThe whole request: no estimate, none of its rows has a finished run yet."
+    line = (
+        f"The whole request on this machine ({plan['cpu']}): {whole['runs']} runs, finished ones "
+        f"included, ~{whole['job_hours']:.1f} job-hours, ~{whole['wall_hours']:.1f} h wall with "
+        f"{plan['jobs']} job(s); {whole['this_cpu']} of the {whole['runs']} estimates come from "
+        "runs timed on this CPU"
+    )
+    if whole["unknown"]:
+        line += f", and {whole['unknown']} run(s) have no finished run of their row to time"
+    return f"{text}\n\n{line}."
+
+
+def _todo_markdown(plan: dict[str, Any]) -> str:
     if not plan["runs"]:
         return "Nothing to train: every requested run has finished."
     lines = [f"{len(plan['runs'])} run(s) to train with {plan['jobs']} job(s):", ""]
@@ -225,6 +297,11 @@ def plan_markdown(plan: dict[str, Any]) -> str:
         total += (
             f"; {plan['other_precision']} of the estimates come from runs timed in another "
             "precision than this machine's, so they are off by the speed of that precision here"
+        )
+    if plan.get("other_cpu"):
+        total += (
+            f"; {plan['other_cpu']} come from runs timed on other CPUs (or before runs recorded "
+            "their CPU)"
         )
     return "\n".join([*lines, "", total + "."])
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from attentionrnn.engine.distributed import DistContext, init_distributed
 from attentionrnn.engine.memory import retain_freed_memory
-from attentionrnn.engine.precision import autocast
+from attentionrnn.engine.precision import autocast, cpu_name
 from attentionrnn.engine.state import (
     atomic_save,
     atomic_write_json,
@@ -282,6 +282,7 @@ def write_metrics(
             "channels_last": config.channels_last,
             "world_size": ctx.world,
             "threads": torch.get_num_threads(),
+            "cpu": cpu_name(),
             "torch": torch.__version__,
             "config": dataclasses.asdict(config),
             "history": state.history,

@@ -157,7 +157,8 @@ def reproduce(
         figure: write the figures.
         data: ``{dataset: file.npz}`` to use instead of generating (or reusing) the data.
         dry_run: train nothing and generate no data; return the runs still to train with their
-            estimated time (:func:`~attentionrnn.engine.runs.plan_runs`).
+            estimated time, and what the whole request costs on this machine
+            (:func:`~attentionrnn.engine.runs.plan_runs`).
     """
     name, b = named_budget(budget, BUDGETS, Budget)
     unknown = sorted(set(methods) - set(ATTENTION_NAMES))
@@ -169,6 +170,7 @@ def reproduce(
     jobs, threads = parallelism(jobs, threads)
 
     configs: list[TrainConfig] = []
+    every: list[TrainConfig] = []  # the whole request, finished runs included (dry run's total)
     for dataset in datasets:
         base = TrainConfig(
             dataset=dataset,
@@ -192,6 +194,10 @@ def reproduce(
             for m in methods
             for s in row_seeds(m, seeds, b, SPREAD)
         }
+        every += [
+            dataclasses.replace(base, attention=m, seed=s, out=str(run))
+            for (m, s), run in runs.items()
+        ]
         todo = [(m, s, run) for (m, s), run in runs.items() if not (run / METRICS).is_file()]
         path = None
         if todo and not dry_run:  # generate (or find) the data only where runs need it
@@ -204,7 +210,7 @@ def reproduce(
             )
     cost = lambda c: ATTENTION_METHODS[c.attention].cost  # noqa: E731
     if dry_run:
-        return plan_runs(configs, jobs, cost=cost)
+        return plan_runs(configs, jobs, cost=cost, every=every)
     train_runs(configs, train, jobs, cost=cost)
     return assemble(out, name, b, figure=figure)
 

@@ -119,7 +119,8 @@ def reproduce(
         progress: progress bars (only with ``jobs=1``).
         figure: write the figures.
         dry_run: train nothing and prepare no data; return the runs still to train with their
-            estimated time (:func:`~attentionrnn.engine.runs.plan_runs`).
+            estimated time, and what the whole request costs on this machine
+            (:func:`~attentionrnn.engine.runs.plan_runs`).
     """
     name, b = named_budget(budget, BUDGETS, Budget)
     unknown = sorted(set(methods) - set(E2_ATTENTIONS))
@@ -131,6 +132,7 @@ def reproduce(
     jobs, threads = parallelism(jobs, threads)
 
     configs: list[E2Config] = []
+    every: list[E2Config] = []  # the whole request, finished runs included (dry run's total)
     for dataset in datasets:
         base = E2Config(
             dataset=dataset, epochs=b.epochs, width=b.width, depth=b.depth,
@@ -140,12 +142,16 @@ def reproduce(
             cifar_dir=cifar_dir, data_dir=data_dir, precision=precision, threads=threads,
             progress=progress and jobs == 1,
         )  # fmt: skip
-        todo = [
-            (m, s)
+        runs = {
+            (m, s): out / "runs" / dataset / m / f"seed{s}"
             for m in methods
             for s in row_seeds(m, seeds, b, SPREAD)
-            if not (out / "runs" / dataset / m / f"seed{s}" / METRICS).is_file()
+        }
+        every += [
+            dataclasses.replace(base, attention=m, seed=s, out=str(run))
+            for (m, s), run in runs.items()
         ]
+        todo = [(m, s) for (m, s), run in runs.items() if not (run / METRICS).is_file()]
         if todo and not dry_run:  # decode the tar into the cache once, before parallel runs read it
             load_dataset(
                 dataset, cifar10_tar=cifar10_tar, cifar_dir=cifar_dir, md5=cifar10_md5,
@@ -155,7 +161,7 @@ def reproduce(
             run = out / "runs" / dataset / method / f"seed{seed}"
             configs.append(dataclasses.replace(base, attention=method, seed=seed, out=str(run)))
     if dry_run:
-        return plan_runs(configs, jobs, cost=lambda c: COST[c.attention])
+        return plan_runs(configs, jobs, cost=lambda c: COST[c.attention], every=every)
     train_runs(configs, train, jobs, cost=lambda c: COST[c.attention])
     return assemble(out, name, b, figure=figure)
 
