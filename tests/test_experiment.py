@@ -311,6 +311,38 @@ def test_table_averages_correctness_over_the_layers_that_attend():
     assert ctx["box"]["mean"] == pytest.approx(np.mean([(0.3 + 0.5) / 4, (0.3 + 0.9) / 4]))
 
 
+def test_overview_puts_every_row_on_every_dataset_in_one_table():
+    from attentionrnn.experiments.e1.reproduce import _overview, summarize
+
+    def run(attention, acc, box4):
+        return {
+            "attention": attention, "test_accuracy": acc, "training_time_s": 60.0, "epochs": 1,
+            "layer4_gate": "softmax", "accuracy_by_scale": {"0.5-1.0": {"accuracy": acc}},
+            "attention_correctness": {
+                f"layer{k}": {"box": 0.1 if k < 4 else box4, "stroke": 0.0} for k in range(1, 5)
+            },
+        }  # fmt: skip
+
+    results = {
+        "mref": {
+            "ctx": summarize("ctx", {0: run("ctx", 0.9, 0.4), 1: run("ctx", 0.8, 0.6)}),
+            "arnn": summarize("arnn", {0: run("arnn", 0.95, 0.3)}),
+        },
+        "mdist": {"ctx": summarize("ctx", {2: run("ctx", 0.7, 0.2)})},
+    }
+    lines = _overview(results)
+    assert "| method | L4 | MREF | MDIST |" in lines
+    # rows in the order of the paper's tables (baselines first), each dataset's own seeds
+    ctx = next(i for i, ln in enumerate(lines) if ln.startswith("| CTX (PAN) |"))
+    arnn = next(i for i, ln in enumerate(lines) if ln.startswith("| ARNN (bi) |"))
+    assert ctx < arnn
+    assert lines[ctx] == (
+        "| CTX (PAN) | softmax | 0.850 ± 0.071 / 0.500 ± 0.141 [0,1] | 0.700 / 0.200 [2] |"
+    )
+    assert lines[arnn] == "| ARNN (bi) | softmax | 0.950 / 0.300 [0] | – |"
+    assert _overview({}) == []
+
+
 def test_attribute_dataset_is_a_view_of_the_same_reader(tiny):
     for task in ("color", "digit"):
         fast = E1Data(tiny, task)

@@ -349,6 +349,38 @@ def _mean(stats: dict[str, Any]) -> str:
     return format_stats({"mean": stats["mean"]})
 
 
+def _overview(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Every row on every dataset in one table: test accuracy and the last layer's box share, the
+    comparison the paper makes, with each row's seeds."""
+    if not results:
+        return []
+    datasets = list(results)
+    rows = sorted({row for d in datasets for row in results[d]}, key=_row_order)
+    lines = [
+        "## All datasets",
+        "",
+        "Test accuracy / layer-4 box correctness (mean ± std over the seeds in brackets; "
+        "– where the row has no finished run on that dataset).",
+        "",
+        "| method | L4 | " + " | ".join(d.upper() for d in datasets) + " |",
+        "|---" * (2 + len(datasets)) + "|",
+    ]
+    for row in rows:
+        first = next(results[d][row] for d in datasets if row in results[d])
+        cells = []
+        for d in datasets:
+            r = results[d].get(row)
+            if r is None:
+                cells.append("–")
+                continue
+            seeds = ",".join(map(str, r["seeds"]))
+            box = format_stats(r["box_by_layer"].get("layer4"))
+            cells.append(f"{format_stats(r['test_accuracy'])} / {box} [{seeds}]")
+        gate = first["layer4_gate"] or "–"
+        lines.append(f"| {row_label(first)} | {gate} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def results_markdown(summary: dict[str, Any]) -> str:
     """The results of :func:`assemble` as Markdown."""
     settings = summary.get("budget_settings") or {}
@@ -364,6 +396,7 @@ def results_markdown(summary: dict[str, Any]) -> str:
         "L4: the last layer's gate. Precision: bf16 autocast where the machine computes bf16 "
         "natively, else fp32 (per seed where a row mixes them). Time: training time per run.",
         "",
+        *_overview(summary["results"]),
     ]
     for d, rows in summary["results"].items():
         lines += [
