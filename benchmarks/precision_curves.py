@@ -7,10 +7,13 @@ to the spread between seeds within each precision at that step.
 
     python benchmarks/precision_curves.py --data DEMO.npz --out /tmp/prec        # demo-sized
     python benchmarks/precision_curves.py --data DEMO.npz --out /tmp/prec --jobs 2
+    python benchmarks/precision_curves.py --data DEMO.npz --out P --methods ctx --seeds 0 1 2
 
 The default is the demo's setting (batch 50, 8 epochs, ARNN with a softmax at layer 4); pass the
 demo's data file (``attentionrnn-demo/data/*.npz``) or any E1 file. The table is written to
-``OUT/precision_curves.md`` as well.
+``OUT/precision_curves.md`` as well. Finished runs in OUT are reused, so seeds can be added later
+(``--methods`` trains only those; the report shows every method over the seeds finished in both
+precisions).
 """
 
 from __future__ import annotations
@@ -82,10 +85,19 @@ def _compare(runs: dict, seeds: list[int], n: int) -> str:
     return f"Seeds {seeds}. " + "; ".join(parts) + "."
 
 
+def finished(config: TrainConfig) -> bool:
+    return (Path(config.out) / "metrics.json").is_file()
+
+
 def report(configs: list[TrainConfig], seeds: list[int]) -> str:
+    """Each method's curves over the seeds whose runs have finished in both precisions."""
     lines = ["# fp32 vs bf16 learning curves (E1)", ""]
     for method in METHODS:
-        runs = {(c.precision, c.seed): curve(c) for c in configs if c.attention == method}
+        mine = [c for c in configs if c.attention == method]
+        seeds_m = [s for s in seeds if all(finished(c) for c in mine if c.seed == s)]
+        if not seeds_m:
+            continue
+        runs = {(c.precision, c.seed): curve(c) for c in mine if c.seed in seeds_m}
         # a longer run of the same config has the same first epochs: compare the common ones
         n = min(len(r) for r in runs.values())
         runs = {k: r[:n] for k, r in runs.items()}
@@ -99,7 +111,7 @@ def report(configs: list[TrainConfig], seeds: list[int]) -> str:
         for i, row in enumerate(runs[keys[0]]):
             cells = [f"{runs[k][i][1]:.3f} / {runs[k][i][2]:.3f}" for k in keys]
             lines.append(f"| {row[0]} | " + " | ".join(cells) + " |")
-        lines += ["", _compare(runs, seeds, n), ""]
+        lines += ["", _compare(runs, seeds_m, n), ""]
     return "\n".join(lines)
 
 
@@ -111,12 +123,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+        help="methods to train (the report shows every method's finished seeds)",
+    )  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     configs = run_configs(args)
-    todo = [c for c in configs if not (Path(c.out) / "metrics.json").is_file()]
+    todo = [c for c in configs if c.attention in args.methods and not finished(c)]
     train_runs(todo, train, args.jobs)
     text = report(configs, args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
