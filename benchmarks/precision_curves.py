@@ -24,7 +24,7 @@ import json
 import logging
 from pathlib import Path
 
-from attentionrnn.engine.runs import train_runs
+from attentionrnn.engine.runs import format_stats, seed_stats, train_runs
 from attentionrnn.experiments.e1.train import TrainConfig, train
 
 METHODS = {"ctx": None, "arnn": "softmax"}  # method -> layer-4 gate override
@@ -75,12 +75,14 @@ def _compare(runs: dict, seeds: list[int], n: int) -> str:
             for p in ("fp32", "bf16")
         }  # fmt: skip
         worst = max(range(n), key=lambda i: gap[i])
+        last = {p: [runs[(p, s)][-1][j] for s in seeds] for p in ("fp32", "bf16")}
         parts.append(
             f"{name}: largest gap between the precisions' means {gap[worst]:.3f} (step "
             f"{runs[('fp32', seeds[0])][worst][0]}), where the seeds spread by "
             f"{spread['fp32'][worst]:.3f} (fp32) and {spread['bf16'][worst]:.3f} (bf16); at the "
             f"last epoch gap {gap[-1]:.3f}, spreads {spread['fp32'][-1]:.3f} / "
-            f"{spread['bf16'][-1]:.3f}"
+            f"{spread['bf16'][-1]:.3f}, mean ± std fp32 {format_stats(seed_stats(last['fp32']))}, "
+            f"bf16 {format_stats(seed_stats(last['bf16']))}"
         )
     return f"Seeds {seeds}. " + "; ".join(parts) + "."
 
