@@ -8,7 +8,8 @@
 // at once (products.h); the non-linearities, the cell and hidden state (cells.h), the predicted
 // attention value and the optional readout follow in the same pass. The backward pass walks the
 // diagonals in reverse; each cell pulls its gradients from the two cells that read it and
-// accumulates the weight gradients of its work item. The layout is described in layout.h.
+// accumulates the weight gradients of its work item. Both passes prefetch the rows the next cell
+// reads from the map-sized buffers. The layout is described in layout.h.
 
 #include "scans.h"
 
@@ -30,6 +31,9 @@
 namespace attentionrnn {
 namespace {
 
+// How many cells ahead the scans prefetch the rows they will read (measured: 1 as good as 3).
+constexpr int64_t kPrefetchAhead = 1;
+
 template <typename T, int NV>
 void forward_scan(const Scan<T>& sc, const ScanArgs& layout, T* out, T* states, T* cells,
                   T* acts) {
@@ -49,6 +53,10 @@ void forward_scan(const Scan<T>& sc, const ScanArgs& layout, T* out, T* states, 
         for (int64_t i = 0; i < length[t]; ++i) {
           const int64_t p = packed_start[t] + i, g = padded_start[t] + i;
           const int64_t a = t > 0 ? neighbour_start[t] + i : 0;  // the cell above; left is a+1
+          if (p + kPrefetchAhead < sc.cells) {  // the next cell's rows of the encoded map
+            const int64_t next = p + kPrefetchAhead;
+            prefetch_bytes(sc.e + sc.raster_row(d, next, b0) * Cin, (b1 - b0) * Cin * sizeof(T));
+          }
           // The gate pre-activations of the group's rows, in blocks of rows, then the cells.
           auto products = [&](auto rows, int64_t b) {
             gate_products<T, NV, decltype(rows)::value>(
@@ -147,6 +155,18 @@ void backward_scan(const Scan<T>& sc, const ScanArgs& layout, const T* grad_out,
         for (int64_t i = 0; i < length[t]; ++i) {
           const int64_t p = packed_start[t] + i, g = padded_start[t] + i;
           const int64_t a = t > 0 ? neighbour_start[t] + i : 0;
+          if (i + kPrefetchAhead < length[t]) {
+            // What a later cell of this diagonal reads, written by the forward pass long ago.
+            const int64_t k = kPrefetchAhead, bytes = (b1 - b0) * sizeof(T);
+            prefetch_bytes(sc.e + sc.raster_row(d, p + k, b0) * Cin, bytes * Cin);
+            prefetch_bytes(acts + sc.act_row(d, p + k, b0), bytes * G);
+            prefetch_bytes(states + sc.state_row(d, g + k, b0), bytes * S);
+            prefetch_bytes(cells + sc.cell_row(d, g + k, b0), bytes * h);
+            if (t > 0) {  // its left neighbour (the one above is this cell's left, read now)
+              prefetch_bytes(states + sc.state_row(d, a + 1 + k, b0), bytes * S);
+              prefetch_bytes(cells + sc.cell_row(d, a + 1 + k, b0), bytes * h);
+            }
+          }
           // This cell's readers in diagonal t+1: the cell below and the cell to the right.
           const int64_t below = lo + i + 1 - lo_next, right = lo + i - lo_next;
           const bool has_below = below >= 0 && below < n_next;

@@ -180,6 +180,19 @@ inline void store_streaming(T* p, const typename Simd<T>::type& v) {
   Simd<T>::store(p, v);
 }
 
+// Asks for the cache lines of [p, p + bytes) ahead of their use: the scan reads each cell's rows
+// of the map-sized buffers once, at addresses the hardware prefetchers cannot predict (cells of a
+// diagonal lie far apart, and a batch group's rows are a small part of each cell's). Building
+// with ATTENTIONRNN_EXTENSION_CFLAGS=-DATTENTIONRNN_NO_PREFETCH turns it off, to measure it.
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+#ifndef ATTENTIONRNN_NO_PREFETCH
+  const char* c = static_cast<const char*>(p);
+  for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch(c + k, 0, 3);
+#else
+  (void)p, (void)bytes;
+#endif
+}
+
 // Orders the streaming stores before what follows (they are weakly ordered).
 inline void streaming_fence() {
 #ifdef __AVX512F__
