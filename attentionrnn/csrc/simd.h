@@ -184,10 +184,13 @@ inline void store_streaming(T* p, const typename Simd<T>::type& v) {
 // of the map-sized buffers once, at addresses the hardware prefetchers cannot predict (cells of a
 // diagonal lie far apart, and a batch group's rows are a small part of each cell's). Building
 // with ATTENTIONRNN_EXTENSION_CFLAGS=-DATTENTIONRNN_NO_PREFETCH turns it off, to measure it.
+// Locality 3 fetches into every cache level, 2 not into L1 (measured best for the backward pass,
+// whose many lines per cell would otherwise crowd L1's pending misses).
+template <int Locality = 3>
 inline void prefetch_bytes(const void* p, int64_t bytes) {
 #ifndef ATTENTIONRNN_NO_PREFETCH
   const char* c = static_cast<const char*>(p);
-  for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch(c + k, 0, 3);
+  for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch(c + k, 0, Locality);
 #else
   (void)p, (void)bytes;
 #endif
