@@ -1,11 +1,11 @@
 """How much of a PAN ARNN training step the fused scan kernels take, per attention layer.
 
-One training step as ``bench_epoch.py`` times it (batch 200 of 100x100 images, bf16 autocast and
-channels_last where ``--precision`` says so, RMSprop), with the kernels' forward and backward
+One training step as ``bench_epoch.py`` times it (its ``step_seconds``: batch 200 of 100x100
+images, the precision as there, RMSprop), with the kernels' forward and backward
 calls timed where the autograd node makes them: a wrapper around the loaded kernel module, so the
 layer itself is unchanged. Mean of the timed steps after one warm-up step.
 
-    python benchmarks/scan_share.py --threads 1
+    python benchmarks/scan_share.py --threads 1              # bf16 autocast + channels_last
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 from types import SimpleNamespace
 
 import torch
+from bench_epoch import PRECISIONS, step_seconds  # this folder's training-step benchmark
 
 from attentionrnn.engine.memory import retain_freed_memory
-from attentionrnn.engine.precision import autocast
 from attentionrnn.layers import _extension
 from attentionrnn.models.pan import PAN
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=200)
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--precision", choices=PRECISIONS, default="bf16-cl")
     args = parser.parse_args()
     retain_freed_memory()
     torch.set_num_threads(args.threads)
@@ -56,24 +56,20 @@ def main() -> None:
     # The layer asks _extension.load() for the kernels at every call; hand it the timed ones.
     _extension.load = lambda: timed_kernels(kernels, record)
 
-    model = PAN(attention="arnn").to(memory_format=torch.channels_last)
+    cl = args.precision.endswith("-cl")
+    memory_format = torch.channels_last if cl else torch.contiguous_format
+    model = PAN(attention="arnn").to(memory_format=memory_format)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=3e-3)
-    images = torch.rand(args.batch, 3, 100, 100).contiguous(memory_format=torch.channels_last)
+    images = torch.rand(args.batch, 3, 100, 100).contiguous(memory_format=memory_format)
     queries = torch.randint(0, 10, (args.batch,))
     targets = torch.randint(0, 5, (args.batch,))
     steps = []
-    for step in range(args.steps + 1):
+    for step in range(args.steps + 1):  # the first step warms up
         if step == 1:
             record.clear()
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(args.precision):
-            loss = torch.nn.functional.cross_entropy(model(images, queries), targets)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
+        seconds = step_seconds(model, optimizer, images, queries, targets, args.precision)
         if step:
-            steps.append(time.perf_counter() - start)
+            steps.append(seconds)
     step_ms = 1e3 * sum(steps) / len(steps)
     print(
         f"PAN ARNN training step, batch {args.batch}, {args.precision}, {args.threads} thread(s): "
