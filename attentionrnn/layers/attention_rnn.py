@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attentionrnn.layers.query_term import per_channel
 from attentionrnn.layers.scan import DiagonalLSTMScan, resolve_directions
 from attentionrnn.layers.validation import (
     apply_gate,
@@ -113,10 +114,10 @@ class _ScanAttention(nn.Module):
         the local evidence every attention value starts from."""
         e = self.encoder(x)
         if self.query_proj is not None and query is not None:
-            u = self.query_proj(query.to(self.query_proj.weight.dtype))[:, :, None, None]
+            u = self.query_proj(query.to(self.query_proj.weight.dtype))
             # "mul": a low-rank bilinear (Hadamard) fusion, so the question can switch image
             # channels off, which a sum can only do by outweighing them
-            e = e * u if self.query_fusion == "mul" else e + u
+            e = per_channel(e, u, torch.mul if self.query_fusion == "mul" else torch.add)
         return F.relu(e)
 
     def scan_logits(self, e: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attentionrnn.layers.query_term import per_channel
 from attentionrnn.layers.scan import resolve_directions
 from attentionrnn.layers.validation import (
     apply_gate,
@@ -167,7 +168,7 @@ class ContextAttention(_AttentionBase):
         """The pre-activation context encoding plus the broadcast query term."""
         e = self.encoder(x)
         if self.query_proj is not None and query is not None:
-            e = e + self.query_proj(query.to(e.dtype))[:, :, None, None]
+            e = per_channel(e, self.query_proj(query.to(e.dtype)))
         return e
 
     def mask(self, x: torch.Tensor, query: torch.Tensor | None) -> torch.Tensor:
