@@ -7,6 +7,7 @@
 //   module.forward(args)   -> {"out", "states", "cells", "acts"}
 //   module.backward(args)  -> {"d_e", "d_w_cat", "d_b_in"[, "d_w_att", "d_b_att"][, "d_w_read"]}
 //   module.vector_bytes    # the SIMD vector size w_cat_t is padded to
+//   module.pair_products   # whether the bf16 pair products (w_pairs, w_pairs_t) are compiled in
 //
 // The other sources: simd.h (vector math), products.h (small matrix products), cells.h (one LSTM
 // cell, forward and backward), layout.h (the layout, restated from layers/diagonal.py), scans.h
@@ -15,6 +16,7 @@
 #include <torch/extension.h>
 
 #include "scans.h"
+#include "pair_products.h"
 #include "simd.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -29,6 +31,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("w_att", &ScanArgs::w_att)
       .def_readwrite("b_att", &ScanArgs::b_att)
       .def_readwrite("w_read", &ScanArgs::w_read)
+      .def_readwrite("w_pairs", &ScanArgs::w_pairs)
+      .def_readwrite("w_pairs_t", &ScanArgs::w_pairs_t)
       .def_readwrite("height", &ScanArgs::height)
       .def_readwrite("width", &ScanArgs::width)
       .def_readwrite("padded_size", &ScanArgs::padded_size)
@@ -47,4 +51,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &attentionrnn::scan_backward, "diagonal LSTM scan, backward through time",
         pybind11::arg("args"));
   m.attr("vector_bytes") = attentionrnn::kVectorBytes;
+  m.attr("pair_products") = attentionrnn::kPairProducts;
 }

@@ -52,6 +52,12 @@ struct Scan {
   const T* w_att;         // (D, h)
   const T* b_att;         // (D)
   const T* w_read;        // (D, h)
+  // Under bf16 autocast (pair_products.h), else null: the input and hidden-state rows of w_cat
+  // as bf16 pair words (D, main padded / 2, G) and w_cat_t as pair words (D, G/2, main padded);
+  // pair_row is main padded rounded up to 32, the length of a cell's bf16 input row.
+  const uint32_t* w_pairs = nullptr;
+  const uint32_t* w_pairs_t = nullptr;
+  int64_t pair_row = 0;
 
   int64_t groups() const { return (batch + kBatchGroup - 1) / kBatchGroup; }
   // First row of w_cat that tap kTapAbove / kTapLeft occupies (S rows: hidden, then attention).

@@ -25,6 +25,7 @@
 
 #include "cells.h"
 #include "layout.h"
+#include "pair_products.h"
 #include "products.h"
 #include "simd.h"
 
@@ -44,6 +45,9 @@ void forward_scan(const Scan<T>& sc, const ScanArgs& layout, T* out, T* states, 
   const int64_t G = 4 * h, S = sc.width, Cin = sc.in_ch;
   at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> pre(kBatchGroup * G);  // a cell's gate pre-activations, kept in L1
+    alignas(64) T att[kBatchGroup] = {};   // the rows' attention values
+    // The pair products' input rows rounded to bf16 (pair_products.h).
+    std::vector<uint16_t> narrow(sc.w_pairs ? kRowBlock * sc.pair_row : 0);
     sc.for_items(begin, end, [&](int64_t, int64_t d, int64_t b0, int64_t b1) {
       const T* w = sc.w_cat + d * sc.inputs * G;
       const T* w_above = w + sc.tap_row(kTapAbove) * G;
@@ -59,7 +63,21 @@ void forward_scan(const Scan<T>& sc, const ScanArgs& layout, T* out, T* states, 
           }
           // The gate pre-activations of the group's rows, in blocks of rows, then the cells.
           auto products = [&](auto rows, int64_t b) {
-            gate_products<T, NV, decltype(rows)::value>(
+            constexpr int R = decltype(rows)::value;
+#ifdef ATTENTIONRNN_PAIR_PRODUCTS
+            if constexpr (std::is_same_v<T, float> && NV > 0) {
+              if (sc.w_pairs) {
+                gate_pair_products<R, NV>(
+                    pre.data() + (b - b0) * G, b_in, sc.w_pairs + d * (sc.main_padded / 2) * G,
+                    sc.e + sc.raster_row(d, p, b) * Cin, Cin,
+                    t > 0 ? states + sc.state_row(d, a, b) : nullptr,
+                    t > 0 ? states + sc.state_row(d, a + 1, b) : nullptr, w_above + h * G,
+                    w_left + h * G, h, S, G, narrow.data(), sc.pair_row);
+                return;
+              }
+            }
+#endif
+            gate_products<T, NV, R>(
                 pre.data() + (b - b0) * G, b_in, w, sc.e + sc.raster_row(d, p, b) * Cin, Cin,
                 w_above, t > 0 ? states + sc.state_row(d, a, b) : nullptr,
                 w_left, t > 0 ? states + sc.state_row(d, a + 1, b) : nullptr, S, G);
@@ -73,19 +91,29 @@ void forward_scan(const Scan<T>& sc, const ScanArgs& layout, T* out, T* states, 
           }
           for (; b < b1; ++b) products(std::integral_constant<int, 1>(), b);
           for (b = b0; b < b1; ++b) {
-            T* st = states + sc.state_row(d, g, b);
             cell_forward<T, NV>(pre.data() + (b - b0) * G, acts + sc.act_row(d, p, b),
                                 t > 0 ? cells + sc.cell_row(d, a + 1, b) : nullptr,
-                                cells + sc.cell_row(d, g, b), st, h);
-            if (sc.feedback) {
-              const T* wa = sc.w_att + d * h;
-              st[h] = sigmoid(sc.b_att[d] + dot(wa, st, h));  // the attention channel
+                                cells + sc.cell_row(d, g, b), states + sc.state_row(d, g, b), h);
+          }
+          // The attention channel and the output, for all rows at once: the rows' dot products
+          // are independent and the sigmoid loop vectorises across them (per row, its scalar
+          // exp and the dot's horizontal sum would form one long dependency chain).
+          const int64_t rows = b1 - b0;
+          if (sc.feedback) {
+            const T* wa = sc.w_att + d * h;
+            for (int64_t r = 0; r < rows; ++r) {
+              att[r] = sc.b_att[d] + dot(wa, states + sc.state_row(d, g, b0 + r), h);
             }
-            T* o = out + (d * sc.cells * sc.batch + sc.raster_row(d, p, b)) * (sc.readout ? 1 : h);
+            for (int64_t r = 0; r < kBatchGroup; ++r) att[r] = sigmoid(att[r]);
+            for (int64_t r = 0; r < rows; ++r) states[sc.state_row(d, g, b0 + r) + h] = att[r];
+          }
+          T* o = out + (d * sc.cells * sc.batch + sc.raster_row(d, p, b0)) * (sc.readout ? 1 : h);
+          for (int64_t r = 0; r < rows; ++r) {
+            const T* st = states + sc.state_row(d, g, b0 + r);
             if (sc.readout) {
-              *o = dot(sc.w_read + d * h, st, h);
+              o[r] = dot(sc.w_read + d * h, st, h);  // the group's rows are adjacent in out
             } else {
-              std::memcpy(o, st, h * sizeof(T));
+              std::memcpy(o + r * h, st, h * sizeof(T));
             }
           }
         }
@@ -123,6 +151,12 @@ void backward_scan(const Scan<T>& sc, const ScanArgs& layout, const T* grad_out,
   auto first_row = [&](int64_t t) { return t < steps ? layout.first_row[t] : int64_t(0); };
   at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> zeros(h), ds(h), dp(kBatchGroup * G);
+    // The pair products' operands (pair_products.h).
+    std::vector<uint16_t> narrow(sc.w_pairs_t ? kRowBlock * G : 0);
+#ifdef ATTENTIONRNN_PAIR_PRODUCTS
+    std::vector<__m512i> g_pairs(sc.w_pairs_t ? kBatchGroup / 2 * (G / 16) : 0);
+    std::vector<uint32_t> x_pairs(sc.w_pairs_t ? kBatchGroup / 2 * K : 0);
+#endif
     // The item's bias and attention/readout weight gradients, summed here and stored once: the
     // items' slots of d_b_att share a cache line, and per-row writes to it from two cores would
     // pass that line back and forth.
@@ -211,12 +245,21 @@ void backward_scan(const Scan<T>& sc, const ScanArgs& layout, const T* grad_out,
           T* back_i = back_t + i * kBatchGroup * Kb;
           int64_t r = 0;
           constexpr int R = block_rows(4);  // the transposed product's blocks of 4 vectors
-          for (; r + R <= rows; r += R) {
-            transposed_product<T, R>(back_i + r * Kb, Kb, w_t, dp.data() + r * G, G, Mp);
-          }
-          for (; r < rows; ++r) {
-            transposed_product<T, 1>(back_i + r * Kb, Kb, w_t, dp.data() + r * G, G, Mp);
-          }
+          auto transposed = [&](auto block) {
+            constexpr int Rb = decltype(block)::value;
+#ifdef ATTENTIONRNN_PAIR_PRODUCTS
+            if constexpr (std::is_same_v<T, float>) {
+              if (sc.w_pairs_t) {
+                transposed_pair_product<Rb>(back_i + r * Kb, Kb, sc.w_pairs_t + d * (G / 2) * Mp,
+                                            dp.data() + r * G, G, Mp, narrow.data());
+                return;
+              }
+            }
+#endif
+            transposed_product<T, Rb>(back_i + r * Kb, Kb, w_t, dp.data() + r * G, G, Mp);
+          };
+          for (; r + R <= rows; r += R) transposed(std::integral_constant<int, R>());
+          for (; r < rows; ++r) transposed(std::integral_constant<int, 1>());
           for (int64_t b = b0; b < b1; ++b) {
             T* bk = back_i + (b - b0) * Kb;
             if (sc.feedback && t > 0) {
@@ -228,6 +271,19 @@ void backward_scan(const Scan<T>& sc, const ScanArgs& layout, const T* grad_out,
             std::memcpy(d_e_dirs + o * Cin, bk, Cin * sizeof(T));
           }
           // Weight gradients of this cell's batch group: inputs (rows) times gate gradients.
+#ifdef ATTENTIONRNN_PAIR_PRODUCTS
+          if constexpr (std::is_same_v<T, float> && NV > 0) {
+            if (sc.w_pairs_t) {
+              const T* above = t > 0 ? states + sc.state_row(d, a, b0) : nullptr;
+              pair_rows<NV>(g_pairs.data(), x_pairs.data(), dp.data(), rows,
+                            sc.e + sc.raster_row(d, p, b0) * Cin, Cin, above,
+                            t > 0 ? states + sc.state_row(d, a + 1, b0) : nullptr, h, S, K);
+              accumulate_outer_pairs<NV>(dw, x_pairs.data(), K, above ? K : Cin, g_pairs.data(),
+                                         (rows + 1) / 2, G);
+              continue;
+            }
+          }
+#endif
           accumulate_outer<T, NV>(dw, sc.e + sc.raster_row(d, p, b0) * Cin, Cin, Cin,
                                   dp.data(), rows, G);
           if (t > 0) {
@@ -345,6 +401,31 @@ Scan<T> make_scan(const ScanArgs& a, const at::Tensor* w_att, const at::Tensor* 
   sc.w_att = sc.feedback ? w_att->data_ptr<T>() : nullptr;
   sc.b_att = sc.feedback && a.b_att.has_value() ? a.b_att->data_ptr<T>() : nullptr;
   sc.w_read = sc.readout ? w_read->data_ptr<T>() : nullptr;
+  // The bf16 pair products: w_pairs for the forward pass, w_pairs_t for the backward pass.
+  const at::Tensor* w_pairs = optional_tensor(a.w_pairs, "w_pairs");
+  const at::Tensor* w_pairs_t = optional_tensor(a.w_pairs_t, "w_pairs_t");
+  if (w_pairs || w_pairs_t) {
+    TORCH_CHECK((kPairProducts && std::is_same_v<T, float> && sc.in_ch % 16 == 0 &&
+                 sc.hidden % 16 == 0),
+                "ScanArgs.w_pairs/w_pairs_t: the bf16 pair products take float32 scans whose "
+                "input and hidden widths are multiples of 16, on a CPU with AVX-512 BF16 "
+                "(module.pair_products)");
+    sc.pair_row = (sc.main_padded + 31) / 32 * 32;
+  }
+  if (w_pairs) {
+    TORCH_CHECK(w_pairs->scalar_type() == at::kInt && w_pairs->dim() == 3 &&
+                    w_pairs->size(0) == sc.dirs && w_pairs->size(1) == sc.main_padded / 2 &&
+                    w_pairs->size(2) == sc.gates,
+                "ScanArgs.w_pairs must be int32 (D, (Cin + 2h) / 2, 4h)");
+    sc.w_pairs = reinterpret_cast<const uint32_t*>(w_pairs->data_ptr<int32_t>());
+  }
+  if (w_pairs_t) {
+    TORCH_CHECK(w_pairs_t->scalar_type() == at::kInt && w_pairs_t->dim() == 3 &&
+                    w_pairs_t->size(0) == sc.dirs && w_pairs_t->size(1) == sc.gates / 2 &&
+                    w_pairs_t->size(2) == a.w_cat_t.size(2),
+                "ScanArgs.w_pairs_t must be int32 (D, 2h, Mp)");
+    sc.w_pairs_t = reinterpret_cast<const uint32_t*>(w_pairs_t->data_ptr<int32_t>());
+  }
   TORCH_CHECK(sc.gates % 4 == 0 && a.w_cat.size(1) == sc.in_ch + 2 * sc.width,
               "ScanArgs.w_cat must be (D, Cin + 2S, 4h)");
   const int64_t lanes = kVectorBytes / static_cast<int64_t>(sizeof(T));

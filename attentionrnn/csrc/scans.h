@@ -26,6 +26,11 @@ struct ScanArgs {
   // and the readout w_read (D, h) (absent: the hidden states are the output).
   at::Tensor w_cat, w_cat_t, b_in;
   std::optional<at::Tensor> w_att, b_att, w_read;
+  // Optional, for bf16 operands in the matrix products (pair_products.h; only where the module's
+  // pair_products is true, for float32 scans with Cin and h multiples of 16): w_cat_t's rows and
+  // columns as int32 words of two bf16 values (diagonal.pair_weights), (D, Mp/2, 4h) for the
+  // forward pass and (D, 2h, Mp) for the backward pass.
+  std::optional<at::Tensor> w_pairs, w_pairs_t;
   // The schedule: the map's size, and per diagonal its first row, its number of cells, its
   // offsets among the packed cells and in the padded buffers, and the padded row of the cell above
   // its first cell; the padded buffers' rows and which of them are zero pad rows.

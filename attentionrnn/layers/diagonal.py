@@ -295,6 +295,26 @@ def kernel_weights(w_in: Tensor, w_state: Tensor, vector_bytes: int) -> tuple[Te
     return w_cat, w_cat_t
 
 
+def pair_weights(w_cat_t: Tensor) -> tuple[Tensor, Tensor]:
+    """The input and hidden-state rows of the cell weights as the kernels' bf16 pair products
+    read them (``csrc/pair_products.h``), from ``w_cat_t`` (D, 4h, Mp) of :func:`kernel_weights`
+    with ``Mp = Cin + 2h``: rounded to bf16 and packed two consecutive rows per int32 word, row
+    ``2c`` in the low half (little-endian), one word per row pair and column:
+
+    * ``w_pairs`` (D, Mp / 2, 4h): ``[w_in; above[:h]; left[:h]]``, the forward pass's product;
+    * ``w_pairs_t`` (D, 2h, Mp): its transpose, the backward pass's.
+
+    The two attention rows of the taps stay float32 in ``w_cat``.
+    """
+
+    def packed(w: Tensor) -> Tensor:
+        num_dirs, rows, columns = w.shape
+        pairs = w.to(torch.bfloat16).view(num_dirs, rows // 2, 2, columns).transpose(2, 3)
+        return pairs.contiguous().view(torch.int32).view(num_dirs, rows // 2, columns)
+
+    return packed(w_cat_t.transpose(1, 2)), packed(w_cat_t)
+
+
 def split_kernel_weights(d_w_cat: Tensor, in_channels: int) -> tuple[Tensor, Tensor]:
     """Inverse of the ``w_cat`` packing for gradients: ``(D, K, 4h)`` to the gradients of ``w_in``
     (D, Cin, 4h) and of the taps (D, 2, S, 4h)."""

@@ -14,10 +14,15 @@ return their results as a dict, so no argument is matched by position.
 
 Saved for backward: the encoded map in row layout, the packed weights, the gate activations, cell
 states and passed-on states. The weight gradients are accumulated inside the backward kernel.
+
+Under CPU bf16 autocast the two matrix products of the scan (the gate pre-activations and the
+transposed product of the backward pass) take bf16 operands with float32 accumulation where the
+CPU has AVX-512 BF16 (:func:`pair_products_apply`); everything else stays float32.
 """
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any
 
@@ -25,7 +30,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from attentionrnn.layers.diagonal import DiagonalSchedule, kernel_weights, split_kernel_weights
+from attentionrnn.layers.diagonal import (
+    DiagonalSchedule,
+    kernel_weights,
+    pair_weights,
+    split_kernel_weights,
+)
+
+#: Environment variable: ``fp32`` keeps the scan's matrix products in float32 under bf16 autocast.
+SCAN_PRODUCTS_ENV = "ATTENTIONRNN_SCAN_PRODUCTS"
 
 
 class FusedDiagonalLSTM(torch.autograd.Function):
@@ -56,6 +69,9 @@ class FusedDiagonalLSTM(torch.autograd.Function):
     ) -> Tensor:
         e_rows = _raster_rows(e, w_in.dtype)
         w_cat, w_cat_t = kernel_weights(w_in, w_state, kernels.vector_bytes)
+        w_pairs = w_pairs_t = None
+        if pair_products_apply(kernels, w_in):
+            w_pairs, w_pairs_t = pair_weights(w_cat_t)
         with torch.autocast(e.device.type, enabled=False):
             result = kernels.forward(
                 scan_args(
@@ -70,6 +86,8 @@ class FusedDiagonalLSTM(torch.autograd.Function):
                     b_att=b_att,
                     w_read=w_read,
                     pad_rows=schedule.pad_rows(e.device),
+                    w_pairs=w_pairs,
+                    w_pairs_t=w_pairs_t,
                 )
             )
         ctx.schedule, ctx.kernels = schedule, kernels
@@ -78,14 +96,16 @@ class FusedDiagonalLSTM(torch.autograd.Function):
         # backward pass is the slower half.
         ctx.save_for_backward(
             e_rows, index, w_cat, w_cat_t, w_att, w_read,
-            result["states"], result["cells"], result["acts"],
+            result["states"], result["cells"], result["acts"], w_pairs_t,
         )  # fmt: skip
         return result["out"]
 
     @staticmethod
     @once_differentiable  # the backward pass is not itself differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        e_rows, index, w_cat, w_cat_t, w_att, w_read, states, cells, acts = ctx.saved_tensors
+        e_rows, index, w_cat, w_cat_t, w_att, w_read, states, cells, acts, w_pairs_t = (
+            ctx.saved_tensors
+        )
         with torch.autocast(grad_out.device.type, enabled=False):
             grads = ctx.kernels.backward(
                 scan_args(
@@ -101,6 +121,7 @@ class FusedDiagonalLSTM(torch.autograd.Function):
                     states=states,
                     cells=cells,
                     acts=acts,
+                    w_pairs_t=w_pairs_t,
                 )
             )
         d_w_in, d_w_state = split_kernel_weights(grads["d_w_cat"], ctx.in_channels)
@@ -116,6 +137,26 @@ class FusedDiagonalLSTM(torch.autograd.Function):
             None,
             None,
         )
+
+
+def pair_products_apply(kernels: ModuleType, w_in: Tensor) -> bool:
+    """Whether the scan's matrix products take bf16 operands (float32 accumulation): under CPU
+    bf16 autocast, where the kernels have the pair products (AVX-512 BF16), for float32 scans whose
+    input and hidden widths (``w_in`` is (D, Cin, 4h)) are multiples of 16, unless
+    ``$ATTENTIONRNN_SCAN_PRODUCTS`` is ``fp32``.
+
+    That is what autocast does with the matrix products of a convolution or ``nn.LSTM``; the cell
+    state, the non-linearities and the weight gradients stay float32.
+    """
+    return (
+        getattr(kernels, "pair_products", False)
+        and w_in.dtype == torch.float32
+        and w_in.shape[1] % 16 == 0
+        and w_in.shape[2] % 64 == 0
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and os.environ.get(SCAN_PRODUCTS_ENV, "").strip().lower() != "fp32"
+    )
 
 
 def scan_args(kernels: ModuleType, schedule: DiagonalSchedule, **tensors: Any) -> Any:
