@@ -15,12 +15,18 @@ default, which returns large blocks to the kernel and page-faults them back in e
     python benchmarks/bench_epoch.py                       # batch 200 (PAN's), ctx vs arnn
     python benchmarks/bench_epoch.py --methods none ctx arnn brnn --precisions bf16-cl
     python benchmarks/bench_epoch.py --precisions bf16-cl --malloc system
+    python benchmarks/bench_epoch.py --methods ctx arnn --precisions bf16-cl --scan-products both
+
+``--scan-products both`` adds, for every bf16 contender, one whose fused scans keep float32
+matrix products (``ATTENTIONRNN_SCAN_PRODUCTS=fp32``, set around its steps), labelled
+``bf16-cl/fp32-products``; methods without a scan run the same code in both.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import time
@@ -30,12 +36,24 @@ import torch
 
 from attentionrnn.engine.memory import retain_freed_memory
 from attentionrnn.engine.precision import autocast, native_bf16
+from attentionrnn.layers.fused import SCAN_PRODUCTS_ENV
 from attentionrnn.models.pan import PAN
 
 PRECISIONS = ("fp32", "fp32-cl", "bf16", "bf16-cl")
 
 
+FP32_PRODUCTS = "/fp32-products"  # suffix of a contender whose scans keep float32 products
+
+
 def step_seconds(model, optimizer, images, queries, targets, precision: str) -> float:
+    if precision.endswith(FP32_PRODUCTS):
+        os.environ[SCAN_PRODUCTS_ENV] = "fp32"
+        try:
+            return step_seconds(
+                model, optimizer, images, queries, targets, precision[: -len(FP32_PRODUCTS)]
+            )
+        finally:
+            del os.environ[SCAN_PRODUCTS_ENV]
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     with autocast("bf16" if precision.startswith("bf16") else "fp32"):
@@ -54,6 +72,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--malloc", choices=("retain", "system"), default="retain")
+    parser.add_argument("--scan-products", choices=("default", "both"), default="default")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     retained = args.malloc == "retain" and retain_freed_memory()
@@ -63,10 +82,13 @@ def main() -> None:
     images = torch.rand(args.batch, 3, 100, 100)
     queries = torch.randint(0, 10, (args.batch,))
     targets = torch.randint(0, 5, (args.batch,))
-    contenders = [(m, p) for m in args.methods for p in args.precisions]
+    precisions = list(args.precisions)
+    if args.scan_products == "both":
+        precisions += [p + FP32_PRODUCTS for p in args.precisions if p.startswith("bf16")]
+    contenders = [(m, p) for m in args.methods for p in precisions]
     models, optimizers, inputs = {}, {}, {}
     for m, p in contenders:
-        cl = p.endswith("-cl")
+        cl = p.removesuffix(FP32_PRODUCTS).endswith("-cl")
         model = PAN(attention=m)
         models[m, p] = model.to(memory_format=torch.channels_last) if cl else model
         optimizers[m, p] = torch.optim.RMSprop(model.parameters(), lr=3e-3)

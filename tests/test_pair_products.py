@@ -77,27 +77,21 @@ def test_pair_products_are_the_float32_scan_to_bf16_precision(monkeypatch, feedb
 
 
 @needs_pairs
-def test_float32_products_under_autocast_are_the_float32_scan(monkeypatch):
+@pytest.mark.parametrize(
+    "hidden,products",
+    [
+        (32, "fp32"),  # switched off: the float32 products, as without autocast
+        (8, None),  # 32 gates, not whole 64-gate blocks: no pair path, under autocast too
+    ],
+)
+def test_float32_products_under_autocast_are_the_float32_scan(monkeypatch, hidden, products):
     torch.manual_seed(0)
-    scan = DiagonalLSTMScan(16, 32, implementation="fused")
+    scan = DiagonalLSTMScan(16, hidden, implementation="fused")
     e = torch.randn(4, 16, 6, 7).to(torch.bfloat16).float()
-    readout = torch.randn(2, 32)
-    switched = _scan_run(scan, e, readout, monkeypatch, products="fp32")
+    readout = torch.randn(2, hidden)
+    under_autocast = _scan_run(scan, e, readout, monkeypatch, products=products)
     plain = _scan_run(scan, e, readout, monkeypatch, products=None, autocast=False)
-    for a, b in zip(switched, plain, strict=True):
-        assert torch.equal(a, b)
-
-
-@needs_pairs
-def test_pair_products_only_for_widths_of_whole_vectors(monkeypatch):
-    """Hidden 8 (32 gates) has no pair path: the float32 products run, under autocast too."""
-    torch.manual_seed(0)
-    scan = DiagonalLSTMScan(16, 8, implementation="fused")
-    e = torch.randn(3, 16, 5, 6).to(torch.bfloat16).float()
-    readout = torch.randn(2, 8)
-    auto = _scan_run(scan, e, readout, monkeypatch, products=None)
-    plain = _scan_run(scan, e, readout, monkeypatch, products=None, autocast=False)
-    for a, b in zip(auto, plain, strict=True):
+    for a, b in zip(under_autocast, plain, strict=True):
         assert torch.equal(a, b)
 
 

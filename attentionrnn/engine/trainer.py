@@ -40,6 +40,7 @@ from attentionrnn.engine.state import (
     rng_state,
     set_rng_state,
 )
+from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.engine")
 
@@ -280,6 +281,7 @@ def write_metrics(
             "stopped_early": state.epoch < config.epochs,
             "precision": precision,
             "channels_last": config.channels_last,
+            "scan_products": scan_products(precision),
             "world_size": ctx.world,
             "threads": torch.get_num_threads(),
             "cpu": cpu_name(),

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from attentionrnn.layers import _extension
 from attentionrnn.layers.diagonal import (
     DiagonalSchedule,
     kernel_weights,
@@ -156,6 +157,19 @@ def pair_products_apply(kernels: ModuleType, w_in: Tensor) -> bool:
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
         and os.environ.get(SCAN_PRODUCTS_ENV, "").strip().lower() != "fp32"
+    )
+
+
+def scan_products(precision: str) -> str:
+    """``"bf16"`` where a run in ``precision`` gets the bf16 pair products for its fused scans
+    (of 16-wide inputs and hidden states: :func:`pair_products_apply`), else ``"fp32"``; recorded
+    in ``metrics.json`` beside the precision."""
+    kernels = _extension.load()
+    wanted = os.environ.get(SCAN_PRODUCTS_ENV, "").strip().lower() != "fp32"
+    return (
+        "bf16"
+        if precision == "bf16" and wanted and getattr(kernels, "pair_products", False)
+        else "fp32"
     )
 
 
