@@ -1,10 +1,11 @@
-// The scan's two large matrix products with bf16 operands and float32 accumulation (AVX-512 BF16
-// vdpbf16ps), used under bf16 autocast: the gate pre-activations (forward) and the transposed
-// product that sends the gate gradients back (backward). One instruction multiplies a pair of
-// consecutive inputs by a pair of weight rows and adds both products to each float32 lane, so a
-// product takes half the instructions of its float32 form (products.h). Cell state,
-// non-linearities, the attention estimate, the two attention rows of the state taps and the
-// weight gradients stay float32.
+// The scan's three matrix products with bf16 operands and float32 accumulation (AVX-512 BF16
+// vdpbf16ps), used under bf16 autocast: the gate pre-activations (forward), the transposed
+// product that sends the gate gradients back and the weight-gradient accumulation (backward). One
+// instruction multiplies a pair of consecutive inputs by a pair of weight rows (or, for the
+// weight gradients, a pair of batch rows by their gate gradients) and adds both products to each
+// float32 lane, so a product takes half the instructions of its float32 form (products.h). Cell
+// state, non-linearities, the attention estimate, the two attention rows of the state taps in the
+// forward products and the accumulated weight gradients stay float32.
 //
 // Operands: the weights are packed by Python (diagonal.pair_weights) as 32-bit words, each two
 // bf16 values of consecutive rows in one column (row 2c in the low half). A cell's input rows are
