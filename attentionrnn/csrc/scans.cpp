@@ -46,8 +46,10 @@ void forward_scan(const Scan<T>& sc, const ScanArgs& layout, T* out, T* states, 
   at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> pre(kBatchGroup * G);  // a cell's gate pre-activations, kept in L1
     alignas(64) T att[kBatchGroup] = {};   // the rows' attention values
+#ifdef ATTENTIONRNN_PAIR_PRODUCTS
     // The pair products' input rows rounded to bf16 (pair_products.h).
     std::vector<uint16_t> narrow(sc.w_pairs ? kRowBlock * sc.pair_row : 0);
+#endif
     sc.for_items(begin, end, [&](int64_t, int64_t d, int64_t b0, int64_t b1) {
       const T* w = sc.w_cat + d * sc.inputs * G;
       const T* w_above = w + sc.tap_row(kTapAbove) * G;
@@ -151,9 +153,9 @@ void backward_scan(const Scan<T>& sc, const ScanArgs& layout, const T* grad_out,
   auto first_row = [&](int64_t t) { return t < steps ? layout.first_row[t] : int64_t(0); };
   at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> zeros(h), ds(h), dp(kBatchGroup * G);
+#ifdef ATTENTIONRNN_PAIR_PRODUCTS
     // The pair products' operands (pair_products.h).
     std::vector<uint16_t> narrow(sc.w_pairs_t ? kRowBlock * G : 0);
-#ifdef ATTENTIONRNN_PAIR_PRODUCTS
     std::vector<__m512i> g_pairs(sc.w_pairs_t ? kBatchGroup / 2 * (G / 16) : 0);
     std::vector<uint32_t> x_pairs(sc.w_pairs_t ? kBatchGroup / 2 * K : 0);
 #endif

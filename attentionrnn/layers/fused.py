@@ -15,9 +15,10 @@ return their results as a dict, so no argument is matched by position.
 Saved for backward: the encoded map in row layout, the packed weights, the gate activations, cell
 states and passed-on states. The weight gradients are accumulated inside the backward kernel.
 
-Under CPU bf16 autocast the two matrix products of the scan (the gate pre-activations and the
-transposed product of the backward pass) take bf16 operands with float32 accumulation where the
-CPU has AVX-512 BF16 (:func:`pair_products_apply`); everything else stays float32.
+Under CPU bf16 autocast the three matrix products of the scan (the gate pre-activations, and in
+the backward pass the transposed product and the weight-gradient accumulation) take bf16 operands
+with float32 accumulation where the CPU has AVX-512 BF16 (:func:`pair_products_apply`); everything
+else stays float32.
 """
 
 from __future__ import annotations
@@ -147,16 +148,22 @@ def pair_products_apply(kernels: ModuleType, w_in: Tensor) -> bool:
     ``$ATTENTIONRNN_SCAN_PRODUCTS`` is ``fp32``.
 
     That is what autocast does with the matrix products of a convolution or ``nn.LSTM``; the cell
-    state, the non-linearities and the weight gradients stay float32.
+    state, the non-linearities and the accumulated weight gradients stay float32.
     """
     return (
-        getattr(kernels, "pair_products", False)
+        _pair_products_on(kernels)
         and w_in.dtype == torch.float32
         and w_in.shape[1] % 16 == 0
         and w_in.shape[2] % 64 == 0
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and os.environ.get(SCAN_PRODUCTS_ENV, "").strip().lower() != "fp32"
+    )
+
+
+def _pair_products_on(kernels: ModuleType | None) -> bool:
+    """The kernels have the pair products and ``$ATTENTIONRNN_SCAN_PRODUCTS`` is not ``fp32``."""
+    return getattr(kernels, "pair_products", False) and (
+        os.environ.get(SCAN_PRODUCTS_ENV, "").strip().lower() != "fp32"
     )
 
 
@@ -164,13 +171,7 @@ def scan_products(precision: str) -> str:
     """``"bf16"`` where a run in ``precision`` gets the bf16 pair products for its fused scans
     (of 16-wide inputs and hidden states: :func:`pair_products_apply`), else ``"fp32"``; recorded
     in ``metrics.json`` beside the precision."""
-    kernels = _extension.load()
-    wanted = os.environ.get(SCAN_PRODUCTS_ENV, "").strip().lower() != "fp32"
-    return (
-        "bf16"
-        if precision == "bf16" and wanted and getattr(kernels, "pair_products", False)
-        else "fp32"
-    )
+    return "bf16" if precision == "bf16" and _pair_products_on(_extension.load()) else "fp32"
 
 
 def scan_args(kernels: ModuleType, schedule: DiagonalSchedule, **tensors: Any) -> Any:

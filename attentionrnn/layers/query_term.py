@@ -20,9 +20,9 @@ def per_channel(x: Tensor, u: Tensor, op: Callable[[Tensor, Tensor], Tensor] = t
     format. On a channels_last ``x`` the map is viewed as (B, H*W*C) rows and ``u`` repeated along
     them, so the loop runs over whole rows."""
     batch, channels, height, width = x.shape
-    if height * width > 1 and x.is_contiguous(memory_format=torch.channels_last):
-        if not x.is_contiguous():
-            rows = x.permute(0, 2, 3, 1).reshape(batch, height * width * channels)
-            out = op(rows, u.repeat(1, height * width))
-            return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
-    return op(x, u[:, :, None, None])
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if not channels_last:  # (a one-pixel or one-channel map is both, and broadcasts fine)
+        return op(x, u[:, :, None, None])
+    rows = x.permute(0, 2, 3, 1).reshape(batch, height * width * channels)
+    out = op(rows, u.repeat(1, height * width))
+    return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
