@@ -25,6 +25,7 @@ import numpy as np
 
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import cpu_name, resolve_precision
+from attentionrnn.engine.stats import describe
 from attentionrnn.engine.trainer import METRICS
 
 logger = logging.getLogger("attentionrnn.engine")
@@ -316,13 +317,9 @@ def finished_runs(out: Path) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
 
 
 def seed_stats(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean, sample standard deviation (``None`` for one value) and the values themselves."""
-    arr = np.array([v for v in values if v is not None], dtype=float)
-    return {
-        "mean": float(arr.mean()) if len(arr) else None,
-        "std": float(arr.std(ddof=1)) if len(arr) > 1 else None,
-        "values": [float(v) for v in arr],
-    }
+    """Mean, sample standard deviation (``None`` for one value), the 95 % interval of the mean
+    and the values themselves (:func:`attentionrnn.engine.stats.describe`)."""
+    return describe(values)
 
 
 def format_stats(stats: dict[str, Any] | None, digits: int = 3, scale: float = 1.0) -> str:

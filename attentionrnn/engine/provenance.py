@@ -1,0 +1,73 @@
+"""Where a result came from: the code's git commit, the data file's content hash and the CPU.
+
+Every run's ``metrics.json`` carries :func:`provenance` under ``"provenance"`` (written by
+:func:`~attentionrnn.engine.trainer.write_metrics`), so a table can say which code, data and
+machine each number came from.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cpu_flags", "file_sha256", "git_commit", "provenance"]
+
+#: The CPU features that change the kernels' speed or numerics (bf16 products, vector width).
+_RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "amx_tile")
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the checkout the package runs from, ``+dirty`` when files differ from it;
+    ``None`` for an installed copy outside a git checkout."""
+    try:
+        run = functools.partial(
+            subprocess.run, cwd=_PACKAGE, capture_output=True, text=True, timeout=10
+        )
+        head = run(["git", "rev-parse", "HEAD"])
+        if head.returncode != 0:
+            return None
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."])
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.cache
+def cpu_flags() -> list[str]:
+    """The CPU's features among :data:`_RELEVANT_FLAGS` (Linux ``/proc/cpuinfo``; else ``[]``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((ln for ln in f if ln.startswith("flags")), "").split())
+    except OSError:
+        return []
+    return [f for f in _RELEVANT_FLAGS if f in flags]
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content (cached per path, size and modification time)."""
+    st = os.stat(path)
+    return _sha256(os.fspath(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def provenance(data: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``{"git_commit", "cpu_flags", "data_sha256"}`` of this process and ``data``."""
+    return {
+        "git_commit": git_commit(),
+        "cpu_flags": cpu_flags(),
+        "data_sha256": file_sha256(data) if data and os.path.isfile(data) else None,
+    }
