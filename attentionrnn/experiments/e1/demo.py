@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from attentionrnn.experiments.e1.reproduce import Budget, reproduce, row_label
+from attentionrnn.experiments.e1.reproduce import Budget, reproduce
+from attentionrnn.experiments.e1.table import row_label
 
 # The demo's budget is BUDGETS["demo"] (sized in attentionrnn.experiments.e1.reproduce).
 

@@ -21,18 +21,23 @@ from attentionrnn.data.generate import CANVAS, DATASETS
 from attentionrnn.engine import results
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.runs import (
-    format_stats,
     named_budget,
     parallelism,
     plan_runs,
     row_seeds,
-    seed_stats,
     train_runs,
 )
 from attentionrnn.engine.trainer import BEST, METRICS
+from attentionrnn.experiments.e1.table import (
+    comparisons,
+    results_markdown,
+    row_label,
+    row_order,
+    summarize,
+)
 from attentionrnn.experiments.e1.train import TrainConfig, resolve_data, train
 from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES
-from attentionrnn.models.pan import DEFAULT_ATTENTION_LAYERS, own_layer4_gate
+from attentionrnn.models.pan import own_layer4_gate
 
 logger = logging.getLogger("attentionrnn.e1.reproduce")
 
@@ -219,78 +224,28 @@ def reproduce(
 # the table, from finished runs
 
 
-def _attention_layers(metrics: dict[str, Any]) -> list[int]:
-    """The layers that attend in a run (recorded since SAN attends at layer 4 only)."""
-    recorded = metrics.get("attention_layers")
-    return recorded or list(DEFAULT_ATTENTION_LAYERS.get(metrics["attention"], (1, 2, 3, 4)))
-
-
-def _mean_layers(metrics: dict[str, Any], kind: str) -> float | None:
-    """Correctness averaged over the layers that attend (a layer that passes its features on has
-    a mask of ones, which would only add the uniform share)."""
-    correctness = metrics["attention_correctness"]
-    layers = [f"layer{k}" for k in _attention_layers(metrics)]
-    values = [correctness[k][kind] for k in layers if correctness[k][kind] is not None]
-    return sum(values) / len(values) if values else None
-
-
-def _row_order(row: str) -> tuple[int, str]:
-    method = row.split("-l4")[0]
-    return (ATTENTION_NAMES.index(method) if method in ATTENTION_NAMES else 99, row)
-
-
-def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over the seeds of one row."""
-    ms = [runs[s] for s in sorted(runs)]
-    first = ms[0]
-    layers = list(first["attention_correctness"])
-    bins = list(first["accuracy_by_scale"])
-    return {
-        "row": row,
-        "method": first["attention"],
-        "label": ATTENTION_METHODS[first["attention"]].label,
-        "layer4_gate": first.get("layer4_gate"),
-        "precision": first.get("precision", "fp32"),
-        # per seed: a row may hold runs of machines with and without native bf16
-        "precisions": [m.get("precision", "fp32") for m in ms],
-        "seeds": sorted(runs),
-        "test_accuracy": seed_stats([m["test_accuracy"] for m in ms]),
-        "attention_layers": _attention_layers(first),
-        "box": seed_stats([_mean_layers(m, "box") for m in ms]),
-        "stroke": seed_stats([_mean_layers(m, "stroke") for m in ms]),
-        "box_by_layer": {
-            k: seed_stats([m["attention_correctness"][k]["box"] for m in ms]) for k in layers
-        },
-        "stroke_by_layer": {
-            k: seed_stats([m["attention_correctness"][k]["stroke"] for m in ms]) for k in layers
-        },
-        "accuracy_by_scale": {
-            b: seed_stats([m["accuracy_by_scale"][b]["accuracy"] for m in ms]) for b in bins
-        },
-        "steps": first.get("steps"),
-        "epochs": [m["epochs"] for m in ms],
-        "training_time_min": seed_stats([m["training_time_s"] / 60 for m in ms]),
-    }
-
-
 def assemble(
     out: str | Path, budget: str, settings: Budget | None = None, figure: bool = True
 ) -> dict[str, Any]:
     """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
     return results.assemble(
         out, budget, settings or BUDGETS.get(budget), datasets=DATASETS, summarize=summarize,
-        order=_row_order, markdown=results_markdown, figures=_figures if figure else None,
-        totals=_wall_time, figures_for="table", log=logger,
+        order=row_order, markdown=results_markdown, figures=_figures if figure else None,
+        totals=_totals, figures_for="table", log=logger,
     )  # fmt: skip
 
 
-def _wall_time(found: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> dict[str, Any]:
-    """Training minutes of all runs of each dataset (the table's headings)."""
+def _totals(found: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> dict[str, Any]:
+    """Training minutes of all runs of each dataset (the table's headings) and every row's
+    statistics against CTX."""
     return {
         "wall_time_min": {
             d: sum(m["training_time_s"] for rs in found[d].values() for m in rs.values()) / 60
             for d in found
-        }
+        },
+        "comparisons": {
+            d: comparisons({r: summarize(r, rows[r]) for r in rows}) for d, rows in found.items()
+        },
     }
 
 
@@ -298,7 +253,7 @@ def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> d
     """The learning curves and, where the weights and data are here, the masks."""
     from attentionrnn.experiments.e1.figures import curve_figure
 
-    curves = results.learning_curves(rows, lambda r: row_label(summarize(r, rows[r])), _row_order)
+    curves = results.learning_curves(rows, lambda r: row_label(summarize(r, rows[r])), row_order)
     name = curve_figure(curves, out / f"curves_{d}.png", f"{d.upper()}: learning curves")
     drawn = {"curves": name.name}
     masks = _mask_figure(out, d, rows)
@@ -326,113 +281,3 @@ def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> s
     data = E1Data(data_path, any_run["task"])
     path = mask_figure(runs, data, out / f"masks_{dataset}.png", title=f"{dataset.upper()}: masks")
     return path.name
-
-
-def row_label(r: dict[str, Any]) -> str:
-    """The method's label, plus the last layer's gate where the row overrides it."""
-    return r["label"] + (f", L4 {r['layer4_gate']}" if "-l4" in r["row"] else "")
-
-
-def _precisions(r: dict[str, Any]) -> str:
-    """The row's training precision, or each seed's where they differ."""
-    precisions = r.get("precisions") or [r["precision"]]
-    if len(set(precisions)) == 1:
-        return precisions[0]
-    seeds: dict[str, list[str]] = {}
-    for seed, precision in zip(r["seeds"], precisions, strict=True):
-        seeds.setdefault(precision, []).append(str(seed))
-    return ", ".join(f"{p} ({', '.join(s)})" for p, s in seeds.items())
-
-
-def _mean(stats: dict[str, Any]) -> str:
-    """The mean alone (the per-layer and per-scale tables leave the spread to results.json)."""
-    return format_stats({"mean": stats["mean"]})
-
-
-def _overview(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """Every row on every dataset in one table: test accuracy and the last layer's box share, the
-    comparison the paper makes, with each row's seeds."""
-    if not results:
-        return []
-    datasets = list(results)
-    rows = sorted({row for d in datasets for row in results[d]}, key=_row_order)
-    lines = [
-        "## All datasets",
-        "",
-        "Test accuracy / layer-4 box correctness (mean ± std over the seeds in brackets; "
-        "– where the row has no finished run on that dataset).",
-        "",
-        "| method | L4 | " + " | ".join(d.upper() for d in datasets) + " |",
-        "|---" * (2 + len(datasets)) + "|",
-    ]
-    for row in rows:
-        first = next(results[d][row] for d in datasets if row in results[d])
-        cells = []
-        for d in datasets:
-            r = results[d].get(row)
-            if r is None:
-                cells.append("–")
-                continue
-            seeds = ",".join(map(str, r["seeds"]))
-            box = format_stats(r["box_by_layer"].get("layer4"))
-            cells.append(f"{format_stats(r['test_accuracy'])} / {box} [{seeds}]")
-        gate = first["layer4_gate"] or "–"
-        lines.append(f"| {row_label(first)} | {gate} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
-
-
-def results_markdown(summary: dict[str, Any]) -> str:
-    """The results of :func:`assemble` as Markdown."""
-    settings = summary.get("budget_settings") or {}
-    lines = [
-        f"# E1 attribute prediction — budget `{summary['budget']}`",
-        "",
-        f"{settings.get('description', '')}.",
-        "",
-        "Test accuracy at the best validation epoch; box / stroke: attention correctness (share "
-        "of the mask's mass on the queried digit's box / stroke pixels), mean of the attention "
-        "layers that attend (all 4, SAN only layer 4); best layer: the highest per-layer box "
-        "correctness. Mean ± sample standard deviation over the seeds listed; one seed has no ±. "
-        "L4: the last layer's gate. Precision: bf16 autocast where the machine computes bf16 "
-        "natively, else fp32 (per seed where a row mixes them). Time: training time per run.",
-        "",
-        *_overview(summary["results"]),
-    ]
-    for d, rows in summary["results"].items():
-        lines += [
-            f"## {d.upper()} (training time of all runs: {summary['wall_time_min'][d] / 60:.1f} h)",
-            "",
-            "| method | L4 | seeds | precision | test acc | box | stroke | best layer (box) "
-            "| time |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in rows.values():
-            best = max(r["box_by_layer"].items(), key=lambda kv: kv[1]["mean"] or 0)
-            lines.append(
-                f"| {row_label(r)} | {r['layer4_gate'] or '–'} | "
-                f"{','.join(map(str, r['seeds']))} | {_precisions(r)} | "
-                f"{format_stats(r['test_accuracy'])} | "
-                f"{format_stats(r['box'])} | {format_stats(r['stroke'])} | "
-                f"{best[0][-1]}: {format_stats(best[1])} | "
-                f"{format_stats(r['training_time_min'], 1)} min |"
-            )
-        lines += ["", "Attention correctness per layer, box / stroke (mean over seeds):", ""]
-        lines += ["| method | layer 1 | layer 2 | layer 3 | layer 4 |", "|---|---|---|---|---|"]
-        for r in rows.values():
-            cells = [
-                f"{_mean(r['box_by_layer'][k])} / {_mean(r['stroke_by_layer'][k])}"
-                for k in r["box_by_layer"]
-            ]
-            lines.append(f"| {row_label(r)} | " + " | ".join(cells) + " |")
-        bins = list(next(iter(rows.values()))["accuracy_by_scale"])
-        lines += ["", "Accuracy by digit scale (mean over seeds):", ""]
-        lines += ["| method | " + " | ".join(bins) + " |", "|---" * (1 + len(bins)) + "|"]
-        for r in rows.values():
-            cells = [_mean(r["accuracy_by_scale"][b]) for b in bins]
-            lines.append(f"| {row_label(r)} | " + " | ".join(cells) + " |")
-        figs = summary.get("figures", {}).get(d, {})
-        lines.append("")
-        for kind in ("curves", "masks"):
-            if kind in figs:
-                lines += [f"![{d} {kind}]({figs[kind]})", ""]
-    return "\n".join(lines)
