@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attentionrnn.layers import _extension
+from attentionrnn.layers import _extension, triton_scan
 from attentionrnn.layers.bptt import DiagonalLSTMFunction
 from attentionrnn.layers.diagonal import (
     CORNER_FLIPS,
@@ -65,7 +65,7 @@ def resolve_directions(directions: str) -> tuple[str, ...]:
     return DIRECTION_SETS[directions]
 
 
-IMPLEMENTATIONS = ("auto", "fused", "bptt", "autograd")
+IMPLEMENTATIONS = ("auto", "fused", "bptt", "autograd", "triton")
 
 
 def _graph_capture_active() -> bool:
@@ -128,11 +128,14 @@ class DiagonalLSTMScan(nn.Module):
             :mod:`attentionrnn.layers._extension`); ``"bptt"``: one node with a hand-written
             backward in PyTorch ops (:mod:`attentionrnn.layers.bptt`); ``"autograd"``: a loop of
             differentiable ops over the skewed map, the form that tracing, ONNX export and
-            ``torch.compile`` capture.
-            ``"auto"`` (default) picks ``"autograd"`` while capturing a graph, ``"fused"`` on CPU
-            where the kernels build, else ``"bptt"``. Asking for ``"fused"`` where the kernels
+            ``torch.compile`` capture; ``"triton"``: Triton kernels of the forward and backward
+            through time, for CUDA devices (:mod:`attentionrnn.layers.triton_scan`, the optional
+            ``gpu`` extra; on CPU tensors only under Triton's interpreter).
+            ``"auto"`` (default) picks ``"autograd"`` while capturing a graph, ``"triton"`` on
+            CUDA devices where Triton imports, ``"fused"`` on CPU where the kernels build, else
+            ``"bptt"``. Asking for ``"fused"`` where the kernels
             cannot run (they do not build here, or the input is not on the CPU) raises
-            ``RuntimeError`` rather than falling back.
+            ``RuntimeError`` rather than falling back; so does ``"triton"`` where it cannot run.
 
     The parameters are laid out as :mod:`attentionrnn.layers.diagonal` states: gates in
     ``GATE_ORDER``, ``state_to_state`` of shape ``(D, 4h, S, 2)``, the input-to-state convolution
@@ -191,6 +194,8 @@ class DiagonalLSTMScan(nn.Module):
             )
         if implementation == "fused":
             _check_fused()
+        if implementation == "triton":
+            triton_scan.check_triton()
         self._implementation = implementation
 
     @property
@@ -239,6 +244,8 @@ class DiagonalLSTMScan(nn.Module):
             return self._run_fused(e, None)
         if implementation == "bptt":
             return self._rows_bptt(e)
+        if implementation == "triton":
+            return triton_scan.rows_triton(self, e)
         batch, _, height, width = e.shape
         maps = self._forward_autograd(e).unflatten(1, (len(self.directions), -1))
         return maps.permute(1, 3, 4, 0, 2).reshape(len(self.directions), height * width, batch, -1)
@@ -260,9 +267,13 @@ class DiagonalLSTMScan(nn.Module):
         if self.implementation != "auto":
             if self.implementation == "fused":
                 _check_fused(e.device)
+            if self.implementation == "triton":
+                triton_scan.check_triton(e.device)
             return self.implementation
         if _graph_capture_active():
             return "autograd"
+        if e.device.type == "cuda" and triton_scan.triton_available():
+            return "triton"
         if e.device.type == "cpu" and _extension.load() is not None:
             return "fused"
         return "bptt"
