@@ -7,6 +7,11 @@ hits them alike, and every ratio is computed from medians measured in the same r
 
     python benchmarks/bench_layers.py                      # full table (several minutes on 2 cores)
     python benchmarks/bench_layers.py --sizes 14 28 --repeats 3 --out /tmp/bench
+    python benchmarks/bench_layers.py --device cuda --precisions fp32 bf16   # on a GPU
+
+On ``--device cuda`` the default contenders are :data:`CUDA_CONTENDERS` (the Triton scan, the
+PyTorch BPTT scan, the local baseline); ``--contenders`` picks any. ``--precisions bf16`` runs
+them under bf16 autocast as well (the scan's state stays float32 in every implementation).
 
 Writes ``OUT/bench_layers.json`` and ``OUT/bench_layers.png`` (time against H+W).
 """
@@ -41,6 +46,7 @@ CONTENDERS: dict[str, Callable[[], nn.Module]] = {
     "arnn_ind (no recurrence)": lambda: IndependentAttention(CHANNELS, hidden_channels=HIDDEN),
     "AttentionRNN bi": lambda: AttentionRNN(CHANNELS, hidden_channels=HIDDEN, directions="bi"),
     "AttentionRNN bi, PyTorch BPTT": lambda: _arnn("bptt"),
+    "AttentionRNN bi, Triton": lambda: _arnn("triton"),
     "AttentionRNN bi, autograd loop": lambda: _arnn("autograd"),
     "AttentionRNN quad": lambda: AttentionRNN(CHANNELS, hidden_channels=HIDDEN, directions="quad"),
     "BlockAttentionRNN g=2": lambda: BlockAttentionRNN(
@@ -49,6 +55,10 @@ CONTENDERS: dict[str, Callable[[], nn.Module]] = {
     "per-pixel reference": lambda: ReferenceAttentionRNN(CHANNELS, hidden_channels=HIDDEN),
 }
 BASELINE = "local 3x3 conv"
+# The contenders run by default: on the CPU all but the Triton scan (CUDA only, or Triton's far
+# slower interpreter), on CUDA the GPU comparison of issue 36.
+CPU_CONTENDERS = [n for n in CONTENDERS if n != "AttentionRNN bi, Triton"]
+CUDA_CONTENDERS = [BASELINE, "AttentionRNN bi, Triton", "AttentionRNN bi, PyTorch BPTT"]
 REFERENCE_MAX_SIZE = 28  # the per-pixel loop takes minutes beyond this
 
 
@@ -67,47 +77,77 @@ def saved_bytes(layer: nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def train_step_seconds(layer: nn.Module, x: torch.Tensor) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step_seconds(layer: nn.Module, x: torch.Tensor, precision: str = "fp32") -> float:
     layer.zero_grad(set_to_none=True)
     x.grad = None
+    _sync(x.device)
     start = time.perf_counter()
-    layer(x).sum().backward()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = layer(x)
+    out.float().sum().backward()
+    _sync(x.device)
     return time.perf_counter() - start
 
 
 @torch.no_grad()
-def latency_seconds(layer: nn.Module, x: torch.Tensor) -> float:
+def latency_seconds(layer: nn.Module, x: torch.Tensor, precision: str = "fp32") -> float:
+    _sync(x.device)
     start = time.perf_counter()
-    layer(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        layer(x)
+    _sync(x.device)
     return time.perf_counter() - start
 
 
-def run(sizes: list[int], batch: int, repeats: int, warmup: int) -> dict:
+def label(name: str, precision: str) -> str:
+    """A contender's name in the results: float32 runs keep the plain name."""
+    return name if precision == "fp32" else f"{name}, {precision} autocast"
+
+
+def run(
+    sizes: list[int],
+    batch: int,
+    repeats: int,
+    warmup: int,
+    contenders: list[str] | None = None,
+    device: str = "cpu",
+    precisions: tuple[str, ...] = ("fp32",),
+) -> dict:
     torch.manual_seed(0)
-    results: dict = {"train": {}, "latency": {}, "memory": {}}
+    results: dict = {"train": {}, "latency": {}, "memory": {}, "labels": []}
+    contenders = list(CONTENDERS) if contenders is None else contenders
     for size in sizes:
-        names = [n for n in CONTENDERS if n != "per-pixel reference" or size <= REFERENCE_MAX_SIZE]
-        layers = {n: CONTENDERS[n]() for n in names}
-        x = torch.randn(batch, CHANNELS, size, size, requires_grad=True)
-        x1 = torch.randn(1, CHANNELS, size, size)
-        times: dict[str, list[float]] = {n: [] for n in names}
-        lat: dict[str, list[float]] = {n: [] for n in names}
+        names = [n for n in contenders if n != "per-pixel reference" or size <= REFERENCE_MAX_SIZE]
+        layers = {n: CONTENDERS[n]().to(device) for n in names}
+        runs = [(n, p) for n in names for p in precisions]
+        x = torch.randn(batch, CHANNELS, size, size, device=device, requires_grad=True)
+        x1 = torch.randn(1, CHANNELS, size, size, device=device)
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
+        lat: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
         for r in range(warmup + repeats):
-            for n in names:  # interleaved, so noise hits every contender alike
+            for n, p in runs:  # interleaved, so noise hits every contender alike
                 if n == "per-pixel reference" and r != warmup:
                     continue  # one measured run: it is orders of magnitude slower
-                t = train_step_seconds(layers[n], x)
+                t = train_step_seconds(layers[n], x, p)
                 layers[n].eval()
-                t1 = latency_seconds(layers[n], x1)
+                t1 = latency_seconds(layers[n], x1, p)
                 layers[n].train()
                 if r >= warmup:
-                    times[n].append(t)
-                    lat[n].append(t1)
-        for n in names:
-            key = f"{n}@{size}"
-            results["train"][key] = statistics.median(times[n])
-            results["latency"][key] = statistics.median(lat[n])
-            results["memory"][key] = saved_bytes(layers[n], x)
+                    times[n, p].append(t)
+                    lat[n, p].append(t1)
+        for n, p in runs:
+            key = f"{label(n, p)}@{size}"
+            if label(n, p) not in results["labels"]:
+                results["labels"].append(label(n, p))
+            results["train"][key] = statistics.median(times[n, p])
+            results["latency"][key] = statistics.median(lat[n, p])
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=p == "bf16"):
+                results["memory"][key] = saved_bytes(layers[n], x)
         print(f"  measured {size}x{size}", flush=True)
     return results
 
@@ -125,7 +165,7 @@ def table(results: dict, sizes: list[int], batch: int) -> str:
     for size in sizes:
         base_t = results["train"][f"{BASELINE}@{size}"]
         base_m = results["memory"][f"{BASELINE}@{size}"]
-        for n in CONTENDERS:
+        for n in results.get("labels", CONTENDERS):
             key = f"{n}@{size}"
             if key not in results["train"]:
                 continue
@@ -142,6 +182,8 @@ def targets(results: dict, sizes: list[int]) -> str:
     """The issue's targets, each as measured value vs goal."""
     t, m = results["train"], results["memory"]
     rows = []
+    if f"AttentionRNN bi@{sizes[0]}" not in t or BASELINE not in results.get("labels", [BASELINE]):
+        return "- (the default contenders' targets: not measured in this run)"
     if 28 in sizes:
         ratio = t["AttentionRNN bi@28"] / t[f"{BASELINE}@28"]
         rows.append(f"- bi vs local 3x3 at 28²: {ratio:.2f}x (target <= 3x)")
@@ -157,14 +199,14 @@ def targets(results: dict, sizes: list[int]) -> str:
     return "\n".join(rows)
 
 
-def plot(results: dict, sizes: list[int], path: Path) -> None:
+def plot(results: dict, sizes: list[int], path: Path, batch: int = 32) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for n in CONTENDERS:
+    for n in results.get("labels", CONTENDERS):
         pts = [
             (2 * s - 1, 1e3 * results["train"][f"{n}@{s}"])
             for s in sizes
@@ -177,7 +219,7 @@ def plot(results: dict, sizes: list[int], path: Path) -> None:
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title("AttentionRNN layer cost, batch 32, 32 ch, hidden 16")
+    ax.set_title(f"AttentionRNN layer cost, batch {batch}, 32 ch, hidden 16")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -190,11 +232,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--contenders", nargs="+", choices=list(CONTENDERS), default=None,
+        help="default: CPU_CONTENDERS on the CPU, CUDA_CONTENDERS on cuda",
+    )  # fmt: skip
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor()}")
-    results = run(args.sizes, args.batch, args.repeats, args.warmup)
+    device = torch.device(args.device)
+    if args.contenders is None:
+        args.contenders = CUDA_CONTENDERS if device.type == "cuda" else CPU_CONTENDERS
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
+    results = run(
+        args.sizes, args.batch, args.repeats, args.warmup, args.contenders, args.device,
+        tuple(args.precisions),
+    )  # fmt: skip
     text = table(results, args.sizes, args.batch) + "\n\nTargets:\n" + targets(results, args.sizes)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -204,10 +259,13 @@ def main() -> None:
         "batch": args.batch,
         "repeats": args.repeats,
         "sizes": args.sizes,
+        "device": str(device),
+        "device_name": where,
+        "precisions": args.precisions,
     }
     (args.out / "bench_layers.json").write_text(json.dumps({"meta": meta, **results}, indent=2))
     (args.out / "bench_layers.md").write_text(text + "\n")
-    plot(results, args.sizes, args.out / "bench_layers.png")
+    plot(results, args.sizes, args.out / "bench_layers.png", args.batch)
     print(f"wrote {args.out}/bench_layers.json, .md, .png")
 
 
