@@ -139,6 +139,10 @@ def load_backgrounds(
 #: The smallest canvas on which every digit scale still gives a digit of at least one pixel and
 #: PAN's four valid-conv / pool blocks still leave a map (see attentionrnn.models.pan).
 MIN_CANVAS = 46
+#: The largest canvas and number of images asked for in one file: far beyond any experiment's
+#: (PAN: 100 pixels, 15,000 images), small enough to be refused before anything is allocated.
+MAX_CANVAS = 1024
+MAX_IMAGES = 1_000_000
 
 
 def check_canvas(canvas: int) -> None:
@@ -146,6 +150,37 @@ def check_canvas(canvas: int) -> None:
         raise TypeError(f"canvas must be an int, got {type(canvas).__name__}")
     if canvas < MIN_CANVAS:
         raise ValueError(f"canvas must be >= {MIN_CANVAS} pixels, got {canvas}")
+    if canvas > MAX_CANVAS:
+        raise ValueError(f"canvas must be <= {MAX_CANVAS} pixels, got {canvas}")
+
+
+def _available_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` (``None`` where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_size(images: int, canvas: int) -> None:
+    """Refuse a dataset that cannot be held in memory, before any of it is made: the images and
+    instance maps (4 bytes a pixel) and the copy :func:`write_npz` makes of each array."""
+    if images < 1 or images > MAX_IMAGES:
+        raise ValueError(f"images must be between 1 and {MAX_IMAGES:,}, got {images}")
+    check_canvas(canvas)
+    needed = images * canvas * canvas * 4 * 2
+    available = _available_bytes()
+    if available is not None and needed > available:
+        from attentionrnn.engine.errors import UserError
+
+        raise UserError(
+            f"{images:,} images of {canvas}x{canvas} pixels need about {needed / 2**30:.1f} GiB "
+            f"of memory, {available / 2**30:.1f} GiB available; ask for fewer images or samples"
+        )
 
 
 def split_images(samples_per_image: np.ndarray, seed: int) -> np.ndarray:
@@ -337,9 +372,7 @@ def generate_arrays(
     dataset = dataset.lower()
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    if images < 1:
-        raise ValueError(f"images must be >= 1, got {images}")
-    check_canvas(canvas)
+    check_size(images, canvas)
     backgrounds = load_backgrounds(min_side=canvas) if dataset == "mbg" else None
     chunks = [
         (c, min(CHUNK_IMAGES, images - c * CHUNK_IMAGES)) for c in range(-(-images // CHUNK_IMAGES))
@@ -425,10 +458,13 @@ def write_npz(
     """Write ``arrays`` as a deflated ``.npz`` with fixed zip timestamps (byte-reproducible).
 
     The file is written to a temporary name beside ``path`` and renamed, so a reader never sees
-    a half-written file.
+    a half-written file; the temporaries that killed writers left beside it are removed first.
     """
+    from attentionrnn.engine.state import clean_stale_temporaries
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
@@ -483,6 +519,7 @@ def generate_dataset(
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     out = Path(out) if out is not None else Path(f"{dataset}_{images}_seed{seed}.npz")
+    check_size(images, canvas)
     digits = load_mnist(mnist)
     arrays = generate_arrays(
         dataset, images, seed, digits, progress=progress, workers=workers, canvas=canvas

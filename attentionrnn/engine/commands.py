@@ -9,10 +9,12 @@ then its own data flags, then :func:`add_run_options` (``--precision``, ``--jobs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from attentionrnn.engine.config import SEED_LIMITS, checked_type
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import PRECISIONS
 
@@ -20,9 +22,16 @@ __all__ = [
     "add_reproduce_parser",
     "add_run_options",
     "add_table_parser",
+    "check_runs",
     "print_reproduced",
+    "seed_type",
     "table",
 ]
+
+#: ``type`` of the flags that take seeds (``reproduce --seeds``, ``e1 generate --seed``): the
+#: limits of every config's seed field.
+seed_type = checked_type(int, "seed", SEED_LIMITS)
+_COUNT = {"minimum": 1, "maximum": 1024}
 
 
 def add_reproduce_parser(
@@ -53,10 +62,14 @@ def add_run_options(parser: argparse.ArgumentParser, figures: bool = True) -> No
     """How ``reproduce`` runs: precision, parallel jobs, threads, progress bars, ``--dry-run``
     and (where the experiment's ``reproduce`` can skip them) ``--no-figures``."""
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
-    parser.add_argument("--jobs", type=int, help="runs in parallel (default: min(2, cores))")
     parser.add_argument(
-        "--threads", type=int, help="torch threads per run (default: cores // jobs)"
-    )
+        "--jobs", type=checked_type(int, "jobs", _COUNT),
+        help="runs in parallel (default: min(2, cores))",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=checked_type(int, "threads", _COUNT),
+        help="torch threads per run (default: cores // jobs)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--dry-run",
@@ -90,15 +103,39 @@ def table(
     assemble: Callable[..., dict[str, Any]],
     markdown: Callable[[dict[str, Any]], str],
     prefix: str = "",
+    config: type | None = None,
 ) -> int:
     """Rebuild ``args.out``'s table (and figures) and print it; the budget defaults to the
-    folder's name less ``prefix`` (``results/e2-cpu`` is budget ``cpu``)."""
+    folder's name less ``prefix`` (``results/e2-cpu`` is budget ``cpu``). ``config``: the
+    experiment's run config class, which every run's recorded config must fit
+    (:func:`check_runs`)."""
     if not (args.out / "runs").is_dir():
         raise UserError(f"{args.out}: no runs/ folder of finished runs")
+    if config is not None:
+        check_runs(args.out, config)
     budget = args.budget or args.out.name.removeprefix(prefix)
     summary = assemble(args.out, budget, figure=not getattr(args, "no_figures", False))
     print(markdown(summary))
     return 0
+
+
+def check_runs(out: Path, config: type) -> None:
+    """Raise :class:`UserError` naming the first finished run under ``OUT/runs`` that is not a
+    run of the experiment whose config class is ``config`` (its recorded config has fields that
+    class lacks), or whose ``metrics.json`` is corrupt."""
+    from attentionrnn.engine.runs import finished_runs
+
+    fields = {f.name for f in dataclasses.fields(config)}
+    experiment = config.__module__.split(".")[-2] if "." in config.__module__ else "this"
+    for dataset, rows in finished_runs(out).items():
+        for row, seeds in rows.items():
+            for seed, metrics in seeds.items():
+                recorded = metrics.get("config")
+                if not isinstance(recorded, dict) or not set(recorded) <= fields:
+                    raise UserError(
+                        f"{Path(out, 'runs', dataset, row, f'seed{seed}', 'metrics.json')}: not "
+                        f"a run of {experiment} (its config does not fit); move it out of {out}"
+                    )
 
 
 def print_reproduced(summary: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> int:

@@ -5,7 +5,10 @@ Each field becomes ``--field-name`` with the field's type, default, and the ``he
 ``--no-field-name``. Fields whose metadata says ``cli=False`` are left out. So a config field is
 declared once, and the flag, the default shown in ``--help`` and the copy into the config cannot
 drift apart. :func:`check_config` checks a config against the same metadata (``choices``,
-``minimum``, ``positive``), for configs made in Python as much as on the command line.
+``minimum``, ``maximum``, ``positive``; a ``float`` must be finite unless ``finite=False``), for
+configs made in Python as much as on the command line, and the flags check their values with the
+same code as they are parsed (:func:`checked_type`), so a bad value is one line before anything
+runs. Seeds are declared by :func:`seed_field` in every experiment (``0 <= seed < 2**32``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,71 @@ from typing import Any, ClassVar
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import PRECISIONS
 
-__all__ = ["RunConfig", "add_config_arguments", "check_config", "config_from_args"]
+__all__ = [
+    "SEED_LIMITS",
+    "RunConfig",
+    "add_config_arguments",
+    "check_config",
+    "check_value",
+    "checked_type",
+    "config_from_args",
+    "seed_field",
+]
 
 #: Metadata keys that constrain a value rather than describe a flag.
-_CHECKS = ("minimum", "positive")
+_CHECKS = ("minimum", "maximum", "positive", "finite")
+
+#: The limits of every seed (numpy's and torch's seeds are 32 / 64 bits; ``-1`` or a 24-digit
+#: number used to fail deep inside one of them, differently per experiment).
+SEED_LIMITS: dict[str, Any] = {"minimum": 0, "maximum": 2**32 - 1}
+
+
+def seed_field(help: str = "training seed", default: int = 0) -> Any:
+    """A seed field: ``0 <= seed < 2**32``, the same in every experiment."""
+    return field(default=default, metadata={"help": f"{help} (0 ... 2**32-1)", **SEED_LIMITS})
+
+
+def check_value(name: str, value: Any, limits: dict[str, Any]) -> str | None:
+    """Why ``value`` breaks ``limits`` (``choices``, ``minimum``, ``maximum``, ``positive``;
+    a float must be finite unless ``finite`` is false), or ``None`` where it does not."""
+    if value is None:
+        return None
+    choices = limits.get("choices")
+    if choices is not None and value not in choices:
+        return f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if limits.get("positive") and not (math.isfinite(value) and value > 0):
+        return f"{name} must be a positive number, got {value}"
+    if isinstance(value, float) and limits.get("finite", True) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    minimum = limits.get("minimum")
+    if minimum is not None and not value >= minimum:  # NaN fails too
+        return f"{name} must be >= {minimum}, got {value}"
+    maximum = limits.get("maximum")
+    if maximum is not None and not value <= maximum:
+        return f"{name} must be <= {maximum}, got {value}"
+    return None
+
+
+def checked_type(kind: type, name: str, limits: dict[str, Any]) -> Any:
+    """An argparse ``type`` that parses ``kind`` and checks ``limits`` (:func:`check_value`):
+    a bad value is argparse's one-line error naming the flag."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(
+                f"invalid {kind.__name__} value: {text!r}"
+            ) from None
+        problem = check_value(name, value, limits)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def _base_type(annotation: Any) -> tuple[type, bool]:
@@ -50,6 +114,7 @@ def add_config_arguments(
     # the experiment's own flags first, then those every run config has
     for f in sorted(dataclasses.fields(cls), key=lambda f: f.name in shared):
         meta = {k: v for k, v in f.metadata.items() if k not in _CHECKS}
+        limits = {k: v for k, v in f.metadata.items() if k in _CHECKS}
         if not meta.pop("cli", True):
             continue
         kind, _ = _base_type(hints[f.name])
@@ -65,6 +130,8 @@ def add_config_arguments(
             kwargs["default"] = default
             parser.add_argument(flag, **kwargs)
             continue
+        if kind in (int, float):
+            kwargs.setdefault("type", checked_type(kind, f.name, limits))
         kwargs.setdefault("type", kind)
         kwargs.setdefault("default", default)
         if "metavar" not in kwargs and "choices" not in kwargs:
@@ -81,22 +148,12 @@ def config_from_args(cls: type, args: argparse.Namespace, **values: Any) -> Any:
 
 def check_config(config: Any) -> None:
     """Raise :class:`UserError` naming the first field of ``config`` outside its metadata's
-    ``choices``, below its ``minimum``, or not a finite number > 0 where ``positive`` is set.
-    ``None`` passes for optional fields."""
+    ``choices``, ``minimum`` or ``maximum``, not > 0 where ``positive`` is set, or a float that
+    is not finite (:func:`check_value`). ``None`` passes for optional fields."""
     for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if value is None:
-            continue
-        choices = f.metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise UserError(
-                f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}"
-            )
-        minimum = f.metadata.get("minimum")
-        if minimum is not None and not value >= minimum:  # NaN fails too
-            raise UserError(f"{f.name} must be >= {minimum}, got {value}")
-        if f.metadata.get("positive") and not (math.isfinite(value) and value > 0):
-            raise UserError(f"{f.name} must be a positive number, got {value}")
+        problem = check_value(f.name, getattr(config, f.name), f.metadata)
+        if problem is not None:
+            raise UserError(problem)
 
 
 @dataclass
@@ -127,7 +184,9 @@ class RunConfig:
     eval_batch_size: int = field(
         default=500, metadata={"help": "batch size of evaluation", "minimum": 1}
     )
-    threads: int | None = field(default=None, metadata={"help": "torch threads per process"})
+    threads: int | None = field(
+        default=None, metadata={"help": "torch threads per process", "minimum": 1, "maximum": 1024}
+    )
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
     def check(self) -> None:

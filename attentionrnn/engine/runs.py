@@ -10,7 +10,6 @@ deviation over seeds that the results tables show. :func:`plan_runs` is ``reprod
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -25,6 +24,7 @@ import numpy as np
 
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import cpu_name, resolve_precision
+from attentionrnn.engine.state import read_json
 from attentionrnn.engine.stats import describe
 from attentionrnn.engine.trainer import METRICS
 
@@ -65,6 +65,9 @@ def row_seeds(
 
 def parallelism(jobs: int | None, threads: int | None) -> tuple[int, int]:
     """``(jobs, threads per job)``: by default one job per core (at most 2), cores // jobs."""
+    for name, value in (("jobs", jobs), ("threads", threads)):
+        if value is not None and not 1 <= value <= 1024:
+            raise UserError(f"--{name} must be between 1 and 1024, got {value}")
     cores = os.cpu_count() or 1
     jobs = jobs or max(1, min(2, cores))
     return jobs, threads or max(1, cores // jobs)
@@ -145,7 +148,7 @@ def _row_estimate(
     ):
         timed = []
         for path in base.glob(f"{pattern}/seed*/{METRICS}"):
-            metrics = json.loads(path.read_text())
+            metrics = read_json(path, "metrics.json")
             if (hours := _hours(metrics)) is not None:
                 timed.append((hours, metrics.get("precision", "fp32"), metrics.get("cpu")))
         places.append((timed, source))
@@ -311,8 +314,14 @@ def finished_runs(out: Path) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
     """``{dataset: {row: {seed: metrics}}}`` of every finished run under ``OUT/runs``."""
     found: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
     for path in sorted(Path(out, "runs").glob(f"*/*/seed*/{METRICS}")):
-        dataset, row, seed = path.parts[-4], path.parts[-3], int(path.parts[-2][4:])
-        found.setdefault(dataset, {}).setdefault(row, {})[seed] = json.loads(path.read_text())
+        dataset, row, folder = path.parts[-4], path.parts[-3], path.parts[-2]
+        if not folder[4:].isdigit():
+            raise UserError(
+                f"{path.parent}: a run folder must be named seedN (N the seed); rename or move it"
+            )
+        found.setdefault(dataset, {}).setdefault(row, {})[int(folder[4:])] = read_json(
+            path, "metrics.json"
+        )
     return found
 
 

@@ -1,13 +1,23 @@
-"""Seeds, RNG state and files that are never half-written (checkpoints, ``metrics.json``)."""
+"""Seeds, RNG state and files that are never half-written (checkpoints, ``metrics.json``).
+
+The writers write to ``.NAME.PID.tmp`` beside the file and rename it; a writer killed between the
+two leaves the temporary behind, which :func:`clean_stale_temporaries` removes once its process
+is gone. The readers (:func:`read_json`, :func:`load_checkpoint`) turn a corrupt or truncated
+file into a one-line :class:`UserError` naming it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
+
+from attentionrnn.engine.errors import UserError
 
 import numpy as np
 import torch
@@ -15,7 +25,11 @@ import torch
 __all__ = [
     "atomic_save",
     "atomic_write_json",
+    "clean_stale_temporaries",
+    "file_sha256",
     "json_safe",
+    "load_checkpoint",
+    "read_json",
     "rng_state",
     "seed_everything",
     "set_rng_state",
@@ -45,6 +59,86 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**31  # another user's process (or a number no process can have)
+    return True
+
+
+def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the ``.NAME.PID.tmp`` files in ``folder`` that a writer killed mid-write left behind
+    (those whose process is gone); return them."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = _TEMPORARY.match(path.name)
+        if match is None or _running(int(match.group(1))):
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
+    """The object in the JSON file ``path``; a :class:`UserError` naming the file where it is not
+    readable, not JSON (truncated, overwritten) or not an object."""
+    try:
+        value = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not valid JSON"
+        raise UserError(
+            f"{path}: corrupt {what} ({reason}); delete it (and rerun) or restore it"
+        ) from exc
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: corrupt {what} (not a JSON object); delete it or restore it")
+    return value
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load`` of a run's checkpoint; a :class:`UserError` naming it where it is truncated
+    or not a checkpoint."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several kinds (RuntimeError, UnpicklingError, EOF...)
+        raise UserError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}; truncated or corrupt); "
+            "delete it to start the run again"
+        ) from exc
+    if not isinstance(ckpt, dict) or not {"config", "model", "state"} <= set(ckpt):
+        raise UserError(f"{path}: not a checkpoint of this package; delete it or use a new --out")
+    return ckpt
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's content, remembered in this process by (path, size, mtime)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
 
 
 def atomic_save(obj: Any, path: Path) -> None:

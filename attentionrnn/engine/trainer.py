@@ -11,15 +11,19 @@ names). :func:`fit` owns the rest:
    so ``kill -9`` at any moment leaves a usable file);
 3. stop after ``epochs`` or ``patience`` epochs without improvement, load the best weights back.
 
-The experiment then measures its test set and calls :func:`write_metrics`. Only rank 0 writes.
+The experiment then measures its test set and calls :func:`write_metrics`. Only rank 0 writes,
+and it holds the run folder's lock (:func:`~attentionrnn.engine.lock.run_folder`) for the whole
+run. A training loss, validation score or test metric that turns NaN or infinite stops the run
+with a :class:`~attentionrnn.engine.errors.DivergedError`; such a run is never recorded as
+finished.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,12 +35,16 @@ from torch import nn
 from tqdm import tqdm
 
 from attentionrnn.engine.distributed import DistContext, init_distributed
+from attentionrnn.engine.errors import DivergedError, UserError
+from attentionrnn.engine.lock import run_folder
 from attentionrnn.engine.memory import retain_freed_memory
 from attentionrnn.engine.precision import autocast, cpu_name
 from attentionrnn.engine.state import (
     atomic_save,
     atomic_write_json,
     json_safe,
+    load_checkpoint,
+    read_json,
     rng_state,
     set_rng_state,
 )
@@ -53,6 +61,7 @@ __all__ = [
     "CHECKPOINT",
     "METRICS",
     "FitState",
+    "check_finite",
     "finished_metrics",
     "fit",
     "launch",
@@ -96,6 +105,9 @@ def launch(config: Any, body: Callable[[Any, DistContext], Any]) -> Any:
     """Check ``config``, join the process group (under torchrun), apply the run's process settings
     and call ``body(config, ctx)``; restore the settings and leave the group afterwards.
 
+    Rank 0 creates ``config.out`` and holds its lock for the whole run (a second process on the
+    same folder is refused), after removing what a killed writer left there.
+
     The process also starts keeping freed memory for reuse (:func:`retain_freed_memory`; not
     undone): a third of a training step here went to page faults without it.
     """
@@ -103,10 +115,22 @@ def launch(config: Any, body: Callable[[Any, DistContext], Any]) -> Any:
     retain_freed_memory()
     ctx = init_distributed()
     try:
-        with process_settings(config.threads):
+        owned = run_folder(config.out) if ctx.main else contextlib.nullcontext()
+        with owned, process_settings(config.threads):
             return body(config, ctx)
     finally:
         ctx.close()
+
+
+def check_finite(values: dict[str, Any], what: str) -> None:
+    """Raise :class:`DivergedError` naming the first top-level float of ``values`` that is NaN or
+    infinite (nested entries, such as per-class tables, are left alone)."""
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DivergedError(
+                f"{what}: {key} is {value}: the run diverged (lower --lr, or the loss weights); "
+                "it is not recorded as finished"
+            )
 
 
 def train_one_epoch(
@@ -132,6 +156,12 @@ def train_one_epoch(
     for batch in bar:
         with autocast(precision):
             loss, predictions, targets = loss_fn(net, batch)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise DivergedError(
+                f"{desc}: the training loss is {value} at step {steps + 1}: the run diverged "
+                "(lower --lr); it is not recorded as finished"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm is not None:
@@ -140,7 +170,7 @@ def train_one_epoch(
         optimizer.step()
         steps += 1
         n = len(targets)
-        loss_sum += loss.item() * n
+        loss_sum += value * n
         correct += float((predictions == targets).sum())
         seen += n
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
@@ -190,10 +220,8 @@ def fit(
     state = FitState()
     ckpt_path = out / CHECKPOINT
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["config"] != fingerprint:
-            from attentionrnn.engine.errors import UserError
-
+        ckpt = load_checkpoint(ckpt_path)
+        if not _same_run(ckpt["config"], fingerprint):
             raise UserError(
                 f"{ckpt_path} belongs to a run with another configuration; use a new --out "
                 f"or delete the folder.\n saved: {ckpt['config']}\n now:   {fingerprint}"
@@ -217,6 +245,7 @@ def fit(
         ctx.sync_buffers(model)
         val = evaluate()
         score = float(val[monitor])
+        check_finite({**train_stats, **val, monitor: score}, f"{name} epoch {state.epoch + 1}")
         seconds = time.perf_counter() - started
         state.elapsed += seconds
         state.history.append(
@@ -269,7 +298,9 @@ def write_metrics(
 ) -> dict[str, Any]:
     """Write ``metrics.json`` — the experiment's ``metrics`` followed by how the run went
     (epochs, steps, time, precision, processes, the config and the learning curve) — and the best
-    weights, and mark the run finished (rank 0)."""
+    weights, and mark the run finished (rank 0). A NaN or infinite top-level metric raises
+    :class:`DivergedError` instead: the run is not recorded as finished."""
+    check_finite(metrics, f"{out}: test")
     metrics = json_safe(
         {
             **metrics,
@@ -302,8 +333,20 @@ def write_metrics(
 def finished_metrics(out: Path, state: FitState) -> dict[str, Any] | None:
     """The metrics of a run that already finished, or ``None``."""
     if state.done and (out / METRICS).is_file():
-        return json.loads((out / METRICS).read_text())
+        return read_json(out / METRICS, "metrics.json")
     return None
+
+
+#: A fingerprint key added after runs were checkpointed without it (the data file's content
+#: hash): a checkpoint that lacks it still resumes.
+LATER_KEYS = ("data_sha256",)
+
+
+def _same_run(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    if not isinstance(saved, dict):
+        return False
+    now = {k: v for k, v in now.items() if k not in LATER_KEYS or k in saved}
+    return saved == now
 
 
 def _checkpoint(

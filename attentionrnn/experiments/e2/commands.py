@@ -16,6 +16,7 @@ from attentionrnn.engine.commands import (
     add_run_options,
     add_table_parser,
     print_reproduced,
+    seed_type,
     table,
 )
 from attentionrnn.engine.config import add_config_arguments, config_from_args
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = add_reproduce_parser(sub, BUDGETS, "cpu", "results/e2-BUDGET")
     r.add_argument("--datasets", nargs="+", choices=DATASETS, default=["cifar10"])
     r.add_argument("--methods", nargs="+", choices=E2_ATTENTIONS, default=list(E2_ATTENTIONS))
-    r.add_argument("--seeds", nargs="+", type=int, help="training seeds of every row "
+    r.add_argument("--seeds", nargs="+", type=seed_type, help="training seeds of every row "
                    "(default: the budget's; 3 for LTPA and LTPA + ARNN)")  # fmt: skip
     r.add_argument("--cifar10-tar", metavar="PATH", help="CIFAR-10 JPEG tar "
                    "(default $ATTENTIONRNN_CIFAR10_TAR)")  # fmt: skip
@@ -100,4 +101,6 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _table(args: argparse.Namespace) -> int:
     from attentionrnn.experiments.e2.reproduce import assemble, results_markdown
 
-    return table(args, assemble, results_markdown, "e2-")
+    from attentionrnn.experiments.e2.train import E2Config
+
+    return table(args, assemble, results_markdown, "e2-", config=E2Config)

@@ -31,6 +31,7 @@ import logging
 import os
 import pickle
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,7 +132,10 @@ def default_cache_dir() -> Path:
 
 
 def _atomic_bytes(path: Path, write) -> None:
+    from attentionrnn.engine.state import clean_stale_temporaries
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(path.parent)  # what a writer killed mid-write left
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         write(f)
@@ -182,6 +186,47 @@ def _decode(data: bytes, name: str) -> np.ndarray:
     return arr
 
 
+def _decode_members(
+    tar_path: Path, tar: tarfile.TarFile, found: dict[str, list], progress: bool
+) -> None:
+    """Decode the tar's ``SPLIT/CLASS/NAME.jpg`` members into ``found[SPLIT]``; a member cut
+    short is a :class:`UserError`."""
+    from tqdm import tqdm
+
+    try:
+        for member in tqdm(tar, desc="decode", unit="img", disable=not progress, leave=False):
+            if not member.isfile():
+                continue
+            parts = member.name.replace("\\", "/").split("/")
+            if len(parts) < 3 or not parts[-1].lower().endswith((".jpg", ".jpeg", ".png")):
+                continue
+            split, label = parts[-3], parts[-2]
+            if split not in found:
+                continue
+            f = tar.extractfile(member)
+            if f is not None:
+                found[split].append((label, parts[-1], _decode(f.read(), member.name)))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{tar_path}: truncated or corrupt tar ({exc}); download it again") from exc
+
+
+def _check_tar_end(tar_path: Path, tar: tarfile.TarFile) -> None:
+    """Raise :class:`UserError` unless the tar read to its end-of-archive marker (zero blocks):
+    ``tarfile`` stops quietly at a header cut short, so a truncated tar would otherwise give a
+    part of its images, md5 check or not."""
+    size = tar_path.stat().st_size
+    with open(tar_path, "rb") as f:
+        if f.read(6).startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
+            return  # compressed: the decompressor reports a cut stream itself
+        f.seek(tar.offset)
+        end = f.read(tarfile.BLOCKSIZE)
+    if tar.offset + tarfile.BLOCKSIZE > size or end.strip(b"\0"):
+        raise UserError(
+            f"{tar_path}: truncated tar (no end-of-archive after {tar.offset:,} of {size:,} "
+            "bytes); download it again"
+        )
+
+
 def read_cifar10_tar(
     tar_path: str | os.PathLike,
     *,
@@ -221,7 +266,7 @@ def read_cifar10_tar(
                 arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"],
                 tuple(str(c) for c in arrays["classes"]), "jpeg-tar", str(tar_path), actual,
             )  # fmt: skip
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             logger.warning("cache %s unreadable (%s); decoding the tar again", cached, exc)
 
     logger.info("decoding %s (once; cached in %s)", tar_path, cached)
@@ -230,22 +275,9 @@ def read_cifar10_tar(
         tar = tarfile.open(tar_path, "r:*")
     except (tarfile.TarError, OSError) as exc:
         raise UserError(f"{tar_path}: not a readable tar file ({exc})") from exc
-    from tqdm import tqdm
-
     with tar:
-        for member in tqdm(tar, desc="decode", unit="img", disable=not progress, leave=False):
-            if not member.isfile():
-                continue
-            parts = member.name.replace("\\", "/").split("/")
-            if len(parts) < 3 or not parts[-1].lower().endswith((".jpg", ".jpeg", ".png")):
-                continue
-            split, label = parts[-3], parts[-2]
-            if split not in found:
-                continue
-            f = tar.extractfile(member)
-            if f is None:
-                continue
-            found[split].append((label, parts[-1], _decode(f.read(), member.name)))
+        _decode_members(tar_path, tar, found, progress)
+        _check_tar_end(tar_path, tar)
     for split, items in found.items():
         if not items:
             raise UserError(f"{tar_path}: no {split}/<class>/*.jpg images in the tar")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from attentionrnn.engine.config import RunConfig
+from attentionrnn.engine.config import RunConfig, seed_field
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.state import seed_everything
@@ -88,7 +88,7 @@ class E2Config(RunConfig):
     )
     out: str = field(default="runs/e2", metadata=_opt("run folder", metavar="RUN_DIR"))
     epochs: int = field(default=300, metadata=_opt("maximum epochs (LTPA: 300)", minimum=1))
-    seed: int = field(default=0, metadata=_opt("training seed"))
+    seed: int = seed_field()
     width: float = field(
         default=1.0,
         metadata=_opt("channel multiplier of the VGG (1.0: VGG-16's 64 ... 512)", positive=True),
@@ -96,7 +96,9 @@ class E2Config(RunConfig):
     depth: int | None = field(
         default=None, metadata=_opt("convs per block (default: VGG-16's 2,2,3,3,3,2)", minimum=1)
     )
-    batch_size: int = field(default=128, metadata=_opt("global batch size (LTPA: 128)", minimum=1))
+    batch_size: int = field(
+        default=128, metadata=_opt("global batch size (LTPA: 128; batch norm needs >= 2)", minimum=2)
+    )
     lr: float = field(default=0.1, metadata=_opt("SGD learning rate (LTPA: 0.1)", positive=True))
     momentum: float = field(default=0.9, metadata=_opt("SGD momentum", minimum=0))
     weight_decay: float = field(default=5e-4, metadata=_opt("SGD weight decay", minimum=0))

@@ -15,6 +15,7 @@ from attentionrnn.engine.commands import (
     add_run_options,
     add_table_parser,
     print_reproduced,
+    seed_type,
     table,
 )
 from attentionrnn.engine.config import add_config_arguments, config_from_args
@@ -57,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "a curriculum budget, sort_of_clevr)")  # fmt: skip
     r.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="rows to add (oracle: on the generated set only)")  # fmt: skip
-    r.add_argument("--seeds", nargs="+", type=int, help="training seeds of every row "
+    r.add_argument("--seeds", nargs="+", type=seed_type, help="training seeds of every row "
                    "(default: the budget's; 3 for MCB attention and ARNN)")  # fmt: skip
     r.add_argument("--vqa-dir", metavar="DIR", help="VQA v2 folder (default $ATTENTIONRNN_VQA_DIR)")
     r.add_argument("--easy-vqa-dir", metavar="DIR", help="easy-VQA data folder "
@@ -100,4 +101,6 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _table(args: argparse.Namespace) -> int:
     from attentionrnn.experiments.e3.reproduce import assemble, results_markdown
 
-    return table(args, assemble, results_markdown, "e3-")
+    from attentionrnn.experiments.e3.train import E3Config
+
+    return table(args, assemble, results_markdown, "e3-", config=E3Config)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from attentionrnn.engine.config import RunConfig
+from attentionrnn.engine.config import RunConfig, seed_field
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
@@ -84,7 +84,7 @@ class E3Config(RunConfig):
     )
     out: str = field(default="runs/e3", metadata=_opt("run folder", metavar="RUN_DIR"))
     epochs: int = field(default=20, metadata=_opt("maximum epochs", minimum=1))
-    seed: int = field(default=0, metadata=_opt("training seed"))
+    seed: int = seed_field()
     batch_size: int = field(default=64, metadata=_opt("global batch size", minimum=2))
     lr: float = field(default=1e-3, metadata=_opt("Adam learning rate", positive=True))
     lr_step: int = field(default=8, metadata=_opt("epochs between lr decays", minimum=1))
@@ -113,7 +113,10 @@ class E3Config(RunConfig):
         default=None, metadata=_opt("use only this many test questions (quick runs)", minimum=1)
     )
     channels: int = field(default=64, metadata=_opt("width of the image grid", minimum=1))
-    blocks: int = field(default=3, metadata=_opt("CNN blocks (64 px -> 8x8 grid)", minimum=1))
+    blocks: int = field(
+        default=3,
+        metadata=_opt("CNN blocks (64 px -> 8x8 grid; each halves the image)", minimum=1, maximum=8),
+    )
     embed: int = field(default=32, metadata=_opt("word embedding width", minimum=1))
     question_hidden: int = field(default=64, metadata=_opt("question RNN width", minimum=1))
     rnn: str = field(default="gru", metadata=_opt("question encoder", choices=("gru", "lstm")))
@@ -144,7 +147,7 @@ class E3Config(RunConfig):
     generated_test_images: int = field(
         default=1000, metadata=_opt("generated set: test images", minimum=1)
     )
-    generated_seed: int = field(default=0, metadata=_opt("generated set: seed of the generator"))
+    generated_seed: int = seed_field("generated set: seed of the generator")
     max_questions: int | None = field(
         default=None,
         metadata=_opt(
@@ -165,6 +168,14 @@ class E3Config(RunConfig):
         metadata=_opt("cache of decoded images (default $ATTENTIONRNN_DATA_DIR or "
                       "~/.cache/attentionrnn/e3)", metavar="DIR"),
     )  # fmt: skip
+
+    def check(self) -> None:
+        super().check()
+        if self.image_size >> self.blocks < 1:
+            raise UserError(
+                f"blocks {self.blocks} halve a {self.image_size}-pixel image to nothing; at most "
+                f"{int(math.log2(self.image_size))} blocks for --image-size {self.image_size}"
+            )
 
 
 def lr_at(config: E3Config, epoch: int) -> float:

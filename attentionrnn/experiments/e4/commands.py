@@ -15,6 +15,7 @@ from attentionrnn.engine.commands import (
     add_run_options,
     add_table_parser,
     print_reproduced,
+    seed_type,
     table,
 )
 from attentionrnn.engine.config import add_config_arguments, config_from_args
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = add_reproduce_parser(sub, BUDGETS, "cpu", "results/e4-BUDGET", row="mask", figure="samples")
     r.add_argument("--datasets", nargs="+", choices=DATASETS, default=["mref"])
     r.add_argument("--masks", nargs="+", choices=E4_MASKS, default=list(E4_MASKS))
-    r.add_argument("--seeds", nargs="+", type=int, help="training seeds of every row "
+    r.add_argument("--seeds", nargs="+", type=seed_type, help="training seeds of every row "
                    "(default: the budget's)")  # fmt: skip
     r.add_argument("--mnist", metavar="DIR", help="MNIST folder")
     r.add_argument("--celeba-dir", metavar="DIR", help="CelebA folder "
@@ -101,4 +102,6 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _table(args: argparse.Namespace) -> int:
     from attentionrnn.experiments.e4.reproduce import assemble, results_markdown
 
-    return table(args, assemble, results_markdown, "e4-")
+    from attentionrnn.experiments.e4.train import E4Config
+
+    return table(args, assemble, results_markdown, "e4-", config=E4Config)

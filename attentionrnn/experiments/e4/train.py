@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from attentionrnn.data.generate import MIN_CANVAS
-from attentionrnn.engine.config import RunConfig
+from attentionrnn.data.generate import MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
+from attentionrnn.engine.config import RunConfig, seed_field
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
@@ -85,7 +85,7 @@ class E4Config(RunConfig):
     )  # fmt: skip
     out: str = field(default="runs/e4", metadata=_opt("run folder", metavar="RUN_DIR"))
     epochs: int = field(default=10, metadata=_opt("maximum epochs", minimum=1))
-    seed: int = field(default=0, metadata=_opt("training seed"))
+    seed: int = seed_field()
     batch_size: int = field(default=32, metadata=_opt("batch size", minimum=2))
     lr: float = field(default=2e-4, metadata=_opt("Adam learning rate (G and D)", positive=True))
     lr_step: int = field(default=6, metadata=_opt("epochs between lr decays", minimum=1))
@@ -98,13 +98,14 @@ class E4Config(RunConfig):
     )  # fmt: skip
     patience: int = field(default=100, metadata=_opt("early-stopping patience (epochs)",
                                                      minimum=1))  # fmt: skip
-    images: int = field(default=3000, metadata=_opt("digit tasks: images generated", minimum=1))
+    images: int = field(default=3000, metadata=_opt("digit tasks: images generated", minimum=1,
+                                                    maximum=MAX_IMAGES))  # fmt: skip
     canvas: int = field(
         default=64,
         metadata=_opt("image side (digits: the generator's canvas; CelebA: resized to it)",
-                      minimum=16),
+                      minimum=16, maximum=MAX_CANVAS),
     )  # fmt: skip
-    data_seed: int = field(default=0, metadata=_opt("digit tasks: seed of the generator"))
+    data_seed: int = seed_field("digit tasks: seed of the generator")
     train_samples: int | None = field(
         default=None, metadata=_opt("use only this many training edits (quick runs)", minimum=2)
     )
@@ -127,7 +128,7 @@ class E4Config(RunConfig):
                                                        minimum=1))  # fmt: skip
     judge_channels: int = field(default=32, metadata=_opt("judge width", minimum=1))
     samples: int = field(default=6, metadata=_opt("rows of RUN_DIR/samples.png (0: none)",
-                                                  minimum=0))  # fmt: skip
+                                                  minimum=0, maximum=64))  # fmt: skip
     max_images: int | None = field(
         default=None, metadata=_opt("CelebA: read only the first images", minimum=1)
     )
