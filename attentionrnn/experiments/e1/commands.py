@@ -143,13 +143,13 @@ def _show(args: argparse.Namespace) -> int:
     from attentionrnn.experiments.e1.figures import show_grid
 
     kinds = Figure().canvas.get_supported_filetypes()
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out}: a folder; give the image file to write")
     if args.out.suffix.lstrip(".").lower() not in kinds:
         raise UserError(
             f"--out {args.out}: not an image type matplotlib writes; use one of "
             f"{', '.join('.' + k for k in sorted(kinds))}"
         )
-    if args.out.is_dir():
-        raise UserError(f"--out {args.out}: a folder; give the image file to write")
     path = show_grid(args.file, args.out, n=args.n, split=args.split, seed=args.seed)
     logger.info("wrote %s", path)
     return 0

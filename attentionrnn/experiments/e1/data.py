@@ -82,6 +82,7 @@ class E1Data:
         self.box = arrays["box"].astype(np.int64)
         self.instance = arrays["instance"].astype(np.int64)
         self.split = arrays["split"]
+        self._check_schema()
         self.metadata: dict[str, Any] = {
             k: (v.item() if v.ndim == 0 else v.tolist()) for k, v in meta.items()
         }
@@ -96,6 +97,24 @@ class E1Data:
         self.keep = np.ones(len(self.split), dtype=bool)
         if task == "digit":
             self.keep &= ~self.shared_color()
+
+    def _check_schema(self) -> None:
+        """Raise :class:`UserError` where the arrays do not fit together (a file edited or
+        written by something else): per-sample arrays of one length, indices into the images."""
+        n, images = len(self.split), len(self.images)
+        per_sample = {"image_index": self.image_index, "query": self.digit, "color": self.color,
+                      "scale": self.scale, "box": self.box, "instance": self.instance}  # fmt: skip
+        checks = [(k, len(v) == n) for k, v in per_sample.items()]
+        checks.append(("images", self.images.ndim == 4 and len(self.instances) == images))
+        inside = n == 0 or 0 <= self.image_index.min() <= self.image_index.max() < images
+        checks.append(("image_index", bool(inside)))
+        checks.append(("split", bool(np.isin(self.split, list(SPLITS.values())).all())))
+        problem = next((k for k, ok in checks if not ok), None)
+        if problem is not None:
+            raise UserError(
+                f"{self.path}: inconsistent dataset file (array {problem!r} does not fit the "
+                "others); make it again with 'attentionrnn e1 generate'"
+            )
 
     def shared_color(self) -> np.ndarray:
         """True for samples whose colour appears on another digit of the same image."""

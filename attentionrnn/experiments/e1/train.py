@@ -33,12 +33,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from attentionrnn.data.generate import CANVAS, DATASETS, MIN_CANVAS
-from attentionrnn.engine.config import RunConfig
+from attentionrnn.data.generate import CANVAS, DATASETS, MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
+from attentionrnn.engine.config import RunConfig, seed_field
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
-from attentionrnn.engine.state import seed_everything
+from attentionrnn.engine.state import file_sha256, seed_everything
 from attentionrnn.engine.trainer import (
     finished_metrics,
     fit,
@@ -79,10 +79,14 @@ class TrainConfig(RunConfig):
     out: str = field(default="runs/run", metadata=_opt("run folder", metavar="RUN_DIR"))
     samples: int = field(
         default=50000,
-        metadata=_opt("(image, query) samples to generate, split 60/20/20 (PAN: 50000)", minimum=1),
+        metadata=_opt(
+            "(image, query) samples to generate, split 60/20/20 (PAN: 50000)",
+            minimum=1,
+            maximum=int(MAX_IMAGES * SAMPLES_PER_IMAGE),
+        ),
     )
     epochs: int = field(default=300, metadata=_opt("maximum epochs", minimum=1))
-    seed: int = field(default=0, metadata=_opt("training seed"))
+    seed: int = seed_field()
     task: str = field(
         default="color",
         metadata=_opt(
@@ -92,13 +96,14 @@ class TrainConfig(RunConfig):
     data: str | None = field(
         default=None, metadata=_opt("use this dataset file", metavar="FILE.npz")
     )
-    data_seed: int = field(default=0, metadata=_opt("seed of the generated data"))
+    data_seed: int = seed_field("seed of the generated data")
     canvas: int = field(
         default=CANVAS,
         metadata=_opt(
             f"image side of the generated data in pixels (PAN: {CANVAS}; digit sizes scale "
             "with it)",
             minimum=MIN_CANVAS,
+            maximum=MAX_CANVAS,
         ),
     )
     data_dir: str | None = field(
@@ -112,16 +117,20 @@ class TrainConfig(RunConfig):
     mnist: str | None = field(
         default=None, metadata=_opt("folder of the MNIST IDX files", metavar="DIR")
     )
-    batch_size: int = field(default=200, metadata=_opt("global batch size", minimum=1))
+    batch_size: int = field(
+        default=200, metadata=_opt("global batch size (batch norm needs >= 2)", minimum=2)
+    )
     optimizer: str = field(
         default="rmsprop", metadata=_opt("optimiser (PAN: rmsprop)", choices=OPTIMIZERS)
     )
     lr: float = field(default=0.003, metadata=_opt("learning rate", positive=True))
-    rmsprop_alpha: float = field(default=0.9, metadata=_opt("RMSprop smoothing constant"))
+    rmsprop_alpha: float = field(
+        default=0.9, metadata=_opt("RMSprop smoothing constant", minimum=0, maximum=1)
+    )
     clip_norm: float = field(default=5.0, metadata=_opt("gradient-norm clip", positive=True))
     lr_decay: float = field(default=1.5, metadata=_opt("learning-rate divisor", positive=True))
-    lr_decay_start: int = field(default=30, metadata=_opt("first epoch of the decay"))
-    lr_decay_every: int = field(default=10, metadata=_opt("epochs between decays"))
+    lr_decay_start: int = field(default=30, metadata=_opt("first epoch of the decay", minimum=0))
+    lr_decay_every: int = field(default=10, metadata=_opt("epochs between decays", minimum=1))
     lr_warmup_epochs: int = field(
         default=0,
         metadata=_opt(
@@ -131,7 +140,7 @@ class TrainConfig(RunConfig):
     )
     patience: int = field(default=50, metadata=_opt("early-stopping patience (epochs)", minimum=1))
     attention_hidden: int | None = field(
-        default=None, metadata=_opt("hidden width of the attention modules")
+        default=None, metadata=_opt("hidden width of the attention modules", minimum=1)
     )
     layer4_gate: str | None = field(
         default=None,
@@ -194,6 +203,9 @@ def resolve_data(config: TrainConfig, ctx: DistContext | None = None) -> tuple[P
     how = "cached" if path.is_file() else "generated"
     if how == "generated" and ctx.main:
         from attentionrnn.data.generate import generate_dataset
+        from attentionrnn.engine.lock import make_folder
+
+        make_folder(folder, "--data-dir")
 
         logger.info("generating %s with %d images -> %s", config.dataset, images, path)
         generate_dataset(
@@ -353,7 +365,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
         val.pop("accuracy_by_scale")
         return val
 
-    fingerprint = config.fingerprint()
+    # the data file's content: the same path holding other data is another run
+    fingerprint = {**config.fingerprint(), "data_sha256": file_sha256(data.path)}
     state = fit(
         model, optimizer, out=out, fingerprint=fingerprint, ctx=ctx, epochs=config.epochs,
         patience=config.patience, lr_at=lambda e: lr_at(config, e), train_one_epoch=one_epoch,
