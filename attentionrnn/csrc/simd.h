@@ -16,13 +16,22 @@
 
 namespace attentionrnn {
 
+// min(max(x, lo), hi) that keeps a NaN: NaN compares false both ways, so it falls through (and
+// the kernels are built with -fno-finite-math-only, so the compiler may not assume it away). The
+// PyTorch paths propagate NaN through the gates; a clamp that turned it into a bound would hand
+// back a finite mask for a NaN input.
+template <typename T>
+inline T clamp_(T x, T lo, T hi) {
+  return x < lo ? lo : (x > hi ? hi : x);
+}
+
 // exp for the gate non-linearities, written so that a loop of it vectorises in place: a call to
 // the vector math library clobbers every SIMD register, which costs more than the exp itself in
 // these short loops. float: range reduction to r in [-ln2/2, ln2/2], a degree-6 polynomial
 // (Cephes' minimax coefficients, relative error ~1e-7) and the power of two put into the exponent
 // bits. double keeps the library exp: it only serves tests and float64 models.
 inline float exp_(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
+  x = clamp_(x, -87.0f, 88.0f);
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -48,7 +57,7 @@ inline T sigmoid(T x) {
 template <typename T>
 inline T tanh_(T x) {
   // Through exp so the loop vectorises; the clamp keeps exp finite.
-  x = std::min(std::max(x, T(-30)), T(30));
+  x = clamp_(x, T(-30), T(30));
   const T e = exp_(T(2) * x);
   return (e - T(1)) / (e + T(1));
 }
@@ -94,13 +103,14 @@ using FloatVec = Simd<float>::type;
 typedef int32_t IntVec __attribute__((vector_size(kVectorBytes)));
 
 // min(max(x, lo), hi), lane by lane: one instruction each with AVX, else a bitwise select (the
-// vector ?: operator is a GCC extension that not every compiler has in C++).
+// vector ?: operator is a GCC extension that not every compiler has in C++). A NaN lane stays NaN:
+// maxps / minps return their second operand where either is NaN, so x goes second.
 inline FloatVec clamp_(FloatVec x, float lo, float hi) {
   const FloatVec vlo = Simd<float>::splat(lo), vhi = Simd<float>::splat(hi);
 #if defined(__AVX512F__)
-  return _mm512_min_ps(_mm512_max_ps(x, vlo), vhi);
+  return _mm512_min_ps(vhi, _mm512_max_ps(vlo, x));
 #elif defined(__AVX__)
-  return _mm256_min_ps(_mm256_max_ps(x, vlo), vhi);
+  return _mm256_min_ps(vhi, _mm256_max_ps(vlo, x));
 #else
   auto select = [](IntVec mask, FloatVec a, FloatVec b) {
     IntVec ai, bi;

@@ -54,7 +54,9 @@ def load() -> ModuleType | None:
             name=build_name(),
             sources=[str(path) for path in SOURCES],
             # OpenMP: ATen's parallel_for in the kernels is serial without it.
-            extra_cflags=["-O3", "-march=native", "-ffast-math", "-mrecip", "-fopenmp", *extra],
+            # -fno-finite-math-only: NaN and inf pass through the gates as in PyTorch
+            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only",
+                          "-mrecip", "-fopenmp", *extra],  # fmt: skip
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )

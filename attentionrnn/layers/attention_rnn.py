@@ -14,6 +14,7 @@ from attentionrnn.layers.validation import (
     apply_gate,
     check_attention_input,
     check_gate,
+    check_input_dtype,
     check_positive_int,
 )
 
@@ -138,6 +139,7 @@ class _ScanAttention(nn.Module):
         self, x: Tensor, query: Tensor | None = None, return_mask: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         check_attention_input(x, query, self.in_channels, self.query_channels)
+        check_input_dtype(x, self)
         logits = self.mask_logits(self.encode(x, query))
         mask = apply_gate(logits, self.gate).to(x.dtype)
         y = x * mask

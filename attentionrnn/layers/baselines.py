@@ -28,6 +28,7 @@ from attentionrnn.layers.validation import (
     apply_gate,
     check_attention_input,
     check_gate,
+    check_input_dtype,
     check_positive_int,
 )
 
@@ -68,6 +69,7 @@ class _AttentionBase(nn.Module):
         self, x: torch.Tensor, query: torch.Tensor | None = None, return_mask: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         check_attention_input(x, query, self.in_channels, self.query_channels)
+        check_input_dtype(x, self)
         mask = self.mask(x, query)
         y = x * mask
         if return_mask:

@@ -56,6 +56,12 @@ DIRECTION_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _empty_batch(e: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Zeros of ``shape`` for a batch of 0, still on the autograd graph of ``e`` so that
+    backward runs."""
+    return e.new_zeros(shape) + 0 * e.sum()
+
+
 def resolve_directions(directions: str) -> tuple[str, ...]:
     """Map a ``directions`` name ("raster", "bi", "quad") to its tuple of corners."""
     if not isinstance(directions, str) or directions not in DIRECTION_SETS:
@@ -239,6 +245,9 @@ class DiagonalLSTMScan(nn.Module):
 
         The layout the scan produces without a transpose.
         """
+        if e.shape[0] == 0:  # an empty batch: nothing to scan, in every implementation
+            positions = e.shape[2] * e.shape[3]
+            return _empty_batch(e, (len(self.directions), positions, 0, self.hidden_channels))
         implementation = self.resolved_implementation(e)
         if implementation == "fused":
             return self._run_fused(e, None)
@@ -257,6 +266,8 @@ class DiagonalLSTMScan(nn.Module):
         A 1x1 convolution of the concatenated hidden maps to one channel (without its bias). The
         fused kernels compute it per cell, so the hidden maps are never stored.
         """
+        if e.shape[0] == 0:
+            return _empty_batch(e, (e.shape[2] * e.shape[3], 0)).to(weight.dtype) + 0 * weight.sum()
         if self.resolved_implementation(e) == "fused":
             return self._run_fused(e, weight).sum(0)
         rows = self.hidden_rows(e)

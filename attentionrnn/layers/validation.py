@@ -91,6 +91,20 @@ def check_attention_input(
         )
 
 
+def check_input_dtype(x: torch.Tensor, module: torch.nn.Module) -> None:
+    """Raise :class:`TypeError` naming both dtypes where ``x``'s dtype is not that of
+    ``module``'s floating-point parameters (a float64 or half input to a float32 layer), instead
+    of the convolution's message. Under ``torch.autocast`` for ``x``'s device the layers cast
+    their inputs themselves, so any floating dtype passes."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is None or x.dtype == dtype or torch.is_autocast_enabled(x.device.type):
+        return
+    raise TypeError(
+        f"x has dtype {x.dtype} but the module's parameters are {dtype}: convert one to the "
+        f"other (module.to({x.dtype}) or x.to({dtype})), or run under torch.autocast"
+    )
+
+
 def check_gate(gate: str) -> str:
     """Return ``gate`` if it names a known gate (``"sigmoid"`` or ``"softmax"``), else raise."""
     if gate not in GATES:
