@@ -114,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--out", default="attentionrnn-demo", help="output folder")
     m.add_argument("--mnist", metavar="DIR", help="folder of the MNIST IDX files (optional)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seed", type=seed_type, default=0)
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_demo)
 
