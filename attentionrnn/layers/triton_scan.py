@@ -34,6 +34,11 @@ from attentionrnn.layers.diagonal import (
 IMAGES_PER_PROGRAM = 4
 #: Upper bound of the rows (cells x images) a program processes at once per diagonal.
 MAX_ROWS = 128
+#: Bytes of one row tile spanning the whole gate axis (``BLOCK_R x 4h``, padded to a power of two):
+#: the rows per chunk are capped by it. Compiled for sm_90 (ptxas -v), 8 KiB keeps both kernels
+#: within 128 registers a thread and without spills at the default 4 warps for hidden widths 4 to
+#: 128, float32 and float64; 32 KiB (128 rows at hidden 16) made the backward kernel spill.
+TILE_BYTES = 8192
 
 
 @functools.lru_cache(maxsize=1)
@@ -142,11 +147,15 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _blocks(schedule: DiagonalSchedule, batch: int) -> tuple[int, int]:
-    """``BLOCK_B`` (images per program) and ``BLOCK_R`` (rows per chunk of a diagonal)."""
+def _blocks(
+    schedule: DiagonalSchedule, batch: int, hidden: int = 1, element_size: int = 4
+) -> tuple[int, int]:
+    """``BLOCK_B`` (images per program) and ``BLOCK_R`` (rows per chunk of a diagonal): the
+    rows a whole diagonal needs, at most ``MAX_ROWS`` and ``TILE_BYTES`` worth of gate rows."""
     block_b = min(_next_pow2(batch), IMAGES_PER_PROGRAM)
-    longest = max(schedule.length)
-    return block_b, max(min(_next_pow2(longest * block_b), MAX_ROWS), block_b)
+    rows = min(_next_pow2(max(schedule.length) * block_b), MAX_ROWS)
+    rows = min(rows, max(1, TILE_BYTES // (element_size * _next_pow2(4 * hidden))))
+    return block_b, max(rows, block_b)
 
 
 class TritonDiagonalLSTM(torch.autograd.Function):
@@ -167,7 +176,7 @@ class TritonDiagonalLSTM(torch.autograd.Function):
         acts = torch.empty_like(x)
         out = x.new_empty(num_dirs, cells_total, batch, hidden)
         table = _schedule_table(schedule, x.device)
-        block_b, block_r = _blocks(schedule, batch)
+        block_b, block_r = _blocks(schedule, batch, hidden, x.element_size())
         forward_kernel, _ = _kernels(interpreting())
         dummy = x.new_zeros(1)
         forward_kernel[(num_dirs, -(-batch // block_b))](
@@ -194,7 +203,7 @@ class TritonDiagonalLSTM(torch.autograd.Function):
         d_cells = torch.zeros_like(cells)
         d_x = torch.empty_like(acts)
         d_logit = states.new_zeros(num_dirs, schedule.padded_size, batch)
-        block_b, block_r = _blocks(schedule, batch)
+        block_b, block_r = _blocks(schedule, batch, hidden, acts.element_size())
         _, backward_kernel = _kernels(interpreting())
         backward_kernel[(num_dirs, -(-batch // block_b))](
             grad_out, index, _schedule_table(schedule, acts.device), w_state,
