@@ -36,8 +36,8 @@ IMAGES_PER_PROGRAM = 4
 MAX_ROWS = 128
 #: Bytes of one row tile spanning the whole gate axis (``BLOCK_R x 4h``, padded to a power of two):
 #: the rows per chunk are capped by it. Compiled for sm_90 (ptxas -v), 8 KiB keeps both kernels
-#: within 128 registers a thread and without spills at the default 4 warps for hidden widths 4 to
-#: 128, float32 and float64; 32 KiB (128 rows at hidden 16) made the backward kernel spill.
+#: free of spills at the default 4 warps for hidden widths 3 to 128, float32 and float64, most
+#: within 128 registers a thread; 32 KiB (128 rows at hidden 16) made the backward kernel spill.
 TILE_BYTES = 8192
 
 
