@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -156,6 +157,17 @@ def test_train_end_to_end_via_cli(tiny, tmp_path, capsys):
     assert metrics["parameters"] > metrics["attention_parameters"] > 0
     assert metrics["training_time_s"] > 0 and metrics["data"]["how"] == "given"
     assert metrics["cpu"] == cpu_name() and metrics["cpu"]  # what the time was measured on
+    prov = metrics["provenance"]  # which code, data and CPU features made the numbers
+    assert prov["data_sha256"] == hashlib.sha256(Path(tiny).read_bytes()).hexdigest()
+    assert prov["git_commit"] is None or len(prov["git_commit"].split("+")[0]) == 40
+    # what the masks cover and how consistent they are, per layer, on the test split
+    masks = metrics["masks"]
+    assert set(masks) == {f"layer{k}" for k in (1, 2, 3, 4)} | {"layer1-2", "layer2-3", "layer3-4"}
+    for k in (1, 2, 3, 4):
+        m = masks[f"layer{k}"]
+        assert m["queried"] + m["others"] + m["background"] == pytest.approx(1.0, abs=1e-6)
+        assert 0 < m["entropy"] <= 1 + 1e-9 and m["tv"] >= 0 and 0 < m["peak_region"] <= 1
+    assert "val_masks" in metrics["history"][-1]
     assert (out / "best.pt").is_file() and (out / "checkpoint.pt").is_file()
     assert "test_accuracy" in capsys.readouterr().out
     # rerunning a finished run returns its metrics without training again
@@ -285,7 +297,7 @@ def test_reproduce_adds_runs_and_assembles_the_table(tiny, tmp_path, capsys):
 
 
 def test_table_averages_correctness_over_the_layers_that_attend():
-    from attentionrnn.experiments.e1.reproduce import _precisions, summarize
+    from attentionrnn.experiments.e1.table import _precisions, summarize
 
     def run(attention, box4, recorded=None):
         m = {
@@ -312,7 +324,7 @@ def test_table_averages_correctness_over_the_layers_that_attend():
 
 
 def test_overview_puts_every_row_on_every_dataset_in_one_table():
-    from attentionrnn.experiments.e1.reproduce import _overview, summarize
+    from attentionrnn.experiments.e1.table import _overview, summarize
 
     def run(attention, acc, box4):
         return {

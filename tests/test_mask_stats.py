@@ -6,6 +6,7 @@ import torch
 
 from attentionrnn.experiments.e1.mask_stats import (
     area_shares,
+    border_share,
     layer_agreement,
     mask_statistic_names,
     mask_statistics,
@@ -78,3 +79,12 @@ def test_mask_statistics_names_and_shapes():
     assert all(v.shape == (2,) for v in stats.values())
     total = stats["layer2/queried"] + stats["layer2/others"] + stats["layer2/background"]
     np.testing.assert_allclose(total, 1.0)
+
+
+def test_border_share_of_a_uniform_mask_is_the_ring_share():
+    share, ring = border_share(torch.ones(2, 1, 10, 10))
+    assert ring == pytest.approx(36 / 100)
+    assert torch.allclose(share, torch.full((2,), 0.36, dtype=torch.float64))
+    frame = torch.zeros(1, 1, 4, 4)
+    frame[0, 0, 0] = 1
+    assert border_share(frame)[0].item() == 1.0

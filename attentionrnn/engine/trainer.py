@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from attentionrnn.engine.errors import DivergedError, UserError
 from attentionrnn.engine.lock import run_folder
 from attentionrnn.engine.memory import retain_freed_memory
 from attentionrnn.engine.precision import autocast, cpu_name
+from attentionrnn.engine.provenance import provenance
 from attentionrnn.engine.state import (
     atomic_save,
     atomic_write_json,
@@ -295,10 +297,12 @@ def write_metrics(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     ctx: DistContext,
+    data_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json`` — the experiment's ``metrics`` followed by how the run went
-    (epochs, steps, time, precision, processes, the config and the learning curve) — and the best
-    weights, and mark the run finished (rank 0). A NaN or infinite top-level metric raises
+    (epochs, steps, time, precision, processes, the provenance — git commit, CPU features, the
+    SHA-256 of ``data_file`` —, the config and the learning curve) — and the best weights, and
+    mark the run finished (rank 0). A NaN or infinite top-level metric raises
     :class:`DivergedError` instead: the run is not recorded as finished."""
     check_finite(metrics, f"{out}: test")
     metrics = json_safe(
@@ -317,6 +321,7 @@ def write_metrics(
             "threads": torch.get_num_threads(),
             "cpu": cpu_name(),
             "torch": torch.__version__,
+            "provenance": provenance(data_file),
             "config": dataclasses.asdict(config),
             "history": state.history,
         }

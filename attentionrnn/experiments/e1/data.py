@@ -145,6 +145,13 @@ class E1Data:
         boxes = box_regions(torch.from_numpy(self.box[idx]), size)
         return boxes, torch.from_numpy(self.stroke_masks(idx))
 
+    def region_labels(self, idx: np.ndarray) -> torch.Tensor:
+        """Int ``(B, 100, 100)``: 1 on the queried digit's strokes, 2 on the other digits' strokes,
+        0 on the background (:mod:`~attentionrnn.experiments.e1.mask_stats`)."""
+        inst = self.instances[self.image_index[idx]]
+        labels = np.where(inst == self.instance[idx][:, None, None], 1, np.where(inst > 0, 2, 0))
+        return torch.from_numpy(labels.astype(np.int64))
+
     def stroke_masks(self, idx: np.ndarray) -> np.ndarray:
         """Bool ``(B, 100, 100)``: the stroke pixels of each sample's queried digit."""
         return self.instances[self.image_index[idx]] == self.instance[idx][:, None, None]

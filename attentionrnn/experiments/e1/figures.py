@@ -14,6 +14,7 @@ from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e1.data import E1Data
 from attentionrnn.experiments.e1.metrics import mask_to_image
+from attentionrnn.experiments.e1.train import attention_kwargs
 from attentionrnn.models.pan import MASK_GEOMETRY, PAN
 
 __all__ = ["curve_figure", "load_run", "mask_figure", "pick_samples", "show_grid"]
@@ -32,15 +33,16 @@ def load_run(run_dir: str | Path) -> PAN:
         attention_hidden=config["attention_hidden"],
         # the gate the run trained with, which the config leaves out when it was the default
         layer4_gate=metrics.get("layer4_gate") or config.get("layer4_gate"),
+        attention_kwargs=attention_kwargs(config),
     )
     state = torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"]
     model.load_state_dict(state)
     return model.eval()
 
 
-def pick_samples(data: E1Data, count: int = 4, seed: int = 0) -> np.ndarray:
-    """``count`` test samples, from different images, chosen reproducibly."""
-    test = data.indices("test")
+def pick_samples(data: E1Data, count: int = 4, seed: int = 0, split: str = "test") -> np.ndarray:
+    """``count`` samples of ``split``, from different images, chosen reproducibly."""
+    test = data.indices(split)
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
     seen: set[int] = set()

@@ -13,6 +13,8 @@ Per sample and attention layer, from the mask on its own grid and its projection
 - **peak-region share**: the share of the mass in the 4-connected region of above-mean cells that
   holds the peak; 1 for one compact blob, small for mass scattered over many islands. A mask with
   no cell above its mean (uniform) scores 1.
+- **border share**: the share of the mass on the grid's outermost ring of cells (a uniform mask:
+  the ring's share of the cells, ``area_border``): a spatial bias that ignores image and query.
 - **layer agreement**: Pearson correlation of two consecutive layers' masks projected onto the
   image (``nan`` where either is constant).
 """
@@ -28,6 +30,8 @@ from attentionrnn.experiments.e1.metrics import mask_to_image
 
 __all__ = [
     "REGIONS",
+    "area_shares",
+    "border_share",
     "layer_agreement",
     "mask_statistic_names",
     "mask_statistics",
@@ -88,6 +92,16 @@ def tv_per_mass(mask: torch.Tensor) -> torch.Tensor:
     return tv / m.sum(dim=(1, 2))
 
 
+def border_share(mask: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(B,)`` share of the mass on the outermost ring of the grid, and the ring's cell share."""
+    m = _grid(mask)
+    h, w = m.shape[1:]
+    inner = m[:, 1:-1, 1:-1].sum(dim=(1, 2)) if h > 2 and w > 2 else torch.zeros(len(m))
+    total = m.sum(dim=(1, 2))
+    ring = 1 - max(h - 2, 0) * max(w - 2, 0) / (h * w)
+    return (total - inner) / total, ring
+
+
 def peak_region_share(mask: torch.Tensor) -> torch.Tensor:
     """``(B,)`` share of the mass in the connected above-mean region around the peak."""
     from scipy import ndimage
@@ -129,6 +143,7 @@ def mask_statistic_names(layers: int) -> list[str]:
         for region in REGIONS:
             names += [f"{name}/{region}", f"{name}/area_{region}"]
         names += [f"{name}/entropy", f"{name}/tv", f"{name}/peak_region"]
+        names += [f"{name}/border", f"{name}/area_border"]
         if k + 1 < layers:
             names.append(f"{name}-{k + 2}/agreement")
     return names
@@ -142,7 +157,8 @@ def mask_statistics(
     """Every statistic above for a batch, as ``{name: (B,) array}``.
 
     Names: ``layerK/<region>`` and ``layerK/area_<region>`` for each of :data:`REGIONS`,
-    ``layerK/entropy``, ``layerK/tv``, ``layerK/peak_region`` and ``layerK-K+1/agreement``
+    ``layerK/entropy``, ``layerK/tv``, ``layerK/peak_region``, ``layerK/border``,
+    ``layerK/area_border`` and ``layerK-K+1/agreement``
     (``K`` 1-based).
     """
     size = (labels.shape[1], labels.shape[2])
@@ -158,6 +174,9 @@ def mask_statistics(
         out[f"{name}/entropy"] = relative_entropy(mask).numpy()
         out[f"{name}/tv"] = tv_per_mass(mask).numpy()
         out[f"{name}/peak_region"] = peak_region_share(mask).numpy()
+        border, ring = border_share(mask)
+        out[f"{name}/border"] = border.numpy()
+        out[f"{name}/area_border"] = np.full(len(border), ring)
         if k + 1 < len(masks):
             out[f"{name}-{k + 2}/agreement"] = layer_agreement(
                 mask, geometry[k], masks[k + 1].float(), geometry[k + 1], size

@@ -59,6 +59,13 @@ class Budget:
     #: RMSprop's learning rate (PAN: 0.003, at batch 200), and the epochs of its linear warm-up
     lr: float = 0.003
     lr_warmup_epochs: int = 0
+    #: PAN's schedule: the rate ÷1.5 from epoch ``lr_decay_start`` every ``lr_decay_every``
+    lr_decay_start: int = 30
+    lr_decay_every: int = 10
+    #: the rows and datasets a ``reproduce`` without ``--methods`` / ``--datasets`` trains
+    #: (``None``: all)
+    methods: tuple[str, ...] | None = None
+    datasets: tuple[str, ...] | None = None
 
 
 #: The rows trained with the budget's ``spread_seeds``: the comparison the paper makes.
@@ -106,6 +113,28 @@ BUDGETS: dict[str, Budget] = {
         "(~2,300 steps), RMSprop lr 0.003 after a 2-epoch warm-up; minutes, not the paper's "
         "setting",
     ),
+    # Every method trained until its curves are flat (docs/e1.md, "The plateau budget"): PAN's
+    # data, batch and RMSprop at 0.003, its ÷1.5 decay compressed to every 3 epochs from epoch 10,
+    # 24 epochs (or 8 without a better validation accuracy). Sized from a pilot of CTX and ARNN
+    # on MDIST (docs/results/plateau/pilot): both validation curves flat over the last five
+    # epochs. On the 80x80 canvas: PAN's 100 px costs ~2.7x per epoch, which puts the rows over
+    # the 15 h this budget may take on a 2-core machine.
+    "plateau": Budget(
+        samples=50000,
+        epochs=24,
+        batch_size=200,
+        patience=8,
+        canvas=80,
+        lr_decay_start=10,
+        lr_decay_every=3,
+        seeds=(0, 1),
+        spread_seeds=(0, 1, 2, 3, 4),
+        methods=("local", "ctx", "arnn_ind", "arnn", "arnn_quad", "brnn"),
+        datasets=("mdist", "mbg"),
+        description="PAN's data (30k/10k/10k samples) on an 80x80 canvas, batch 200, lr 0.003 "
+        "÷1.5 every 3 epochs from epoch 10, 24 epochs (early stop after 8), CTX and ARNN 5 seeds, "
+        "the others 2",
+    ),
     # The PAN protocol.
     "full": Budget(
         samples=50000,
@@ -130,8 +159,8 @@ def row_name(method: str, layer4_gate: str | None) -> str:
 def reproduce(
     out: str | Path,
     budget: str | Budget = "quick",
-    datasets: tuple[str, ...] = DATASETS,
-    methods: tuple[str, ...] = ATTENTION_NAMES,
+    datasets: tuple[str, ...] | None = None,
+    methods: tuple[str, ...] | None = None,
     seeds: tuple[int, ...] | None = None,
     layer4_gate: str | None = None,
     mnist: str | None = None,
@@ -149,7 +178,7 @@ def reproduce(
     Args:
         out: output folder (runs, data cache, table, figures).
         budget: a name in :data:`BUDGETS` or a :class:`Budget`.
-        datasets, methods: which runs to add.
+        datasets, methods: which runs to add (default: the budget's, else all).
         seeds: training seeds of every row (default: the budget's, with ``spread_seeds`` for
             CTX and ARNN); the data seed is always 0.
         layer4_gate: override the last attention layer's gate of these runs.
@@ -166,6 +195,8 @@ def reproduce(
             (:func:`~attentionrnn.engine.runs.plan_runs`).
     """
     name, b = named_budget(budget, BUDGETS, Budget)
+    datasets = tuple(datasets or b.datasets or DATASETS)
+    methods = tuple(methods or b.methods or ATTENTION_NAMES)
     unknown = sorted(set(methods) - set(ATTENTION_NAMES))
     if unknown:
         raise UserError(f"unknown method(s) {unknown}; valid: {', '.join(ATTENTION_NAMES)}")
@@ -184,6 +215,8 @@ def reproduce(
             batch_size=b.batch_size,
             lr=b.lr,
             lr_warmup_epochs=b.lr_warmup_epochs,
+            lr_decay_start=b.lr_decay_start,
+            lr_decay_every=b.lr_decay_every,
             patience=b.patience,
             canvas=b.canvas,
             task=task,

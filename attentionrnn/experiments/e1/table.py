@@ -9,6 +9,7 @@ CTX, and what the masks cover at every layer.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from attentionrnn.engine.runs import format_stats, seed_stats
@@ -50,6 +51,21 @@ def row_order(row: str) -> tuple[int, str]:
     return (ATTENTION_NAMES.index(method) if method in ATTENTION_NAMES else 99, row)
 
 
+def _options(metrics: dict[str, Any]) -> str:
+    """The run's attention options that differ from their defaults, for its label (an option
+    that the method's module does not take is left out)."""
+    config = metrics.get("config", {})
+    takes = inspect.signature(ATTENTION_METHODS[metrics["attention"]].module).parameters
+    parts = []
+    if config.get("attention_hidden"):
+        parts.append(f"hidden {config['attention_hidden']}")
+    if config.get("query_fusion", "add") != "add" and "query_fusion" in takes:
+        parts.append(f"{config['query_fusion']} fusion")
+    if not config.get("feedback", True) and "feedback" in takes:
+        parts.append("no feedback")
+    return f", {', '.join(parts)}" if parts else ""
+
+
 def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean ± std over the seeds of one row."""
     ms = [runs[s] for s in sorted(runs)]
@@ -59,7 +75,7 @@ def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return {
         "row": row,
         "method": first["attention"],
-        "label": ATTENTION_METHODS[first["attention"]].label,
+        "label": ATTENTION_METHODS[first["attention"]].label + _options(first),
         "layer4_gate": first.get("layer4_gate"),
         "precision": first.get("precision", "fp32"),
         # per seed: a row may hold runs of machines with and without native bf16
@@ -79,10 +95,37 @@ def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
             b: seed_stats([m["accuracy_by_scale"][b]["accuracy"] for m in ms]) for b in bins
         },
         "masks": _mask_stats(ms),
+        "final_slope": {
+            q: seed_stats([final_slope(m["history"], q) for m in ms]) for q in SLOPE_QUANTITIES
+        },
         "steps": first.get("steps"),
         "epochs": [m["epochs"] for m in ms],
         "training_time_min": seed_stats([m["training_time_s"] / 60 for m in ms]),
     }
+
+
+#: The learning curves whose final slope says whether a run has converged.
+SLOPE_QUANTITIES = ("val_accuracy", "val_layer4_box")
+#: The slope (per epoch, over the last :data:`SLOPE_EPOCHS`) under which a curve counts as flat.
+FLAT_SLOPE = 0.005
+SLOPE_EPOCHS = 5
+
+
+def final_slope(history: list[dict[str, Any]], quantity: str) -> float | None:
+    """Least-squares slope per epoch of a validation curve over its last :data:`SLOPE_EPOCHS`
+    epochs (``None`` for a shorter curve): ``val_accuracy`` or ``val_layer4_box``."""
+    from scipy import stats
+
+    def value(h: dict[str, Any]) -> float:
+        if quantity == "val_layer4_box":
+            return h["val_attention_correctness"]["layer4"]["box"]
+        return h[quantity]
+
+    if len(history) < SLOPE_EPOCHS:
+        return None
+    tail = history[-SLOPE_EPOCHS:]
+    fit = stats.linregress([h["epoch"] for h in tail], [value(h) for h in tail])
+    return float(fit.slope)
 
 
 def _mask_stats(ms: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
@@ -167,6 +210,19 @@ def _overview(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         gate = first["layer4_gate"] or "–"
         lines.append(f"| {row_label(first)} | {gate} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _slopes(r: dict[str, Any]) -> str:
+    """The steepest final slope over the seeds of each curve, marked where not flat."""
+    cells = []
+    for q in SLOPE_QUANTITIES:
+        values = (r.get("final_slope") or {}).get(q, {}).get("values") or []
+        if not values:
+            cells.append("–")
+            continue
+        steepest = max(values, key=abs)
+        cells.append(f"{steepest:+.4f}" + ("" if abs(steepest) < FLAT_SLOPE else " ↗"))
+    return " / ".join(cells)
 
 
 def _ci(stats: dict[str, Any] | None) -> str:
@@ -254,7 +310,10 @@ def results_markdown(summary: dict[str, Any]) -> str:
         "layers that attend (all 4, SAN only layer 4); best layer: the highest per-layer box "
         "correctness. Mean ± sample standard deviation over the seeds listed; one seed has no ±. "
         "L4: the last layer's gate. Precision: bf16 autocast where the machine computes bf16 "
-        "natively, else fp32 (per seed where a row mixes them). Time: training time per run.",
+        "natively, else fp32 (per seed where a row mixes them). Time: training time per run. "
+        "Final slope: the steepest over the seeds of the least-squares slope per epoch of the "
+        "validation accuracy and layer-4 box share over the last five epochs; ↗ where it is "
+        f"{FLAT_SLOPE} or more (the curve is not flat).",
         "",
         *_overview(summary["results"]),
     ]
@@ -263,8 +322,8 @@ def results_markdown(summary: dict[str, Any]) -> str:
             f"## {d.upper()} (training time of all runs: {summary['wall_time_min'][d] / 60:.1f} h)",
             "",
             "| method | L4 | seeds | precision | test acc | box | stroke | best layer (box) "
-            "| time |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| time | final slope (val acc / L4 box) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows.values():
             best = max(r["box_by_layer"].items(), key=lambda kv: kv[1]["mean"] or 0)
@@ -274,7 +333,7 @@ def results_markdown(summary: dict[str, Any]) -> str:
                 f"{format_stats(r['test_accuracy'])} | "
                 f"{format_stats(r['box'])} | {format_stats(r['stroke'])} | "
                 f"{best[0][-1]}: {format_stats(best[1])} | "
-                f"{format_stats(r['training_time_min'], 1)} min |"
+                f"{format_stats(r['training_time_min'], 1)} min | {_slopes(r)} |"
             )
         lines += _comparison_lines(d, rows, summary.get("comparisons", {}).get(d, {}))
         lines += _mask_lines(rows)

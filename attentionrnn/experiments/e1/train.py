@@ -47,6 +47,11 @@ from attentionrnn.engine.trainer import (
     write_metrics,
 )
 from attentionrnn.experiments.e1.data import TASKS, E1Data
+from attentionrnn.experiments.e1.mask_stats import (
+    mask_statistic_names,
+    mask_statistics,
+    summarize_statistics,
+)
 from attentionrnn.experiments.e1.metrics import accuracy_by_scale, attention_correctness
 from attentionrnn.layers.factory import ATTENTION_NAMES
 from attentionrnn.models.pan import MASK_GEOMETRY, PAN
@@ -70,7 +75,7 @@ class TrainConfig(RunConfig):
     (the fields of :class:`~attentionrnn.engine.config.RunConfig` too)."""
 
     RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "mnist")
-    LATER_FIELDS = {"canvas": CANVAS}
+    LATER_FIELDS = {"canvas": CANVAS, "query_fusion": "add", "feedback": True}
 
     dataset: str = field(default="mref", metadata=_opt("dataset", choices=DATASETS))
     attention: str = field(
@@ -148,6 +153,18 @@ class TrainConfig(RunConfig):
             "gate of the last attention layer (default: PAN's softmax)",
             choices=("sigmoid", "softmax"),
         ),
+    )
+    query_fusion: str = field(
+        default="add",
+        metadata=_opt(
+            "how the recurrent attention's encoder joins image and query (ARNN, BRNN): "
+            "conv(x) + Uq or conv(x) * Uq",
+            choices=("add", "mul"),
+        ),
+    )
+    feedback: bool = field(
+        default=True,
+        metadata=_opt("feed the predicted attention values into the scan (ARNN, BRNN)"),
     )
 
 
@@ -236,6 +253,15 @@ def load_data(config: TrainConfig, ctx: DistContext | None = None) -> tuple[E1Da
     return data, how
 
 
+def attention_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """The attention modules' options of a run's config (a run recorded before an option existed
+    has its default)."""
+    return {
+        "query_fusion": config.get("query_fusion", "add"),
+        "feedback": config.get("feedback", True),
+    }
+
+
 def build_model(config: TrainConfig) -> PAN:
     """The PAN network with the run's attention method, in the run's memory format."""
     model = PAN(
@@ -243,6 +269,7 @@ def build_model(config: TrainConfig) -> PAN:
         task=config.task,
         attention_hidden=config.attention_hidden,
         layer4_gate=config.layer4_gate,
+        attention_kwargs=attention_kwargs(vars(config)),
     )
     return model.to(memory_format=torch.channels_last) if config.channels_last else model
 
@@ -276,6 +303,7 @@ def evaluate(
     model.eval()
     shard = indices[ctx.rank :: ctx.world]
     rows: list[np.ndarray] = []
+    names: list[str] = []
     for start in range(0, len(shard), batch_size):
         idx = shard[start : start + batch_size]
         img, query, target = data.batch(idx)
@@ -288,8 +316,14 @@ def evaluate(
                 for region in (boxes, strokes):
                     share = attention_correctness(masks[k].float(), region, stride, offset)
                     cols.append(share.double().numpy())
+            stats = mask_statistics(masks, MASK_GEOMETRY, data.region_labels(idx))
+            names = list(stats)
+            cols += [stats[n].astype(np.float64) for n in names]
         rows.append(np.stack(cols, axis=1))
-    width = 2 + (2 * len(MASK_GEOMETRY) if full else 0)
+    if full and not names:  # an empty shard still needs the columns' names and count
+        names = list(mask_statistic_names(len(MASK_GEOMETRY)))
+    first = 2 + 2 * len(MASK_GEOMETRY)
+    width = (first + len(names)) if full else 2
     local = np.concatenate(rows) if rows else np.zeros((0, width))
     table = ctx.gather_rows(local)
     table = table[np.argsort(table[:, 0], kind="stable")]
@@ -305,6 +339,9 @@ def evaluate(
             }
             for k in range(len(MASK_GEOMETRY))
         }
+        result["masks"] = summarize_statistics(
+            {n: [table[:, first + j]] for j, n in enumerate(names)}
+        )
     return result
 
 
@@ -390,6 +427,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
         "val_accuracy": state.best_score,
         "accuracy_by_scale": test["accuracy_by_scale"],
         "attention_correctness": test["attention_correctness"],
+        "masks": test["masks"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "attention_parameters": sum(p.numel() for p in model.attentions.parameters()),
         "samples": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
@@ -404,7 +442,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
     }
     metrics = write_metrics(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
-        model=model, optimizer=optimizer, ctx=ctx,
+        model=model, optimizer=optimizer, ctx=ctx, data_file=data.path,
     )  # fmt: skip
     if ctx.main:
         logger.info(
