@@ -13,9 +13,9 @@ names). :func:`fit` owns the rest:
 
 The experiment then measures its test set and calls :func:`write_metrics`. Only rank 0 writes,
 and it holds the run folder's lock (:func:`~attentionrnn.engine.lock.run_folder`) for the whole
-run. A training loss, validation score or test metric that turns NaN or infinite stops the run
-with a :class:`~attentionrnn.engine.errors.DivergedError`; such a run is never recorded as
-finished.
+run. A training or validation loss, the validation score or a test loss that turns NaN or
+infinite stops the run with a :class:`~attentionrnn.engine.errors.DivergedError`; such a run is
+never recorded as finished.
 """
 
 from __future__ import annotations
@@ -124,10 +124,14 @@ def launch(config: Any, body: Callable[[Any, DistContext], Any]) -> Any:
         ctx.close()
 
 
-def check_finite(values: dict[str, Any], what: str) -> None:
-    """Raise :class:`DivergedError` naming the first top-level float of ``values`` that is NaN or
-    infinite (nested entries, such as per-class tables, are left alone)."""
+def check_finite(values: dict[str, Any], what: str, keys: tuple[str, ...] = ("loss",)) -> None:
+    """Raise :class:`DivergedError` naming the first top-level float of ``values`` whose name
+    contains one of ``keys`` (the losses, by default) that is NaN or infinite. Other entries may
+    be NaN where a metric cannot be measured (E4's KID below two samples), and nested ones (per
+    class tables) are left alone."""
     for key, value in values.items():
+        if not any(k in key for k in keys):
+            continue
         if isinstance(value, float) and not math.isfinite(value):
             raise DivergedError(
                 f"{what}: {key} is {value}: the run diverged (lower --lr, or the loss weights); "
@@ -247,7 +251,10 @@ def fit(
         ctx.sync_buffers(model)
         val = evaluate()
         score = float(val[monitor])
-        check_finite({**train_stats, **val, monitor: score}, f"{name} epoch {state.epoch + 1}")
+        check_finite(  # the losses and the score that selects the weights
+            {**train_stats, **{f"val_{k}": v for k, v in val.items()}, f"val_{monitor}": score},
+            f"{name} epoch {state.epoch + 1}", keys=("loss", f"val_{monitor}"),
+        )  # fmt: skip
         seconds = time.perf_counter() - started
         state.elapsed += seconds
         state.history.append(
@@ -302,7 +309,7 @@ def write_metrics(
     """Write ``metrics.json`` — the experiment's ``metrics`` followed by how the run went
     (epochs, steps, time, precision, processes, the provenance — git commit, CPU features, the
     SHA-256 of ``data_file`` —, the config and the learning curve) — and the best weights, and
-    mark the run finished (rank 0). A NaN or infinite top-level metric raises
+    mark the run finished (rank 0). A NaN or infinite loss among the metrics raises
     :class:`DivergedError` instead: the run is not recorded as finished."""
     check_finite(metrics, f"{out}: test")
     metrics = json_safe(
