@@ -8,13 +8,14 @@ machine each number came from.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_flags", "file_sha256", "git_commit", "provenance"]
+from attentionrnn.engine.state import file_sha256
+
+__all__ = ["cpu_flags", "git_commit", "provenance"]
 
 #: The CPU features that change the kernels' speed or numerics (bf16 products, vector width).
 _RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -47,21 +48,6 @@ def cpu_flags() -> list[str]:
     except OSError:
         return []
     return [f for f in _RELEVANT_FLAGS if f in flags]
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's content (cached per path, size and modification time)."""
-    st = os.stat(path)
-    return _sha256(os.fspath(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def provenance(data: str | os.PathLike | None = None) -> dict[str, Any]:
