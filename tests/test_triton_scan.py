@@ -3,8 +3,9 @@ interpreter.
 
 Without a GPU the kernels run under Triton's interpreter on CPU tensors. Triton builds its own
 library functions for the interpreter only when ``TRITON_INTERPRET=1`` is in the environment as it
-is first imported, so this module sets it on import (unless Triton is already loaded; nothing in
-this package imports Triton before a scan runs) and it stays set for the session. These tests check
+is first imported, so this module imports Triton with it set (unless Triton is already loaded;
+nothing in this package imports Triton before a scan runs), and sets it again during each of its
+tests; the rest of the session does not see it (``torch.compile`` reads it too). These tests check
 the kernels' arithmetic and indexing, not their speed or their compiled form; sizes are tiny, as
 the interpreter runs every program one after the other in NumPy. The compiled kernels on a CUDA
 device are ``tests/test_triton_cuda.py``'s.
@@ -17,20 +18,28 @@ import os
 import subprocess
 import sys
 
-if "triton" not in sys.modules:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from attentionrnn import (  # noqa: E402
+from attentionrnn import (
     AttentionRNN,
     BlockAttentionRNN,
     ReferenceAttentionRNN,
     ReferenceBlockAttentionRNN,
 )
-from attentionrnn.layers import triton_scan  # noqa: E402
-from attentionrnn.layers.scan import DiagonalLSTMScan  # noqa: E402
+from attentionrnn.layers import triton_scan
+from attentionrnn.layers.scan import DiagonalLSTMScan
+
+if "triton" not in sys.modules:
+    _before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        triton_scan.triton_available()  # imports Triton, in interpreter mode
+    finally:
+        if _before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = _before
 
 _WHY_NOT = triton_scan.triton_unavailable_reason()
 if _WHY_NOT is None and not triton_scan.interpreting():
@@ -39,6 +48,14 @@ NEEDS_INTERPRETER = pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT
 NEEDS_TRITON = pytest.mark.skipif(
     not triton_scan.triton_available(), reason=str(triton_scan.triton_unavailable_reason())
 )
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_environment(monkeypatch):
+    """Triton reads ``TRITON_INTERPRET`` while it runs too: keep it consistent with the mode it
+    was imported in, for this module's tests only."""
+    if triton_scan.triton_available() and triton_scan.interpreting():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 def _pair(layer_cls, ref_cls, dtype, seed, **kwargs):
