@@ -57,6 +57,8 @@ def test_cuda_auto_is_triton_and_agrees_with_bptt(autocast):
     layers = {impl: AttentionRNN(32, implementation=impl).cuda() for impl in ("auto", "bptt")}
     layers["bptt"].load_state_dict(layers["auto"].state_dict())
     x = torch.randn(16, 32, 28, 28, device="cuda")
+    if not triton_scan.suits_auto(x.device):
+        pytest.skip(f"compute capability {torch.cuda.get_device_capability()}: auto runs bptt")
     assert layers["auto"].scan.resolved_implementation(x) == "triton"
     results = {}
     for impl, layer in layers.items():

@@ -272,3 +272,12 @@ def test_auto_keeps_the_cpu_implementations():
     """``auto`` picks the Triton scan on CUDA devices only, the interpreter notwithstanding."""
     layer = AttentionRNN(6, hidden_channels=4)
     assert layer.scan.resolved_implementation(torch.randn(1, 4, 3, 3)) in ("fused", "bptt")
+    assert not triton_scan.suits_auto(torch.device("cpu"))
+
+
+@NEEDS_TRITON
+def test_auto_takes_triton_on_recent_cuda_devices(monkeypatch):
+    monkeypatch.setattr(triton_scan, "_capability", lambda index: (9, 0))
+    assert triton_scan.suits_auto(torch.device("cuda:0"))
+    monkeypatch.setattr(triton_scan, "_capability", lambda index: (7, 5))  # auto: bptt there
+    assert not triton_scan.suits_auto(torch.device("cuda:0"))

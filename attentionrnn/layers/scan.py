@@ -283,7 +283,7 @@ class DiagonalLSTMScan(nn.Module):
             return self.implementation
         if _graph_capture_active():
             return "autograd"
-        if e.device.type == "cuda" and triton_scan.triton_available():
+        if e.device.type == "cuda" and triton_scan.suits_auto(e.device):
             return "triton"
         if e.device.type == "cpu" and _extension.load() is not None:
             return "fused"

@@ -66,6 +66,26 @@ def interpreting() -> bool:
     return isinstance(standard.sum, InterpretedFunction)
 
 
+#: The oldest CUDA compute capability ``implementation="auto"`` runs the Triton scan on (Triton
+#: supports compute capability 8.0 and newer; ``"triton"`` may still be asked for on older GPUs).
+AUTO_MIN_CAPABILITY = (8, 0)
+
+
+def suits_auto(device: torch.device) -> bool:
+    """Whether ``implementation="auto"`` runs the Triton scan for an input on ``device``: a CUDA
+    device (or a ROCm one, which PyTorch also calls ``cuda``) recent enough, and Triton imports."""
+    device = torch.device(device)
+    if device.type != "cuda" or not triton_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability(index) >= AUTO_MIN_CAPABILITY
+
+
+@functools.lru_cache(maxsize=16)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def triton_unavailable_reason(device: torch.device | str | None = None) -> str | None:
     """Why ``implementation="triton"`` cannot run (on ``device``), or ``None`` where it can."""
     why = _import_error()
