@@ -95,8 +95,8 @@ class _ScanAttention(nn.Module):
 
     @property
     def implementation(self) -> str:
-        """How the scan runs: ``"auto"``, ``"fused"``, ``"bptt"`` or ``"autograd"`` (see
-        :class:`~attentionrnn.layers.scan.DiagonalLSTMScan`)."""
+        """How the scan runs: ``"auto"``, ``"fused"``, ``"bptt"``, ``"autograd"`` or ``"triton"``
+        (see :class:`~attentionrnn.layers.scan.DiagonalLSTMScan`)."""
         return self.scan.implementation
 
     def extra_repr(self) -> str:
@@ -174,10 +174,12 @@ class AttentionRNN(_ScanAttention):
             paper's structure); ``False`` is the ablation without it. Default: ``True``.
         implementation: how the scan runs, all with the same results: ``"fused"`` (C++ CPU
             kernels), ``"bptt"`` (PyTorch ops with a hand-written backward), ``"autograd"`` (a
-            loop of differentiable ops, what tracing, export and ``torch.compile`` capture) or
-            ``"auto"``: ``"autograd"`` while capturing a graph, else ``"fused"`` on the CPU where
-            the kernels build, else ``"bptt"``. ``"fused"`` where the kernels cannot run raises
-            ``RuntimeError``. Default: ``"auto"``.
+            loop of differentiable ops, what tracing, export and ``torch.compile`` capture),
+            ``"triton"`` (Triton kernels for CUDA devices, the ``gpu`` extra; docs/gpu.md) or
+            ``"auto"``: ``"autograd"`` while capturing a graph, else ``"triton"`` on CUDA devices
+            where it can run, ``"fused"`` on the CPU where the kernels build, else ``"bptt"``.
+            ``"fused"`` or ``"triton"`` where it cannot run raises ``RuntimeError``. Default:
+            ``"auto"``.
         query_fusion: how the encoder joins image and query: ``"add"`` (``conv(x) + U q``) or
             ``"mul"`` (``conv(x) ⊙ U q``, multiplicative, as in low-rank bilinear VQA models).
             Without a query it has no effect. Default: ``"add"``.

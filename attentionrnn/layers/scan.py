@@ -138,8 +138,8 @@ class DiagonalLSTMScan(nn.Module):
             through time, for CUDA devices (:mod:`attentionrnn.layers.triton_scan`, the optional
             ``gpu`` extra; on CPU tensors only under Triton's interpreter).
             ``"auto"`` (default) picks ``"autograd"`` while capturing a graph, ``"triton"`` on
-            CUDA devices where Triton imports, ``"fused"`` on CPU where the kernels build, else
-            ``"bptt"``. Asking for ``"fused"`` where the kernels
+            CUDA devices of compute capability 8.0+ where Triton imports, ``"fused"`` on CPU
+            where the kernels build, else ``"bptt"``. Asking for ``"fused"`` where the kernels
             cannot run (they do not build here, or the input is not on the CPU) raises
             ``RuntimeError`` rather than falling back; so does ``"triton"`` where it cannot run.
 
