@@ -17,6 +17,7 @@ import itertools
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,6 +239,22 @@ def test_kernels_compile_for_a_gpu_without_one():
 
 
 # ------------------------------------------------------------------------------ dispatch, errors
+
+
+def test_triton_is_an_optional_extra():
+    """Triton is the ``gpu`` extra, not a dependency, and the layer on the CPU never imports it."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert not any("triton" in d for d in project["dependencies"])
+    assert [d.split(">")[0] for d in project["optional-dependencies"]["gpu"]] == ["triton"]
+    code = (
+        "import sys, torch; from attentionrnn import AttentionRNN\n"
+        "AttentionRNN(4, hidden_channels=4)(torch.randn(1, 4, 3, 3)).sum().backward()\n"
+        "print('triton' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]
 
 
 def test_missing_triton_is_named(monkeypatch):
