@@ -16,6 +16,7 @@ tests check them against the per-pixel reference on machines without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -163,6 +164,11 @@ def _neighbour_rows(schedule: DiagonalSchedule, index: Tensor) -> tuple[Tensor, 
     )
 
 
+def _on(device: torch.device) -> contextlib.AbstractContextManager:
+    """Launch on ``device``: Triton launches on the current CUDA device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -199,14 +205,15 @@ class TritonDiagonalLSTM(torch.autograd.Function):
         block_b, block_r = _blocks(schedule, batch, hidden, x.element_size())
         forward_kernel, _ = _kernels(interpreting())
         dummy = x.new_zeros(1)
-        forward_kernel[(num_dirs, -(-batch // block_b))](
-            x, index, table, w_state,
-            w_att if feedback else dummy, b_att if feedback else dummy,
-            states, cells, acts, out,
-            batch, cells_total, padded, schedule.steps,
-            HIDDEN=hidden, FEEDBACK=int(feedback), HP=_next_pow2(hidden),
-            BLOCK_B=block_b, BLOCK_R=block_r,
-        )  # fmt: skip
+        with _on(x.device):
+            forward_kernel[(num_dirs, -(-batch // block_b))](
+                x, index, table, w_state,
+                w_att if feedback else dummy, b_att if feedback else dummy,
+                states, cells, acts, out,
+                batch, cells_total, padded, schedule.steps,
+                HIDDEN=hidden, FEEDBACK=int(feedback), HP=_next_pow2(hidden),
+                BLOCK_B=block_b, BLOCK_R=block_r,
+            )  # fmt: skip
         ctx.schedule, ctx.feedback = schedule, feedback
         ctx.save_for_backward(index, w_state, w_att, states, cells, acts)
         return out
@@ -225,14 +232,15 @@ class TritonDiagonalLSTM(torch.autograd.Function):
         d_logit = states.new_zeros(num_dirs, schedule.padded_size, batch)
         block_b, block_r = _blocks(schedule, batch, hidden, acts.element_size())
         _, backward_kernel = _kernels(interpreting())
-        backward_kernel[(num_dirs, -(-batch // block_b))](
-            grad_out, index, _schedule_table(schedule, acts.device), w_state,
-            w_att if feedback else d_logit,
-            states, cells, acts, d_states, d_cells, d_x, d_logit,
-            batch, cells_total, schedule.padded_size, schedule.steps,
-            HIDDEN=hidden, FEEDBACK=int(feedback), HP=_next_pow2(hidden),
-            GP=_next_pow2(gates), BLOCK_B=block_b, BLOCK_R=block_r,
-        )  # fmt: skip
+        with _on(acts.device):
+            backward_kernel[(num_dirs, -(-batch // block_b))](
+                grad_out, index, _schedule_table(schedule, acts.device), w_state,
+                w_att if feedback else d_logit,
+                states, cells, acts, d_states, d_cells, d_x, d_logit,
+                batch, cells_total, schedule.padded_size, schedule.steps,
+                HIDDEN=hidden, FEEDBACK=int(feedback), HP=_next_pow2(hidden),
+                GP=_next_pow2(gates), BLOCK_B=block_b, BLOCK_R=block_r,
+            )  # fmt: skip
         with torch.autocast(acts.device.type, enabled=False):
             # Weight gradients: sums over all cells of (neighbour state) x d_x, one product each.
             flat_states = states.view(-1, batch, states.shape[-1])
