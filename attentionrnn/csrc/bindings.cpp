@@ -10,8 +10,10 @@
 //   module.pair_products   # whether the bf16 pair products (w_pairs, w_pairs_t) are compiled in
 //
 // The other sources: simd.h (vector math), products.h (small matrix products), cells.h (one LSTM
-// cell, forward and backward), layout.h (the layout, restated from layers/diagonal.py), scans.h
-// and scans.cpp (the scans through time and these entry points).
+// cell, forward and backward), scan_params.h (the scan's parameters and the layout, restated from
+// layers/diagonal.py), scans.h (these entry points), scan_dispatch.h (what both passes share:
+// argument checks, dispatch on the gate width), scan_forward.cpp and scan_backward.cpp (the scans
+// through time, forward and backward, with their entry points).
 
 #include <torch/extension.h>
 

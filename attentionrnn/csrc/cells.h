@@ -1,13 +1,13 @@
 // One LSTM cell of the fused scan kernels, forward and backward, for the rows of one diagonal:
 // non-linearities, cell and hidden state from the gate pre-activations, and the gate gradients
-// from the gradients of what the cell passed on. The gate order is GateOrder in layout.h.
-// Included by scans.cpp.
+// from the gradients of what the cell passed on. The gate order is GateOrder in scan_params.h.
+// Included by scan_forward.cpp and scan_backward.cpp.
 
 #pragma once
 
 #include <cstdint>
 
-#include "layout.h"
+#include "scan_params.h"
 #include "simd.h"
 
 namespace attentionrnn {

@@ -12,7 +12,7 @@
 // rounded to bf16 (to nearest even, as .to(torch.bfloat16) rounds) a whole vector at a time into a
 // small scratch row, from which each pair is broadcast to every lane. Only for input and hidden
 // widths that are multiples of 16, so every part of an input row is whole vectors.
-// Included by scans.cpp.
+// Included by scan_forward.cpp and scan_backward.cpp (and bindings.cpp, for kPairProducts).
 
 #pragma once
 
@@ -25,7 +25,7 @@
 namespace attentionrnn {
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__)
-#define ATTENTIONRNN_PAIR_PRODUCTS 1  // scans.cpp compiles its calls of these only where set
+#define ATTENTIONRNN_PAIR_PRODUCTS 1  // the scans compile their calls only where set
 constexpr bool kPairProducts = true;
 
 // Rounds `segments` float vectors (segment(s) gives a pointer to 16 floats, or null for zeros) to

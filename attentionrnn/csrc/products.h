@@ -1,7 +1,7 @@
 // The small matrix products of the fused scan kernels, register-blocked over a few batch
 // elements: row-times-matrix (the gate pre-activations), the transposed product (what the gate
 // gradients send back to the inputs), dot products, and the outer-product accumulation of the
-// weight gradients. Included by scans.cpp.
+// weight gradients. Included by scan_forward.cpp and scan_backward.cpp.
 
 #pragma once
 

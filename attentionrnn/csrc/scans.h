@@ -3,7 +3,7 @@
 // Python (attentionrnn/layers/fused.py) fills a ScanArgs field by field (bound in bindings.cpp)
 // and gets the results back as a dict keyed by the names listed below, so that no argument is
 // matched by its position. The schedule fields are DiagonalSchedule.kernel_layout and the packed
-// weights come from kernel_weights, both in attentionrnn/layers/diagonal.py (see layout.h).
+// weights come from kernel_weights, both in attentionrnn/layers/diagonal.py (see scan_params.h).
 
 #pragma once
 

@@ -12,9 +12,13 @@ another. The name also carries a digest of every file in ``csrc`` (sources and h
 edited kernel never loads an older build.
 
 The sources, by concern: ``simd.h`` (vector exp/sigmoid/tanh, clamps), ``products.h`` (the small
-matrix products), ``cells.h`` (one LSTM cell forward and backward), ``layout.h`` (the layout, as
-:mod:`attentionrnn.layers.diagonal` defines it), ``scans.h``/``scans.cpp`` (the scans through time)
-and ``bindings.cpp`` (the Python module).
+matrix products, ``pair_products.h`` their bf16 form), ``cells.h`` (one LSTM cell forward and
+backward), ``scan_params.h`` (the scan's parameter struct and the layout, as
+:mod:`attentionrnn.layers.diagonal` defines it), ``scans.h`` (the entry points and their
+arguments), ``scan_dispatch.h`` (what both passes share: argument checks, dispatch on the gate
+width), ``scan_forward.cpp`` / ``scan_backward.cpp`` (the scans through time) and ``bindings.cpp``
+(the Python module). The three translation units are compiled in parallel: ninja runs as many
+compile jobs as the CPU count allows (``MAX_JOBS`` caps them).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ logger = logging.getLogger("attentionrnn")
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 # The translation units; the headers they include are in CSRC too.
-SOURCES = (CSRC / "scans.cpp", CSRC / "bindings.cpp")
+SOURCES = (CSRC / "scan_forward.cpp", CSRC / "scan_backward.cpp", CSRC / "bindings.cpp")
 
 
 # Why the last call of load() returned None.

@@ -5,7 +5,7 @@ Every implementation of the scan takes both from here: the autograd loop
 (:mod:`attentionrnn.layers.bptt`), the wrapper of the fused C++ kernels
 (:mod:`attentionrnn.layers.fused`) and the per-pixel reference
 (:mod:`attentionrnn.layers.reference`). The C++ kernels cannot import Python; they receive the
-packed weights and the schedule built here, and ``csrc/layout.h`` restates the few offsets they
+packed weights and the schedule built here, and ``csrc/scan_params.h`` restates the few offsets they
 hard-code (gate order, tap order, where the attention value sits) with a pointer back to this file.
 
 **Directions.** A direction is named by the corner its scan starts from. Every direction is reduced

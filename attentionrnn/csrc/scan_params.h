@@ -1,6 +1,6 @@
-// The layout the fused scan kernels read and write, restated from its one definition in
-// attentionrnn/layers/diagonal.py (which builds the schedule and packs the weights these kernels
-// receive; keep the two in step):
+// The parameters of one scan (Scan<T>) and the layout the fused scan kernels read and write,
+// restated from its one definition in attentionrnn/layers/diagonal.py (which builds the schedule
+// and packs the weights these kernels receive; keep the two in step):
 //
 // - cells packed by diagonal, diagonal t holding `length[t]` cells from row `first_row[t]`, each
 //   cell a row of the whole batch; the state buffers give every diagonal one zero row before and

@@ -1,0 +1,158 @@
+// The fused CPU kernel of the diagonal LSTM's forward pass: the whole scan through time.
+//
+// The recurrence is independent across directions and batch elements, so each work item (one
+// direction, a fixed group of batch elements) is scanned by one thread from the first diagonal to
+// the last, with no barrier between steps. A cell's gate pre-activations (input-to-state product
+// from the encoded map, read in raster order through `index`, plus the two state-to-state taps)
+// are small matrix products with their accumulators in SIMD registers, over a few batch elements
+// at once (products.h); the non-linearities, the cell and hidden state (cells.h), the predicted
+// attention value and the optional readout follow in the same pass. The scan prefetches the rows
+// the next cell reads from the encoded map. The layout and the scan's parameters are described
+// in scan_params.h; the backward pass is in scan_backward.cpp.
+
+#include "scans.h"
+
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "cells.h"
+#include "pair_products.h"
+#include "products.h"
+#include "scan_dispatch.h"
+#include "scan_params.h"
+#include "simd.h"
+
+namespace attentionrnn {
+namespace {
+
+template <typename T, int NV>
+void forward_scan(const Scan<T>& sc, const ScanArgs& layout, T* out, T* states, T* cells,
+                  T* acts) {
+  const auto &length = layout.length, &packed_start = layout.packed_start;
+  const auto &padded_start = layout.padded_start, &neighbour_start = layout.neighbour_start;
+  // A compile-time width where the gates fill whole vectors, so the short loops unroll.
+  const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : sc.hidden;
+  const int64_t G = 4 * h, S = sc.width, Cin = sc.in_ch;
+  at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> pre(kBatchGroup * G);  // a cell's gate pre-activations, kept in L1
+    alignas(64) T att[kBatchGroup] = {};   // the rows' attention values
+#ifdef ATTENTIONRNN_PAIR_PRODUCTS
+    // The pair products' input rows rounded to bf16 (pair_products.h).
+    std::vector<uint16_t> narrow(sc.w_pairs ? kRowBlock * sc.pair_row : 0);
+#endif
+    sc.for_items(begin, end, [&](int64_t, int64_t d, int64_t b0, int64_t b1) {
+      const T* w = sc.w_cat + d * sc.inputs * G;
+      const T* w_above = w + sc.tap_row(kTapAbove) * G;
+      const T* w_left = w + sc.tap_row(kTapLeft) * G;
+      const T* b_in = sc.b_in + d * G;
+      for (size_t t = 0; t < length.size(); ++t) {
+        for (int64_t i = 0; i < length[t]; ++i) {
+          const int64_t p = packed_start[t] + i, g = padded_start[t] + i;
+          const int64_t a = t > 0 ? neighbour_start[t] + i : 0;  // the cell above; left is a+1
+          if (p + kPrefetchAhead < sc.cells) {  // the next cell's rows of the encoded map
+            const int64_t next = p + kPrefetchAhead;
+            prefetch_bytes(sc.e + sc.raster_row(d, next, b0) * Cin, (b1 - b0) * Cin * sizeof(T));
+          }
+          // The gate pre-activations of the group's rows, in blocks of rows, then the cells.
+          auto products = [&](auto rows, int64_t b) {
+            constexpr int R = decltype(rows)::value;
+#ifdef ATTENTIONRNN_PAIR_PRODUCTS
+            if constexpr (std::is_same_v<T, float> && NV > 0) {
+              if (sc.w_pairs) {
+                gate_pair_products<R, NV>(
+                    pre.data() + (b - b0) * G, b_in, sc.w_pairs + d * (sc.main_padded / 2) * G,
+                    sc.e + sc.raster_row(d, p, b) * Cin, Cin,
+                    t > 0 ? states + sc.state_row(d, a, b) : nullptr,
+                    t > 0 ? states + sc.state_row(d, a + 1, b) : nullptr, w_above + h * G,
+                    w_left + h * G, h, S, G, narrow.data(), sc.pair_row);
+                return;
+              }
+            }
+#endif
+            gate_products<T, NV, R>(
+                pre.data() + (b - b0) * G, b_in, w, sc.e + sc.raster_row(d, p, b) * Cin, Cin,
+                w_above, t > 0 ? states + sc.state_row(d, a, b) : nullptr,
+                w_left, t > 0 ? states + sc.state_row(d, a + 1, b) : nullptr, S, G);
+          };
+          int64_t b = b0;
+          if constexpr (NV > 0) {
+            constexpr int R = block_rows(NV);
+            for (; b + R <= b1; b += R) {
+              products(std::integral_constant<int, R>(), b);
+            }
+          }
+          for (; b < b1; ++b) products(std::integral_constant<int, 1>(), b);
+          for (b = b0; b < b1; ++b) {
+            cell_forward<T, NV>(pre.data() + (b - b0) * G, acts + sc.act_row(d, p, b),
+                                t > 0 ? cells + sc.cell_row(d, a + 1, b) : nullptr,
+                                cells + sc.cell_row(d, g, b), states + sc.state_row(d, g, b), h);
+          }
+          // The attention channel and the output, for all rows at once: the rows' dot products
+          // are independent and the sigmoid loop vectorises across them (per row, its scalar
+          // exp and the dot's horizontal sum would form one long dependency chain).
+          const int64_t rows = b1 - b0;
+          if (sc.feedback) {
+            const T* wa = sc.w_att + d * h;
+            for (int64_t r = 0; r < rows; ++r) {
+              att[r] = sc.b_att[d] + dot(wa, states + sc.state_row(d, g, b0 + r), h);
+            }
+            for (int64_t r = 0; r < kBatchGroup; ++r) att[r] = sigmoid(att[r]);
+            for (int64_t r = 0; r < rows; ++r) states[sc.state_row(d, g, b0 + r) + h] = att[r];
+          }
+          T* o = out + (d * sc.cells * sc.batch + sc.raster_row(d, p, b0)) * (sc.readout ? 1 : h);
+          for (int64_t r = 0; r < rows; ++r) {
+            const T* st = states + sc.state_row(d, g, b0 + r);
+            if (sc.readout) {
+              o[r] = dot(sc.w_read + d * h, st, h);  // the group's rows are adjacent in out
+            } else {
+              std::memcpy(o + r * h, st, h * sizeof(T));
+            }
+          }
+        }
+      }
+      streaming_fence();
+    });
+  });
+}
+
+}  // namespace
+
+std::map<std::string, at::Tensor> scan_forward(const ScanArgs& args) {
+  for (const auto& [t, name] :
+       Named{{&args.e_rows, "e_rows"}, {&args.index, "index"}, {&args.w_cat, "w_cat"},
+             {&args.w_cat_t, "w_cat_t"}, {&args.b_in, "b_in"}, {&args.pad_rows, "pad_rows"}}) {
+    check_tensor(*t, name);
+  }
+  check_schedule(args);
+  const at::Tensor* w_att = optional_tensor(args.w_att, "w_att");
+  const at::Tensor* w_read = optional_tensor(args.w_read, "w_read");
+  TORCH_CHECK(!w_att || optional_tensor(args.b_att, "b_att"),
+              "ScanArgs.b_att must be set with w_att (feedback)");
+  const int64_t dirs = args.w_cat.size(0), cells_total = args.index.size(1);
+  const int64_t batch = args.e_rows.size(1), gates = args.w_cat.size(2), hidden = gates / 4;
+  const int64_t width = hidden + (w_att ? 1 : 0);
+  const auto opts = args.e_rows.options();
+  // Only the pad rows around each diagonal must be zero: every other row is written before use.
+  auto states = at::empty({dirs, args.padded_size, batch, width}, opts);
+  auto cells = at::empty({dirs, args.padded_size, batch, hidden}, opts);
+  states.index_fill_(1, args.pad_rows, 0);
+  cells.index_fill_(1, args.pad_rows, 0);
+  auto out = w_read ? at::empty({dirs, cells_total, batch}, opts)
+                    : at::empty({dirs, cells_total, batch, hidden}, opts);
+  auto acts = at::empty({dirs, cells_total, batch, gates}, opts);
+  AT_DISPATCH_FLOATING_TYPES(args.e_rows.scalar_type(), "diagonal_lstm_forward", [&] {
+    const auto sc = make_scan<scalar_t>(args, w_att, w_read);
+    dispatch_width<scalar_t>(gates, [&](auto nv) {
+      forward_scan<scalar_t, decltype(nv)::value>(
+          sc, args, out.data_ptr<scalar_t>(), states.data_ptr<scalar_t>(),
+          cells.data_ptr<scalar_t>(), acts.data_ptr<scalar_t>());
+    });
+  });
+  return {{"out", out}, {"states", states}, {"cells", cells}, {"acts", acts}};
+}
+
+}  // namespace attentionrnn
