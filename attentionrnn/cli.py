@@ -1,7 +1,8 @@
 """Command-line entry point: ``attentionrnn <experiment> <command> ...``.
 
-Each experiment's commands live beside its code: a module listed in ``_COMMAND_MODULES`` exposes
-``register(subparsers)``, which adds its sub-parsers and sets ``func`` on them. A problem the
+Each experiment is declared once (:class:`attentionrnn.engine.experiment.Experiment`); its
+``train``, ``reproduce`` and ``table`` commands, and its own ones, are built from that declaration
+(:func:`attentionrnn.engine.reproduce.add_commands`). A problem the
 user can fix (a missing or truncated file, a bad value, a folder that cannot be written) is
 printed on one line and the exit status is 2; ``-v`` (before or after the command) shows the
 traceback as well. A flag's bad value is one line too (argparse's message without the usage).
@@ -11,20 +12,14 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from attentionrnn.data.mnist import MnistError
 from attentionrnn.engine.errors import UserError
-
-_COMMAND_MODULES = (
-    "attentionrnn.experiments.e1.commands",
-    "attentionrnn.experiments.e2.commands",
-    "attentionrnn.experiments.e3.commands",
-    "attentionrnn.experiments.e4.commands",
-)
+from attentionrnn.engine.experiment import experiments
+from attentionrnn.engine.reproduce import add_commands
 
 #: Exceptions that describe the user's input rather than a bug.
 USER_ERRORS = (UserError, MnistError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -65,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="EXPERIMENT")
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for experiment in experiments().values():
+        add_commands(sub, experiment)
     _verbose_everywhere(parser)
     return parser
 

@@ -25,13 +25,13 @@ import logging
 from pathlib import Path
 
 from attentionrnn.engine.runs import format_stats, seed_stats, train_runs
-from attentionrnn.experiments.e1.train import TrainConfig, train
+from attentionrnn.experiments.e1.train import E1Config, train
 
 METHODS = {"ctx": None, "arnn": "softmax"}  # method -> layer-4 gate override
 
 
-def run_configs(args: argparse.Namespace) -> list[TrainConfig]:
-    base = TrainConfig(
+def run_configs(args: argparse.Namespace) -> list[E1Config]:
+    base = E1Config(
         dataset=args.dataset, data=str(args.data), epochs=args.epochs, patience=args.epochs,
         batch_size=args.batch_size, threads=args.threads, progress=False,
     )  # fmt: skip
@@ -52,7 +52,7 @@ def run_configs(args: argparse.Namespace) -> list[TrainConfig]:
     return configs
 
 
-def curve(config: TrainConfig) -> list[tuple[int, float, float]]:
+def curve(config: E1Config) -> list[tuple[int, float, float]]:
     metrics = json.loads((Path(config.out) / "metrics.json").read_text())
     return [
         (h["step"], h["val_accuracy"], h["val_attention_correctness"]["layer4"]["box"])
@@ -87,11 +87,11 @@ def _compare(runs: dict, seeds: list[int], n: int) -> str:
     return f"Seeds {seeds}. " + "; ".join(parts) + "."
 
 
-def finished(config: TrainConfig) -> bool:
+def finished(config: E1Config) -> bool:
     return (Path(config.out) / "metrics.json").is_file()
 
 
-def report(configs: list[TrainConfig], seeds: list[int]) -> str:
+def report(configs: list[E1Config], seeds: list[int]) -> str:
     """Each method's curves over the seeds whose runs have finished in both precisions."""
     lines = ["# fp32 vs bf16 learning curves (E1)", ""]
     for method in METHODS:

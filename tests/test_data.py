@@ -19,17 +19,17 @@ import pytest
 import torch
 
 from attentionrnn.data import mnist as mnist_mod
+from attentionrnn.data.attribute import AttributeDataset
 from attentionrnn.data.generate import (
     DATASETS,
     PALETTE,
-    _scaled_alpha,
     generate_arrays,
     resize_bilinear,
+    scaled_alpha,
     split_images,
     write_npz,
 )
 from attentionrnn.data.mnist import MnistError, load_mnist
-from attentionrnn.experiments.e1.data import AttributeDataset
 
 N_IMAGES = 30
 
@@ -129,7 +129,7 @@ def test_strokes_nonempty_inside_box_and_exact(generated, digits):
             # overwrote any of them (no overlaps)
             src = digits.images[a["mnist_index"][s]]
             assert digits.labels[a["mnist_index"][s]] == a["query"][s]
-            expected = _scaled_alpha(src, x1 - x0) > 0
+            expected = scaled_alpha(src, x1 - x0) > 0
             assert (mask[y0:y1, x0:x1] == expected).all()
 
 
@@ -148,7 +148,7 @@ def _opaque_colours(a, digits):
     out = []
     for s in range(len(a["query"])):
         x0, y0, x1, y1 = a["box"][s]
-        alpha = _scaled_alpha(digits.images[a["mnist_index"][s]], x1 - x0)
+        alpha = scaled_alpha(digits.images[a["mnist_index"][s]], x1 - x0)
         region = a["images"][a["image_index"][s]][y0:y1, x0:x1].astype(np.int64)
         out.append(region[alpha == 1.0])
     return out

@@ -285,7 +285,7 @@ def test_cli_user_errors(tiny_tar, tmp_path, capsys):
 
 
 def test_reproduce_and_table(tiny_tar, tmp_path):
-    from attentionrnn.experiments.e2.reproduce import Budget, reproduce
+    from attentionrnn.experiments.e2.experiment import Budget, reproduce
 
     path, md5 = tiny_tar
     budget = Budget(

@@ -491,7 +491,7 @@ def test_answer_prior_answers_from_the_question_alone(tmp_path):
 def test_reproduce_with_a_curriculum_budget_runs_the_relational_set(tmp_path):
     import dataclasses
 
-    from attentionrnn.experiments.e3.reproduce import BUDGETS, reproduce
+    from attentionrnn.experiments.e3.experiment import BUDGETS, reproduce
 
     budget = dataclasses.replace(BUDGETS["tiny"], curriculum_epochs=1, epochs=2,
                                  dataset_epochs=())  # fmt: skip

@@ -1,6 +1,6 @@
 """Synthetic attribute-prediction data (MREF / MDIST / MBG) and its MNIST sources.
 
-The files are read by :class:`attentionrnn.experiments.e1.data.E1Data`.
+The files are read by :class:`attentionrnn.data.attribute.E1Data`.
 """
 
 from attentionrnn.data.generate import COLOR_NAMES, DATASETS, PALETTE, generate_dataset

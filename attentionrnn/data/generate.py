@@ -100,7 +100,7 @@ def resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
     return m @ img.astype(np.float64) @ mx.T
 
 
-def _scaled_alpha(img: np.ndarray, size: int) -> np.ndarray:
+def scaled_alpha(img: np.ndarray, size: int) -> np.ndarray:
     """Resize a uint8 digit to (size, size), round to uint8 levels, return alpha in [0, 1]."""
     # bilinear weights are non-negative and sum to 1: the result stays within [0, 255]
     return np.rint(resize_bilinear(img, size)) * (1.0 / 255.0)
@@ -253,7 +253,7 @@ class _Generator:
                     src[j], cy[j] : cy[j] + DISTRACTOR_CROP, cx[j] : cx[j] + DISTRACTOR_CROP
                 ]
                 side = _side(scales[j] * self.zoom, DISTRACTOR_CROP)
-                alpha = _scaled_alpha(crop, side)
+                alpha = scaled_alpha(crop, side)
                 y = rng.integers(self.canvas - side + 1)
                 x = rng.integers(self.canvas - side + 1)
                 canvas[y : y + side, x : x + side] += alpha[:, :, None] * self.palette[colors[j]]
@@ -288,7 +288,7 @@ class _Generator:
                 return None
             pool = self.pools[classes[j]]
             src = int(pool[rng.integers(len(pool))])
-            alpha = _scaled_alpha(self.images[src], side)
+            alpha = scaled_alpha(self.images[src], side)
             y, x = divmod(int(free[rng.integers(free.size)]), n)
             occupied[y : y + side, x : x + side] |= alpha > 0
             if j + 1 < k:

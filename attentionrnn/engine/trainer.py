@@ -50,7 +50,6 @@ from attentionrnn.engine.state import (
     rng_state,
     set_rng_state,
 )
-from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.engine")
 
@@ -305,9 +304,11 @@ def write_metrics(
     optimizer: torch.optim.Optimizer,
     ctx: DistContext,
     data_file: str | os.PathLike | None = None,
+    recorded: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json`` — the experiment's ``metrics`` followed by how the run went
-    (epochs, steps, time, precision, processes, the provenance — git commit, CPU features, the
+    (epochs, steps, time, precision, what the caller ``recorded`` of its layers (e.g. which
+    scan products ran), processes, the provenance — git commit, CPU features, the
     SHA-256 of ``data_file`` —, the config and the learning curve) — and the best weights, and
     mark the run finished (rank 0). A NaN or infinite loss among the metrics raises
     :class:`DivergedError` instead: the run is not recorded as finished."""
@@ -323,7 +324,7 @@ def write_metrics(
             "stopped_early": state.epoch < config.epochs,
             "precision": precision,
             "channels_last": config.channels_last,
-            "scan_products": scan_products(precision),
+            **(recorded or {}),
             "world_size": ctx.world,
             "threads": torch.get_num_threads(),
             "cpu": cpu_name(),

@@ -1,29 +1,20 @@
 """``attentionrnn e1 ...``: the commands of experiment E1 (attribute prediction).
 
-``generate`` and ``show`` make and inspect MREF / MDIST / MBG files; ``train`` runs one method;
-``reproduce`` adds runs to a budget's folder and rebuilds its table; ``table`` rebuilds the table
-and curves from the finished runs alone (e.g. the committed ``docs/results/<budget>``); ``demo``
-is the README's main job.
+``generate`` and ``show`` make and inspect MREF / MDIST / MBG files; ``masks`` measures a results
+folder's masks again; ``demo`` is the README's main job. ``train``, ``reproduce`` and ``table``
+are built by the engine from E1's declaration (``experiment.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-from attentionrnn.engine.commands import (
-    add_reproduce_parser,
-    add_run_options,
-    add_table_parser,
-    print_reproduced,
-    seed_type,
-    table,
-)
-from attentionrnn.engine.config import add_config_arguments, checked_type, config_from_args
+from attentionrnn.engine.commands import seed_type
+from attentionrnn.engine.config import checked_type
 
 logger = logging.getLogger("attentionrnn.e1")
 
@@ -32,19 +23,12 @@ def _tty() -> bool:
     return sys.stderr.isatty()
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``e1`` and its sub-commands to the ``attentionrnn`` CLI."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add E1's own sub-commands (``generate``, ``show``, ``masks``, ``demo``) to ``attentionrnn
+    e1``; ``train``, ``reproduce`` and ``table`` come from its declaration (``experiment.py``)."""
     from attentionrnn.data.generate import DATASETS, MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
-    from attentionrnn.experiments.e1.reproduce import BUDGETS
-    from attentionrnn.experiments.e1.train import TrainConfig
     from attentionrnn.layers.factory import ATTENTION_NAMES
 
-    e1 = subparsers.add_parser(
-        "e1",
-        help="experiment E1: attribute prediction on MREF / MDIST / MBG",
-        description="Experiment E1: predict the colour of a queried MNIST digit (PAN network).",
-    )
-    sub = e1.add_subparsers(dest="e1_command", metavar="COMMAND", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     gen = sub.add_parser("generate", help="generate an MREF / MDIST / MBG dataset (.npz)")
@@ -83,32 +67,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     show.add_argument("--seed", type=seed_type, default=0, help="which samples to draw (default 0)")
     show.set_defaults(func=_show)
-
-    t = sub.add_parser(
-        "train",
-        help="train one attention method on one dataset",
-        description="Train the PAN network with one attention method, keep the best-validation "
-        "checkpoint and write RUN_DIR/metrics.json (with the learning curve). Rerunning the "
-        "same command resumes an interrupted run. Works under torchrun (gloo).",
-        formatter_class=fmt,
-    )
-    add_config_arguments(t, TrainConfig, {"out": {"required": True}})
-    t.set_defaults(func=_train)
-
-    r = add_reproduce_parser(sub, BUDGETS, "quick", "results/BUDGET")
-    r.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: the budget's, or all")
-    r.add_argument(
-        "--methods", nargs="+", choices=ATTENTION_NAMES, help="default: the budget's, or all"
-    )
-    r.add_argument("--seeds", nargs="+", type=seed_type, help="training seeds of every row "
-                   "(default: the budget's; 3 for CTX and ARNN in cpu and full)")  # fmt: skip
-    r.add_argument("--layer4-gate", choices=("sigmoid", "softmax"), help="override layer 4's gate")
-    r.add_argument("--task", choices=("color", "digit"), default="color")
-    r.add_argument("--mnist", metavar="DIR", help="folder of the MNIST IDX files")
-    add_run_options(r, figures=False)
-    r.set_defaults(func=_reproduce)
-
-    add_table_parser(sub, _table, figures=False)
 
     mk = sub.add_parser(
         "masks",
@@ -178,42 +136,6 @@ def _show(args: argparse.Namespace) -> int:
     path = show_grid(args.file, args.out, n=args.n, split=args.split, seed=args.seed)
     logger.info("wrote %s", path)
     return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from attentionrnn.experiments.e1.train import TrainConfig, train
-
-    config = config_from_args(TrainConfig, args)
-    config.progress = config.progress and _tty()
-    metrics = train(config)
-    summary = {k: metrics[k] for k in ("test_accuracy", "val_accuracy", "epochs", "best_epoch")}
-    summary["attention_correctness"] = metrics["attention_correctness"]
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-def _reproduce(args: argparse.Namespace) -> int:
-    from attentionrnn.experiments.e1.reproduce import reproduce
-    from attentionrnn.experiments.e1.table import results_markdown
-
-    summary = reproduce(
-        args.out or f"results/{args.budget}", budget=args.budget,
-        datasets=tuple(args.datasets) if args.datasets else None,
-        methods=tuple(args.methods) if args.methods else None,
-        seeds=tuple(args.seeds) if args.seeds else None,
-        layer4_gate=args.layer4_gate, mnist=args.mnist, task=args.task, precision=args.precision,
-        jobs=args.jobs, threads=args.threads, progress=not args.no_progress and _tty(),
-        dry_run=args.dry_run,
-    )  # fmt: skip
-    return print_reproduced(summary, results_markdown)
-
-
-def _table(args: argparse.Namespace) -> int:
-    from attentionrnn.experiments.e1.reproduce import assemble
-    from attentionrnn.experiments.e1.table import results_markdown
-    from attentionrnn.experiments.e1.train import TrainConfig
-
-    return table(args, assemble, results_markdown, config=TrainConfig)
 
 
 def _masks(args: argparse.Namespace) -> int:

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from attentionrnn.experiments.e1.reproduce import Budget, reproduce
+from attentionrnn.experiments.e1.experiment import Budget, reproduce
 from attentionrnn.experiments.e1.table import row_label
 
-# The demo's budget is BUDGETS["demo"] (sized in attentionrnn.experiments.e1.reproduce).
+# The demo's budget is BUDGETS["demo"] (sized in attentionrnn.experiments.e1.experiment).
 
 
 def demo(
@@ -46,7 +46,7 @@ def demo(
 def uniform_shares(out: Path) -> dict[str, float] | None:
     """Attention correctness of a uniform mask on the demo's test set, ``{"box", "stroke"}``: the
     mean share of the image that the queried digit's box, and its stroke pixels, cover."""
-    from attentionrnn.experiments.e1.data import E1Data
+    from attentionrnn.data.attribute import E1Data
 
     files = sorted((out / "data").glob("mref_*.npz"))
     if not files:

@@ -21,16 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from attentionrnn.data.attribute import E1Data
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast
 from attentionrnn.engine.runs import finished_runs, format_stats, seed_stats
 from attentionrnn.engine.state import atomic_write_json
 from attentionrnn.engine.trainer import BEST
-from attentionrnn.experiments.e1.data import E1Data
 from attentionrnn.experiments.e1.figures import load_run, mask_figure, pick_samples
 from attentionrnn.experiments.e1.mask_stats import REGIONS
 from attentionrnn.experiments.e1.table import row_label, row_order, summarize
-from attentionrnn.experiments.e1.train import TrainConfig, evaluate, resolve_data
+from attentionrnn.experiments.e1.train import E1Config, evaluate, resolve_data
 
 __all__ = ["below_uniform_from", "diagnose", "diagnosis_markdown"]
 
@@ -43,8 +43,8 @@ def _data_for(metrics: dict[str, Any], data_dir: str | None, mnist: str | None) 
     recorded = Path(metrics["data"]["path"])
     if recorded.is_file():
         return recorded
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in metrics["config"].items() if k in fields})
+    fields = {f.name for f in dataclasses.fields(E1Config)}
+    config = E1Config(**{k: v for k, v in metrics["config"].items() if k in fields})
     config = dataclasses.replace(
         config, data=None, data_dir=data_dir or config.data_dir, mnist=mnist or config.mnist,
         progress=False,

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attentionrnn.data.attribute import E1Data
+from attentionrnn.data.regions import mask_to_image
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.trainer import BEST, METRICS
-from attentionrnn.experiments.e1.data import E1Data
-from attentionrnn.experiments.e1.metrics import mask_to_image
 from attentionrnn.experiments.e1.train import attention_kwargs
 from attentionrnn.models.pan import MASK_GEOMETRY, PAN
 
@@ -143,8 +143,8 @@ def show_grid(file, out, n: int = 16, split: str = "test", seed: int = 0) -> Pat
     import numpy as np
     from matplotlib.patches import Rectangle
 
+    from attentionrnn.data.attribute import AttributeDataset
     from attentionrnn.data.generate import COLOR_NAMES
-    from attentionrnn.experiments.e1.data import AttributeDataset
 
     ds = AttributeDataset(file, split=split, task="color")
     if len(ds) == 0:

@@ -1,7 +1,7 @@
 """What an attention mask covers and how *consistent* it is (E1; definitions in docs/e1.md).
 
 Per sample and attention layer, from the mask on its own grid and its projection onto the image
-(:func:`~attentionrnn.experiments.e1.metrics.mask_to_image`, the network's geometry):
+(:func:`~attentionrnn.data.regions.mask_to_image`, the network's geometry):
 
 - **region shares**: the mask's mass on the queried digit's strokes, on the other digits' strokes
   and on the background (pixels of no digit); the three sum to 1. A uniform mask scores each
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from attentionrnn.experiments.e1.metrics import mask_to_image
+from attentionrnn.data.regions import mask_to_image
 
 __all__ = [
     "REGIONS",

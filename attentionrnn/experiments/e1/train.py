@@ -33,7 +33,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from attentionrnn.data.attribute import TASKS, E1Data
 from attentionrnn.data.generate import CANVAS, DATASETS, MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
+from attentionrnn.data.regions import attention_correctness
 from attentionrnn.engine.config import RunConfig, seed_field
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
@@ -46,14 +48,14 @@ from attentionrnn.engine.trainer import (
     train_one_epoch,
     write_metrics,
 )
-from attentionrnn.experiments.e1.data import TASKS, E1Data
 from attentionrnn.experiments.e1.mask_stats import (
     mask_statistic_names,
     mask_statistics,
     summarize_statistics,
 )
-from attentionrnn.experiments.e1.metrics import accuracy_by_scale, attention_correctness
+from attentionrnn.experiments.e1.metrics import accuracy_by_scale
 from attentionrnn.layers.factory import ATTENTION_NAMES
+from attentionrnn.layers.fused import scan_products
 from attentionrnn.models.pan import MASK_GEOMETRY, PAN
 
 logger = logging.getLogger("attentionrnn.e1")
@@ -70,7 +72,7 @@ def _opt(help: str, **kw: Any) -> dict[str, Any]:
 
 
 @dataclass
-class TrainConfig(RunConfig):
+class E1Config(RunConfig):
     """Everything one training run depends on; each field is a flag of ``attentionrnn e1 train``
     (the fields of :class:`~attentionrnn.engine.config.RunConfig` too)."""
 
@@ -168,7 +170,11 @@ class TrainConfig(RunConfig):
     )
 
 
-def lr_at(config: TrainConfig, epoch: int) -> float:
+#: E1's config under its former name
+TrainConfig = E1Config
+
+
+def lr_at(config: E1Config, epoch: int) -> float:
     """Learning rate of 0-based ``epoch``: ``lr`` until ``lr_decay_start``, then ÷``lr_decay``
     at the start of every ``lr_decay_every`` epochs (epochs 30, 40, 50, … by default); in the
     first ``lr_warmup_epochs`` epochs a linear ramp up to ``lr`` (RMSprop's running square
@@ -199,7 +205,7 @@ def images_for_samples(samples: int) -> int:
     return max(1, round(samples / SAMPLES_PER_IMAGE))
 
 
-def resolve_data(config: TrainConfig, ctx: DistContext | None = None) -> tuple[Path, str]:
+def resolve_data(config: E1Config, ctx: DistContext | None = None) -> tuple[Path, str]:
     """Return the dataset file and how it was obtained (``given``, ``cached`` or ``generated``).
 
     A generated file is named after its recipe (dataset, images, data seed, MNIST source) so a
@@ -233,7 +239,7 @@ def resolve_data(config: TrainConfig, ctx: DistContext | None = None) -> tuple[P
     return path, how
 
 
-def load_data(config: TrainConfig, ctx: DistContext | None = None) -> tuple[E1Data, str]:
+def load_data(config: E1Config, ctx: DistContext | None = None) -> tuple[E1Data, str]:
     """The run's dataset, checked against ``config.dataset``, and how it was obtained."""
     path, how = resolve_data(config, ctx)
     data = E1Data(path, config.task)
@@ -262,7 +268,7 @@ def attention_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_model(config: TrainConfig) -> PAN:
+def build_model(config: E1Config) -> PAN:
     """The PAN network with the run's attention method, in the run's memory format."""
     model = PAN(
         config.attention,
@@ -274,7 +280,7 @@ def build_model(config: TrainConfig) -> PAN:
     return model.to(memory_format=torch.channels_last) if config.channels_last else model
 
 
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: E1Config, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr)
     return torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=config.rmsprop_alpha)
@@ -349,12 +355,12 @@ def evaluate(
 # the recipe
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: E1Config) -> dict[str, Any]:
     """Train, keep the best-validation weights, test them; return (and write) the metrics."""
     return launch(config, _train)
 
 
-def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
+def _train(config: E1Config, ctx: DistContext) -> dict[str, Any]:
     out = Path(config.out)
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -442,7 +448,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
     }
     metrics = write_metrics(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
-        model=model, optimizer=optimizer, ctx=ctx, data_file=data.path,
+        model=model, optimizer=optimizer, ctx=ctx,
+        data_file=data.path, recorded={"scan_products": scan_products(precision)},
     )  # fmt: skip
     if ctx.main:
         logger.info(

@@ -398,7 +398,7 @@ def load_dataset(
 # splits
 
 
-def _stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
     """All indices in an order whose every prefix holds the classes in their proportions."""
     perm = np.random.default_rng(seed).permutation(len(labels))
     rank = np.empty(len(labels))
@@ -422,11 +422,11 @@ def split_indices(
         raise UserError(
             f"--val-samples {val_samples} leaves no training images ({len(train_y)} in all)"
         )
-    order = _stratified_order(train_y, seed=0)
+    order = stratified_order(train_y, seed=0)
     val, train = order[:val_samples], order[val_samples:]
     if train_samples is not None:
         train = train[:train_samples]
-    test = _stratified_order(test_y, seed=1)
+    test = stratified_order(test_y, seed=1)
     if test_samples is not None:
         test = test[:test_samples]
     return np.sort(train), np.sort(val), np.sort(test)

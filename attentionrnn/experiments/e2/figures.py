@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.trainer import BEST, METRICS
-from attentionrnn.experiments.e2.data import ImageSet, _stratified_order, load_dataset
+from attentionrnn.experiments.e2.data import ImageSet, load_dataset, stratified_order
 from attentionrnn.experiments.e2.model import LABELS, AttnVGG
 from attentionrnn.experiments.e2.train import E2Config, E2Data
 
@@ -38,7 +38,7 @@ def load_run(run_dir: str | Path) -> tuple[AttnVGG, E2Config]:
 def _pick(images: ImageSet, count: int) -> np.ndarray:
     """``count`` test images of different classes, the same every time."""
     chosen, seen = [], set()
-    for i in _stratified_order(images.test_y, seed=2):
+    for i in stratified_order(images.test_y, seed=2):
         if int(images.test_y[i]) not in seen:
             chosen.append(int(i))
             seen.add(int(images.test_y[i]))

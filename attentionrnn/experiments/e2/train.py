@@ -54,6 +54,7 @@ from attentionrnn.experiments.e2.data import (
     split_indices,
 )
 from attentionrnn.experiments.e2.model import E2_ATTENTIONS, AttnVGG
+from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e2")
 
@@ -97,7 +98,8 @@ class E2Config(RunConfig):
         default=None, metadata=_opt("convs per block (default: VGG-16's 2,2,3,3,3,2)", minimum=1)
     )
     batch_size: int = field(
-        default=128, metadata=_opt("global batch size (LTPA: 128; batch norm needs >= 2)", minimum=2)
+        default=128,
+        metadata=_opt("global batch size (LTPA: 128; batch norm needs >= 2)", minimum=2),
     )
     lr: float = field(default=0.1, metadata=_opt("SGD learning rate (LTPA: 0.1)", positive=True))
     momentum: float = field(default=0.9, metadata=_opt("SGD momentum", minimum=0))
@@ -364,6 +366,7 @@ def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
     metrics = write_metrics(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
         model=model, optimizer=optimizer, ctx=ctx,
+        recorded={"scan_products": scan_products(precision)},
     )  # fmt: skip
     if ctx.main:
         logger.info(

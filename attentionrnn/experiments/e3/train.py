@@ -54,6 +54,7 @@ from attentionrnn.experiments.e3.data import (
     vqa_accuracy,
 )
 from attentionrnn.experiments.e3.model import E3_ATTENTIONS, REFERENCE_ATTENTIONS, VQANet
+from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e3")
 
@@ -115,7 +116,8 @@ class E3Config(RunConfig):
     channels: int = field(default=64, metadata=_opt("width of the image grid", minimum=1))
     blocks: int = field(
         default=3,
-        metadata=_opt("CNN blocks (64 px -> 8x8 grid; each halves the image)", minimum=1, maximum=8),
+        metadata=_opt("CNN blocks (64 px -> 8x8 grid; each halves the image)", minimum=1,
+                      maximum=8),  # fmt: skip
     )
     embed: int = field(default=32, metadata=_opt("word embedding width", minimum=1))
     question_hidden: int = field(default=64, metadata=_opt("question RNN width", minimum=1))
@@ -532,6 +534,7 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
     metrics = write_metrics(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
         model=model, optimizer=optimizer, ctx=ctx,
+        recorded={"scan_products": scan_products(precision)},
     )  # fmt: skip
     if ctx.main:
         logger.info(

@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attentionrnn.data.attribute import E1Data
 from attentionrnn.data.generate import (
     PALETTE,
-    _scaled_alpha,
     generate_arrays,
+    scaled_alpha,
     write_npz,
 )
 from attentionrnn.data.mnist import MnistDigits, load_mnist
+from attentionrnn.data.regions import box_regions
 from attentionrnn.engine.errors import UserError
-from attentionrnn.experiments.e1.data import E1Data
-from attentionrnn.experiments.e1.metrics import box_regions
 
 logger = logging.getLogger("attentionrnn.e4")
 
@@ -115,7 +115,7 @@ class DigitEdits:
 
     Args:
         path: a ``.npz`` written by the generator (``attentionrnn e1 generate``, or
-            :func:`digit_file`); read with :class:`~attentionrnn.experiments.e1.data.E1Data`.
+            :func:`digit_file`); read with :class:`~attentionrnn.data.attribute.E1Data`.
         digits: the MNIST pool the file was generated from (for the digits' opacity).
 
     Raises:
@@ -166,7 +166,7 @@ class DigitEdits:
         out = np.zeros((len(idx), *self.image_size), dtype=np.float64)
         for b, s in enumerate(idx):
             x0, y0, x1, _ = self.data.box[s]
-            a = _scaled_alpha(self.digits.images[self.mnist_index[s]], int(x1 - x0))
+            a = scaled_alpha(self.digits.images[self.mnist_index[s]], int(x1 - x0))
             out[b, y0 : y0 + a.shape[0], x0 : x0 + a.shape[1]] = a
         return out * self.data.stroke_masks(idx)  # strokes never overlap: only this digit's
 

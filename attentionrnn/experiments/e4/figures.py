@@ -3,32 +3,16 @@ learning curves."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.figures import save_figure
-from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e4.model import LABELS, Editor
 
-__all__ = ["curve_figure", "load_editor", "sample_grid"]
-
-
-def load_editor(run_dir: str | Path, task) -> Editor:
-    """The editor of a finished run (best-validation weights, eval mode) for ``task``."""
-    from attentionrnn.experiments.e4.train import E4Config, build_model
-
-    run_dir = Path(run_dir)
-    if not (run_dir / METRICS).is_file() or not (run_dir / BEST).is_file():
-        raise UserError(f"{run_dir}: no finished run ({METRICS} and {BEST})")
-    config = E4Config(**json.loads((run_dir / METRICS).read_text())["config"])
-    net = build_model(config, task)
-    net.load_state_dict(torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"])
-    return net.editor.eval()
+__all__ = ["curve_figure", "sample_grid"]
 
 
 def _describe(task, b, row: int) -> str:

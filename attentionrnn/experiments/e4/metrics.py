@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attentionrnn.experiments.e1.metrics import attention_correctness
+from attentionrnn.data.regions import attention_correctness
 
 __all__ = ["edit_success", "kid", "mask_correctness", "preservation_l1", "target_logits"]
 

@@ -19,6 +19,7 @@ targets are fixed, so every row edits the same (image, digit, colour) triples.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -36,7 +37,14 @@ from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.state import atomic_save, seed_everything
-from attentionrnn.engine.trainer import finished_metrics, fit, launch, write_metrics
+from attentionrnn.engine.trainer import (
+    BEST,
+    METRICS,
+    finished_metrics,
+    fit,
+    launch,
+    write_metrics,
+)
 from attentionrnn.experiments.e4.data import DATASETS, load_task
 from attentionrnn.experiments.e4.metrics import (
     edit_success,
@@ -55,10 +63,22 @@ from attentionrnn.experiments.e4.model import (
     generator_loss,
     split_logits,
 )
+from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e4")
 
-__all__ = ["E4Config", "E4Net", "build_model", "evaluate", "load_data", "train", "train_judge"]
+__all__ = [
+    "E4Config",
+    "E4Net",
+    "build_model",
+    "evaluate",
+    "fixed_targets",
+    "load_data",
+    "load_editor",
+    "split_indices",
+    "train",
+    "train_judge",
+]
 
 JUDGE = "judge.pt"
 #: the judge's seed: the same for every row and training seed
@@ -215,7 +235,7 @@ def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
                         else torch.contiguous_format)  # fmt: skip
 
 
-def _split_indices(task, config: E4Config) -> dict[str, np.ndarray]:
+def split_indices(task, config: E4Config) -> dict[str, np.ndarray]:
     """Training, validation and test edits (fixed subsets, the same for every row)."""
     rng = np.random.default_rng(2024)
     out = {}
@@ -228,7 +248,7 @@ def _split_indices(task, config: E4Config) -> dict[str, np.ndarray]:
     return out
 
 
-def _fixed_targets(task, idx: np.ndarray, split: str) -> np.ndarray:
+def fixed_targets(task, idx: np.ndarray, split: str) -> np.ndarray:
     return task.draw_targets(idx, np.random.default_rng({"val": 11, "test": 12}.get(split, 13)))
 
 
@@ -396,8 +416,8 @@ def _train(config: E4Config, ctx: DistContext, digits) -> dict[str, Any]:
     precision = resolve_precision(config.precision)
 
     task = load_data(config, digits)
-    idx = _split_indices(task, config)
-    targets = {s: _fixed_targets(task, idx[s], s) for s in ("val", "test")}
+    idx = split_indices(task, config)
+    targets = {s: fixed_targets(task, idx[s], s) for s in ("val", "test")}
     logger.info("%s: train %d / val %d / test %d edits, %s px", task.name, len(idx["train"]),
                 len(idx["val"]), len(idx["test"]), task.image_size)  # fmt: skip
     judge, judge_stats = train_judge(task, idx, config, out, precision)
@@ -479,7 +499,8 @@ def _train(config: E4Config, ctx: DistContext, digits) -> dict[str, Any]:
     }
     metrics = write_metrics(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
-        model=net, optimizer=optimizer, ctx=ctx,  # type: ignore[arg-type]
+        model=net, optimizer=optimizer, ctx=ctx,
+        recorded={"scan_products": scan_products(precision)},  # type: ignore[arg-type]
     )  # fmt: skip
     if config.samples:
         from attentionrnn.experiments.e4.figures import sample_grid
@@ -514,3 +535,14 @@ def _step(g: Editor, d: Discriminator, optimizer: _Optimizers, x: torch.Tensor, 
     stats = {"g_loss": float(g_loss.detach()), "d_loss": float(d_loss.detach())}
     stats.update({k: float(v.detach()) for k, v in {**d_parts, **g_parts}.items()})
     return stats
+
+
+def load_editor(run_dir: str | Path, task) -> Editor:
+    """The editor of a finished run (best-validation weights, eval mode) for ``task``."""
+    run_dir = Path(run_dir)
+    if not (run_dir / METRICS).is_file() or not (run_dir / BEST).is_file():
+        raise UserError(f"{run_dir}: no finished run ({METRICS} and {BEST})")
+    config = E4Config(**json.loads((run_dir / METRICS).read_text())["config"])
+    net = build_model(config, task)
+    net.load_state_dict(torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"])
+    return net.editor.eval()

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from attentionrnn.data.regions import box_regions
 from attentionrnn.engine.errors import UserError
-from attentionrnn.experiments.e1.metrics import box_regions
 
 __all__ = ["SPLITS", "TASKS", "AttributeDataset", "E1Data"]
 

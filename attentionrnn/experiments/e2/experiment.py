@@ -10,48 +10,37 @@ and the data are present, the attention maps ``OUT/masks_DATASET.png``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from attentionrnn.engine import experiment as engine_experiment
 from attentionrnn.engine import results
-from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.runs import (
-    format_stats,
-    named_budget,
-    parallelism,
-    plan_runs,
-    row_seeds,
-    seed_stats,
-    train_runs,
-)
-from attentionrnn.engine.trainer import METRICS
+from attentionrnn.engine.experiment import Experiment, register_experiment
+from attentionrnn.engine.reproduce import reproduce as engine_reproduce
+from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.experiments.e2.data import CIFAR10_TAR_MD5, DATASETS, load_dataset
 from attentionrnn.experiments.e2.model import E2_ATTENTIONS, LABELS
 from attentionrnn.experiments.e2.train import E2Config, train
 
 logger = logging.getLogger("attentionrnn.e2.reproduce")
 
-__all__ = ["BUDGETS", "Budget", "assemble", "reproduce", "results_markdown"]
+__all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
 
 
-@dataclass(frozen=True)
-class Budget:
+@dataclass(frozen=True, kw_only=True)
+class Budget(engine_experiment.Budget):
     """Network size and training length of one budget."""
 
     width: float
-    epochs: int
     lr_step: int
-    description: str
     depth: int | None = None
     batch_size: int = 128
     patience: int = 1000
     val_samples: int = 5000
     train_samples: int | None = None
     test_samples: int | None = None
-    seeds: tuple[int, ...] = (0,)
     #: more seeds for the rows whose spread the comparison needs (LTPA and LTPA + ARNN)
     spread_seeds: tuple[int, ...] = (0, 1, 2)
 
@@ -88,90 +77,34 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-def reproduce(
-    out: str | Path,
-    budget: str | Budget = "cpu",
-    datasets: tuple[str, ...] = ("cifar10",),
-    methods: tuple[str, ...] = E2_ATTENTIONS,
-    seeds: tuple[int, ...] | None = None,
-    cifar10_tar: str | None = None,
-    cifar10_md5: str = CIFAR10_TAR_MD5,
-    cifar_dir: str | None = None,
-    data_dir: str | None = None,
-    precision: str = "auto",
-    jobs: int | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    figure: bool = True,
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    """Train the runs that are missing, then :func:`assemble` the table from all finished runs.
+def reproduce(out: str | Path, budget: str | Budget = "cpu", **kwargs: Any) -> dict[str, Any]:
+    """Train the runs that are missing, then :func:`assemble` the table from all finished runs
+    (:func:`attentionrnn.engine.reproduce.reproduce` of :data:`EXPERIMENT`; the data options
+    ``cifar10_tar``, ``cifar10_md5``, ``cifar_dir``, ``data_dir`` are ``e2 train``'s)."""
+    return engine_reproduce(EXPERIMENT, out, budget, **kwargs)
 
-    Args:
-        out: output folder (runs, table, figures).
-        budget: a name in :data:`BUDGETS` or a :class:`Budget`.
-        datasets, methods, seeds: which runs to add (seeds of every row; default: the
-            budget's, with ``spread_seeds`` for LTPA and LTPA + ARNN).
-        cifar10_tar, cifar10_md5, cifar_dir, data_dir: where the images are (see ``e2 train``).
-        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
-        jobs: runs trained in parallel (default: one per CPU core, at most 2).
-        threads: torch threads per run (default: cores // jobs).
-        progress: progress bars (only with ``jobs=1``).
-        figure: write the figures.
-        dry_run: train nothing and prepare no data; return the runs still to train with their
-            estimated time, and what the whole request costs on this machine
-            (:func:`~attentionrnn.engine.runs.plan_runs`).
-    """
-    name, b = named_budget(budget, BUDGETS, Budget)
-    unknown = sorted(set(methods) - set(E2_ATTENTIONS))
-    if unknown:
-        raise UserError(f"unknown method(s) {unknown}; valid: {', '.join(E2_ATTENTIONS)}")
-    out = Path(out)
-    if not dry_run:
-        out.mkdir(parents=True, exist_ok=True)
-    jobs, threads = parallelism(jobs, threads)
 
-    configs: list[E2Config] = []
-    every: list[E2Config] = []  # the whole request, finished runs included (dry run's total)
-    for dataset in datasets:
-        base = E2Config(
-            dataset=dataset, epochs=b.epochs, width=b.width, depth=b.depth,
-            batch_size=b.batch_size, lr_step=b.lr_step, patience=b.patience,
-            val_samples=b.val_samples, train_samples=b.train_samples,
-            test_samples=b.test_samples, cifar10_tar=cifar10_tar, cifar10_md5=cifar10_md5,
-            cifar_dir=cifar_dir, data_dir=data_dir, precision=precision, threads=threads,
-            progress=progress and jobs == 1,
-        )  # fmt: skip
-        runs = {
-            (m, s): out / "runs" / dataset / m / f"seed{s}"
-            for m in methods
-            for s in row_seeds(m, seeds, b, SPREAD)
-        }
-        every += [
-            dataclasses.replace(base, attention=m, seed=s, out=str(run))
-            for (m, s), run in runs.items()
-        ]
-        todo = [(m, s) for (m, s), run in runs.items() if not (run / METRICS).is_file()]
-        if todo and not dry_run:  # decode the tar into the cache once, before parallel runs read it
-            load_dataset(
-                dataset, cifar10_tar=cifar10_tar, cifar_dir=cifar_dir, md5=cifar10_md5,
-                cache_dir=data_dir, progress=progress,
-            )  # fmt: skip
-        for method, seed in todo:
-            run = out / "runs" / dataset / method / f"seed{seed}"
-            configs.append(dataclasses.replace(base, attention=method, seed=seed, out=str(run)))
-    if dry_run:
-        return plan_runs(configs, jobs, cost=lambda c: COST[c.attention], every=every)
-    train_runs(configs, train, jobs, cost=lambda c: COST[c.attention])
-    return assemble(out, name, b, figure=figure)
+def _base_config(b: Budget, dataset: str, o: dict[str, Any]) -> E2Config:
+    return E2Config(
+        dataset=dataset, epochs=b.epochs, width=b.width, depth=b.depth, batch_size=b.batch_size,
+        lr_step=b.lr_step, patience=b.patience, val_samples=b.val_samples,
+        train_samples=b.train_samples, test_samples=b.test_samples,
+        cifar10_tar=o.get("cifar10_tar"), cifar10_md5=o.get("cifar10_md5", CIFAR10_TAR_MD5),
+        cifar_dir=o.get("cifar_dir"), data_dir=o.get("data_dir"), precision=o["precision"],
+        threads=o["threads"], progress=o["progress"],
+    )  # fmt: skip
+
+
+def _prepare(dataset: str, configs: list[E2Config], jobs: int, o: dict[str, Any]) -> list:
+    """Decode the tar into the cache once, before parallel runs read it."""
+    c = configs[0]
+    load_dataset(dataset, cifar10_tar=c.cifar10_tar, cifar_dir=c.cifar_dir, md5=c.cifar10_md5,
+                 cache_dir=c.data_dir, progress=o["progress"])  # fmt: skip
+    return configs
 
 
 # ------------------------------------------------------------------------------------------
 # the table, from finished runs
-
-
-def _order(method: str) -> tuple[int, str]:
-    return (E2_ATTENTIONS.index(method) if method in E2_ATTENTIONS else 99, method)
 
 
 def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -204,7 +137,8 @@ def assemble(
     """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
     return results.assemble(
         out, budget, settings or BUDGETS.get(budget), datasets=DATASETS, summarize=summarize,
-        order=_order, markdown=results_markdown, figures=_figures if figure else None, log=logger,
+        order=EXPERIMENT.order, markdown=results_markdown, figures=_figures if figure else None,
+        log=logger,
     )  # fmt: skip
 
 
@@ -212,7 +146,7 @@ def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> d
     """The learning curves and, where the data and weights are here, the attention maps."""
     from attentionrnn.experiments.e2.figures import curve_figure, mask_figure
 
-    curves = results.learning_curves(rows, lambda m: LABELS.get(m, m), _order)
+    curves = results.learning_curves(rows, lambda m: LABELS.get(m, m), EXPERIMENT.order)
     path = curve_figure(curves, out / f"curves_{d}.png", f"{d.upper()}: learning curves")
     drawn = {"curves": path.name}
     runs = {m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in rows if m != "none"}
@@ -270,3 +204,40 @@ def results_markdown(summary: dict[str, Any]) -> str:
             if kind in figs:
                 lines += [f"![{d} {kind}]({figs[kind]})", ""]
     return "\n".join(lines)
+
+
+EXPERIMENT = register_experiment(Experiment(
+    name="e2",
+    help="experiment E2: CIFAR-10 / CIFAR-100 classification (LTPA VGG-att3)",
+    description="Experiment E2: image classification with Learn to Pay Attention's VGG-att3 "
+    "and AttentionRNN as its attention estimator.",
+    config=E2Config,
+    train=train,
+    budgets=BUDGETS,
+    default_budget="cpu",
+    budget_class=Budget,
+    datasets=DATASETS,
+    methods=E2_ATTENTIONS,
+    base_config=_base_config,
+    prepare=_prepare,
+    assemble=assemble,
+    markdown=results_markdown,
+    cost=COST,
+    labels=LABELS,
+    spread=SPREAD,
+    train_help="train one attention estimator on CIFAR",
+    train_description="Train VGG-att3 with one attention estimator, keep the best-validation "
+    "checkpoint, test it and write RUN_DIR/metrics.json (top-1 error, per-class accuracy, "
+    "learning curve). Rerunning the same command resumes an interrupted run. Works under "
+    "torchrun (gloo).",
+    train_keys=("test_error", "val_error", "epochs", "best_epoch", "precision",
+                "training_time_s"),
+    seeds_help="training seeds of every row (default: the budget's; 3 for LTPA and LTPA + ARNN)",
+    reproduce_flags=(
+        ("--cifar10-tar", {"metavar": "PATH",
+                           "help": "CIFAR-10 JPEG tar (default $ATTENTIONRNN_CIFAR10_TAR)"}),
+        ("--cifar10-md5", {"default": CIFAR10_TAR_MD5, "help": "expected md5 of the tar"}),
+        ("--cifar-dir", {"metavar": "DIR", "help": "folder of the CIFAR python pickles"}),
+        ("--data-dir", {"metavar": "DIR", "help": "cache of decoded images"}),
+    ),
+))  # fmt: skip

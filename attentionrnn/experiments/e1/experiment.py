@@ -19,15 +19,10 @@ from typing import Any
 
 from attentionrnn.data.generate import CANVAS, DATASETS
 from attentionrnn.engine import results
-from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.runs import (
-    named_budget,
-    parallelism,
-    plan_runs,
-    row_seeds,
-    train_runs,
-)
-from attentionrnn.engine.trainer import BEST, METRICS
+from attentionrnn.engine.experiment import Budget as BaseBudget
+from attentionrnn.engine.experiment import Experiment, register_experiment
+from attentionrnn.engine.reproduce import reproduce as engine_reproduce
+from attentionrnn.engine.trainer import BEST
 from attentionrnn.experiments.e1.table import (
     comparisons,
     results_markdown,
@@ -35,27 +30,22 @@ from attentionrnn.experiments.e1.table import (
     row_order,
     summarize,
 )
-from attentionrnn.experiments.e1.train import TrainConfig, resolve_data, train
+from attentionrnn.experiments.e1.train import E1Config, resolve_data, train
 from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES
 from attentionrnn.models.pan import own_layer4_gate
 
 logger = logging.getLogger("attentionrnn.e1.reproduce")
 
 
-@dataclass(frozen=True)
-class Budget:
+@dataclass(frozen=True, kw_only=True)
+class Budget(BaseBudget):
     """How much data and training one budget spends per run."""
 
     samples: int
-    epochs: int
     batch_size: int
     patience: int
-    description: str
-    seeds: tuple[int, ...] = (0,)
     #: image side of the generated data (PAN: 100); a smaller canvas costs less per step
     canvas: int = CANVAS
-    #: the seeds of the rows whose spread the comparison needs (CTX and ARNN, :data:`SPREAD`)
-    spread_seeds: tuple[int, ...] = (0,)
     #: RMSprop's learning rate (PAN: 0.003, at batch 200), and the epochs of its linear warm-up
     lr: float = 0.003
     lr_warmup_epochs: int = 0
@@ -157,100 +147,43 @@ def row_name(method: str, layer4_gate: str | None) -> str:
 
 
 def reproduce(
-    out: str | Path,
-    budget: str | Budget = "quick",
-    datasets: tuple[str, ...] | None = None,
-    methods: tuple[str, ...] | None = None,
-    seeds: tuple[int, ...] | None = None,
-    layer4_gate: str | None = None,
-    mnist: str | None = None,
-    task: str = "color",
-    precision: str = "auto",
-    jobs: int | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    figure: bool = True,
-    data: dict[str, str | Path] | None = None,
-    dry_run: bool = False,
+    out: str | Path, budget: str | Budget = "quick", data: dict[str, str | Path] | None = None,
+    layer4_gate: str | None = None, mnist: str | None = None, task: str = "color", **kwargs: Any,
 ) -> dict[str, Any]:
-    """Train the runs that are missing, then :func:`assemble` the table from all finished runs.
+    """Train the runs that are missing, then :func:`assemble` the table from all finished runs
+    (:func:`attentionrnn.engine.reproduce.reproduce` of :data:`EXPERIMENT`).
 
     Args:
         out: output folder (runs, data cache, table, figures).
         budget: a name in :data:`BUDGETS` or a :class:`Budget`.
-        datasets, methods: which runs to add (default: the budget's, else all).
-        seeds: training seeds of every row (default: the budget's, with ``spread_seeds`` for
-            CTX and ARNN); the data seed is always 0.
+        data: ``{dataset: file.npz}`` to use instead of generating (or reusing) the data.
         layer4_gate: override the last attention layer's gate of these runs.
         mnist: MNIST folder for the generator (default: its own resolution order).
         task: ``"color"`` or the inverse ``"digit"``.
-        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
-        jobs: runs trained in parallel (default: one per CPU core, at most 2).
-        threads: torch threads per run (default: cores // jobs).
-        progress: tqdm bars (only with ``jobs=1``).
-        figure: write the figures.
-        data: ``{dataset: file.npz}`` to use instead of generating (or reusing) the data.
-        dry_run: train nothing and generate no data; return the runs still to train with their
-            estimated time, and what the whole request costs on this machine
-            (:func:`~attentionrnn.engine.runs.plan_runs`).
+        kwargs: ``datasets``, ``methods`` (default: the budget's, else all), ``seeds`` (default:
+            the budget's, with ``spread_seeds`` for CTX and ARNN; the data seed is always 0),
+            ``precision``, ``jobs``, ``threads``, ``progress``, ``figure``, ``dry_run``.
     """
-    name, b = named_budget(budget, BUDGETS, Budget)
-    datasets = tuple(datasets or b.datasets or DATASETS)
-    methods = tuple(methods or b.methods or ATTENTION_NAMES)
-    unknown = sorted(set(methods) - set(ATTENTION_NAMES))
-    if unknown:
-        raise UserError(f"unknown method(s) {unknown}; valid: {', '.join(ATTENTION_NAMES)}")
-    out = Path(out)
-    if not dry_run:
-        out.mkdir(parents=True, exist_ok=True)
-    jobs, threads = parallelism(jobs, threads)
+    return engine_reproduce(EXPERIMENT, out, budget, data=data, layer4_gate=layer4_gate,
+                            mnist=mnist, task=task, **kwargs)  # fmt: skip
 
-    configs: list[TrainConfig] = []
-    every: list[TrainConfig] = []  # the whole request, finished runs included (dry run's total)
-    for dataset in datasets:
-        base = TrainConfig(
-            dataset=dataset,
-            samples=b.samples,
-            epochs=b.epochs,
-            batch_size=b.batch_size,
-            lr=b.lr,
-            lr_warmup_epochs=b.lr_warmup_epochs,
-            lr_decay_start=b.lr_decay_start,
-            lr_decay_every=b.lr_decay_every,
-            patience=b.patience,
-            canvas=b.canvas,
-            task=task,
-            mnist=mnist,
-            layer4_gate=layer4_gate,
-            precision=precision,
-            data_dir=str(out / "data"),
-            threads=threads,
-            progress=progress and jobs == 1,
-        )
-        runs = {
-            (m, s): out / "runs" / dataset / row_name(m, layer4_gate) / f"seed{s}"
-            for m in methods
-            for s in row_seeds(m, seeds, b, SPREAD)
-        }
-        every += [
-            dataclasses.replace(base, attention=m, seed=s, out=str(run))
-            for (m, s), run in runs.items()
-        ]
-        todo = [(m, s, run) for (m, s), run in runs.items() if not (run / METRICS).is_file()]
-        path = None
-        if todo and not dry_run:  # generate (or find) the data only where runs need it
-            path = Path(data[dataset]) if data and dataset in data else resolve_data(base)[0]
-        for method, seed, run in todo:
-            configs.append(
-                dataclasses.replace(
-                    base, attention=method, seed=seed, data=path and str(path), out=str(run)
-                )
-            )
-    cost = lambda c: ATTENTION_METHODS[c.attention].cost  # noqa: E731
-    if dry_run:
-        return plan_runs(configs, jobs, cost=cost, every=every)
-    train_runs(configs, train, jobs, cost=cost)
-    return assemble(out, name, b, figure=figure)
+
+def _base_config(b: Budget, dataset: str, o: dict[str, Any]) -> E1Config:
+    return E1Config(
+        dataset=dataset, samples=b.samples, epochs=b.epochs, batch_size=b.batch_size, lr=b.lr,
+        lr_warmup_epochs=b.lr_warmup_epochs, lr_decay_start=b.lr_decay_start,
+        lr_decay_every=b.lr_decay_every, patience=b.patience, canvas=b.canvas,
+        task=o.get("task", "color"), mnist=o.get("mnist"), layer4_gate=o.get("layer4_gate"),
+        precision=o["precision"], data_dir=str(Path(o["out"]) / "data"), threads=o["threads"],
+        progress=o["progress"],
+    )  # fmt: skip
+
+
+def _prepare(dataset: str, configs: list[E1Config], jobs: int, o: dict[str, Any]) -> list:
+    """Generate (or find) the data of ``dataset`` once; every run reads that file."""
+    data = o.get("data")
+    path = Path(data[dataset]) if data and dataset in data else resolve_data(configs[0])[0]
+    return [dataclasses.replace(c, data=str(path)) for c in configs]
 
 
 # ------------------------------------------------------------------------------------------
@@ -297,7 +230,7 @@ def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> d
 
 def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> str | None:
     """The masks of the lowest seed of each row, where its weights and the data exist."""
-    from attentionrnn.experiments.e1.data import E1Data
+    from attentionrnn.data.attribute import E1Data
     from attentionrnn.experiments.e1.figures import mask_figure
 
     runs: dict[str, Path] = {}
@@ -314,3 +247,44 @@ def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> s
     data = E1Data(data_path, any_run["task"])
     path = mask_figure(runs, data, out / f"masks_{dataset}.png", title=f"{dataset.upper()}: masks")
     return path.name
+
+
+EXPERIMENT = register_experiment(Experiment(
+    name="e1",
+    help="experiment E1: attribute prediction on MREF / MDIST / MBG",
+    description="Experiment E1: predict the colour of a queried MNIST digit (PAN network).",
+    config=E1Config,
+    train=train,
+    budgets=BUDGETS,
+    default_budget="quick",
+    budget_class=Budget,
+    datasets=DATASETS,
+    methods=ATTENTION_NAMES,
+    base_config=_base_config,
+    default_datasets=lambda b: b.datasets or DATASETS,
+    default_methods=lambda b: b.methods or ATTENTION_NAMES,
+    row_folder=lambda method, o: row_name(method, o.get("layer4_gate")),
+    prepare=_prepare,
+    assemble=assemble,
+    markdown=results_markdown,
+    cost={name: method.cost for name, method in ATTENTION_METHODS.items()},
+    spread=SPREAD,
+    train_help="train one attention method on one dataset",
+    train_description="Train the PAN network with one attention method, keep the "
+    "best-validation checkpoint and write RUN_DIR/metrics.json (with the learning curve). "
+    "Rerunning the same command resumes an interrupted run. Works under torchrun (gloo).",
+    train_keys=("test_accuracy", "val_accuracy", "epochs", "best_epoch", "attention_correctness"),
+    datasets_help="default: the budget's, or all",
+    methods_help="default: the budget's, or all",
+    seeds_help="training seeds of every row (default: the budget's; 3 for CTX and ARNN in cpu "
+    "and full)",
+    reproduce_flags=(
+        ("--layer4-gate", {"choices": ("sigmoid", "softmax"), "help": "override layer 4's gate"}),
+        ("--task", {"choices": ("color", "digit"), "default": "color"}),
+        ("--mnist", {"metavar": "DIR", "help": "folder of the MNIST IDX files"}),
+    ),
+    table_figures=False,
+    default_out="results/{budget}",
+    table_prefix="",
+    commands="attentionrnn.experiments.e1.commands",
+))  # fmt: skip

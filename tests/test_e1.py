@@ -1,4 +1,7 @@
-"""Experiment E1: metrics on hand-made masks, training end to end, determinism, resume, DDP."""
+"""Experiment E1: metrics on hand-made masks, training end to end, determinism, resume, DDP.
+
+The engine's own tests (one-line CLI errors, the declared-experiment contract) are in
+``tests/test_engine.py``."""
 
 from __future__ import annotations
 
@@ -16,17 +19,11 @@ import pytest
 import torch
 
 from attentionrnn.cli import main
+from attentionrnn.data.attribute import AttributeDataset, E1Data
+from attentionrnn.data.regions import attention_correctness, box_regions, mask_to_image
 from attentionrnn.engine.precision import cpu_name, resolve_precision
-from attentionrnn.experiments.e1.data import AttributeDataset, E1Data
-from attentionrnn.experiments.e1.metrics import (
-    accuracy,
-    accuracy_by_scale,
-    attention_correctness,
-    box_regions,
-    mask_to_image,
-    scale_bin_labels,
-)
-from attentionrnn.experiments.e1.train import TrainConfig, images_for_samples, lr_at, train
+from attentionrnn.experiments.e1.metrics import accuracy, accuracy_by_scale, scale_bin_labels
+from attentionrnn.experiments.e1.train import E1Config, images_for_samples, lr_at, train
 from attentionrnn.models.pan import MASK_GEOMETRY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,10 +38,10 @@ def _cmd(data: Path, out: Path, epochs: int, attention: str = "ctx") -> list[str
     ]  # fmt: skip
 
 
-def _config(data: Path, out: Path, **kwargs) -> TrainConfig:
+def _config(data: Path, out: Path, **kwargs) -> E1Config:
     """The config that ``_cmd`` gives on the command line, with ``kwargs`` changed."""
     base = dict(attention="ctx", data=str(data), out=str(out), seed=3, batch_size=8, threads=1)
-    return TrainConfig(**{**base, "progress": False, **kwargs})
+    return E1Config(**{**base, "progress": False, **kwargs})
 
 
 def _comparable(metrics: dict) -> dict:
@@ -112,18 +109,18 @@ def test_accuracy_and_scale_bins():
 
 
 def test_schedule_and_sizes():
-    c = TrainConfig()
+    c = E1Config()
     assert [lr_at(c, e) for e in (0, 29)] == [0.003, 0.003]
     assert lr_at(c, 30) == pytest.approx(0.002) and lr_at(c, 39) == pytest.approx(0.002)
     assert lr_at(c, 40) == pytest.approx(0.003 / 1.5**2)
     # a linear warm-up over the first epochs, then the rate itself (PAN has none)
-    w = TrainConfig(lr_warmup_epochs=2)
+    w = E1Config(lr_warmup_epochs=2)
     assert [lr_at(w, e) for e in (0, 1, 2, 29)] == pytest.approx([0.001, 0.002, 0.003, 0.003])
     with pytest.raises(ValueError, match="lr_warmup_epochs"):
-        TrainConfig(lr_warmup_epochs=-1).check()
+        E1Config(lr_warmup_epochs=-1).check()
     assert images_for_samples(50000) == 8850 and images_for_samples(3) == 1
     with pytest.raises(ValueError, match="attention must be one of .*got .pan."):
-        TrainConfig(attention="pan").check()
+        E1Config(attention="pan").check()
 
 
 def test_data_regions_and_inverse_task(tiny):
@@ -259,7 +256,7 @@ def test_torchrun_two_processes_gloo(tiny, tmp_path):
 
 
 def test_reproduce_adds_runs_and_assembles_the_table(tiny, tmp_path, capsys):
-    from attentionrnn.experiments.e1.reproduce import Budget, reproduce
+    from attentionrnn.experiments.e1.experiment import Budget, reproduce
 
     budget = Budget(samples=30, epochs=2, batch_size=8, patience=5, description="test budget")
     kwargs = dict(data={"mref": tiny}, jobs=1, threads=1, progress=False, datasets=("mref",))
@@ -370,79 +367,6 @@ def test_attribute_dataset_is_a_view_of_the_same_reader(tiny):
 # ------------------------------------------------------------------ command-line user errors
 
 
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) >= 1 and "Traceback" not in "\n".join(err)
-    return err[-1]
-
-
-def test_cli_truncated_data_file_is_one_line(tiny, tmp_path, capsys):
-    cut = tmp_path / "cut.npz"
-    cut.write_bytes(tiny.read_bytes()[: tiny.stat().st_size // 2])
-    assert main(_cmd(cut, tmp_path / "r", 1)) == 2
-    line = _error_line(capsys)
-    assert line.startswith("attentionrnn: error:") and "cut.npz" in line and "truncated" in line
-
-
-def test_cli_non_zip_data_file_is_one_line(tmp_path, capsys):
-    text = tmp_path / "notes.npz"
-    text.write_text("not a dataset\n")
-    assert main(_cmd(text, tmp_path / "r", 1)) == 2
-    assert "notes.npz: not a complete .npz (zip) file" in _error_line(capsys)
-
-
-def test_cli_wrong_dataset_in_file(tiny, tmp_path, capsys):
-    args = _cmd(tiny, tmp_path / "r", 1)
-    args[args.index("mref")] = "mdist"
-    assert main(args) == 2
-    assert "holds 'mref' data" in _error_line(capsys)
-
-
-def test_cli_missing_mnist_folder(tmp_path, capsys):
-    args = ["e1", "train", "--out", str(tmp_path / "r"), "--samples", "50",
-            "--data-dir", str(tmp_path / "data"), "--mnist", str(tmp_path / "nowhere")]  # fmt: skip
-    assert main(args) == 2
-    line = _error_line(capsys)
-    assert "nowhere" in line and "missing MNIST file" in line
-
-
-def test_cli_corrupt_mnist_file(tmp_path, capsys):
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # fmt: skip
-        (folder / f"{name}.gz").write_bytes(b"\x1f\x8b broken")
-    args = ["e1", "generate", "mref", "--images", "2", "--out", str(tmp_path / "m.npz"),
-            "--mnist", str(folder), "--no-progress"]  # fmt: skip
-    assert main(args) == 2
-    assert str(folder) in _error_line(capsys)
-
-
-@pytest.mark.parametrize(
-    ("flag", "value", "message"),
-    [
-        ("--epochs", "abc", "invalid int value: 'abc'"),
-        ("--epochs", "0", "epochs must be >= 1, got 0"),
-        ("--lr", "-1", "lr must be a positive number"),
-        ("--lr", "nan", "lr must be a positive number"),
-    ],
-)
-def test_cli_bad_numeric_flag(tiny, tmp_path, capsys, flag, value, message):
-    args = [*_cmd(tiny, tmp_path / "r", 1), flag, value]  # a repeated flag: the last one wins
-    assert main(args) == 2  # checked as the flag is parsed: one line, no usage block
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert message in line
-
-
-def test_cli_verbose_shows_the_traceback(tmp_path):
-    text = tmp_path / "notes.npz"
-    text.write_text("x")
-    from attentionrnn.engine.errors import UserError
-
-    with pytest.raises(UserError):
-        main(["-v", *_cmd(text, tmp_path / "r", 1)])
-
-
 # ---------------------------------------------------------------------------------- canvas
 
 
@@ -455,7 +379,7 @@ def test_small_canvas_trains_and_names_its_data(tmp_path, monkeypatch, digits):
 
     monkeypatch.setattr(gen_mod, "load_mnist", lambda mnist=None: digits)
     monkeypatch.delenv("ATTENTIONRNN_MNIST", raising=False)  # the file name says the source
-    config = TrainConfig(
+    config = E1Config(
         attention="ctx", samples=60, canvas=64, epochs=1, batch_size=8, threads=1,
         data_dir=str(tmp_path / "data"), out=str(tmp_path / "run"), progress=False,
     )  # fmt: skip
@@ -466,15 +390,15 @@ def test_small_canvas_trains_and_names_its_data(tmp_path, monkeypatch, digits):
     for layer in metrics["attention_correctness"].values():
         assert 0.0 <= layer["box"] <= 1.0
     # the default canvas keeps the old name and fingerprint (runs from before still resume)
-    old = TrainConfig(samples=60, data_dir=str(tmp_path / "data"), progress=False)
+    old = E1Config(samples=60, data_dir=str(tmp_path / "data"), progress=False)
     assert train_mod.resolve_data(old)[0].name == "mref_11img_seed0_default.npz"
     assert "canvas" not in old.fingerprint() and config.fingerprint()["canvas"] == 64
     with pytest.raises(UserError, match="64-pixel images but the run asks for --canvas 80"):
-        train(TrainConfig(data=str(path), canvas=80, out=str(tmp_path / "r2"), progress=False))
+        train(E1Config(data=str(path), canvas=80, out=str(tmp_path / "r2"), progress=False))
 
 
 def test_row_names_drop_a_gate_override_that_is_the_methods_own():
-    from attentionrnn.experiments.e1.reproduce import row_name
+    from attentionrnn.experiments.e1.experiment import row_name
 
     assert row_name("ctx", "softmax") == "ctx"
     assert row_name("ctx", "sigmoid") == "ctx-l4sigmoid"
@@ -487,7 +411,7 @@ def test_demo_trains_ctx_and_arnn(tmp_path, monkeypatch, digits):
     synthetic digits, under the name it looks for), both rows, the uniform level, the report."""
     from attentionrnn.data.generate import generate_arrays, write_npz
     from attentionrnn.experiments.e1.demo import demo, demo_report
-    from attentionrnn.experiments.e1.reproduce import Budget
+    from attentionrnn.experiments.e1.experiment import Budget
 
     monkeypatch.delenv("ATTENTIONRNN_MNIST", raising=False)
     monkeypatch.delenv("ATTENTIONRNN_OFFLINE", raising=False)

@@ -20,15 +20,10 @@ from typing import Any
 import numpy as np
 
 from attentionrnn.engine import results
-from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.runs import (
-    format_stats,
-    named_budget,
-    parallelism,
-    plan_runs,
-    seed_stats,
-    train_runs,
-)
+from attentionrnn.engine.experiment import Budget as BaseBudget
+from attentionrnn.engine.experiment import Experiment, register_experiment
+from attentionrnn.engine.reproduce import reproduce as engine_reproduce
+from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e4.data import DATASETS
 from attentionrnn.experiments.e4.model import E4_MASKS, LABELS
@@ -36,7 +31,7 @@ from attentionrnn.experiments.e4.train import E4Config, train
 
 logger = logging.getLogger("attentionrnn.e4.reproduce")
 
-__all__ = ["BUDGETS", "Budget", "assemble", "reproduce", "results_markdown"]
+__all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
 
 #: the metrics of the table: (key in metrics.json without "test_", header, scale, digits)
 COLUMNS = (
@@ -49,13 +44,11 @@ COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class Budget:
+@dataclass(frozen=True, kw_only=True)
+class Budget(BaseBudget):
     """Data size, network size and training length of one budget (other fields: E4Config's
     defaults)."""
 
-    epochs: int
-    description: str
     images: int = 3000
     canvas: int = 64
     batch_size: int = 32
@@ -68,7 +61,6 @@ class Budget:
     train_samples: int | None = None
     val_samples: int = 500
     test_samples: int = 2000
-    seeds: tuple[int, ...] = (0,)
 
 
 #: Relative cost of a training step (one D and one G update) per mask head, measured with one
@@ -115,69 +107,34 @@ BUDGETS: dict[str, Budget] = {
 def reproduce(
     out: str | Path,
     budget: str | Budget = "cpu",
-    datasets: tuple[str, ...] = ("mref",),
-    masks: tuple[str, ...] = E4_MASKS,
-    seeds: tuple[int, ...] | None = None,
-    mnist: str | None = None,
-    celeba_dir: str | None = None,
-    data_dir: str | None = None,
-    precision: str = "auto",
-    jobs: int | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    figure: bool = True,
-    dry_run: bool = False,
+    masks: tuple[str, ...] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Train the runs that are missing, then :func:`assemble` the table from all finished runs.
+    """Train the runs that are missing, then :func:`assemble` the table from all finished runs
+    (:func:`attentionrnn.engine.reproduce.reproduce` of :data:`EXPERIMENT`; ``masks``: the
+    older name of ``methods``; data options ``mnist``, ``celeba_dir``, ``data_dir``)."""
+    if masks is not None:
+        kwargs["methods"] = masks
+    return engine_reproduce(EXPERIMENT, out, budget, **kwargs)
 
-    Args:
-        out: output folder (runs, table, figures).
-        budget: a name in :data:`BUDGETS` or a :class:`Budget`.
-        datasets, masks: which runs to add.
-        seeds: training seeds of every row (default: the budget's).
-        mnist, celeba_dir, data_dir: where the data is (see ``e4 train``).
-        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
-        jobs: runs trained in parallel (default: one per CPU core, at most 2).
-        threads: torch threads per run (default: cores // jobs).
-        progress: progress bars (only with ``jobs=1``).
-        figure: write the figures.
-        dry_run: train nothing and prepare no data; return the runs still to train with their
-            estimated time (:func:`~attentionrnn.engine.runs.plan_runs`).
-    """
-    name, b = named_budget(budget, BUDGETS, Budget)
-    for given, valid, what in ((masks, E4_MASKS, "mask"), (datasets, DATASETS, "dataset")):
-        unknown = sorted(set(given) - set(valid))
-        if unknown:
-            raise UserError(f"unknown {what}(s) {unknown}; valid: {', '.join(valid)}")
-    out = Path(out)
-    if not dry_run:
-        out.mkdir(parents=True, exist_ok=True)
-    jobs, threads = parallelism(jobs, threads)
+
+def _base_config(b: Budget, dataset: str, o: dict[str, Any]) -> E4Config:
     settings = {k: v for k, v in dataclasses.asdict(b).items()
-                if k not in ("description", "seeds")}  # fmt: skip
-    configs: list[E4Config] = []
-    for dataset in datasets:
-        base = E4Config(dataset=dataset, mnist=mnist, celeba_dir=celeba_dir, data_dir=data_dir,
-                        precision=precision, threads=threads, progress=progress and jobs == 1,
-                        **settings)  # fmt: skip
-        base.check()
-        for mask in masks:
-            for seed in seeds if seeds is not None else b.seeds:
-                run = out / "runs" / dataset / mask / f"seed{seed}"
-                if not (run / METRICS).is_file():
-                    configs.append(dataclasses.replace(base, mask=mask, seed=seed, out=str(run)))
-    if dry_run:
-        return plan_runs(configs, jobs, cost=lambda c: COST[c.mask])
-    if jobs > 1 and configs:
+                if k not in ("description", "seeds", "spread_seeds")}  # fmt: skip
+    base = E4Config(dataset=dataset, mnist=o.get("mnist"), celeba_dir=o.get("celeba_dir"),
+                    data_dir=o.get("data_dir"), precision=o["precision"], threads=o["threads"],
+                    progress=o["progress"], **settings)  # fmt: skip
+    base.check()
+    return base
+
+
+def _prepare(dataset: str, configs: list[E4Config], jobs: int, o: dict[str, Any]) -> list:
+    """Generate the data once, before parallel runs read it."""
+    if jobs > 1:
         from attentionrnn.experiments.e4.train import load_data
 
-        load_data(configs[0])  # generate the data once, before parallel runs read it
-    train_runs(configs, train, jobs, cost=lambda c: COST[c.mask])
-    return assemble(out, name, b, figure=figure)
-
-
-def _order(mask: str) -> tuple[int, str]:
-    return (E4_MASKS.index(mask) if mask in E4_MASKS else 99, mask)
+        load_data(configs[0])
+    return configs
 
 
 def summarize(mask: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -229,7 +186,8 @@ def assemble(
     """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
     return results.assemble(
         out, budget, settings or BUDGETS.get(budget), datasets=DATASETS, summarize=summarize,
-        order=_order, markdown=results_markdown, figures=_figures if figure else None, log=logger,
+        order=EXPERIMENT.order, markdown=results_markdown, figures=_figures if figure else None,
+        log=logger,
     )  # fmt: skip
 
 
@@ -237,9 +195,11 @@ def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> d
     """The learning curves and, where the data and weights are here, the sample grid."""
     from attentionrnn.experiments.e4.figures import curve_figure
 
-    curves = results.learning_curves(rows, lambda m: LABELS.get(m, m), _order)
+    curves = results.learning_curves(rows, lambda m: LABELS.get(m, m), EXPERIMENT.order)
     drawn = {"curves": curve_figure(curves, out / f"curves_{d}.png", f"{d}: learning curves").name}
-    runs = {m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in sorted(rows, key=_order)}
+    runs = {
+        m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in sorted(rows, key=EXPERIMENT.order)
+    }
     grid = results.optional_figure(
         lambda: _sample_grid(runs, out / f"samples_{d}.png", d), "sample grid", d, logger
     )
@@ -250,14 +210,19 @@ def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> d
 
 def _sample_grid(runs: dict[str, Path], path: Path, dataset: str, count: int = 6) -> Path:
     """Every mask head's edits of the same test samples (the first run's data and targets)."""
-    from attentionrnn.experiments.e4.figures import load_editor, sample_grid
-    from attentionrnn.experiments.e4.train import _fixed_targets, _split_indices, load_data
+    from attentionrnn.experiments.e4.figures import sample_grid
+    from attentionrnn.experiments.e4.train import (
+        fixed_targets,
+        load_data,
+        load_editor,
+        split_indices,
+    )
 
     first = next(iter(runs.values()))
     config = E4Config(**json.loads((first / METRICS).read_text())["config"])
     task = load_data(dataclasses.replace(config, progress=False))
-    idx = _split_indices(task, config)["test"]
-    targets = _fixed_targets(task, idx, "test")
+    idx = split_indices(task, config)["test"]
+    targets = fixed_targets(task, idx, "test")
     pick = np.arange(min(count, len(idx)))
     editors = {m: load_editor(run, task) for m, run in runs.items()}
     return sample_grid(editors, task, idx[pick], targets[pick], path, title=f"{dataset}: edits")
@@ -304,3 +269,43 @@ def results_markdown(summary: dict[str, Any]) -> str:
             if kind in figs:
                 lines += [f"![{d} {kind}]({figs[kind]})", ""]
     return "\n".join(lines)
+
+
+EXPERIMENT = register_experiment(Experiment(
+    name="e4",
+    help="experiment E4: image editing (ModularGAN-style) with AttentionRNN masks",
+    description="Experiment E4: a ModularGAN-style editor whose transformer modules blend "
+    "their edit through a mask from a conv head, AttentionRNN or Block AttentionRNN; "
+    "recolouring the queried digit of generated MREF / MDIST images (exact edits known), "
+    "or CelebA from a folder.",
+    config=E4Config,
+    train=train,
+    budgets=BUDGETS,
+    default_budget="cpu",
+    budget_class=Budget,
+    datasets=DATASETS,
+    methods=E4_MASKS,
+    row_field="mask",
+    figure="samples",
+    base_config=_base_config,
+    prepare=_prepare,
+    assemble=assemble,
+    markdown=results_markdown,
+    cost=COST,
+    labels=LABELS,
+    train_help="train one mask head",
+    train_description="Train the judge (an attribute classifier of real images), then the "
+    "editor and discriminator (hinge loss, no gradient penalty); keep the best-validation "
+    "weights, test them and write RUN_DIR/metrics.json (edit success, preservation L1, mask "
+    "correctness, KID, learning curve) and RUN_DIR/samples.png. Rerunning the same command "
+    "resumes an interrupted run.",
+    train_keys=("test_edit_success", "test_preservation_l1", "test_truth_l1",
+                "test_mask_correctness", "test_mask_correctness_box", "test_kid",
+                "val_edit_success", "epochs", "best_epoch", "precision", "training_time_s"),
+    reproduce_flags=(
+        ("--mnist", {"metavar": "DIR", "help": "MNIST folder"}),
+        ("--celeba-dir", {"metavar": "DIR", "help": "CelebA folder "
+                          "(default $ATTENTIONRNN_CELEBA_DIR)"}),
+        ("--data-dir", {"metavar": "DIR", "help": "cache of generated data"}),
+    ),
+))  # fmt: skip

@@ -18,32 +18,24 @@ from typing import Any
 
 from attentionrnn.engine import results
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.runs import (
-    format_stats,
-    named_budget,
-    parallelism,
-    plan_runs,
-    row_seeds,
-    seed_stats,
-    train_runs,
-)
-from attentionrnn.engine.trainer import METRICS
+from attentionrnn.engine.experiment import Budget as BaseBudget
+from attentionrnn.engine.experiment import Experiment, register_experiment
+from attentionrnn.engine.reproduce import reproduce as engine_reproduce
+from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.experiments.e3.data import DATASETS, QUESTION_TYPES
 from attentionrnn.experiments.e3.model import E3_ATTENTIONS, LABELS, REFERENCE_ATTENTIONS
 from attentionrnn.experiments.e3.train import E3Config, answer_prior, load_data, train
 
 logger = logging.getLogger("attentionrnn.e3.reproduce")
 
-__all__ = ["BUDGETS", "Budget", "assemble", "reproduce", "results_markdown"]
+__all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
 
 
-@dataclass(frozen=True)
-class Budget:
+@dataclass(frozen=True, kw_only=True)
+class Budget(BaseBudget):
     """Network size, data size and training length of one budget (other fields: E3Config's
     defaults)."""
 
-    epochs: int
-    description: str
     lr_step: int = 8
     patience: int = 6
     mcb_dim: int = 1024
@@ -54,7 +46,6 @@ class Budget:
     test_questions: int | None = None
     generated_train_images: int = 4000
     generated_test_images: int = 1000
-    seeds: tuple[int, ...] = (0,)
     #: more seeds for the rows whose spread the comparison needs (MCB attention and ARNN)
     spread_seeds: tuple[int, ...] = (0, 1, 2)
     #: ``(dataset, epochs)`` pairs that override ``epochs`` for a dataset
@@ -133,94 +124,46 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-def reproduce(
-    out: str | Path,
-    budget: str | Budget = "cpu",
-    datasets: tuple[str, ...] | None = None,
-    methods: tuple[str, ...] = METHODS,
-    seeds: tuple[int, ...] | None = None,
-    vqa_dir: str | None = None,
-    easy_vqa_dir: str | None = None,
-    data_dir: str | None = None,
-    precision: str = "auto",
-    jobs: int | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    figure: bool = True,
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    """Train the runs that are missing, then :func:`assemble` the table from all finished runs.
+def reproduce(out: str | Path, budget: str | Budget = "cpu", **kwargs: Any) -> dict[str, Any]:
+    """Train the runs that are missing, then :func:`assemble` the table from all finished runs
+    (:func:`attentionrnn.engine.reproduce.reproduce` of :data:`EXPERIMENT`; ``oracle`` only on
+    the datasets with boxes; default datasets: both offline ones, or only the relational set
+    for a budget with a curriculum; data options ``vqa_dir``, ``easy_vqa_dir``, ``data_dir``)."""
+    return engine_reproduce(EXPERIMENT, out, budget, **kwargs)
 
-    Args:
-        out: output folder (runs, table, figures).
-        budget: a name in :data:`BUDGETS` or a :class:`Budget`.
-        datasets, methods: which runs to add (``oracle`` only on the datasets with boxes;
-            default datasets: both offline ones, or only the relational set for a budget with
-            a curriculum).
-        seeds: training seeds of every row (default: the budget's, with ``spread_seeds`` for
-            MCB attention and ARNN).
-        vqa_dir, easy_vqa_dir, data_dir: where the data is (see ``e3 train``).
-        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
-        jobs: runs trained in parallel (default: one per CPU core, at most 2).
-        threads: torch threads per run (default: cores // jobs).
-        progress: progress bars (only with ``jobs=1``).
-        figure: write the figures.
-        dry_run: train nothing and prepare no data; return the runs still to train with their
-            estimated time (:func:`~attentionrnn.engine.runs.plan_runs`).
-    """
-    name, b = named_budget(budget, BUDGETS, Budget)
-    if datasets is None:
-        datasets = RELATIONAL if b.curriculum_epochs else ("easy_vqa", "sort_of_clevr")
-    for given, valid, what in ((methods, METHODS, "method"), (datasets, DATASETS, "dataset")):
-        unknown = sorted(set(given) - set(valid))
-        if unknown:
-            raise UserError(f"unknown {what}(s) {unknown}; valid: {', '.join(valid)}")
+
+def _check(name: str, b: Budget, datasets: Any) -> None:
     if b.curriculum_epochs and set(datasets) - set(RELATIONAL):
         raise UserError(
             f"budget {name} trains a curriculum of non-relational questions, which only "
             f"{', '.join(RELATIONAL)} has; pass --datasets {' '.join(RELATIONAL)}"
         )
-    out = Path(out)
-    if not dry_run:
-        out.mkdir(parents=True, exist_ok=True)
-    jobs, threads = parallelism(jobs, threads)
 
-    configs: list[E3Config] = []
-    for dataset in datasets:
-        base = E3Config(
-            dataset=dataset, epochs=b.epochs_for(dataset), lr_step=b.lr_step, patience=b.patience,
-            mcb_dim=b.mcb_dim, image_size=b.image_size, blocks=b.blocks,
-            val_images=b.val_images, train_questions=b.train_questions,
-            test_questions=b.test_questions, generated_train_images=b.generated_train_images,
-            generated_test_images=b.generated_test_images, vqa_dir=vqa_dir,
-            easy_vqa_dir=easy_vqa_dir, data_dir=data_dir, precision=precision, threads=threads,
-            progress=progress and jobs == 1, curriculum_epochs=b.curriculum_epochs,
-        )  # fmt: skip
-        for method in methods:
-            if method in REFERENCE_ATTENTIONS and dataset not in BOXED:
-                continue  # no boxes to put the oracle's mask on
-            for seed in row_seeds(method, seeds, b, SPREAD):
-                run = out / "runs" / dataset / method / f"seed{seed}"
-                if not (run / METRICS).is_file():
-                    configs.append(
-                        dataclasses.replace(base, attention=method, seed=seed, out=str(run))
-                    )
-    if dry_run:
-        return plan_runs(configs, jobs, cost=lambda c: COST[c.attention])
-    if any(c.dataset == "easy_vqa" for c in configs) and jobs > 1:
+
+def _base_config(b: Budget, dataset: str, o: dict[str, Any]) -> E3Config:
+    return E3Config(
+        dataset=dataset, epochs=b.epochs_for(dataset), lr_step=b.lr_step, patience=b.patience,
+        mcb_dim=b.mcb_dim, image_size=b.image_size, blocks=b.blocks, val_images=b.val_images,
+        train_questions=b.train_questions, test_questions=b.test_questions,
+        generated_train_images=b.generated_train_images,
+        generated_test_images=b.generated_test_images, vqa_dir=o.get("vqa_dir"),
+        easy_vqa_dir=o.get("easy_vqa_dir"), data_dir=o.get("data_dir"),
+        precision=o["precision"], threads=o["threads"], progress=o["progress"],
+        curriculum_epochs=b.curriculum_epochs,
+    )  # fmt: skip
+
+
+def _prepare(dataset: str, configs: list[E3Config], jobs: int, o: dict[str, Any]) -> list:
+    """Fill easy-VQA's cache once, before parallel runs read it."""
+    if dataset == "easy_vqa" and jobs > 1:
         from attentionrnn.experiments.e3.data import read_easy_vqa
 
-        read_easy_vqa(easy_vqa_dir, data_dir)  # fill the cache once, before parallel runs read it
-    train_runs(configs, train, jobs, cost=lambda c: COST[c.attention])
-    return assemble(out, name, b, figure=figure)
+        read_easy_vqa(o.get("easy_vqa_dir"), o.get("data_dir"))
+    return configs
 
 
 # ------------------------------------------------------------------------------------------
 # the table, from finished runs
-
-
-def _order(method: str) -> tuple[int, str]:
-    return (METHODS.index(method) if method in METHODS else 99, method)
 
 
 def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -261,7 +204,7 @@ def assemble(
     """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
     return results.assemble(
         out, budget, settings or BUDGETS.get(budget), datasets=DATASETS, summarize=summarize,
-        order=_order, markdown=results_markdown, figures=_figures if figure else None,
+        order=EXPERIMENT.order, markdown=results_markdown, figures=_figures if figure else None,
         totals=_answer_priors, log=logger,
     )  # fmt: skip
 
@@ -271,7 +214,7 @@ def _answer_priors(found: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> di
     its runs recorded it or, for runs recorded before it was, computed from their data."""
     priors: dict[str, Any] = {}
     for d, rows in found.items():
-        first = next(iter(rows[min(rows, key=_order)].values()))
+        first = next(iter(rows[min(rows, key=EXPERIMENT.order)].values()))
         prior = first.get("test_answer_prior")
         if prior is None:
             try:
@@ -288,9 +231,11 @@ def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> d
     """The learning curves and, where the data and weights are here, the attention figure."""
     from attentionrnn.experiments.e3.figures import curve_figure, mask_figure
 
-    curves = results.learning_curves(rows, lambda m: LABELS.get(m, m), _order)
+    curves = results.learning_curves(rows, lambda m: LABELS.get(m, m), EXPERIMENT.order)
     drawn = {"curves": curve_figure(curves, out / f"curves_{d}.png", f"{d}: learning curves").name}
-    runs = {m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in sorted(rows, key=_order)}
+    runs = {
+        m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in sorted(rows, key=EXPERIMENT.order)
+    }
     masks = results.optional_figure(
         lambda: mask_figure(runs, out / f"masks_{d}.png", title=f"{d}: attention"),
         "attention figure", d, logger,
@@ -364,3 +309,46 @@ def results_markdown(summary: dict[str, Any]) -> str:
             if kind in figs:
                 lines += [f"![{d} {kind}]({figs[kind]})", ""]
     return "\n".join(lines)
+
+
+EXPERIMENT = register_experiment(Experiment(
+    name="e3",
+    help="experiment E3: visual question answering (MCB, question-conditioned attention)",
+    description="Experiment E3: VQA with MCB fusion and its spatial attention replaced by "
+    "AttentionRNN conditioned on the question; easy-VQA, a generated relational set, VQA v2.",
+    config=E3Config,
+    train=train,
+    budgets=BUDGETS,
+    default_budget="cpu",
+    budget_class=Budget,
+    datasets=DATASETS,
+    methods=METHODS,
+    base_config=_base_config,
+    default_datasets=lambda b: RELATIONAL if b.curriculum_epochs else ("easy_vqa", "sort_of_clevr"),
+    skip=lambda method, dataset: method in REFERENCE_ATTENTIONS and dataset not in BOXED,
+    check=_check,
+    prepare=_prepare,
+    assemble=assemble,
+    markdown=results_markdown,
+    cost=COST,
+    labels=LABELS,
+    spread=SPREAD,
+    train_help="train one attention variant",
+    train_description="Train the VQA network with one attention variant, keep the "
+    "best-validation checkpoint, test it and write RUN_DIR/metrics.json (accuracy overall and by "
+    "question type, attention correctness on the generated set, learning curve). Rerunning the "
+    "same command resumes an interrupted run. Works under torchrun (gloo).",
+    train_keys=("test_accuracy", "test_by_type", "test_relational", "test_non_relational",
+                "test_attention_correctness", "val_accuracy", "epochs", "best_epoch",
+                "precision", "training_time_s"),
+    datasets_help="datasets to add runs of (default: easy_vqa and sort_of_clevr; with a "
+    "curriculum budget, sort_of_clevr)",
+    methods_help="rows to add (oracle: on the generated set only)",
+    seeds_help="training seeds of every row (default: the budget's; 3 for MCB attention and ARNN)",
+    reproduce_flags=(
+        ("--vqa-dir", {"metavar": "DIR", "help": "VQA v2 folder (default $ATTENTIONRNN_VQA_DIR)"}),
+        ("--easy-vqa-dir", {"metavar": "DIR", "help": "easy-VQA data folder (default: the "
+                            "installed easy-vqa package)"}),
+        ("--data-dir", {"metavar": "DIR", "help": "cache of decoded images"}),
+    ),
+))  # fmt: skip

@@ -1,0 +1,161 @@
+"""The engine: one-line CLI errors (through E1's train), and the declared-experiment contract of
+``docs/adding-an-experiment.md``, whose example is run here as written."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from attentionrnn.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cmd(data: Path, out: Path, epochs: int, attention: str = "ctx") -> list[str]:
+    return [
+        "e1", "train",
+        "--dataset", "mref", "--attention", attention, "--data", str(data), "--out", str(out),
+        "--epochs", str(epochs), "--seed", "3", "--batch-size", "8", "--threads", "1",
+        "--no-progress",
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- CLI errors
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_cli_truncated_data_file_is_one_line(tiny, tmp_path, capsys):
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(tiny.read_bytes()[: tiny.stat().st_size // 2])
+    assert main(_cmd(cut, tmp_path / "r", 1)) == 2
+    line = _error_line(capsys)
+    assert line.startswith("attentionrnn: error:") and "cut.npz" in line and "truncated" in line
+
+
+def test_cli_non_zip_data_file_is_one_line(tmp_path, capsys):
+    text = tmp_path / "notes.npz"
+    text.write_text("not a dataset\n")
+    assert main(_cmd(text, tmp_path / "r", 1)) == 2
+    assert "notes.npz: not a complete .npz (zip) file" in _error_line(capsys)
+
+
+def test_cli_wrong_dataset_in_file(tiny, tmp_path, capsys):
+    args = _cmd(tiny, tmp_path / "r", 1)
+    args[args.index("mref")] = "mdist"
+    assert main(args) == 2
+    assert "holds 'mref' data" in _error_line(capsys)
+
+
+def test_cli_missing_mnist_folder(tmp_path, capsys):
+    args = ["e1", "train", "--out", str(tmp_path / "r"), "--samples", "50",
+            "--data-dir", str(tmp_path / "data"), "--mnist", str(tmp_path / "nowhere")]  # fmt: skip
+    assert main(args) == 2
+    line = _error_line(capsys)
+    assert "nowhere" in line and "missing MNIST file" in line
+
+
+def test_cli_corrupt_mnist_file(tmp_path, capsys):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # fmt: skip
+        (folder / f"{name}.gz").write_bytes(b"\x1f\x8b broken")
+    args = ["e1", "generate", "mref", "--images", "2", "--out", str(tmp_path / "m.npz"),
+            "--mnist", str(folder), "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    assert str(folder) in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--epochs", "abc", "invalid int value: 'abc'"),
+        ("--epochs", "0", "epochs must be >= 1, got 0"),
+        ("--lr", "-1", "lr must be a positive number"),
+        ("--lr", "nan", "lr must be a positive number"),
+    ],
+)
+def test_cli_bad_numeric_flag(tiny, tmp_path, capsys, flag, value, message):
+    args = [*_cmd(tiny, tmp_path / "r", 1), flag, value]  # a repeated flag: the last one wins
+    assert main(args) == 2  # checked as the flag is parsed: one line, no usage block
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert message in line
+
+
+def test_cli_verbose_shows_the_traceback(tmp_path):
+    text = tmp_path / "notes.npz"
+    text.write_text("x")
+    from attentionrnn.engine.errors import UserError
+
+    with pytest.raises(UserError):
+        main(["-v", *_cmd(text, tmp_path / "r", 1)])
+
+
+
+# ---------------------------------------------------------------------------------- contract
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """The example of docs/adding-an-experiment.md, as a module; unregistered afterwards."""
+    from attentionrnn.engine import experiment
+
+    text = (REPO / "docs" / "adding-an-experiment.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "toy_experiment.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = __import__("toy_experiment")
+    yield module
+    experiment._REGISTRY.pop("toy", None)
+    sys.modules.pop("toy_experiment", None)
+
+
+def test_the_documented_example_runs(toy, tmp_path, capsys):
+    from attentionrnn.engine.reproduce import reproduce
+
+    out = tmp_path / "toy-tiny"
+    summary = reproduce(toy.EXPERIMENT, out, jobs=1, threads=1, progress=False)
+    rows = summary["results"]["mref"]
+    assert list(rows) == ["ctx", "arnn"] and rows["arnn"]["seeds"] == [0, 1]
+    text = (REPO / "docs" / "adding-an-experiment.md").read_text()
+    assert toy.markdown(summary) in text  # the table the document shows
+    plan = reproduce(toy.EXPERIMENT, out, jobs=1, threads=1, dry_run=True)
+    assert plan["runs"] == [] and plan["whole"]["runs"] == 4  # every run finished
+    # the CLI built from the declaration
+    assert main(["toy", "train", "--out", str(tmp_path / "one"), "--attention", "ctx"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"score": 0.3}
+    assert main(["toy", "table", str(out)]) == 0
+    assert "ARNN (bi)" in capsys.readouterr().out
+    assert main(["toy", "reproduce", "--methods", "none", "--out", str(out)]) == 2
+
+
+def test_unknown_rows_and_datasets_are_refused(toy, tmp_path):
+    from attentionrnn.engine.errors import UserError
+    from attentionrnn.engine.reproduce import reproduce
+
+    with pytest.raises(UserError, match="unknown method"):
+        reproduce(toy.EXPERIMENT, tmp_path, methods=("brnn",), dry_run=True)
+    with pytest.raises(UserError, match="unknown dataset"):
+        reproduce(toy.EXPERIMENT, tmp_path, datasets=("mbg",), dry_run=True)
+    with pytest.raises(UserError, match="budget must be one of"):
+        reproduce(toy.EXPERIMENT, tmp_path, budget="huge", dry_run=True)
+
+
+def test_every_experiment_is_declared_and_none_imports_another():
+    from attentionrnn.engine.experiment import experiments
+
+    declared = experiments()
+    assert {"e1", "e2", "e3", "e4"} <= set(declared)
+    for name in ("e1", "e2", "e3", "e4"):
+        for path in (REPO / "attentionrnn" / "experiments" / name).glob("*.py"):
+            others = set(re.findall(r"attentionrnn\.experiments\.(e\d)", path.read_text()))
+            assert others <= {name}, f"{path} imports {others - {name}}"
