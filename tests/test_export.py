@@ -24,8 +24,9 @@ def test_jit_trace(layer_cls):
         warnings.simplefilter("ignore")  # shape checks become constants in a trace
         traced = torch.jit.trace(layer, (x, q))
     torch.testing.assert_close(traced(x, q), layer(x, q))
-    x2 = torch.randn(3, 4, 6, 5)
-    torch.testing.assert_close(traced(x2, torch.randn(3, 2)).shape, x2.shape)
+    # another batch size: the trace's values, not only its shape, match the eager layer
+    x2, q2 = torch.randn(3, 4, 6, 5), torch.randn(3, 2)
+    torch.testing.assert_close(traced(x2, q2), layer(x2, q2))
 
 
 @pytest.mark.parametrize("layer_cls", [AttentionRNN, BlockAttentionRNN])
@@ -37,11 +38,16 @@ def test_onnx_export_matches_onnxruntime(layer_cls, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            layer, (x, q), str(path), input_names=["x", "query"], output_names=["y"], dynamo=False
-        )
+            layer, (x, q), str(path), input_names=["x", "query"], output_names=["y"], dynamo=False,
+            dynamic_axes={"x": {0: "batch"}, "query": {0: "batch"}, "y": {0: "batch"}},
+        )  # fmt: skip
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": x.numpy(), "query": q.numpy()})
     torch.testing.assert_close(torch.from_numpy(y), layer(x, q), rtol=1e-5, atol=1e-6)
+    # another batch size than the export's: the same values as the eager layer
+    x3, q3 = torch.randn(5, 4, 6, 5), torch.randn(5, 2)
+    (y3,) = session.run(None, {"x": x3.numpy(), "query": q3.numpy()})
+    torch.testing.assert_close(torch.from_numpy(y3), layer(x3, q3), rtol=1e-5, atol=1e-6)
 
 
 def test_torch_compile():
