@@ -17,10 +17,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from attentionrnn.engine.errors import UserError
-
 import numpy as np
 import torch
+
+from attentionrnn.engine.errors import UserError
 
 __all__ = [
     "atomic_save",
