@@ -58,13 +58,13 @@ def test_opt_out_leaves_malloc_alone(monkeypatch):
     assert retain_freed_memory() is False
 
 
-def test_every_training_run_retains_freed_memory(monkeypatch):
+def test_every_training_run_retains_freed_memory(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     from attentionrnn.engine import trainer
 
     calls = []
     monkeypatch.setattr(trainer, "retain_freed_memory", lambda: calls.append(1))
-    config = SimpleNamespace(check=lambda: None, threads=None)
+    config = SimpleNamespace(check=lambda: None, threads=None, out=str(tmp_path / "run"))
     assert trainer.launch(config, lambda cfg, ctx: "trained") == "trained"
     assert calls == [1]
