@@ -36,8 +36,8 @@ import torch
 
 from attentionrnn.engine.memory import retain_freed_memory
 from attentionrnn.engine.precision import autocast, native_bf16
+from attentionrnn.experiments.e1.model import PAN
 from attentionrnn.layers.fused import SCAN_PRODUCTS_ENV
-from attentionrnn.models.pan import PAN
 
 PRECISIONS = ("fp32", "fp32-cl", "bf16", "bf16-cl")
 

@@ -19,8 +19,8 @@ import torch
 from bench_epoch import PRECISIONS, step_seconds  # this folder's training-step benchmark
 
 from attentionrnn.engine.memory import retain_freed_memory
+from attentionrnn.experiments.e1.model import PAN
 from attentionrnn.layers import _extension
-from attentionrnn.models.pan import PAN
 
 
 def timed_kernels(kernels, record: dict) -> SimpleNamespace:

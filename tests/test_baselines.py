@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attentionrnn import AttentionRNN, BlockAttentionRNN, build_attention
+from attentionrnn.experiments.e1.model import PAN
 from attentionrnn.layers.baselines import (
     ContextAttention,
     GlobalAttention,
@@ -15,7 +16,6 @@ from attentionrnn.layers.baselines import (
 )
 from attentionrnn.layers.factory import ATTENTION_NAMES
 from attentionrnn.layers.validation import check_attention_input
-from attentionrnn.models import PAN
 
 BASELINES = {
     "local": LocalAttention,

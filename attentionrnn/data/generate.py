@@ -137,7 +137,7 @@ def load_backgrounds(
 
 
 #: The smallest canvas on which every digit scale still gives a digit of at least one pixel and
-#: PAN's four valid-conv / pool blocks still leave a map (see attentionrnn.models.pan).
+#: PAN's four valid-conv / pool blocks still leave a map (see attentionrnn.experiments.e1.model).
 MIN_CANVAS = 46
 #: The largest canvas and number of images asked for in one file: far beyond any experiment's
 #: (PAN: 100 pixels, 15,000 images), small enough to be refused before anything is allocated.

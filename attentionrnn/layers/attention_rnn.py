@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attentionrnn.layers.query_term import per_channel
+from attentionrnn.layers.registry import Attention
 from attentionrnn.layers.scan import DiagonalLSTMScan, resolve_directions
 from attentionrnn.layers.validation import (
     apply_gate,
@@ -22,7 +23,7 @@ from attentionrnn.layers.validation import (
 QUERY_FUSIONS = ("add", "mul")
 
 
-class _ScanAttention(nn.Module):
+class ScanAttention(Attention):
     """What AttentionRNN and BlockAttentionRNN share: encoder, query term, scan, head, gate."""
 
     def __init__(
@@ -146,7 +147,7 @@ class _ScanAttention(nn.Module):
         return (y, mask) if return_mask else y
 
 
-class AttentionRNN(_ScanAttention):
+class AttentionRNN(ScanAttention):
     r"""Structured spatial attention predicted by a bi-directional diagonal LSTM.
 
     Every attention value is predicted from local evidence and from the attention values predicted
@@ -226,7 +227,7 @@ class AttentionRNN(_ScanAttention):
         return self.scan_logits(e)
 
 
-class BlockAttentionRNN(_ScanAttention):
+class BlockAttentionRNN(ScanAttention):
     r"""Block AttentionRNN (BRNN): the scan runs on a coarse grid, a conv refines the result.
 
     For large maps: the encoded map ``e`` is average-pooled by ``block_size`` (a partial block at

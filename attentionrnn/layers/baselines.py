@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attentionrnn.layers.query_term import per_channel
+from attentionrnn.layers.registry import Attention
 from attentionrnn.layers.scan import resolve_directions
 from attentionrnn.layers.validation import (
     apply_gate,
@@ -56,7 +57,7 @@ def _check_odd_kernel(kernel_size: int) -> int:
     return kernel_size
 
 
-class _AttentionBase(nn.Module):
+class _AttentionBase(Attention):
     """Shared forward: validate the input, predict the mask, multiply."""
 
     in_channels: int

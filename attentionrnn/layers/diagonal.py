@@ -321,3 +321,8 @@ def split_kernel_weights(d_w_cat: Tensor, in_channels: int) -> tuple[Tensor, Ten
     num_dirs, _, gates = d_w_cat.shape
     d_w_state = d_w_cat[:, in_channels:].reshape(num_dirs, 2, -1, gates)
     return d_w_cat[:, :in_channels], d_w_state
+
+
+def state_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """The recurrent state stays in at least float32 (bf16/fp16 inputs, autocast)."""
+    return torch.promote_types(dtype, torch.float32)

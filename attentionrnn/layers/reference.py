@@ -17,9 +17,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attentionrnn.layers.attention_rnn import AttentionRNN, BlockAttentionRNN, _ScanAttention
-from attentionrnn.layers.diagonal import TAP_ABOVE, TAP_LEFT, gate_slices, input_weights
-from attentionrnn.layers.scan import DiagonalLSTMScan, state_dtype_for
+from attentionrnn.layers.attention_rnn import AttentionRNN, BlockAttentionRNN, ScanAttention
+from attentionrnn.layers.diagonal import (
+    TAP_ABOVE,
+    TAP_LEFT,
+    gate_slices,
+    input_weights,
+    state_dtype_for,
+)
+from attentionrnn.layers.scan import DiagonalLSTMScan
 
 # Scan order of each corner: (row step, column step). The cell "above" a position is the one a
 # row step before it, the cell "to the left" the one a column step before it.
@@ -83,7 +89,7 @@ class _Reference:
         return self.head(hidden.to(self.head.weight.dtype))  # type: ignore[attr-defined]
 
     @classmethod
-    def from_layer(cls, layer: _ScanAttention):
+    def from_layer(cls, layer: ScanAttention):
         """A reference with the configuration (``query_fusion`` included), dtype and parameters
         of the fast ``layer``."""
         ref = cls(**layer.config())  # type: ignore[call-arg]

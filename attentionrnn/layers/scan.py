@@ -29,6 +29,7 @@ from attentionrnn.layers.diagonal import (
     packing_index,
     skew,
     state_channels,
+    state_dtype_for,
     state_taps,
     state_to_state_shape,
     unskew,
@@ -101,11 +102,6 @@ def _check_fused(device: torch.device | None = None) -> None:
             f"implementation='fused' was asked for, but {why} "
             "(implementation='auto' falls back to the PyTorch implementation 'bptt')"
         )
-
-
-def state_dtype_for(dtype: torch.dtype) -> torch.dtype:
-    """The recurrent state stays in at least float32 (bf16/fp16 inputs, autocast)."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 class DiagonalLSTMScan(nn.Module):
@@ -289,7 +285,7 @@ class DiagonalLSTMScan(nn.Module):
             return "fused"
         return "bptt"
 
-    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def state_weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """State-to-state taps ``(D, 2, S, 4h)``, attention weight ``(D, h)`` and bias ``(D,)``."""
         w_state = state_taps(self.state_to_state).to(dtype).contiguous()
         if not self.feedback:
@@ -302,7 +298,7 @@ class DiagonalLSTMScan(nn.Module):
         w_in, b_in = input_weights(
             self.input_to_state.weight, self.input_to_state.bias, len(self.directions)
         )
-        w_state, w_att, b_att = self._weights(dtype)
+        w_state, w_att, b_att = self.state_weights(dtype)
         return FusedDiagonalLSTM.apply(
             e,
             packing_index(schedule, self.directions, e.device),
@@ -329,7 +325,7 @@ class DiagonalLSTMScan(nn.Module):
         weight, bias = input_weights(self.input_to_state.weight, self.input_to_state.bias, num_dirs)
         # (under autocast this product runs in bf16, like the conv it replaces; the scan does not)
         packed = torch.baddbmm(bias.unsqueeze(1), packed, weight).to(dtype)
-        w_state, w_att, b_att = self._weights(dtype)
+        w_state, w_att, b_att = self.state_weights(dtype)
         if self.feedback:
             w_att, b_att = w_att.unsqueeze(-1), b_att.view(num_dirs, 1, 1)
         packed = packed.view(num_dirs, height * width, batch, 4 * hidden)

@@ -28,6 +28,7 @@ from attentionrnn.layers.diagonal import (
     DiagonalSchedule,
     input_weights,
     packing_index,
+    state_dtype_for,
     state_slices,
 )
 
@@ -267,8 +268,6 @@ class TritonDiagonalLSTM(torch.autograd.Function):
 def rows_triton(scan: Any, e: Tensor) -> Tensor:
     """The hidden states of ``scan`` (a :class:`~attentionrnn.layers.scan.DiagonalLSTMScan`) for
     the encoded map ``e``, ``(D, H*W, B, hidden)`` in raster order, by the Triton kernels."""
-    from attentionrnn.layers.scan import state_dtype_for
-
     check_triton(e.device)
     batch, channels, height, width = e.shape
     num_dirs = len(scan.directions)
@@ -281,7 +280,7 @@ def rows_triton(scan: Any, e: Tensor) -> Tensor:
     weight, bias = input_weights(scan.input_to_state.weight, scan.input_to_state.bias, num_dirs)
     x = torch.baddbmm(bias.unsqueeze(1), rows.expand(num_dirs, -1, -1), weight).to(dtype)
     x = x.view(num_dirs, height * width, batch, -1).contiguous()
-    w_state, w_att, b_att = scan._weights(dtype)
+    w_state, w_att, b_att = scan.state_weights(dtype)
     if w_att is not None:
         w_att, b_att = w_att.contiguous(), b_att.contiguous()
     return TritonDiagonalLSTM.apply(x, w_state, w_att, b_att, index, schedule)

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add E1's own sub-commands (``generate``, ``show``, ``masks``, ``demo``) to ``attentionrnn
     e1``; ``train``, ``reproduce`` and ``table`` come from its declaration (``experiment.py``)."""
     from attentionrnn.data.generate import DATASETS, MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
-    from attentionrnn.layers.factory import ATTENTION_NAMES
+    from attentionrnn.experiments.e1.rows import ROWS
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure the first N samples of the split (default: all)",
     )  # fmt: skip
     mk.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
-    mk.add_argument("--methods", nargs="+", choices=ATTENTION_NAMES, default=None)
+    mk.add_argument("--methods", nargs="+", choices=ROWS, default=None)
     mk.add_argument("--data-dir", metavar="DIR", help="where to regenerate missing data files")
     mk.add_argument("--mnist", metavar="DIR", help="folder of the MNIST IDX files")
     mk.add_argument("--no-figures", action="store_true", help="only the tables")

@@ -23,6 +23,8 @@ from attentionrnn.engine.experiment import Budget as BaseBudget
 from attentionrnn.engine.experiment import Experiment, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.trainer import BEST
+from attentionrnn.experiments.e1.model import own_layer4_gate
+from attentionrnn.experiments.e1.rows import COST, LABELS, ROWS
 from attentionrnn.experiments.e1.table import (
     comparisons,
     results_markdown,
@@ -31,8 +33,6 @@ from attentionrnn.experiments.e1.table import (
     summarize,
 )
 from attentionrnn.experiments.e1.train import E1Config, resolve_data, train
-from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES
-from attentionrnn.models.pan import own_layer4_gate
 
 logger = logging.getLogger("attentionrnn.e1.reproduce")
 
@@ -259,15 +259,16 @@ EXPERIMENT = register_experiment(Experiment(
     default_budget="quick",
     budget_class=Budget,
     datasets=DATASETS,
-    methods=ATTENTION_NAMES,
+    methods=ROWS,
     base_config=_base_config,
     default_datasets=lambda b: b.datasets or DATASETS,
-    default_methods=lambda b: b.methods or ATTENTION_NAMES,
+    default_methods=lambda b: b.methods or ROWS,
     row_folder=lambda method, o: row_name(method, o.get("layer4_gate")),
     prepare=_prepare,
     assemble=assemble,
     markdown=results_markdown,
-    cost={name: method.cost for name, method in ATTENTION_METHODS.items()},
+    cost=COST,
+    labels=LABELS,
     spread=SPREAD,
     train_help="train one attention method on one dataset",
     train_description="Train the PAN network with one attention method, keep the "

@@ -14,8 +14,8 @@ from attentionrnn.data.regions import mask_to_image
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.trainer import BEST, METRICS
+from attentionrnn.experiments.e1.model import MASK_GEOMETRY, PAN
 from attentionrnn.experiments.e1.train import attention_kwargs
-from attentionrnn.models.pan import MASK_GEOMETRY, PAN
 
 __all__ = ["curve_figure", "load_run", "mask_figure", "pick_samples", "show_grid"]
 

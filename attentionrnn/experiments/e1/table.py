@@ -15,8 +15,9 @@ from typing import Any
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.engine.stats import compare, format_comparison
 from attentionrnn.experiments.e1.mask_stats import REGIONS
-from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES
-from attentionrnn.models.pan import DEFAULT_ATTENTION_LAYERS
+from attentionrnn.experiments.e1.model import DEFAULT_ATTENTION_LAYERS
+from attentionrnn.experiments.e1.rows import ROWS, label
+from attentionrnn.layers.factory import ATTENTION_METHODS
 
 __all__ = ["REFERENCE", "comparisons", "results_markdown", "row_label", "summarize"]
 
@@ -48,7 +49,7 @@ def _mean_layers(metrics: dict[str, Any], kind: str) -> float | None:
 
 def row_order(row: str) -> tuple[int, str]:
     method = row.split("-l4")[0]
-    return (ATTENTION_NAMES.index(method) if method in ATTENTION_NAMES else 99, row)
+    return (ROWS.index(method) if method in ROWS else 99, row)
 
 
 def _options(metrics: dict[str, Any]) -> str:
@@ -75,7 +76,7 @@ def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return {
         "row": row,
         "method": first["attention"],
-        "label": ATTENTION_METHODS[first["attention"]].label + _options(first),
+        "label": label(first["attention"]) + _options(first),
         "layer4_gate": first.get("layer4_gate"),
         "precision": first.get("precision", "fp32"),
         # per seed: a row may hold runs of machines with and without native bf16

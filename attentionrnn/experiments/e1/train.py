@@ -54,9 +54,9 @@ from attentionrnn.experiments.e1.mask_stats import (
     summarize_statistics,
 )
 from attentionrnn.experiments.e1.metrics import accuracy_by_scale
-from attentionrnn.layers.factory import ATTENTION_NAMES
+from attentionrnn.experiments.e1.model import MASK_GEOMETRY, PAN
+from attentionrnn.experiments.e1.rows import ROWS
 from attentionrnn.layers.fused import scan_products
-from attentionrnn.models.pan import MASK_GEOMETRY, PAN
 
 logger = logging.getLogger("attentionrnn.e1")
 
@@ -81,7 +81,7 @@ class E1Config(RunConfig):
 
     dataset: str = field(default="mref", metadata=_opt("dataset", choices=DATASETS))
     attention: str = field(
-        default="arnn", metadata=_opt("attention method", choices=ATTENTION_NAMES)
+        default="arnn", metadata=_opt("attention method", choices=ROWS)
     )
     out: str = field(default="runs/run", metadata=_opt("run folder", metavar="RUN_DIR"))
     samples: int = field(

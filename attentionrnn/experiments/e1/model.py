@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from attentionrnn.layers.factory import ATTENTION_METHODS, ATTENTION_NAMES, build_attention
+import attentionrnn.layers.factory  # noqa: F401  (registers the library's methods)
+from attentionrnn.layers.registry import attention_methods, attention_names, build_attention
 
 __all__ = ["DEFAULT_ATTENTION_LAYERS", "MASK_GEOMETRY", "PAN", "TASKS", "own_layer4_gate"]
 
@@ -42,7 +43,7 @@ class PAN(nn.Module):
 
     Args:
         attention: attention name for all four layers (see
-            :data:`~attentionrnn.layers.factory.ATTENTION_NAMES`). ``"ctx"`` is PAN itself: 3×3
+            :func:`~attentionrnn.layers.registry.attention_names`). ``"ctx"`` is PAN itself: 3×3
             context with a sigmoid at layers 1–3 and a 1×1 context with a softmax at layer 4.
             Every method ends in PAN's softmax at layer 4, so that rows differ only in the
             estimator.
@@ -51,7 +52,7 @@ class PAN(nn.Module):
         channels: filters of each conv block (32 in PAN).
         query_dim: width of the learned query embedding (PAN: 10 → 32).
         attention_hidden: hidden width of the attention modules; ``None`` uses the method's
-            own (:data:`~attentionrnn.layers.factory.ATTENTION_METHODS`: PAN's 32 for the
+            own (:func:`~attentionrnn.layers.registry.attention_methods`: PAN's 32 for the
             PAN-style modules, 16 for the recurrent family).
         layer4_gate: gate of the last attention layer; ``None`` is PAN's ``"softmax"``. (With a
             sigmoid there ARNN's last mask did not concentrate on the queried digit:
@@ -91,9 +92,10 @@ class PAN(nn.Module):
         attention_layers: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
-        if attention not in ATTENTION_NAMES:
+        valid = attention_names(general=True)
+        if attention not in valid:
             raise ValueError(
-                f"unknown attention {attention!r}; valid names are: {', '.join(ATTENTION_NAMES)}"
+                f"unknown attention {attention!r}; valid names are: {', '.join(valid)}"
             )
         if task not in TASKS:
             raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
@@ -108,7 +110,7 @@ class PAN(nn.Module):
                 f"got {attention_layers!r}"
             )
         self.num_queries, self.num_classes = TASKS[task]
-        hidden = attention_hidden or ATTENTION_METHODS[attention].hidden_channels
+        hidden = attention_hidden or attention_methods()[attention].hidden_channels
         kwargs = dict(attention_kwargs or {})
         kwargs.setdefault("hidden_channels", hidden)
 
