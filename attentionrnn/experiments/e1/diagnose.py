@@ -52,11 +52,12 @@ def _data_for(metrics: dict[str, Any], data_dir: str | None, mnist: str | None) 
     return resolve_data(config)[0]
 
 
-def below_uniform_from(curve: list[float], uniform: float) -> int | None:
-    """The first 1-based epoch from which every value of ``curve`` is below ``uniform``."""
+def below_uniform_from(curve: list[float], uniform: float, margin: float = 1e-4) -> int | None:
+    """The first 1-based epoch from which every value of ``curve`` is below ``uniform`` (by more
+    than ``margin``: a mask of ones scores the uniform share up to rounding)."""
     epoch = None
     for e, value in enumerate(curve, start=1):
-        if value < uniform:
+        if value < uniform - margin:
             epoch = epoch or e
         else:
             epoch = None
@@ -129,6 +130,8 @@ def diagnose(
                 data = loaded.get(path) or loaded.setdefault(path, E1Data(path, metrics["task"]))
                 idx = data.indices(split)[:limit]
                 entry["uniform_box"] = _uniform_box(data, idx)
+                # the learning curves were measured on the whole validation split
+                curve_uniform = _uniform_box(data, data.indices("val"))
                 logger.info("%s %s seed %d: %d %s samples", dataset, row, seed, len(idx), split)
                 model = load_run(run)
                 result = evaluate(model, data, idx, 500, full=True, precision=metrics["precision"])
@@ -145,7 +148,7 @@ def diagnose(
                     "box": {k: v["box"] for k, v in result["attention_correctness"].items()},
                     "masks": result["masks"],
                     "below_uniform_from": {
-                        k: below_uniform_from(c, entry["uniform_box"]) for k, c in curves.items()
+                        k: below_uniform_from(c, curve_uniform) for k, c in curves.items()
                     },
                     "box_curve": curves,
                 }
