@@ -29,7 +29,7 @@ from attentionrnn.experiments.e2.data import (
     read_cifar_pickles,
     split_indices,
 )
-from attentionrnn.experiments.e2.model import E2_ATTENTIONS, AttnVGG, brnn_block_size
+from attentionrnn.experiments.e2.model import E2_ATTENTIONS, E2_ROWS, AttnVGG, brnn_block_size
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 2
 
@@ -98,7 +98,9 @@ def test_model_vgg16_widths_and_brnn_grid():
     assert all(-(-s // brnn_block_size(s)) <= 8 for s in (32, 16, 8))
     assert isinstance(model.projectors[0], torch.nn.Conv2d)  # 256 -> 512
     with pytest.raises(ValueError):
-        AttnVGG("san")
+        AttnVGG("pan")  # not a registered attention method
+    # a general method of the registry is an E2 estimator too (one registration, every experiment)
+    assert "san" in E2_ROWS and AttnVGG("san", width=0.125, depth=1).estimators
 
 
 @pytest.mark.parametrize("attention", E2_ATTENTIONS)

@@ -31,6 +31,7 @@ __all__ = [
     "attention_methods",
     "attention_names",
     "build_attention",
+    "experiment_rows",
     "register_attention",
 ]
 
@@ -100,6 +101,21 @@ def attention_methods() -> dict[str, AttentionMethod]:
 def attention_names(general: bool | None = None) -> tuple[str, ...]:
     """The registered names in registration order; ``general=True`` only the general ones."""
     return tuple(n for n, m in _METHODS.items() if general is None or m.general == general)
+
+
+def experiment_rows(own: tuple[str, ...]) -> tuple[str, ...]:
+    """An experiment's valid rows: its own (its table's, in order), then every other general
+    method registered so far (so that a new general method is a row of every experiment).
+
+    Raises:
+        ValueError: one of ``own`` is not registered.
+    """
+    import attentionrnn.layers.factory  # noqa: F401  (registers the library's methods)
+
+    missing = [n for n in own if n not in _METHODS]
+    if missing:
+        raise ValueError(f"rows {missing} are not registered attention methods")
+    return tuple(own) + tuple(n for n in attention_names(general=True) if n not in own)
 
 
 def _parameters(module: Callable[..., nn.Module]) -> set[str]:

@@ -21,7 +21,7 @@ from attentionrnn.engine.experiment import Experiment, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.experiments.e2.data import CIFAR10_TAR_MD5, DATASETS, load_dataset
-from attentionrnn.experiments.e2.model import E2_ATTENTIONS, LABELS
+from attentionrnn.experiments.e2.model import E2_ATTENTIONS, E2_ROWS, LABELS
 from attentionrnn.experiments.e2.train import E2Config, train
 
 logger = logging.getLogger("attentionrnn.e2.reproduce")
@@ -217,7 +217,8 @@ EXPERIMENT = register_experiment(Experiment(
     default_budget="cpu",
     budget_class=Budget,
     datasets=DATASETS,
-    methods=E2_ATTENTIONS,
+    methods=E2_ROWS,
+    default_methods=lambda b: E2_ATTENTIONS,
     base_config=_base_config,
     prepare=_prepare,
     assemble=assemble,

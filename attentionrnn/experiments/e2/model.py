@@ -31,9 +31,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attentionrnn.layers.factory import ATTENTION_METHODS, build_attention
+from attentionrnn.layers.registry import (
+    Attention,
+    attention_methods,
+    build_attention,
+    experiment_rows,
+    register_attention,
+)
 
-__all__ = ["E2_ATTENTIONS", "VGG_CHANNELS", "VGG_CONVS", "AttnVGG", "CompatibilityAttention"]
+__all__ = [
+    "E2_ATTENTIONS",
+    "E2_ROWS",
+    "VGG_CHANNELS",
+    "VGG_CONVS",
+    "AttnVGG",
+    "CompatibilityAttention",
+]
 
 #: The attention estimators of E2, in the order of its tables.
 E2_ATTENTIONS: tuple[str, ...] = ("none", "ltpa", "arnn", "brnn")
@@ -51,15 +64,19 @@ LOCAL_BLOCKS = (2, 3, 4)
 BRNN_MAX_GRID = 8
 
 
-class CompatibilityAttention(nn.Module):
+class CompatibilityAttention(Attention):
     """LTPA's parametrised compatibility: ``c_i = <u, l_i + g>``, ``A = softmax_i(c)``.
 
     The same forward as the library's attention modules: ``(x, query, return_mask)`` returns
     ``x ⊙ A`` (and ``A``, ``(B, 1, H, W)``); ``query`` is ``g``, ``(B, C)``.
     """
 
-    def __init__(self, in_channels: int) -> None:
+    def __init__(self, in_channels: int, query_channels: int | None = None) -> None:
         super().__init__()
+        if query_channels not in (None, in_channels):
+            raise ValueError(
+                f"the query g has the {in_channels} channels of x, got {query_channels}"
+            )
         self.in_channels = in_channels
         self.u = nn.Conv2d(in_channels, 1, kernel_size=1, bias=False)
 
@@ -74,6 +91,11 @@ class CompatibilityAttention(nn.Module):
         mask = F.softmax(c.flatten(1).float(), dim=1).view_as(c).to(x.dtype)
         y = x * mask
         return (y, mask) if return_mask else y
+
+
+register_attention("ltpa", CompatibilityAttention, general=False)
+#: Every valid estimator: the table's rows, then any other general registered method.
+E2_ROWS: tuple[str, ...] = experiment_rows(E2_ATTENTIONS)
 
 
 def _conv_block(c_in: int, c_out: int, convs: int, pool_first: int = 0) -> nn.Sequential:
@@ -127,8 +149,8 @@ class AttnVGG(nn.Module):
         image_size: int = 32,
     ) -> None:
         super().__init__()
-        if attention not in E2_ATTENTIONS:
-            raise ValueError(f"attention must be one of {E2_ATTENTIONS}, got {attention!r}")
+        if attention not in E2_ROWS:
+            raise ValueError(f"attention must be one of {E2_ROWS}, got {attention!r}")
         if not (width > 0):
             raise ValueError(f"width must be positive, got {width}")
         if depth is not None and depth < 1:
@@ -165,7 +187,7 @@ class AttnVGG(nn.Module):
                 else nn.Identity()
                 for b in LOCAL_BLOCKS
             )
-            hidden = attention_hidden or ATTENTION_METHODS["arnn"].hidden_channels
+            hidden = attention_hidden or attention_methods()["arnn"].hidden_channels
             self.estimators = nn.ModuleList(
                 self._estimator(attention, g_dim, hidden, size) for size in sizes
             )
@@ -173,8 +195,6 @@ class AttnVGG(nn.Module):
 
     @staticmethod
     def _estimator(attention: str, channels: int, hidden: int, size: int) -> nn.Module:
-        if attention == "ltpa":
-            return CompatibilityAttention(channels)
         kwargs = {"block_size": brnn_block_size(size)} if attention == "brnn" else {}
         return build_attention(
             attention, channels, query_channels=channels, hidden_channels=hidden, gate="softmax",

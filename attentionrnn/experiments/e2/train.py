@@ -53,7 +53,7 @@ from attentionrnn.experiments.e2.data import (
     normalize,
     split_indices,
 )
-from attentionrnn.experiments.e2.model import E2_ATTENTIONS, AttnVGG
+from attentionrnn.experiments.e2.model import E2_ROWS, AttnVGG
 from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e2")
@@ -84,7 +84,7 @@ class E2Config(RunConfig):
         metadata=_opt(
             "attention estimator: ltpa (LTPA's compatibility), arnn (AttentionRNN), brnn (Block "
             "AttentionRNN), none (plain VGG)",
-            choices=E2_ATTENTIONS,
+            choices=E2_ROWS,
         ),
     )
     out: str = field(default="runs/e2", metadata=_opt("run folder", metavar="RUN_DIR"))

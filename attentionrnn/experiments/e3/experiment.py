@@ -23,7 +23,7 @@ from attentionrnn.engine.experiment import Experiment, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.experiments.e3.data import DATASETS, QUESTION_TYPES
-from attentionrnn.experiments.e3.model import E3_ATTENTIONS, LABELS, REFERENCE_ATTENTIONS
+from attentionrnn.experiments.e3.model import E3_ATTENTIONS, E3_ROWS, LABELS, REFERENCE_ATTENTIONS
 from attentionrnn.experiments.e3.train import E3Config, answer_prior, load_data, train
 
 logger = logging.getLogger("attentionrnn.e3.reproduce")
@@ -322,7 +322,8 @@ EXPERIMENT = register_experiment(Experiment(
     default_budget="cpu",
     budget_class=Budget,
     datasets=DATASETS,
-    methods=METHODS,
+    methods=E3_ROWS,
+    default_methods=lambda b: METHODS,
     base_config=_base_config,
     default_datasets=lambda b: RELATIONAL if b.curriculum_epochs else ("easy_vqa", "sort_of_clevr"),
     skip=lambda method, dataset: method in REFERENCE_ATTENTIONS and dataset not in BOXED,

@@ -26,11 +26,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from attentionrnn.layers.attention_rnn import AttentionRNN, BlockAttentionRNN
+from attentionrnn.layers.registry import (
+    Attention,
+    build_attention,
+    experiment_rows,
+    register_attention,
+)
 
 __all__ = [
     "E3_ATTENTIONS",
+    "E3_ROWS",
     "LABELS",
+    "MCBAttention",
+    "OracleAttention",
     "CompactBilinearPooling",
     "ImageEncoder",
     "QuestionEncoder",
@@ -200,21 +208,66 @@ class QuestionEncoder(nn.Module):
         return h[-1]
 
 
-class _MCBAttention(nn.Module):
-    """MCB's attention: per-position MCB with the question, conv 1×1, ReLU, conv 1×1 → glimpses."""
+class MCBAttention(Attention):
+    """MCB's attention: per-position MCB with the question, conv 1×1, ReLU, conv 1×1 → glimpses.
 
-    def __init__(self, channels: int, query: int, mcb_dim: int, hidden: int, glimpses: int):
+    ``forward(x, query, return_mask=True)`` returns the glimpses' attended maps, concatenated
+    ``(B, glimpses x C, h, w)``, and the masks ``(B, glimpses, h, w)`` (each sums to 1).
+    """
+
+    def __init__(
+        self, in_channels: int, query_channels: int | None = None, mcb_dim: int = 1024,
+        hidden_channels: int = 256, glimpses: int = 2,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.mcb = CompactBilinearPooling(channels, query, mcb_dim, seed=1)
-        self.conv1 = nn.Conv2d(mcb_dim, hidden, 1)
-        self.conv2 = nn.Conv2d(hidden, glimpses, 1)
+        if query_channels is None:
+            raise ValueError("MCB attention needs the question: give query_channels")
+        self.mcb = CompactBilinearPooling(in_channels, query_channels, mcb_dim, seed=1)
+        self.conv1 = nn.Conv2d(mcb_dim, hidden_channels, 1)
+        self.conv2 = nn.Conv2d(hidden_channels, glimpses, 1)
 
-    def forward(self, grid: Tensor, q: Tensor) -> Tensor:
-        b, c, h, w = grid.shape
-        cells = grid.permute(0, 2, 3, 1)  # (B, h, w, C)
-        z = self.mcb(cells, q[:, None, None, :]).permute(0, 3, 1, 2)  # (B, d, h, w)
-        logits = self.conv2(F.relu(self.conv1(z.to(grid.dtype))))
-        return torch.softmax(logits.float().flatten(2), -1).view(b, -1, h, w)
+    def forward(
+        self, x: Tensor, query: Tensor | None = None, return_mask: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        if query is None:
+            raise ValueError("MCB attention needs the question (query=...)")
+        b, c, h, w = x.shape
+        cells = x.permute(0, 2, 3, 1)  # (B, h, w, C)
+        z = self.mcb(cells, query[:, None, None, :]).permute(0, 3, 1, 2)  # (B, d, h, w)
+        logits = self.conv2(F.relu(self.conv1(z.to(x.dtype))))
+        mask = torch.softmax(logits.float().flatten(2), -1).view(b, -1, h, w)
+        y = (x[:, None] * mask[:, :, None].to(x.dtype)).flatten(1, 2)
+        return (y, mask) if return_mask else y
+
+
+class OracleAttention(Attention):
+    """The oracle row: every glimpse spread evenly over the cells of the question's objects.
+
+    Not learnt; :meth:`forward` takes the object ``boxes`` ``(B, K, 4)`` and the ``image_size``
+    they are in besides the usual arguments (the query is ignored).
+    """
+
+    def __init__(self, in_channels: int, query_channels: int | None = None, glimpses: int = 2):
+        super().__init__()
+        self.glimpses = glimpses
+
+    def forward(
+        self, x: Tensor, query: Tensor | None = None, return_mask: bool = False, *,
+        boxes: Tensor | None = None, image_size: tuple[int, int] | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:  # fmt: skip
+        if boxes is None or image_size is None:
+            raise ValueError("the oracle row needs the questions' object boxes (boxes=...)")
+        mask = box_masks(boxes, x.shape[-2:], image_size)
+        mask = mask.to(x.dtype).expand(-1, self.glimpses, -1, -1)
+        y = (x[:, None] * mask[:, :, None]).flatten(1, 2)
+        return (y, mask) if return_mask else y
+
+
+register_attention("mcb", MCBAttention, general=False)
+register_attention("oracle", OracleAttention, general=False)
+#: Every valid row: the table's (estimators, then the reference rows), then any other general
+#: registered method.
+E3_ROWS: tuple[str, ...] = experiment_rows(E3_ATTENTIONS + REFERENCE_ATTENTIONS)
 
 
 class VQANet(nn.Module):
@@ -268,9 +321,8 @@ class VQANet(nn.Module):
         coords: bool = True,
     ) -> None:
         super().__init__()
-        valid = E3_ATTENTIONS + REFERENCE_ATTENTIONS
-        if attention not in valid:
-            raise ValueError(f"attention must be one of {valid}, got {attention!r}")
+        if attention not in E3_ROWS:
+            raise ValueError(f"attention must be one of {E3_ROWS}, got {attention!r}")
         self.attention = attention
         self.glimpses = glimpses if attention != "none" else 1
         self.coords = coords
@@ -278,19 +330,20 @@ class VQANet(nn.Module):
         channels += 2 if coords else 0
         self.question = QuestionEncoder(vocabulary, embed, question_hidden, rnn)
         self.estimators = nn.ModuleList()
-        if attention == "mcb":
-            self.estimators.append(
-                _MCBAttention(channels, question_hidden, mcb_dim, 16 * attention_hidden, glimpses)
-            )
-        elif attention in ("arnn", "brnn"):
+        if attention == "mcb":  # one module for every glimpse
+            self.estimators.append(build_attention(
+                "mcb", channels, query_channels=question_hidden, mcb_dim=mcb_dim,
+                hidden_channels=16 * attention_hidden, glimpses=glimpses,
+            ))  # fmt: skip
+        elif attention == "oracle":
+            self.estimators.append(build_attention("oracle", channels, glimpses=glimpses))
+        elif attention != "none":  # one single-mask module per glimpse
             for _ in range(glimpses):
-                kwargs = dict(hidden_channels=attention_hidden, query_channels=question_hidden,
-                              gate="softmax", query_fusion=query_fusion)  # fmt: skip
-                self.estimators.append(
-                    AttentionRNN(channels, **kwargs)
-                    if attention == "arnn"
-                    else BlockAttentionRNN(channels, block_size=block_size, **kwargs)
-                )
+                self.estimators.append(build_attention(
+                    attention, channels, query_channels=question_hidden,
+                    hidden_channels=attention_hidden, gate="softmax", query_fusion=query_fusion,
+                    block_size=block_size,
+                ))  # fmt: skip
         self.fusion = CompactBilinearPooling(self.glimpses * channels, question_hidden, mcb_dim)
         self.dropout = nn.Dropout(0.3)
         self.classifier = nn.Linear(mcb_dim, answers)
@@ -303,12 +356,9 @@ class VQANet(nn.Module):
         if self.attention == "none":
             return None
         if self.attention == "oracle":
-            if boxes is None or image_size is None:
-                raise ValueError("the oracle row needs the questions' object boxes (boxes=...)")
-            mask = box_masks(boxes, grid.shape[-2:], image_size)
-            return mask.to(grid.dtype).expand(-1, self.glimpses, -1, -1)
+            return self.estimators[0](grid, return_mask=True, boxes=boxes, image_size=image_size)[1]
         if self.attention == "mcb":
-            return self.estimators[0](grid, q)
+            return self.estimators[0](grid, query=q, return_mask=True)[1]
         return torch.cat([est(grid, query=q, return_mask=True)[1] for est in self.estimators], 1)
 
     def encode_image(self, image: Tensor) -> Tensor:

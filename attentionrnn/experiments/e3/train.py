@@ -53,7 +53,7 @@ from attentionrnn.experiments.e3.data import (
     tokenize,
     vqa_accuracy,
 )
-from attentionrnn.experiments.e3.model import E3_ATTENTIONS, REFERENCE_ATTENTIONS, VQANet
+from attentionrnn.experiments.e3.model import E3_ROWS, REFERENCE_ATTENTIONS, VQANet
 from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e3")
@@ -80,7 +80,7 @@ class E3Config(RunConfig):
             "attention: mcb (MCB's conv attention), arnn (AttentionRNN on the question), brnn "
             "(Block AttentionRNN), none (mean pool); oracle (reference: the mask on the "
             "question's object boxes, generated set only)",
-            choices=E3_ATTENTIONS + REFERENCE_ATTENTIONS,
+            choices=E3_ROWS,
         ),
     )
     out: str = field(default="runs/e3", metadata=_opt("run folder", metavar="RUN_DIR"))

@@ -26,7 +26,7 @@ from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e4.data import DATASETS
-from attentionrnn.experiments.e4.model import E4_MASKS, LABELS
+from attentionrnn.experiments.e4.model import E4_MASKS, E4_ROWS, LABELS
 from attentionrnn.experiments.e4.train import E4Config, train
 
 logger = logging.getLogger("attentionrnn.e4.reproduce")
@@ -284,7 +284,8 @@ EXPERIMENT = register_experiment(Experiment(
     default_budget="cpu",
     budget_class=Budget,
     datasets=DATASETS,
-    methods=E4_MASKS,
+    methods=E4_ROWS,
+    default_methods=lambda b: E4_MASKS,
     row_field="mask",
     figure="samples",
     base_config=_base_config,

@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attentionrnn.layers.factory import build_attention
+from attentionrnn.layers.registry import build_attention, experiment_rows
 
 __all__ = [
     "E4_MASKS",
+    "E4_ROWS",
     "LABELS",
     "AttributeClassifier",
     "Discriminator",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 E4_MASKS = ("ctx", "arnn", "brnn")
+#: Every valid mask head: the table's, then any other general registered attention method.
+E4_ROWS: tuple[str, ...] = experiment_rows(E4_MASKS)
 LABELS = {"ctx": "conv mask (CTX)", "arnn": "ARNN (bi)", "brnn": "BRNN"}
 
 
@@ -118,8 +121,8 @@ class Editor(nn.Module):
         block_size: int = 2,
     ) -> None:
         super().__init__()
-        if mask not in E4_MASKS:
-            raise ValueError(f"mask must be one of {E4_MASKS}, got {mask!r}")
+        if mask not in E4_ROWS:
+            raise ValueError(f"mask must be one of {E4_ROWS}, got {mask!r}")
         self.classes, self.query_channels, self.mask_name = tuple(classes), query_channels, mask
         c = channels
         self.encoder = nn.Sequential(

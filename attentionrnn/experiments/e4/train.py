@@ -53,7 +53,7 @@ from attentionrnn.experiments.e4.metrics import (
     preservation_l1,
 )
 from attentionrnn.experiments.e4.model import (
-    E4_MASKS,
+    E4_ROWS,
     AttributeClassifier,
     Discriminator,
     Editor,
@@ -101,7 +101,7 @@ class E4Config(RunConfig):
     mask: str = field(
         default="arnn",
         metadata=_opt("mask head of the transformer modules: ctx (conv head, the baseline), "
-                      "arnn (AttentionRNN), brnn (Block AttentionRNN)", choices=E4_MASKS),
+                      "arnn (AttentionRNN), brnn (Block AttentionRNN)", choices=E4_ROWS),
     )  # fmt: skip
     out: str = field(default="runs/e4", metadata=_opt("run folder", metavar="RUN_DIR"))
     epochs: int = field(default=10, metadata=_opt("maximum epochs", minimum=1))
