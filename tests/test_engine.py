@@ -159,3 +159,16 @@ def test_every_experiment_is_declared_and_none_imports_another():
         for path in (REPO / "attentionrnn" / "experiments" / name).glob("*.py"):
             others = set(re.findall(r"attentionrnn\.experiments\.(e\d)", path.read_text()))
             assert others <= {name}, f"{path} imports {others - {name}}"
+
+
+def test_shard_splits_by_rank_and_pads_training_epochs_evenly():
+    import numpy as np
+
+    from attentionrnn.engine.distributed import DistContext
+
+    idx = np.arange(7)
+    assert DistContext().shard(idx, even=True).tolist() == list(range(7))  # one process: all
+    parts = [DistContext(rank=r, world=3).shard(idx) for r in range(3)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(7))  # evaluation: each once
+    even = [DistContext(rank=r, world=3).shard(idx, even=True) for r in range(3)]
+    assert {len(p) for p in even} == {3} and even[1].tolist() == [1, 4, 0]  # padded with the head

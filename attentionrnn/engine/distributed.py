@@ -30,6 +30,20 @@ class DistContext:
     def main(self) -> bool:
         return self.rank == 0
 
+    def shard(self, indices: np.ndarray, *, even: bool = False) -> np.ndarray:
+        """This rank's part of ``indices``: every ``world``-th one from ``rank`` on (all of them
+        in one process). The one way the experiments split data over ranks.
+
+        ``even=True`` (a training epoch) first pads ``indices`` cyclically with its head so that
+        every rank gets as many (DDP's steps must match), as ``DistributedSampler`` does;
+        evaluation shards stay uneven and are gathered (:meth:`gather_rows`).
+        """
+        indices = np.asarray(indices)
+        if even and len(indices) % self.world:
+            pad = self.world - len(indices) % self.world
+            indices = np.concatenate([indices, np.resize(indices, pad)])
+        return indices[self.rank :: self.world]
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()

@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 
 from attentionrnn.data.attribute import TASKS, E1Data
 from attentionrnn.data.generate import CANVAS, DATASETS, MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
@@ -307,7 +306,7 @@ def evaluate(
     """
     ctx = ctx or DistContext()
     model.eval()
-    shard = indices[ctx.rank :: ctx.world]
+    shard = ctx.shard(indices)
     rows: list[np.ndarray] = []
     names: list[str] = []
     for start in range(0, len(shard), batch_size):
@@ -380,9 +379,6 @@ def _train(config: E1Config, ctx: DistContext) -> dict[str, Any]:
     optimizer = build_optimizer(config, model)
     precision = resolve_precision(config.precision)
     batch_size = max(1, config.batch_size // ctx.world)  # the global batch is config.batch_size
-    sampler = DistributedSampler(
-        range(len(train_idx)), num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=config.seed
-    )
     name = f"{config.attention} {config.dataset}"
 
     def loss_fn(net: nn.Module, idx: np.ndarray):
@@ -391,8 +387,10 @@ def _train(config: E1Config, ctx: DistContext) -> dict[str, Any]:
         return F.cross_entropy(logits, target), logits.argmax(1), target
 
     def one_epoch(epoch: int) -> dict[str, float]:
-        sampler.set_epoch(epoch)
-        order = train_idx[np.fromiter(iter(sampler), dtype=np.int64)]
+        # the permutation DistributedSampler(shuffle=True, seed=config.seed) drew at this epoch
+        generator = torch.Generator().manual_seed(config.seed + epoch)
+        order = ctx.shard(train_idx[torch.randperm(len(train_idx), generator=generator).numpy()],
+                          even=True)  # fmt: skip
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         if len(batches) > 1 and len(batches[-1]) < 2:
             batches.pop()  # batch norm needs at least two samples

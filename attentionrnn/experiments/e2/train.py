@@ -235,7 +235,7 @@ def evaluate(
     ctx = ctx or DistContext()
     model.eval()
     indices = {"train": data.train_idx, "val": data.val_idx, "test": data.test_idx}[split]
-    shard = indices[ctx.rank :: ctx.world]
+    shard = ctx.shard(indices)
     rows: list[np.ndarray] = []
     for start in range(0, len(shard), batch_size):
         idx = shard[start : start + batch_size]
@@ -306,7 +306,7 @@ def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
 
     def one_epoch(epoch: int) -> dict[str, float]:
         rng = np.random.default_rng([config.seed, epoch])
-        order = data.train_idx[rng.permutation(len(data.train_idx))][ctx.rank :: ctx.world]
+        order = ctx.shard(data.train_idx[rng.permutation(len(data.train_idx))], even=True)
         generator = torch.Generator().manual_seed(
             int(np.random.default_rng([config.seed, epoch, ctx.rank, 1]).integers(2**62))
         )

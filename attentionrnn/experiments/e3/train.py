@@ -338,7 +338,7 @@ def evaluate(
     ctx = ctx or DistContext()
     model.eval()
     s = data.split(split)
-    shard = data.indices(split)[ctx.rank :: ctx.world]
+    shard = ctx.shard(data.indices(split))
     glimpses = getattr(model, "glimpses", 1)
     with_mass = s.boxes is not None and getattr(model, "attention", "none") != "none"
     rows: list[np.ndarray] = []
@@ -474,7 +474,7 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
     def one_epoch(epoch: int) -> dict[str, float]:
         pool = data.curriculum_idx if epoch < config.curriculum_epochs else data.train_idx
         rng = np.random.default_rng([config.seed, epoch])
-        order = pool[rng.permutation(len(pool))][ctx.rank :: ctx.world]
+        order = ctx.shard(pool[rng.permutation(len(pool))], even=True)
         chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         if len(chunks) > 1 and len(chunks[-1]) < 2:
             chunks.pop()  # batch norm needs at least two samples

@@ -438,7 +438,7 @@ def _train(config: E4Config, ctx: DistContext, digits) -> dict[str, Any]:
         current["epoch"] = epoch
         net.train()
         rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(idx["train"])
+        order = ctx.shard(rng.permutation(idx["train"]), even=True)
         sums: dict[str, float] = {}
         steps = 0
         for start in range(0, len(order), config.batch_size):
