@@ -88,6 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     mk.add_argument("--data-dir", metavar="DIR", help="where to regenerate missing data files")
     mk.add_argument("--mnist", metavar="DIR", help="folder of the MNIST IDX files")
     mk.add_argument("--no-figures", action="store_true", help="only the tables")
+    mk.add_argument(
+        "--reference", metavar="ROW", help="row every other row is tested against (default: ctx)"
+    )
     mk.set_defaults(func=_masks)
 
     m = sub.add_parser(
@@ -146,6 +149,7 @@ def _masks(args: argparse.Namespace) -> int:
         datasets=tuple(args.datasets) if args.datasets else None,
         methods=tuple(args.methods) if args.methods else None,
         data_dir=args.data_dir, mnist=args.mnist, figure=not args.no_figures,
+        reference=args.reference,
     )  # fmt: skip
     print(diagnosis_markdown(summary))
     return 0

@@ -26,6 +26,7 @@ from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast
 from attentionrnn.engine.runs import finished_runs, format_stats, seed_stats
 from attentionrnn.engine.state import atomic_write_json
+from attentionrnn.engine.stats import compare, format_comparison
 from attentionrnn.engine.trainer import BEST
 from attentionrnn.experiments.e1.figures import load_run, mask_figure, pick_samples
 from attentionrnn.experiments.e1.mask_stats import REGIONS
@@ -105,8 +106,11 @@ def diagnose(
     data_dir: str | None = None,
     mnist: str | None = None,
     figure: bool = True,
+    reference: str | None = None,
 ) -> dict[str, Any]:
-    """Measure every finished run under ``OUT/runs`` on ``split`` (its first ``limit`` samples)."""
+    """Measure every finished run under ``OUT/runs`` on ``split`` (its first ``limit`` samples);
+    test every row against the ``reference`` row (default: CTX where present) on the validation
+    split."""
     out = Path(out)
     found = finished_runs(out)
     if not found:
@@ -164,6 +168,10 @@ def diagnose(
             title = f"{dataset.upper()}: every layer's mask ({split} images)"
             mask_figure(picked, data, out / name, samples=samples, layers=LAYERS, title=title)
             entry["figure"] = name
+        ref = reference or ("ctx" if "ctx" in entry["rows"] else None)
+        if ref in entry["rows"]:
+            entry["reference"] = ref
+            entry["against"] = _against(entry["rows"], ref)
         summary["datasets"][dataset] = entry
     atomic_write_json(summary, out / "mask_diagnosis.json")
     (out / "mask_diagnosis.md").write_text(diagnosis_markdown(summary))
@@ -182,6 +190,9 @@ def _row(row: str, metrics: dict[int, dict[str, Any]], runs: dict[int, dict]) ->
         "label": row_label(summarize(row, {s: metrics[s] for s in runs})),
         "seeds": sorted(runs),
         "accuracy": seed_stats([r["accuracy"] for r in runs.values()]),
+        # what the training recorded on the whole validation split, at the best epoch
+        "val_accuracy": seed_stats([metrics[s]["val_accuracy"] for s in runs]),
+        "val_layer4_box": seed_stats([_best_epoch_box(metrics[s]) for s in runs]),
         "box": {k: seed_stats([r["box"][k] for r in runs.values()]) for k in first["box"]},
         "query_dependence": {
             k: seed_stats([r["query_dependence"][k] for r in runs.values()])
@@ -189,6 +200,30 @@ def _row(row: str, metrics: dict[int, dict[str, Any]], runs: dict[int, dict]) ->
         },
         "masks": stats,
         "per_seed": runs,
+    }
+
+
+def _best_epoch_box(metrics: dict[str, Any]) -> float | None:
+    """The validation layer-4 box share at the run's best epoch."""
+    history = metrics.get("history") or []
+    best = metrics.get("best_epoch")
+    if not best or best > len(history):
+        return None
+    return history[best - 1]["val_attention_correctness"]["layer4"]["box"]
+
+
+def _against(rows: dict[str, dict[str, Any]], reference: str) -> dict[str, dict[str, Any]]:
+    """Every row against ``reference`` on the validation split, by the one rule (Welch)."""
+    ref = rows[reference]
+    values = {
+        "val_accuracy": lambda r: r["val_accuracy"]["values"],
+        "val_layer4_box": lambda r: r["val_layer4_box"]["values"],
+        **{f"layer{k}_box": (lambda r, k=k: r["box"][f"layer{k}"]["values"]) for k in LAYERS},
+    }
+    return {
+        row: {q: compare(get(r), get(ref)) for q, get in values.items()}
+        for row, r in rows.items()
+        if row != reference
     }
 
 
@@ -215,6 +250,35 @@ def diagnosis_markdown(summary: dict[str, Any]) -> str:
     ]
     for dataset, entry in summary["datasets"].items():
         lines += ["", f"## {dataset.upper()} (uniform box share {entry['uniform_box']:.3f})", ""]
+        if entry.get("against"):
+            ref = entry["rows"][entry["reference"]]
+            lines += [
+                f"Against {ref['label']} on the validation split: best validation accuracy and "
+                "layer-4 box share at the best epoch (whole split, as trained), box share per "
+                "layer (the samples measured here); difference of the means, Welch's p, "
+                "**bold** where called (p < 0.05).",
+                "",
+                "| method | seeds | val acc | val L4 box | "
+                + " | ".join(f"L{k} box" for k in LAYERS)
+                + " |",
+                "|---|---|---|---|" + "---|" * len(LAYERS),
+                f"| {ref['label']} | {','.join(map(str, ref['seeds']))} | "
+                f"{_m(ref['val_accuracy'])} | {_m(ref['val_layer4_box'])} | "
+                + " | ".join(_m(ref["box"][f"layer{k}"]) for k in LAYERS)
+                + " |",
+            ]
+            for row, tests in entry["against"].items():
+                r = entry["rows"][row]
+                cells = [
+                    format_comparison(tests[q])
+                    for q in ("val_accuracy", "val_layer4_box", *(f"layer{k}_box" for k in LAYERS))
+                ]
+                lines.append(
+                    f"| {r['label']} | {','.join(map(str, r['seeds']))} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+            lines.append("")
         for k in LAYERS:
             g = f"layer{k}"
             lines += [
