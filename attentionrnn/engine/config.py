@@ -31,6 +31,7 @@ __all__ = [
     "check_value",
     "checked_type",
     "config_from_args",
+    "option",
     "seed_field",
 ]
 
@@ -40,6 +41,11 @@ _CHECKS = ("minimum", "maximum", "positive", "finite")
 #: The limits of every seed (numpy's and torch's seeds are 32 / 64 bits; ``-1`` or a 24-digit
 #: number used to fail deep inside one of them, differently per experiment).
 SEED_LIMITS: dict[str, Any] = {"minimum": 0, "maximum": 2**32 - 1}
+
+
+def option(help: str, **kw: Any) -> dict[str, Any]:
+    """A config field's metadata: its ``--help`` text and the flag's keywords or limits."""
+    return {"help": help, **kw}
 
 
 def seed_field(help: str = "training seed", default: int = 0) -> Any:
@@ -78,9 +84,7 @@ def checked_type(kind: type, name: str, limits: dict[str, Any]) -> Any:
         try:
             value = kind(text)
         except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(
-                f"invalid {kind.__name__} value: {text!r}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
         problem = check_value(name, value, limits)
         if problem is not None:
             raise argparse.ArgumentTypeError(problem)

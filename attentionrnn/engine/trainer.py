@@ -62,6 +62,7 @@ __all__ = [
     "CHECKPOINT",
     "METRICS",
     "FitState",
+    "Sized",
     "check_finite",
     "finished_metrics",
     "fit",
@@ -379,3 +380,16 @@ def _checkpoint(
         },
         path,
     )
+
+
+class Sized:
+    """An iterable with a length (so the progress bar knows the number of batches)."""
+
+    def __init__(self, items, length: int) -> None:
+        self.items, self.length = items, length
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return self.length

@@ -33,11 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from attentionrnn.engine.config import RunConfig, seed_field
+from attentionrnn.engine.config import RunConfig, option, seed_field
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.state import seed_everything
 from attentionrnn.engine.trainer import (
+    Sized,
     finished_metrics,
     fit,
     launch,
@@ -61,10 +62,6 @@ logger = logging.getLogger("attentionrnn.e2")
 __all__ = ["E2Config", "E2Data", "build_model", "evaluate", "lr_at", "train"]
 
 
-def _opt(help: str, **kw: Any) -> dict[str, Any]:
-    return {"help": help, **kw}
-
-
 @dataclass
 class E2Config(RunConfig):
     """Everything one training run depends on; each field is a flag of ``attentionrnn e2 train``."""
@@ -78,66 +75,68 @@ class E2Config(RunConfig):
         "cifar10_md5",
     )
 
-    dataset: str = field(default="cifar10", metadata=_opt("dataset", choices=DATASETS))
+    dataset: str = field(default="cifar10", metadata=option("dataset", choices=DATASETS))
     attention: str = field(
         default="arnn",
-        metadata=_opt(
+        metadata=option(
             "attention estimator: ltpa (LTPA's compatibility), arnn (AttentionRNN), brnn (Block "
             "AttentionRNN), none (plain VGG)",
             choices=E2_ROWS,
         ),
     )
-    out: str = field(default="runs/e2", metadata=_opt("run folder", metavar="RUN_DIR"))
-    epochs: int = field(default=300, metadata=_opt("maximum epochs (LTPA: 300)", minimum=1))
+    out: str = field(default="runs/e2", metadata=option("run folder", metavar="RUN_DIR"))
+    epochs: int = field(default=300, metadata=option("maximum epochs (LTPA: 300)", minimum=1))
     seed: int = seed_field()
     width: float = field(
         default=1.0,
-        metadata=_opt("channel multiplier of the VGG (1.0: VGG-16's 64 ... 512)", positive=True),
+        metadata=option("channel multiplier of the VGG (1.0: VGG-16's 64 ... 512)", positive=True),
     )
     depth: int | None = field(
-        default=None, metadata=_opt("convs per block (default: VGG-16's 2,2,3,3,3,2)", minimum=1)
+        default=None, metadata=option("convs per block (default: VGG-16's 2,2,3,3,3,2)", minimum=1)
     )
     batch_size: int = field(
         default=128,
-        metadata=_opt("global batch size (LTPA: 128; batch norm needs >= 2)", minimum=2),
+        metadata=option("global batch size (LTPA: 128; batch norm needs >= 2)", minimum=2),
     )
-    lr: float = field(default=0.1, metadata=_opt("SGD learning rate (LTPA: 0.1)", positive=True))
-    momentum: float = field(default=0.9, metadata=_opt("SGD momentum", minimum=0))
-    weight_decay: float = field(default=5e-4, metadata=_opt("SGD weight decay", minimum=0))
+    lr: float = field(default=0.1, metadata=option("SGD learning rate (LTPA: 0.1)", positive=True))
+    momentum: float = field(default=0.9, metadata=option("SGD momentum", minimum=0))
+    weight_decay: float = field(default=5e-4, metadata=option("SGD weight decay", minimum=0))
     lr_step: int = field(
-        default=25, metadata=_opt("epochs between learning-rate decays", minimum=1)
+        default=25, metadata=option("epochs between learning-rate decays", minimum=1)
     )
     lr_decay: float = field(
-        default=0.5, metadata=_opt("learning-rate factor at each decay", positive=True)
+        default=0.5, metadata=option("learning-rate factor at each decay", positive=True)
     )
     patience: int = field(
         default=300,
-        metadata=_opt("early-stopping patience (epochs without a better val score)", minimum=1),
+        metadata=option("early-stopping patience (epochs without a better val score)", minimum=1),
     )
     val_samples: int = field(
         default=5000,
-        metadata=_opt("training images held out for validation (stratified, fixed)", minimum=0),
+        metadata=option("training images held out for validation (stratified, fixed)", minimum=0),
     )
     train_samples: int | None = field(
-        default=None, metadata=_opt("use only this many training images (quick runs)", minimum=1)
+        default=None, metadata=option("use only this many training images (quick runs)", minimum=1)
     )
     test_samples: int | None = field(
-        default=None, metadata=_opt("use only this many test images (quick runs)", minimum=1)
+        default=None, metadata=option("use only this many test images (quick runs)", minimum=1)
     )
     attention_hidden: int | None = field(
         default=None,
-        metadata=_opt("hidden width of the ARNN / BRNN estimators (default 16)", minimum=1),
+        metadata=option("hidden width of the ARNN / BRNN estimators (default 16)", minimum=1),
     )
     cifar10_tar: str | None = field(
         default=None,
-        metadata=_opt("the CIFAR-10 JPEG tar (default $ATTENTIONRNN_CIFAR10_TAR)", metavar="PATH"),
+        metadata=option(
+            "the CIFAR-10 JPEG tar (default $ATTENTIONRNN_CIFAR10_TAR)", metavar="PATH"
+        ),
     )
     cifar10_md5: str = field(
-        default=CIFAR10_TAR_MD5, metadata=_opt("expected md5 of the tar ('' skips the check)")
+        default=CIFAR10_TAR_MD5, metadata=option("expected md5 of the tar ('' skips the check)")
     )
     cifar_dir: str | None = field(
         default=None,
-        metadata=_opt(
+        metadata=option(
             "folder of the python pickles (cifar-10-batches-py / cifar-100-python); used instead "
             "of the tar (default $ATTENTIONRNN_CIFAR_DIR)",
             metavar="DIR",
@@ -145,7 +144,7 @@ class E2Config(RunConfig):
     )
     data_dir: str | None = field(
         default=None,
-        metadata=_opt(
+        metadata=option(
             "cache of decoded images (default $ATTENTIONRNN_DATA_DIR or ~/.cache/attentionrnn/e2)",
             metavar="DIR",
         ),
@@ -315,7 +314,7 @@ def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
             chunks.pop()  # batch norm needs at least two samples
         batches = (data.batch("train", np.sort(c), generator) for c in chunks)
         return train_one_epoch(
-            net, optimizer, _Sized(batches, len(chunks)), loss_fn, precision=precision,
+            net, optimizer, Sized(batches, len(chunks)), loss_fn, precision=precision,
             clip_norm=None, desc=f"{name} epoch {epoch + 1}/{config.epochs}",
             progress=config.progress and ctx.main,
         )  # fmt: skip
@@ -375,16 +374,3 @@ def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
             out / "metrics.json",
         )  # fmt: skip
     return metrics
-
-
-class _Sized:
-    """An iterable with a length (so the progress bar knows the number of batches)."""
-
-    def __init__(self, items, length: int) -> None:
-        self.items, self.length = items, length
-
-    def __iter__(self):
-        return iter(self.items)
-
-    def __len__(self) -> int:
-        return self.length

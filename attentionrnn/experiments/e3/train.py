@@ -31,12 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from attentionrnn.engine.config import RunConfig, seed_field
+from attentionrnn.engine.config import RunConfig, option, seed_field
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.state import seed_everything
 from attentionrnn.engine.trainer import (
+    Sized,
     finished_metrics,
     fit,
     launch,
@@ -61,10 +62,6 @@ logger = logging.getLogger("attentionrnn.e3")
 __all__ = ["E3Config", "E3Data", "answer_prior", "build_model", "evaluate", "load_data", "train"]
 
 
-def _opt(help: str, **kw: Any) -> dict[str, Any]:
-    return {"help": help, **kw}
-
-
 @dataclass
 class E3Config(RunConfig):
     """Everything one training run depends on; each field is a flag of ``attentionrnn e3 train``."""
@@ -73,31 +70,31 @@ class E3Config(RunConfig):
     RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "vqa_dir", "easy_vqa_dir")
     LATER_FIELDS = {"curriculum_epochs": 0}
 
-    dataset: str = field(default="easy_vqa", metadata=_opt("dataset", choices=DATASETS))
+    dataset: str = field(default="easy_vqa", metadata=option("dataset", choices=DATASETS))
     attention: str = field(
         default="arnn",
-        metadata=_opt(
+        metadata=option(
             "attention: mcb (MCB's conv attention), arnn (AttentionRNN on the question), brnn "
             "(Block AttentionRNN), none (mean pool); oracle (reference: the mask on the "
             "question's object boxes, generated set only)",
             choices=E3_ROWS,
         ),
     )
-    out: str = field(default="runs/e3", metadata=_opt("run folder", metavar="RUN_DIR"))
-    epochs: int = field(default=20, metadata=_opt("maximum epochs", minimum=1))
+    out: str = field(default="runs/e3", metadata=option("run folder", metavar="RUN_DIR"))
+    epochs: int = field(default=20, metadata=option("maximum epochs", minimum=1))
     seed: int = seed_field()
-    batch_size: int = field(default=64, metadata=_opt("global batch size", minimum=2))
-    lr: float = field(default=1e-3, metadata=_opt("Adam learning rate", positive=True))
-    lr_step: int = field(default=8, metadata=_opt("epochs between lr decays", minimum=1))
-    lr_decay: float = field(default=0.5, metadata=_opt("lr factor at each decay", positive=True))
-    clip_norm: float = field(default=10.0, metadata=_opt("gradient-norm clip", positive=True))
+    batch_size: int = field(default=64, metadata=option("global batch size", minimum=2))
+    lr: float = field(default=1e-3, metadata=option("Adam learning rate", positive=True))
+    lr_step: int = field(default=8, metadata=option("epochs between lr decays", minimum=1))
+    lr_decay: float = field(default=0.5, metadata=option("lr factor at each decay", positive=True))
+    clip_norm: float = field(default=10.0, metadata=option("gradient-norm clip", positive=True))
     patience: int = field(
-        default=6, metadata=_opt("early-stopping patience (epochs without a better val score)",
+        default=6, metadata=option("early-stopping patience (epochs without a better val score)",
                                  minimum=1),
     )  # fmt: skip
     curriculum_epochs: int = field(
         default=0,
-        metadata=_opt(
+        metadata=option(
             "generated set: train the first N epochs on the non-relational questions only, then "
             "on all (lr decays and early stopping count from the end of the curriculum)",
             minimum=0,
@@ -105,69 +102,71 @@ class E3Config(RunConfig):
     )
     val_images: int = field(
         default=400,
-        metadata=_opt("training images whose questions are held out for validation", minimum=0),
+        metadata=option("training images whose questions are held out for validation", minimum=0),
     )
     train_questions: int | None = field(
-        default=None, metadata=_opt("use only this many training questions (quick runs)", minimum=1)
+        default=None,
+        metadata=option("use only this many training questions (quick runs)", minimum=1),
     )
     test_questions: int | None = field(
-        default=None, metadata=_opt("use only this many test questions (quick runs)", minimum=1)
+        default=None, metadata=option("use only this many test questions (quick runs)", minimum=1)
     )
-    channels: int = field(default=64, metadata=_opt("width of the image grid", minimum=1))
+    channels: int = field(default=64, metadata=option("width of the image grid", minimum=1))
     blocks: int = field(
         default=3,
-        metadata=_opt("CNN blocks (64 px -> 8x8 grid; each halves the image)", minimum=1,
-                      maximum=8),  # fmt: skip
+        metadata=option(
+            "CNN blocks (64 px -> 8x8 grid; each halves the image)", minimum=1, maximum=8
+        ),  # fmt: skip
     )
-    embed: int = field(default=32, metadata=_opt("word embedding width", minimum=1))
-    question_hidden: int = field(default=64, metadata=_opt("question RNN width", minimum=1))
-    rnn: str = field(default="gru", metadata=_opt("question encoder", choices=("gru", "lstm")))
-    mcb_dim: int = field(default=1024, metadata=_opt("MCB sketch size (MCB: 16000)", minimum=2))
-    glimpses: int = field(default=2, metadata=_opt("attention glimpses (MCB: 2)", minimum=1))
+    embed: int = field(default=32, metadata=option("word embedding width", minimum=1))
+    question_hidden: int = field(default=64, metadata=option("question RNN width", minimum=1))
+    rnn: str = field(default="gru", metadata=option("question encoder", choices=("gru", "lstm")))
+    mcb_dim: int = field(default=1024, metadata=option("MCB sketch size (MCB: 16000)", minimum=2))
+    glimpses: int = field(default=2, metadata=option("attention glimpses (MCB: 2)", minimum=1))
     attention_hidden: int = field(
-        default=16, metadata=_opt("hidden width of the ARNN / BRNN scan", minimum=1)
+        default=16, metadata=option("hidden width of the ARNN / BRNN scan", minimum=1)
     )
     query_fusion: str = field(
         default="mul",
-        metadata=_opt("image-question fusion in the ARNN / BRNN encoder", choices=("mul", "add")),
+        metadata=option("image-question fusion in the ARNN / BRNN encoder", choices=("mul", "add")),
     )
-    block_size: int = field(default=2, metadata=_opt("BRNN block size", minimum=1))
+    block_size: int = field(default=2, metadata=option("BRNN block size", minimum=1))
     coords: bool = field(
-        default=True, metadata=_opt("append x / y coordinate maps to the image grid")
+        default=True, metadata=option("append x / y coordinate maps to the image grid")
     )
     max_answers: int = field(
-        default=3000, metadata=_opt("answer classes: the most frequent training answers",
+        default=3000, metadata=option("answer classes: the most frequent training answers",
                                     minimum=2),
     )  # fmt: skip
     image_size: int = field(
-        default=64, metadata=_opt("image side (generated set; VQA v2 images are resized)",
+        default=64, metadata=option("image side (generated set; VQA v2 images are resized)",
                                   minimum=16),
     )  # fmt: skip
     generated_train_images: int = field(
-        default=4000, metadata=_opt("generated set: training images", minimum=2)
+        default=4000, metadata=option("generated set: training images", minimum=2)
     )
     generated_test_images: int = field(
-        default=1000, metadata=_opt("generated set: test images", minimum=1)
+        default=1000, metadata=option("generated set: test images", minimum=1)
     )
     generated_seed: int = seed_field("generated set: seed of the generator")
     max_questions: int | None = field(
         default=None,
-        metadata=_opt(
+        metadata=option(
             "VQA v2: read only the first questions of each split (quick runs)", minimum=1
         ),
     )
     vqa_dir: str | None = field(
         default=None,
-        metadata=_opt("VQA v2 folder (default $ATTENTIONRNN_VQA_DIR)", metavar="DIR"),
+        metadata=option("VQA v2 folder (default $ATTENTIONRNN_VQA_DIR)", metavar="DIR"),
     )
     easy_vqa_dir: str | None = field(
         default=None,
-        metadata=_opt("easy-VQA data folder (default: the installed easy-vqa package)",
+        metadata=option("easy-VQA data folder (default: the installed easy-vqa package)",
                       metavar="DIR"),
     )  # fmt: skip
     data_dir: str | None = field(
         default=None,
-        metadata=_opt("cache of decoded images (default $ATTENTIONRNN_DATA_DIR or "
+        metadata=option("cache of decoded images (default $ATTENTIONRNN_DATA_DIR or "
                       "~/.cache/attentionrnn/e3)", metavar="DIR"),
     )  # fmt: skip
 
@@ -482,7 +481,7 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
             (*data.batch("train", np.sort(c)), data.boxes("train", np.sort(c))) for c in chunks
         )
         return train_one_epoch(
-            net, optimizer, _Sized(batches, len(chunks)), loss_fn, precision=precision,
+            net, optimizer, Sized(batches, len(chunks)), loss_fn, precision=precision,
             clip_norm=config.clip_norm, desc=f"{name} epoch {epoch + 1}/{config.epochs}",
             progress=config.progress and ctx.main,
         )  # fmt: skip
@@ -543,16 +542,3 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
             out / "metrics.json",
         )  # fmt: skip
     return metrics
-
-
-class _Sized:
-    """An iterable with a length (so the progress bar knows the number of batches)."""
-
-    def __init__(self, items, length: int) -> None:
-        self.items, self.length = items, length
-
-    def __iter__(self):
-        return iter(self.items)
-
-    def __len__(self) -> int:
-        return self.length

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from attentionrnn.data.generate import MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
-from attentionrnn.engine.config import RunConfig, seed_field
+from attentionrnn.engine.config import RunConfig, option, seed_field
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
@@ -85,10 +85,6 @@ JUDGE = "judge.pt"
 JUDGE_SEED = 1234
 
 
-def _opt(help: str, **kw: Any) -> dict[str, Any]:
-    return {"help": help, **kw}
-
-
 @dataclass
 class E4Config(RunConfig):
     """Everything one training run depends on; each field is a flag of ``attentionrnn e4 train``."""
@@ -97,75 +93,77 @@ class E4Config(RunConfig):
     RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "mnist", "celeba_dir", "data",
                       "samples")  # fmt: skip
 
-    dataset: str = field(default="mref", metadata=_opt("editing task", choices=DATASETS))
+    dataset: str = field(default="mref", metadata=option("editing task", choices=DATASETS))
     mask: str = field(
         default="arnn",
-        metadata=_opt("mask head of the transformer modules: ctx (conv head, the baseline), "
+        metadata=option("mask head of the transformer modules: ctx (conv head, the baseline), "
                       "arnn (AttentionRNN), brnn (Block AttentionRNN)", choices=E4_ROWS),
     )  # fmt: skip
-    out: str = field(default="runs/e4", metadata=_opt("run folder", metavar="RUN_DIR"))
-    epochs: int = field(default=10, metadata=_opt("maximum epochs", minimum=1))
+    out: str = field(default="runs/e4", metadata=option("run folder", metavar="RUN_DIR"))
+    epochs: int = field(default=10, metadata=option("maximum epochs", minimum=1))
     seed: int = seed_field()
-    batch_size: int = field(default=32, metadata=_opt("batch size", minimum=2))
-    lr: float = field(default=2e-4, metadata=_opt("Adam learning rate (G and D)", positive=True))
-    lr_step: int = field(default=6, metadata=_opt("epochs between lr decays", minimum=1))
-    lr_decay: float = field(default=0.5, metadata=_opt("lr factor at each decay", positive=True))
+    batch_size: int = field(default=32, metadata=option("batch size", minimum=2))
+    lr: float = field(default=2e-4, metadata=option("Adam learning rate (G and D)", positive=True))
+    lr_step: int = field(default=6, metadata=option("epochs between lr decays", minimum=1))
+    lr_decay: float = field(default=0.5, metadata=option("lr factor at each decay", positive=True))
     select: str = field(
         default="last",
-        metadata=_opt("weights tested: the last epoch's (as GANs are usually used; validation "
+        metadata=option("weights tested: the last epoch's (as GANs are usually used; validation "
                       "edit success is only as good as the judge) or the best validation edit "
                       "success", choices=("last", "edit_success")),
     )  # fmt: skip
-    patience: int = field(default=100, metadata=_opt("early-stopping patience (epochs)",
+    patience: int = field(default=100, metadata=option("early-stopping patience (epochs)",
                                                      minimum=1))  # fmt: skip
-    images: int = field(default=3000, metadata=_opt("digit tasks: images generated", minimum=1,
+    images: int = field(default=3000, metadata=option("digit tasks: images generated", minimum=1,
                                                     maximum=MAX_IMAGES))  # fmt: skip
     canvas: int = field(
         default=64,
-        metadata=_opt("image side (digits: the generator's canvas; CelebA: resized to it)",
+        metadata=option("image side (digits: the generator's canvas; CelebA: resized to it)",
                       minimum=16, maximum=MAX_CANVAS),
     )  # fmt: skip
     data_seed: int = seed_field("digit tasks: seed of the generator")
     train_samples: int | None = field(
-        default=None, metadata=_opt("use only this many training edits (quick runs)", minimum=2)
+        default=None, metadata=option("use only this many training edits (quick runs)", minimum=2)
     )
-    val_samples: int = field(default=500, metadata=_opt("validation edits", minimum=1))
+    val_samples: int = field(default=500, metadata=option("validation edits", minimum=1))
     test_samples: int | None = field(
-        default=2000, metadata=_opt("test edits (default 2000; all with 0)", minimum=0)
+        default=2000, metadata=option("test edits (default 2000; all with 0)", minimum=0)
     )
-    channels: int = field(default=16, metadata=_opt("editor width", minimum=1))
-    d_channels: int = field(default=16, metadata=_opt("discriminator width", minimum=1))
-    mask_hidden: int = field(default=16, metadata=_opt("hidden width of the mask head", minimum=1))
-    block_size: int = field(default=2, metadata=_opt("BRNN block size", minimum=1))
-    w_cls: float = field(default=1.0, metadata=_opt("weight of the classification loss",
+    channels: int = field(default=16, metadata=option("editor width", minimum=1))
+    d_channels: int = field(default=16, metadata=option("discriminator width", minimum=1))
+    mask_hidden: int = field(
+        default=16, metadata=option("hidden width of the mask head", minimum=1)
+    )
+    block_size: int = field(default=2, metadata=option("BRNN block size", minimum=1))
+    w_cls: float = field(default=1.0, metadata=option("weight of the classification loss",
                                                     minimum=0))  # fmt: skip
-    w_rec: float = field(default=10.0, metadata=_opt("weight of the reconstruction loss",
+    w_rec: float = field(default=10.0, metadata=option("weight of the reconstruction loss",
                                                      minimum=0))  # fmt: skip
-    w_cycle: float = field(default=10.0, metadata=_opt("weight of the cycle loss", minimum=0))
-    w_mask: float = field(default=0.1, metadata=_opt("weight of the mask sparsity loss",
+    w_cycle: float = field(default=10.0, metadata=option("weight of the cycle loss", minimum=0))
+    w_mask: float = field(default=0.1, metadata=option("weight of the mask sparsity loss",
                                                      minimum=0))  # fmt: skip
-    judge_epochs: int = field(default=8, metadata=_opt("epochs of the judge classifier",
+    judge_epochs: int = field(default=8, metadata=option("epochs of the judge classifier",
                                                        minimum=1))  # fmt: skip
-    judge_channels: int = field(default=32, metadata=_opt("judge width", minimum=1))
-    samples: int = field(default=6, metadata=_opt("rows of RUN_DIR/samples.png (0: none)",
+    judge_channels: int = field(default=32, metadata=option("judge width", minimum=1))
+    samples: int = field(default=6, metadata=option("rows of RUN_DIR/samples.png (0: none)",
                                                   minimum=0, maximum=64))  # fmt: skip
     max_images: int | None = field(
-        default=None, metadata=_opt("CelebA: read only the first images", minimum=1)
+        default=None, metadata=option("CelebA: read only the first images", minimum=1)
     )
     data: str | None = field(
-        default=None, metadata=_opt("digit tasks: an existing generated .npz (default: "
+        default=None, metadata=option("digit tasks: an existing generated .npz (default: "
                                     "generate into the cache)", metavar="FILE"),
     )  # fmt: skip
     mnist: str | None = field(
-        default=None, metadata=_opt("MNIST folder (default: see 'attentionrnn e1 generate')",
+        default=None, metadata=option("MNIST folder (default: see 'attentionrnn e1 generate')",
                                     metavar="DIR"),
     )  # fmt: skip
     celeba_dir: str | None = field(
-        default=None, metadata=_opt("CelebA folder (default $ATTENTIONRNN_CELEBA_DIR)",
+        default=None, metadata=option("CelebA folder (default $ATTENTIONRNN_CELEBA_DIR)",
                                     metavar="DIR"),
     )  # fmt: skip
     data_dir: str | None = field(
-        default=None, metadata=_opt("cache of generated data (default $ATTENTIONRNN_DATA_DIR or "
+        default=None, metadata=option("cache of generated data (default $ATTENTIONRNN_DATA_DIR or "
                                     "~/.cache/attentionrnn)", metavar="DIR"),
     )  # fmt: skip
 
