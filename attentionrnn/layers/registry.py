@@ -6,6 +6,9 @@ from its own package (E2's LTPA compatibility, E3's MCB conv attention and oracl
 rows are names from this registry; their table labels and run costs are the experiment's metadata,
 not the registry's.
 
+The library's methods are registered when ``attentionrnn`` is imported (its ``__init__`` imports
+:mod:`~attentionrnn.layers.factory`, which imports this module, never the reverse).
+
 Adding a method is one call::
 
     register_attention("mine", MyAttention, hidden_channels=16)
@@ -110,8 +113,6 @@ def experiment_rows(own: tuple[str, ...]) -> tuple[str, ...]:
     Raises:
         ValueError: one of ``own`` is not registered.
     """
-    import attentionrnn.layers.factory  # noqa: F401  (registers the library's methods)
-
     missing = [n for n in own if n not in _METHODS]
     if missing:
         raise ValueError(f"rows {missing} are not registered attention methods")
@@ -153,8 +154,6 @@ def build_attention(
         >>> type(att).__name__
         'ContextAttention'
     """
-    import attentionrnn.layers.factory  # noqa: F401  (registers the library's methods)
-
     if name not in _METHODS:
         raise ValueError(
             f"unknown attention {name!r}; valid names are: {', '.join(attention_names())}"
