@@ -97,7 +97,8 @@ def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         },
         "masks": _mask_stats(ms),
         "final_slope": {
-            q: seed_stats([final_slope(m.get("history", []), q) for m in ms]) for q in SLOPE_QUANTITIES
+            q: seed_stats([final_slope(m.get("history", []), q) for m in ms])
+            for q in SLOPE_QUANTITIES
         },
         "steps": first.get("steps"),
         "epochs": [m["epochs"] for m in ms],
