@@ -17,6 +17,7 @@ import torch
 from attentionrnn.cli import main
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.trainer import train_one_epoch
+from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.data import (
     CLEVR_COLOURS,
     Vocabulary,
@@ -29,6 +30,7 @@ from attentionrnn.experiments.e3.data import (
     tokenize,
     vqa_accuracy,
 )
+from attentionrnn.experiments.e3.evaluate import answer_prior, evaluate
 from attentionrnn.experiments.e3.model import (
     E3_ATTENTIONS,
     CompactBilinearPooling,
@@ -36,14 +38,7 @@ from attentionrnn.experiments.e3.model import (
     box_masks,
     count_sketch,
 )
-from attentionrnn.experiments.e3.train import (
-    E3Config,
-    E3Data,
-    answer_prior,
-    evaluate,
-    lr_at,
-    train,
-)
+from attentionrnn.experiments.e3.train import E3Data, lr_at, train
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,9 @@ from attentionrnn.cli import main
 from attentionrnn.data.generate import generate_arrays, write_npz
 from attentionrnn.engine.errors import UserError
 from attentionrnn.experiments.e4 import data as e4data
+from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.data import CelebAEdits, DigitEdits, load_task, render_recolour
+from attentionrnn.experiments.e4.evaluate import evaluate, train_judge
 from attentionrnn.experiments.e4.metrics import (
     edit_success,
     kid,
@@ -33,14 +35,7 @@ from attentionrnn.experiments.e4.model import (
     discriminator_loss,
     generator_loss,
 )
-from attentionrnn.experiments.e4.train import (
-    E4Config,
-    _Optimizers,
-    _step,
-    evaluate,
-    train,
-    train_judge,
-)
+from attentionrnn.experiments.e4.train import _Optimizers, _step, train
 from tests.conftest import synthetic_digits
 
 

@@ -22,9 +22,11 @@ from attentionrnn.engine.experiment import Budget as BaseBudget
 from attentionrnn.engine.experiment import Experiment, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
+from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.data import DATASETS, QUESTION_TYPES
+from attentionrnn.experiments.e3.evaluate import answer_prior
 from attentionrnn.experiments.e3.model import E3_ATTENTIONS, E3_ROWS, LABELS, REFERENCE_ATTENTIONS
-from attentionrnn.experiments.e3.train import E3Config, answer_prior, load_data, train
+from attentionrnn.experiments.e3.train import load_data, train
 
 logger = logging.getLogger("attentionrnn.e3.reproduce")
 

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.trainer import BEST, METRICS
+from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.model import LABELS, VQANet
-from attentionrnn.experiments.e3.train import E3Config, E3Data, build_model, load_data
+from attentionrnn.experiments.e3.train import E3Data, build_model, load_data
 
 __all__ = ["curve_figure", "load_run", "mask_figure"]
 

@@ -13,15 +13,15 @@
 
 Batch order of epoch ``e`` is a function of ``(seed, e)`` and the RNG state is checkpointed, so
 the same config gives the same metrics, also across a resume.
+
+The config lies in :mod:`~.config`, the measurements in :mod:`~.evaluate`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from attentionrnn.engine.config import RunConfig, option, seed_field
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.precision import autocast, resolve_precision
+from attentionrnn.engine.precision import resolve_precision
 from attentionrnn.engine.state import seed_everything
 from attentionrnn.engine.trainer import (
     Sized,
@@ -44,139 +43,15 @@ from attentionrnn.engine.trainer import (
     train_one_epoch,
     write_metrics,
 )
-from attentionrnn.experiments.e3.data import (
-    DATASETS,
-    QUESTION_TYPES,
-    Vocabulary,
-    VQASet,
-    VQASplit,
-    load_dataset,
-    tokenize,
-    vqa_accuracy,
-)
-from attentionrnn.experiments.e3.model import E3_ROWS, REFERENCE_ATTENTIONS, VQANet
+from attentionrnn.experiments.e3.config import E3Config
+from attentionrnn.experiments.e3.data import Vocabulary, VQASet, load_dataset
+from attentionrnn.experiments.e3.evaluate import answer_prior, evaluate
+from attentionrnn.experiments.e3.model import REFERENCE_ATTENTIONS, VQANet
 from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e3")
 
 __all__ = ["E3Config", "E3Data", "answer_prior", "build_model", "evaluate", "load_data", "train"]
-
-
-@dataclass
-class E3Config(RunConfig):
-    """Everything one training run depends on; each field is a flag of ``attentionrnn e3 train``."""
-
-    # where the data lies does not change the result; the dataset's identity enters instead
-    RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "vqa_dir", "easy_vqa_dir")
-    LATER_FIELDS = {"curriculum_epochs": 0}
-
-    dataset: str = field(default="easy_vqa", metadata=option("dataset", choices=DATASETS))
-    attention: str = field(
-        default="arnn",
-        metadata=option(
-            "attention: mcb (MCB's conv attention), arnn (AttentionRNN on the question), brnn "
-            "(Block AttentionRNN), none (mean pool); oracle (reference: the mask on the "
-            "question's object boxes, generated set only)",
-            choices=E3_ROWS,
-        ),
-    )
-    out: str = field(default="runs/e3", metadata=option("run folder", metavar="RUN_DIR"))
-    epochs: int = field(default=20, metadata=option("maximum epochs", minimum=1))
-    seed: int = seed_field()
-    batch_size: int = field(default=64, metadata=option("global batch size", minimum=2))
-    lr: float = field(default=1e-3, metadata=option("Adam learning rate", positive=True))
-    lr_step: int = field(default=8, metadata=option("epochs between lr decays", minimum=1))
-    lr_decay: float = field(default=0.5, metadata=option("lr factor at each decay", positive=True))
-    clip_norm: float = field(default=10.0, metadata=option("gradient-norm clip", positive=True))
-    patience: int = field(
-        default=6, metadata=option("early-stopping patience (epochs without a better val score)",
-                                 minimum=1),
-    )  # fmt: skip
-    curriculum_epochs: int = field(
-        default=0,
-        metadata=option(
-            "generated set: train the first N epochs on the non-relational questions only, then "
-            "on all (lr decays and early stopping count from the end of the curriculum)",
-            minimum=0,
-        ),
-    )
-    val_images: int = field(
-        default=400,
-        metadata=option("training images whose questions are held out for validation", minimum=0),
-    )
-    train_questions: int | None = field(
-        default=None,
-        metadata=option("use only this many training questions (quick runs)", minimum=1),
-    )
-    test_questions: int | None = field(
-        default=None, metadata=option("use only this many test questions (quick runs)", minimum=1)
-    )
-    channels: int = field(default=64, metadata=option("width of the image grid", minimum=1))
-    blocks: int = field(
-        default=3,
-        metadata=option(
-            "CNN blocks (64 px -> 8x8 grid; each halves the image)", minimum=1, maximum=8
-        ),  # fmt: skip
-    )
-    embed: int = field(default=32, metadata=option("word embedding width", minimum=1))
-    question_hidden: int = field(default=64, metadata=option("question RNN width", minimum=1))
-    rnn: str = field(default="gru", metadata=option("question encoder", choices=("gru", "lstm")))
-    mcb_dim: int = field(default=1024, metadata=option("MCB sketch size (MCB: 16000)", minimum=2))
-    glimpses: int = field(default=2, metadata=option("attention glimpses (MCB: 2)", minimum=1))
-    attention_hidden: int = field(
-        default=16, metadata=option("hidden width of the ARNN / BRNN scan", minimum=1)
-    )
-    query_fusion: str = field(
-        default="mul",
-        metadata=option("image-question fusion in the ARNN / BRNN encoder", choices=("mul", "add")),
-    )
-    block_size: int = field(default=2, metadata=option("BRNN block size", minimum=1))
-    coords: bool = field(
-        default=True, metadata=option("append x / y coordinate maps to the image grid")
-    )
-    max_answers: int = field(
-        default=3000, metadata=option("answer classes: the most frequent training answers",
-                                    minimum=2),
-    )  # fmt: skip
-    image_size: int = field(
-        default=64, metadata=option("image side (generated set; VQA v2 images are resized)",
-                                  minimum=16),
-    )  # fmt: skip
-    generated_train_images: int = field(
-        default=4000, metadata=option("generated set: training images", minimum=2)
-    )
-    generated_test_images: int = field(
-        default=1000, metadata=option("generated set: test images", minimum=1)
-    )
-    generated_seed: int = seed_field("generated set: seed of the generator")
-    max_questions: int | None = field(
-        default=None,
-        metadata=option(
-            "VQA v2: read only the first questions of each split (quick runs)", minimum=1
-        ),
-    )
-    vqa_dir: str | None = field(
-        default=None,
-        metadata=option("VQA v2 folder (default $ATTENTIONRNN_VQA_DIR)", metavar="DIR"),
-    )
-    easy_vqa_dir: str | None = field(
-        default=None,
-        metadata=option("easy-VQA data folder (default: the installed easy-vqa package)",
-                      metavar="DIR"),
-    )  # fmt: skip
-    data_dir: str | None = field(
-        default=None,
-        metadata=option("cache of decoded images (default $ATTENTIONRNN_DATA_DIR or "
-                      "~/.cache/attentionrnn/e3)", metavar="DIR"),
-    )  # fmt: skip
-
-    def check(self) -> None:
-        super().check()
-        if self.image_size >> self.blocks < 1:
-            raise UserError(
-                f"blocks {self.blocks} halve a {self.image_size}-pixel image to nothing; at most "
-                f"{int(math.log2(self.image_size))} blocks for --image-size {self.image_size}"
-            )
 
 
 def lr_at(config: E3Config, epoch: int) -> float:
@@ -301,134 +176,6 @@ def build_model(config: E3Config, data: E3Data) -> VQANet:
         block_size=config.block_size, coords=config.coords,
     )  # fmt: skip
     return model.to(memory_format=torch.channels_last) if config.channels_last else model
-
-
-# ------------------------------------------------------------------------------------------
-# evaluation
-
-
-def _attention_mass(masks: torch.Tensor, boxes: np.ndarray, image_size: tuple[int, int]):
-    """Share of each glimpse's mass inside the union of each question's boxes: ``(B, G)``.
-
-    The mask (normalised to sum 1) is resized to the image (nearest, each cell spread over the
-    pixels it covers), as attention correctness (Liu et al., 2017) measures it."""
-    height, width = image_size
-    up = F.interpolate(masks.float(), size=(height, width), mode="nearest")
-    up = up / up.flatten(2).sum(-1).clamp_min(1e-12)[..., None, None]
-    region = torch.zeros(len(boxes), height, width)
-    for b, question_boxes in enumerate(boxes):
-        for x0, y0, x1, y1 in question_boxes:
-            if x0 >= 0:
-                region[b, y0:y1, x0:x1] = 1
-    return (up * region[:, None]).flatten(2).sum(-1)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: E3Data,
-    split: str,
-    batch_size: int,
-    ctx: DistContext | None = None,
-    precision: str = "fp32",
-) -> dict[str, Any]:
-    """Accuracy (the VQA accuracy where the split has human answers), loss, accuracy by question
-    type and, where the split has object boxes, attention correctness; sharded over ranks."""
-    ctx = ctx or DistContext()
-    model.eval()
-    s = data.split(split)
-    shard = ctx.shard(data.indices(split))
-    glimpses = getattr(model, "glimpses", 1)
-    with_mass = s.boxes is not None and getattr(model, "attention", "none") != "none"
-    rows: list[np.ndarray] = []
-    for start in range(0, len(shard), batch_size):
-        idx = shard[start : start + batch_size]
-        x, ids, lengths, target = data.batch(split, idx)
-        with autocast(precision):
-            logits, masks = model(x, ids, lengths, return_masks=True,
-                                  boxes=data.boxes(split, idx))  # fmt: skip
-        logits = logits.float()
-        loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="none")
-        pred = logits.argmax(1).numpy()
-        if s.human_answers is not None:
-            score = [
-                vqa_accuracy(data.answers[p], s.human_answers[i])
-                for p, i in zip(pred, idx, strict=True)
-            ]
-        else:
-            score = (pred == target.numpy()).astype(np.float64)
-        mass = (
-            _attention_mass(masks, s.boxes[idx], x.shape[-2:]).numpy()
-            if with_mass and masks is not None
-            else np.full((len(idx), glimpses), np.nan)
-        )
-        rows.append(np.column_stack([idx, pred, score, loss.double().numpy(), mass]))
-    local = np.concatenate(rows) if rows else np.zeros((0, 4 + glimpses))
-    table = ctx.gather_rows(local)
-    table = table[np.argsort(table[:, 0], kind="stable")]
-    idx = table[:, 0].astype(np.int64)
-    score = table[:, 2]
-
-    result: dict[str, Any] = {
-        "accuracy": float(score.mean()) if len(score) else math.nan,
-        "loss": float(table[:, 3].mean()) if len(table) else math.nan,
-        **_by_kind(score, s, idx),
-    }
-    if with_mass:
-        per_glimpse = np.nanmean(table[:, 4:], axis=0) if len(table) else np.full(glimpses, np.nan)
-        result["attention_correctness"] = [float(v) for v in per_glimpse]
-    if s.boxes is not None and len(idx):
-        # what a uniform mask scores: the share of the image the boxes cover
-        uniform = torch.ones(len(idx), 1, 1, 1)
-        share = _attention_mass(uniform, s.boxes[idx], s.images.shape[1:3])
-        result["attention_chance"] = float(share.mean())
-    return result
-
-
-def answer_prior(data: E3Data) -> dict[str, Any]:
-    """How far the question alone goes: the test scores of answering each question with the
-    training questions' most frequent answer to the same words (to an unseen question: the most
-    frequent training answer). Keys as :func:`evaluate`'s (no loss, no attention).
-
-    A row that scores no better than this has not used the image.
-    """
-    train, test = data.split("train"), data.split("test")
-    by_question: dict[tuple[str, ...], Counter] = {}
-    for i in data.train_idx:
-        words = tuple(tokenize(train.questions[i]))
-        by_question.setdefault(words, Counter())[train.answers[i]] += 1
-    overall = sum(by_question.values(), Counter())
-
-    def top(counts: Counter) -> str:
-        return min(counts, key=lambda a: (-counts[a], a))  # ties: the first answer by name
-
-    prior = {q: top(c) for q, c in by_question.items()}
-    fallback = top(overall)
-    idx = data.test_idx
-    guess = {i: prior.get(tuple(tokenize(test.questions[i])), fallback) for i in idx}
-    if test.human_answers is not None:
-        score = np.array([vqa_accuracy(guess[i], test.human_answers[i]) for i in idx])
-    else:
-        score = np.array([guess[i] == test.answers[i] for i in idx], dtype=np.float64)
-    return {"accuracy": float(score.mean()), **_by_kind(score, test, idx)}
-
-
-def _by_kind(score: np.ndarray, split: VQASplit, idx: np.ndarray) -> dict[str, Any]:
-    """Mean ``score`` of the questions ``idx`` by question type and, where the split marks
-    them, of the relational and the non-relational ones (``None`` where there are none)."""
-
-    def mean(mask: np.ndarray) -> float | None:
-        return float(score[mask].mean()) if mask.any() else None
-
-    qtypes = split.qtypes[idx]
-    result: dict[str, Any] = {
-        "by_type": {t: mean(qtypes == t) for t in QUESTION_TYPES if (qtypes == t).any()}
-    }
-    if split.relational is not None:
-        relational = split.relational[idx]
-        result["relational"] = mean(relational)
-        result["non_relational"] = mean(~relational)
-    return result
 
 
 # ------------------------------------------------------------------------------------------

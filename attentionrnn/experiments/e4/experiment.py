@@ -25,9 +25,10 @@ from attentionrnn.engine.experiment import Experiment, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.engine.trainer import METRICS
+from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.data import DATASETS
 from attentionrnn.experiments.e4.model import E4_MASKS, E4_ROWS, LABELS
-from attentionrnn.experiments.e4.train import E4Config, train
+from attentionrnn.experiments.e4.train import train
 
 logger = logging.getLogger("attentionrnn.e4.reproduce")
 

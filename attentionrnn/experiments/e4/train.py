@@ -15,6 +15,8 @@
 
 Batch order and targets of epoch ``e`` are a function of ``(seed, e)``; validation and test
 targets are fixed, so every row edits the same (image, digit, colour) triples.
+
+The config lies in :mod:`~.config`, the judge and the measurements in :mod:`~.evaluate`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from attentionrnn.data.generate import MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
-from attentionrnn.engine.config import RunConfig, option, seed_field
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
-from attentionrnn.engine.state import atomic_save, seed_everything
+from attentionrnn.engine.state import seed_everything
 from attentionrnn.engine.trainer import (
     BEST,
     METRICS,
@@ -45,23 +44,14 @@ from attentionrnn.engine.trainer import (
     launch,
     write_metrics,
 )
-from attentionrnn.experiments.e4.data import DATASETS, load_task
-from attentionrnn.experiments.e4.metrics import (
-    edit_success,
-    kid,
-    mask_correctness,
-    preservation_l1,
-)
+from attentionrnn.experiments.e4.config import E4Config
+from attentionrnn.experiments.e4.data import load_task
+from attentionrnn.experiments.e4.evaluate import _layout, evaluate, train_judge
 from attentionrnn.experiments.e4.model import (
-    E4_ROWS,
-    AttributeClassifier,
     Discriminator,
     Editor,
-    LossWeights,
-    attribute_loss,
     discriminator_loss,
     generator_loss,
-    split_logits,
 )
 from attentionrnn.layers.fused import scan_products
 
@@ -79,105 +69,6 @@ __all__ = [
     "train",
     "train_judge",
 ]
-
-JUDGE = "judge.pt"
-#: the judge's seed: the same for every row and training seed
-JUDGE_SEED = 1234
-
-
-@dataclass
-class E4Config(RunConfig):
-    """Everything one training run depends on; each field is a flag of ``attentionrnn e4 train``."""
-
-    # where the data lies does not change the result; the data's identity enters instead
-    RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "mnist", "celeba_dir", "data",
-                      "samples")  # fmt: skip
-
-    dataset: str = field(default="mref", metadata=option("editing task", choices=DATASETS))
-    mask: str = field(
-        default="arnn",
-        metadata=option("mask head of the transformer modules: ctx (conv head, the baseline), "
-                      "arnn (AttentionRNN), brnn (Block AttentionRNN)", choices=E4_ROWS),
-    )  # fmt: skip
-    out: str = field(default="runs/e4", metadata=option("run folder", metavar="RUN_DIR"))
-    epochs: int = field(default=10, metadata=option("maximum epochs", minimum=1))
-    seed: int = seed_field()
-    batch_size: int = field(default=32, metadata=option("batch size", minimum=2))
-    lr: float = field(default=2e-4, metadata=option("Adam learning rate (G and D)", positive=True))
-    lr_step: int = field(default=6, metadata=option("epochs between lr decays", minimum=1))
-    lr_decay: float = field(default=0.5, metadata=option("lr factor at each decay", positive=True))
-    select: str = field(
-        default="last",
-        metadata=option("weights tested: the last epoch's (as GANs are usually used; validation "
-                      "edit success is only as good as the judge) or the best validation edit "
-                      "success", choices=("last", "edit_success")),
-    )  # fmt: skip
-    patience: int = field(default=100, metadata=option("early-stopping patience (epochs)",
-                                                     minimum=1))  # fmt: skip
-    images: int = field(default=3000, metadata=option("digit tasks: images generated", minimum=1,
-                                                    maximum=MAX_IMAGES))  # fmt: skip
-    canvas: int = field(
-        default=64,
-        metadata=option("image side (digits: the generator's canvas; CelebA: resized to it)",
-                      minimum=16, maximum=MAX_CANVAS),
-    )  # fmt: skip
-    data_seed: int = seed_field("digit tasks: seed of the generator")
-    train_samples: int | None = field(
-        default=None, metadata=option("use only this many training edits (quick runs)", minimum=2)
-    )
-    val_samples: int = field(default=500, metadata=option("validation edits", minimum=1))
-    test_samples: int | None = field(
-        default=2000, metadata=option("test edits (default 2000; all with 0)", minimum=0)
-    )
-    channels: int = field(default=16, metadata=option("editor width", minimum=1))
-    d_channels: int = field(default=16, metadata=option("discriminator width", minimum=1))
-    mask_hidden: int = field(
-        default=16, metadata=option("hidden width of the mask head", minimum=1)
-    )
-    block_size: int = field(default=2, metadata=option("BRNN block size", minimum=1))
-    w_cls: float = field(default=1.0, metadata=option("weight of the classification loss",
-                                                    minimum=0))  # fmt: skip
-    w_rec: float = field(default=10.0, metadata=option("weight of the reconstruction loss",
-                                                     minimum=0))  # fmt: skip
-    w_cycle: float = field(default=10.0, metadata=option("weight of the cycle loss", minimum=0))
-    w_mask: float = field(default=0.1, metadata=option("weight of the mask sparsity loss",
-                                                     minimum=0))  # fmt: skip
-    judge_epochs: int = field(default=8, metadata=option("epochs of the judge classifier",
-                                                       minimum=1))  # fmt: skip
-    judge_channels: int = field(default=32, metadata=option("judge width", minimum=1))
-    samples: int = field(default=6, metadata=option("rows of RUN_DIR/samples.png (0: none)",
-                                                  minimum=0, maximum=64))  # fmt: skip
-    max_images: int | None = field(
-        default=None, metadata=option("CelebA: read only the first images", minimum=1)
-    )
-    data: str | None = field(
-        default=None, metadata=option("digit tasks: an existing generated .npz (default: "
-                                    "generate into the cache)", metavar="FILE"),
-    )  # fmt: skip
-    mnist: str | None = field(
-        default=None, metadata=option("MNIST folder (default: see 'attentionrnn e1 generate')",
-                                    metavar="DIR"),
-    )  # fmt: skip
-    celeba_dir: str | None = field(
-        default=None, metadata=option("CelebA folder (default $ATTENTIONRNN_CELEBA_DIR)",
-                                    metavar="DIR"),
-    )  # fmt: skip
-    data_dir: str | None = field(
-        default=None, metadata=option("cache of generated data (default $ATTENTIONRNN_DATA_DIR or "
-                                    "~/.cache/attentionrnn)", metavar="DIR"),
-    )  # fmt: skip
-
-    def check(self) -> None:
-        super().check()
-        if self.canvas % 4:
-            raise UserError(f"canvas must be divisible by 4 (the editor downsamples twice), "
-                            f"got {self.canvas}")  # fmt: skip
-        if self.dataset != "celeba" and self.canvas < MIN_CANVAS:
-            raise UserError(f"canvas must be >= {MIN_CANVAS} for the digit tasks, "
-                            f"got {self.canvas}")  # fmt: skip
-
-    def weights(self) -> LossWeights:
-        return LossWeights(self.w_cls, self.w_rec, self.w_cycle, self.w_mask)
 
 
 def lr_at(config: E4Config, epoch: int) -> float:
@@ -228,11 +119,6 @@ def build_model(config: E4Config, task) -> E4Net:
     return net.to(memory_format=torch.channels_last) if config.channels_last else net
 
 
-def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last if channels_last
-                        else torch.contiguous_format)  # fmt: skip
-
-
 def split_indices(task, config: E4Config) -> dict[str, np.ndarray]:
     """Training, validation and test edits (fixed subsets, the same for every row)."""
     rng = np.random.default_rng(2024)
@@ -248,149 +134,6 @@ def split_indices(task, config: E4Config) -> dict[str, np.ndarray]:
 
 def fixed_targets(task, idx: np.ndarray, split: str) -> np.ndarray:
     return task.draw_targets(idx, np.random.default_rng({"val": 11, "test": 12}.get(split, 13)))
-
-
-# ------------------------------------------------------------------------------------------
-# the judge
-
-
-def train_judge(
-    task, idx: dict[str, np.ndarray], config: E4Config, out: Path | None, precision: str = "fp32"
-) -> tuple[AttributeClassifier, dict[str, Any]]:
-    """The attribute classifier of real images, trained with its own seed (or loaded from
-    ``out/judge.pt`` when it was trained with the same settings); returns it and its accuracy."""
-    key = {
-        "data": task.identity, "epochs": config.judge_epochs, "channels": config.judge_channels,
-        "batch_size": config.batch_size, "train": len(idx["train"]), "precision": precision,
-    }  # fmt: skip
-    judge = AttributeClassifier(task.classes, task.query_channels, config.judge_channels)
-    path = out / JUDGE if out is not None else None
-    if path is not None and path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved["key"] == key:
-            judge.load_state_dict(saved["model"])
-            return judge.eval(), saved["stats"]
-    devnull = torch.random.fork_rng()  # leave the run's own random streams untouched
-    with devnull:
-        torch.manual_seed(JUDGE_SEED)
-        judge = AttributeClassifier(task.classes, task.query_channels, config.judge_channels)
-        optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3)
-        best, best_state, history = -1.0, None, []
-        for epoch in range(config.judge_epochs):
-            judge.train()
-            order = np.random.default_rng([JUDGE_SEED, epoch]).permutation(idx["train"])
-            for start in range(0, len(order) - 1, config.batch_size):
-                chunk = np.sort(order[start : start + config.batch_size])
-                if len(chunk) < 2:
-                    continue
-                b = task.batch(chunk, task.draw_targets(chunk, np.random.default_rng(0)))
-                with autocast(precision):
-                    logits = judge(_layout(b.x, config.channels_last), b.query)
-                loss = attribute_loss(logits, b.labels, task.classes)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            acc = judge_accuracy(judge, task, idx["val"], config.eval_batch_size)
-            history.append(acc)
-            if acc > best:
-                best = acc
-                best_state = {k: v.detach().clone() for k, v in judge.state_dict().items()}
-            logger.info("judge epoch %d: val accuracy %.4f", epoch + 1, acc)
-        judge.load_state_dict(best_state)
-    test = judge_accuracy(judge, task, idx["test"], config.eval_batch_size)
-    stats = {"val_accuracy": best, "history": history, "test_accuracy": test}
-    if path is not None:
-        atomic_save({"key": key, "model": judge.state_dict(), "stats": stats}, path)
-    return judge.eval(), stats
-
-
-@torch.no_grad()
-def judge_accuracy(judge: nn.Module, task, idx: np.ndarray, batch_size: int) -> float:
-    """Accuracy of the judge on the real images of ``idx`` (every attribute)."""
-    judge.eval()
-    correct = total = 0
-    for start in range(0, len(idx), batch_size):
-        chunk = idx[start : start + batch_size]
-        b = task.batch(chunk, task.draw_targets(chunk, np.random.default_rng(0)))
-        parts = split_logits(judge(b.x, b.query), task.classes)
-        for m, p in enumerate(parts):
-            correct += int((p.argmax(1) == b.labels[:, m]).sum())
-            total += len(chunk)
-    return correct / max(total, 1)
-
-
-# ------------------------------------------------------------------------------------------
-# evaluation
-
-
-@torch.no_grad()
-def evaluate(
-    editor: Editor,
-    judge: AttributeClassifier,
-    task,
-    idx: np.ndarray,
-    targets: np.ndarray,
-    batch_size: int,
-    precision: str = "fp32",
-    truth: bool = False,
-) -> dict[str, Any]:
-    """The edits of ``idx`` to ``targets``, measured (see the module docstring).
-
-    ``truth=True`` measures the exact edits instead of the editor's (what a perfect editor
-    would score: the ceiling of edit success, given the judge).
-    """
-    editor.eval()
-    judge.eval()
-    rows: dict[str, list[torch.Tensor]] = {k: [] for k in (
-        "success", "preservation", "truth_l1", "correctness", "correctness_box", "mask_mean",
-        "features", "reference", "uniform", "uniform_box")}  # fmt: skip
-    for start in range(0, len(idx), batch_size):
-        sl = slice(start, start + batch_size)
-        b = task.batch(idx[sl], targets[sl])
-        if truth:
-            if b.truth is None:
-                raise UserError(f"{task.name} has no exact edits")
-            edited, masks = b.truth, b.region.float()[:, None].expand(-1, len(task.classes), -1,
-                                                                      -1)  # fmt: skip
-        else:
-            with autocast(precision):
-                edited, masks = editor(b.x, b.targets, b.query)
-            edited, masks = edited.float(), masks.float()
-        rows["success"].append(edit_success(judge(edited, b.query), b.targets, b.changed,
-                                            task.classes))  # fmt: skip
-        rows["features"].append(judge.features(edited, b.query))
-        mask = masks[torch.arange(len(b)), b.changed][:, None]
-        rows["mask_mean"].append(mask.flatten(1).mean(1))
-        if b.truth is not None:
-            rows["reference"].append(judge.features(b.truth, b.query))
-            rows["preservation"].append(preservation_l1(edited, b.x, b.region))
-            rows["truth_l1"].append((edited - b.truth).abs().flatten(1).mean(1))
-            rows["correctness"].append(mask_correctness(mask, b.region))
-            rows["correctness_box"].append(mask_correctness(mask, b.box))
-            # what a uniform mask scores: the region's share of the image (chance level)
-            rows["uniform"].append(b.region.float().flatten(1).mean(1))
-            rows["uniform_box"].append(b.box.float().flatten(1).mean(1))
-        else:
-            rows["reference"].append(judge.features(b.x, b.query))
-
-    def mean(key: str) -> float | None:
-        if not rows[key]:
-            return None
-        values = torch.cat(rows[key]).double()
-        values = values[~values.isnan()]
-        return float(values.mean()) if len(values) else math.nan
-
-    return {
-        "edit_success": mean("success"),
-        "preservation_l1": mean("preservation"),
-        "truth_l1": mean("truth_l1"),
-        "mask_correctness": mean("correctness"),
-        "mask_correctness_box": mean("correctness_box"),
-        "mask_mean": mean("mask_mean"),
-        "uniform_mask_correctness": mean("uniform"),
-        "uniform_mask_correctness_box": mean("uniform_box"),
-        "kid": kid(torch.cat(rows["features"]), torch.cat(rows["reference"])),
-    }
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""E3's measurements: :func:`evaluate` (accuracy, the VQA accuracy where the split has human
+answers, loss, accuracy by question type, attention correctness of each glimpse where the data
+has object boxes) and :func:`answer_prior`, how far the question alone goes."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attentionrnn.engine.distributed import DistContext
+from attentionrnn.engine.precision import autocast
+from attentionrnn.experiments.e3.data import QUESTION_TYPES, VQASplit, tokenize, vqa_accuracy
+
+if TYPE_CHECKING:
+    from attentionrnn.experiments.e3.train import E3Data
+
+__all__ = ["answer_prior", "evaluate"]
+
+
+def _attention_mass(masks: torch.Tensor, boxes: np.ndarray, image_size: tuple[int, int]):
+    """Share of each glimpse's mass inside the union of each question's boxes: ``(B, G)``.
+
+    The mask (normalised to sum 1) is resized to the image (nearest, each cell spread over the
+    pixels it covers), as attention correctness (Liu et al., 2017) measures it."""
+    height, width = image_size
+    up = F.interpolate(masks.float(), size=(height, width), mode="nearest")
+    up = up / up.flatten(2).sum(-1).clamp_min(1e-12)[..., None, None]
+    region = torch.zeros(len(boxes), height, width)
+    for b, question_boxes in enumerate(boxes):
+        for x0, y0, x1, y1 in question_boxes:
+            if x0 >= 0:
+                region[b, y0:y1, x0:x1] = 1
+    return (up * region[:, None]).flatten(2).sum(-1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: E3Data,
+    split: str,
+    batch_size: int,
+    ctx: DistContext | None = None,
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """Accuracy (the VQA accuracy where the split has human answers), loss, accuracy by question
+    type and, where the split has object boxes, attention correctness; sharded over ranks."""
+    ctx = ctx or DistContext()
+    model.eval()
+    s = data.split(split)
+    shard = ctx.shard(data.indices(split))
+    glimpses = getattr(model, "glimpses", 1)
+    with_mass = s.boxes is not None and getattr(model, "attention", "none") != "none"
+    rows: list[np.ndarray] = []
+    for start in range(0, len(shard), batch_size):
+        idx = shard[start : start + batch_size]
+        x, ids, lengths, target = data.batch(split, idx)
+        with autocast(precision):
+            logits, masks = model(x, ids, lengths, return_masks=True,
+                                  boxes=data.boxes(split, idx))  # fmt: skip
+        logits = logits.float()
+        loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="none")
+        pred = logits.argmax(1).numpy()
+        if s.human_answers is not None:
+            score = [
+                vqa_accuracy(data.answers[p], s.human_answers[i])
+                for p, i in zip(pred, idx, strict=True)
+            ]
+        else:
+            score = (pred == target.numpy()).astype(np.float64)
+        mass = (
+            _attention_mass(masks, s.boxes[idx], x.shape[-2:]).numpy()
+            if with_mass and masks is not None
+            else np.full((len(idx), glimpses), np.nan)
+        )
+        rows.append(np.column_stack([idx, pred, score, loss.double().numpy(), mass]))
+    local = np.concatenate(rows) if rows else np.zeros((0, 4 + glimpses))
+    table = ctx.gather_rows(local)
+    table = table[np.argsort(table[:, 0], kind="stable")]
+    idx = table[:, 0].astype(np.int64)
+    score = table[:, 2]
+
+    result: dict[str, Any] = {
+        "accuracy": float(score.mean()) if len(score) else math.nan,
+        "loss": float(table[:, 3].mean()) if len(table) else math.nan,
+        **_by_kind(score, s, idx),
+    }
+    if with_mass:
+        per_glimpse = np.nanmean(table[:, 4:], axis=0) if len(table) else np.full(glimpses, np.nan)
+        result["attention_correctness"] = [float(v) for v in per_glimpse]
+    if s.boxes is not None and len(idx):
+        # what a uniform mask scores: the share of the image the boxes cover
+        uniform = torch.ones(len(idx), 1, 1, 1)
+        share = _attention_mass(uniform, s.boxes[idx], s.images.shape[1:3])
+        result["attention_chance"] = float(share.mean())
+    return result
+
+
+def answer_prior(data: E3Data) -> dict[str, Any]:
+    """How far the question alone goes: the test scores of answering each question with the
+    training questions' most frequent answer to the same words (to an unseen question: the most
+    frequent training answer). Keys as :func:`evaluate`'s (no loss, no attention).
+
+    A row that scores no better than this has not used the image.
+    """
+    train, test = data.split("train"), data.split("test")
+    by_question: dict[tuple[str, ...], Counter] = {}
+    for i in data.train_idx:
+        words = tuple(tokenize(train.questions[i]))
+        by_question.setdefault(words, Counter())[train.answers[i]] += 1
+    overall = sum(by_question.values(), Counter())
+
+    def top(counts: Counter) -> str:
+        return min(counts, key=lambda a: (-counts[a], a))  # ties: the first answer by name
+
+    prior = {q: top(c) for q, c in by_question.items()}
+    fallback = top(overall)
+    idx = data.test_idx
+    guess = {i: prior.get(tuple(tokenize(test.questions[i])), fallback) for i in idx}
+    if test.human_answers is not None:
+        score = np.array([vqa_accuracy(guess[i], test.human_answers[i]) for i in idx])
+    else:
+        score = np.array([guess[i] == test.answers[i] for i in idx], dtype=np.float64)
+    return {"accuracy": float(score.mean()), **_by_kind(score, test, idx)}
+
+
+def _by_kind(score: np.ndarray, split: VQASplit, idx: np.ndarray) -> dict[str, Any]:
+    """Mean ``score`` of the questions ``idx`` by question type and, where the split marks
+    them, of the relational and the non-relational ones (``None`` where there are none)."""
+
+    def mean(mask: np.ndarray) -> float | None:
+        return float(score[mask].mean()) if mask.any() else None
+
+    qtypes = split.qtypes[idx]
+    result: dict[str, Any] = {
+        "by_type": {t: mean(qtypes == t) for t in QUESTION_TYPES if (qtypes == t).any()}
+    }
+    if split.relational is not None:
+        relational = split.relational[idx]
+        result["relational"] = mean(relational)
+        result["non_relational"] = mean(~relational)
+    return result

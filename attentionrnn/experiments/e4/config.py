@@ -1,0 +1,109 @@
+"""The config of one E4 training run: :class:`E4Config`, every field a flag of ``attentionrnn e4
+train``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from attentionrnn.data.generate import MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
+from attentionrnn.engine.config import RunConfig, option, seed_field
+from attentionrnn.engine.errors import UserError
+from attentionrnn.experiments.e4.data import DATASETS
+from attentionrnn.experiments.e4.model import E4_ROWS, LossWeights
+
+__all__ = ["E4Config"]
+
+
+@dataclass
+class E4Config(RunConfig):
+    """Everything one training run depends on; each field is a flag of ``attentionrnn e4 train``."""
+
+    # where the data lies does not change the result; the data's identity enters instead
+    RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "mnist", "celeba_dir", "data",
+                      "samples")  # fmt: skip
+
+    dataset: str = field(default="mref", metadata=option("editing task", choices=DATASETS))
+    mask: str = field(
+        default="arnn",
+        metadata=option("mask head of the transformer modules: ctx (conv head, the baseline), "
+                      "arnn (AttentionRNN), brnn (Block AttentionRNN)", choices=E4_ROWS),
+    )  # fmt: skip
+    out: str = field(default="runs/e4", metadata=option("run folder", metavar="RUN_DIR"))
+    epochs: int = field(default=10, metadata=option("maximum epochs", minimum=1))
+    seed: int = seed_field()
+    batch_size: int = field(default=32, metadata=option("batch size", minimum=2))
+    lr: float = field(default=2e-4, metadata=option("Adam learning rate (G and D)", positive=True))
+    lr_step: int = field(default=6, metadata=option("epochs between lr decays", minimum=1))
+    lr_decay: float = field(default=0.5, metadata=option("lr factor at each decay", positive=True))
+    select: str = field(
+        default="last",
+        metadata=option("weights tested: the last epoch's (as GANs are usually used; validation "
+                      "edit success is only as good as the judge) or the best validation edit "
+                      "success", choices=("last", "edit_success")),
+    )  # fmt: skip
+    patience: int = field(default=100, metadata=option("early-stopping patience (epochs)",
+                                                     minimum=1))  # fmt: skip
+    images: int = field(default=3000, metadata=option("digit tasks: images generated", minimum=1,
+                                                    maximum=MAX_IMAGES))  # fmt: skip
+    canvas: int = field(
+        default=64,
+        metadata=option("image side (digits: the generator's canvas; CelebA: resized to it)",
+                      minimum=16, maximum=MAX_CANVAS),
+    )  # fmt: skip
+    data_seed: int = seed_field("digit tasks: seed of the generator")
+    train_samples: int | None = field(
+        default=None, metadata=option("use only this many training edits (quick runs)", minimum=2)
+    )
+    val_samples: int = field(default=500, metadata=option("validation edits", minimum=1))
+    test_samples: int | None = field(
+        default=2000, metadata=option("test edits (default 2000; all with 0)", minimum=0)
+    )
+    channels: int = field(default=16, metadata=option("editor width", minimum=1))
+    d_channels: int = field(default=16, metadata=option("discriminator width", minimum=1))
+    mask_hidden: int = field(
+        default=16, metadata=option("hidden width of the mask head", minimum=1)
+    )
+    block_size: int = field(default=2, metadata=option("BRNN block size", minimum=1))
+    w_cls: float = field(default=1.0, metadata=option("weight of the classification loss",
+                                                    minimum=0))  # fmt: skip
+    w_rec: float = field(default=10.0, metadata=option("weight of the reconstruction loss",
+                                                     minimum=0))  # fmt: skip
+    w_cycle: float = field(default=10.0, metadata=option("weight of the cycle loss", minimum=0))
+    w_mask: float = field(default=0.1, metadata=option("weight of the mask sparsity loss",
+                                                     minimum=0))  # fmt: skip
+    judge_epochs: int = field(default=8, metadata=option("epochs of the judge classifier",
+                                                       minimum=1))  # fmt: skip
+    judge_channels: int = field(default=32, metadata=option("judge width", minimum=1))
+    samples: int = field(default=6, metadata=option("rows of RUN_DIR/samples.png (0: none)",
+                                                  minimum=0, maximum=64))  # fmt: skip
+    max_images: int | None = field(
+        default=None, metadata=option("CelebA: read only the first images", minimum=1)
+    )
+    data: str | None = field(
+        default=None, metadata=option("digit tasks: an existing generated .npz (default: "
+                                    "generate into the cache)", metavar="FILE"),
+    )  # fmt: skip
+    mnist: str | None = field(
+        default=None, metadata=option("MNIST folder (default: see 'attentionrnn e1 generate')",
+                                    metavar="DIR"),
+    )  # fmt: skip
+    celeba_dir: str | None = field(
+        default=None, metadata=option("CelebA folder (default $ATTENTIONRNN_CELEBA_DIR)",
+                                    metavar="DIR"),
+    )  # fmt: skip
+    data_dir: str | None = field(
+        default=None, metadata=option("cache of generated data (default $ATTENTIONRNN_DATA_DIR or "
+                                    "~/.cache/attentionrnn)", metavar="DIR"),
+    )  # fmt: skip
+
+    def check(self) -> None:
+        super().check()
+        if self.canvas % 4:
+            raise UserError(f"canvas must be divisible by 4 (the editor downsamples twice), "
+                            f"got {self.canvas}")  # fmt: skip
+        if self.dataset != "celeba" and self.canvas < MIN_CANVAS:
+            raise UserError(f"canvas must be >= {MIN_CANVAS} for the digit tasks, "
+                            f"got {self.canvas}")  # fmt: skip
+
+    def weights(self) -> LossWeights:
+        return LossWeights(self.w_cls, self.w_rec, self.w_cycle, self.w_mask)

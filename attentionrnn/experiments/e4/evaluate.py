@@ -1,0 +1,188 @@
+"""E4's measurements: the **judge** (an attribute classifier of real images, trained with a seed
+of its own, so every row and seed of a dataset is judged by the same network) and
+:func:`evaluate`, which measures a set of edits (edit success, preservation L1 outside the edited
+digit, L1 to the exact edit, mask correctness, KID, mask mass)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.precision import autocast
+from attentionrnn.engine.state import atomic_save
+from attentionrnn.experiments.e4.config import E4Config
+from attentionrnn.experiments.e4.metrics import (
+    edit_success,
+    kid,
+    mask_correctness,
+    preservation_l1,
+)
+from attentionrnn.experiments.e4.model import (
+    AttributeClassifier,
+    Editor,
+    attribute_loss,
+    split_logits,
+)
+
+logger = logging.getLogger("attentionrnn.e4")
+
+__all__ = ["JUDGE", "JUDGE_SEED", "evaluate", "judge_accuracy", "train_judge"]
+
+JUDGE = "judge.pt"
+#: the judge's seed: the same for every row and training seed
+JUDGE_SEED = 1234
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last if channels_last
+                        else torch.contiguous_format)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# the judge
+
+
+def train_judge(
+    task, idx: dict[str, np.ndarray], config: E4Config, out: Path | None, precision: str = "fp32"
+) -> tuple[AttributeClassifier, dict[str, Any]]:
+    """The attribute classifier of real images, trained with its own seed (or loaded from
+    ``out/judge.pt`` when it was trained with the same settings); returns it and its accuracy."""
+    key = {
+        "data": task.identity, "epochs": config.judge_epochs, "channels": config.judge_channels,
+        "batch_size": config.batch_size, "train": len(idx["train"]), "precision": precision,
+    }  # fmt: skip
+    judge = AttributeClassifier(task.classes, task.query_channels, config.judge_channels)
+    path = out / JUDGE if out is not None else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved["key"] == key:
+            judge.load_state_dict(saved["model"])
+            return judge.eval(), saved["stats"]
+    devnull = torch.random.fork_rng()  # leave the run's own random streams untouched
+    with devnull:
+        torch.manual_seed(JUDGE_SEED)
+        judge = AttributeClassifier(task.classes, task.query_channels, config.judge_channels)
+        optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3)
+        best, best_state, history = -1.0, None, []
+        for epoch in range(config.judge_epochs):
+            judge.train()
+            order = np.random.default_rng([JUDGE_SEED, epoch]).permutation(idx["train"])
+            for start in range(0, len(order) - 1, config.batch_size):
+                chunk = np.sort(order[start : start + config.batch_size])
+                if len(chunk) < 2:
+                    continue
+                b = task.batch(chunk, task.draw_targets(chunk, np.random.default_rng(0)))
+                with autocast(precision):
+                    logits = judge(_layout(b.x, config.channels_last), b.query)
+                loss = attribute_loss(logits, b.labels, task.classes)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            acc = judge_accuracy(judge, task, idx["val"], config.eval_batch_size)
+            history.append(acc)
+            if acc > best:
+                best = acc
+                best_state = {k: v.detach().clone() for k, v in judge.state_dict().items()}
+            logger.info("judge epoch %d: val accuracy %.4f", epoch + 1, acc)
+        judge.load_state_dict(best_state)
+    test = judge_accuracy(judge, task, idx["test"], config.eval_batch_size)
+    stats = {"val_accuracy": best, "history": history, "test_accuracy": test}
+    if path is not None:
+        atomic_save({"key": key, "model": judge.state_dict(), "stats": stats}, path)
+    return judge.eval(), stats
+
+
+@torch.no_grad()
+def judge_accuracy(judge: nn.Module, task, idx: np.ndarray, batch_size: int) -> float:
+    """Accuracy of the judge on the real images of ``idx`` (every attribute)."""
+    judge.eval()
+    correct = total = 0
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start : start + batch_size]
+        b = task.batch(chunk, task.draw_targets(chunk, np.random.default_rng(0)))
+        parts = split_logits(judge(b.x, b.query), task.classes)
+        for m, p in enumerate(parts):
+            correct += int((p.argmax(1) == b.labels[:, m]).sum())
+            total += len(chunk)
+    return correct / max(total, 1)
+
+
+# ------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    editor: Editor,
+    judge: AttributeClassifier,
+    task,
+    idx: np.ndarray,
+    targets: np.ndarray,
+    batch_size: int,
+    precision: str = "fp32",
+    truth: bool = False,
+) -> dict[str, Any]:
+    """The edits of ``idx`` to ``targets``, measured (see the module docstring).
+
+    ``truth=True`` measures the exact edits instead of the editor's (what a perfect editor
+    would score: the ceiling of edit success, given the judge).
+    """
+    editor.eval()
+    judge.eval()
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in (
+        "success", "preservation", "truth_l1", "correctness", "correctness_box", "mask_mean",
+        "features", "reference", "uniform", "uniform_box")}  # fmt: skip
+    for start in range(0, len(idx), batch_size):
+        sl = slice(start, start + batch_size)
+        b = task.batch(idx[sl], targets[sl])
+        if truth:
+            if b.truth is None:
+                raise UserError(f"{task.name} has no exact edits")
+            edited, masks = b.truth, b.region.float()[:, None].expand(-1, len(task.classes), -1,
+                                                                      -1)  # fmt: skip
+        else:
+            with autocast(precision):
+                edited, masks = editor(b.x, b.targets, b.query)
+            edited, masks = edited.float(), masks.float()
+        rows["success"].append(edit_success(judge(edited, b.query), b.targets, b.changed,
+                                            task.classes))  # fmt: skip
+        rows["features"].append(judge.features(edited, b.query))
+        mask = masks[torch.arange(len(b)), b.changed][:, None]
+        rows["mask_mean"].append(mask.flatten(1).mean(1))
+        if b.truth is not None:
+            rows["reference"].append(judge.features(b.truth, b.query))
+            rows["preservation"].append(preservation_l1(edited, b.x, b.region))
+            rows["truth_l1"].append((edited - b.truth).abs().flatten(1).mean(1))
+            rows["correctness"].append(mask_correctness(mask, b.region))
+            rows["correctness_box"].append(mask_correctness(mask, b.box))
+            # what a uniform mask scores: the region's share of the image (chance level)
+            rows["uniform"].append(b.region.float().flatten(1).mean(1))
+            rows["uniform_box"].append(b.box.float().flatten(1).mean(1))
+        else:
+            rows["reference"].append(judge.features(b.x, b.query))
+
+    def mean(key: str) -> float | None:
+        if not rows[key]:
+            return None
+        values = torch.cat(rows[key]).double()
+        values = values[~values.isnan()]
+        return float(values.mean()) if len(values) else math.nan
+
+    return {
+        "edit_success": mean("success"),
+        "preservation_l1": mean("preservation"),
+        "truth_l1": mean("truth_l1"),
+        "mask_correctness": mean("correctness"),
+        "mask_correctness_box": mean("correctness_box"),
+        "mask_mean": mean("mask_mean"),
+        "uniform_mask_correctness": mean("uniform"),
+        "uniform_mask_correctness_box": mean("uniform_box"),
+        "kid": kid(torch.cat(rows["features"]), torch.cat(rows["reference"])),
+    }
