@@ -20,15 +20,8 @@ import torch
 
 from attentionrnn.data import mnist as mnist_mod
 from attentionrnn.data.attribute import AttributeDataset
-from attentionrnn.data.generate import (
-    DATASETS,
-    PALETTE,
-    generate_arrays,
-    resize_bilinear,
-    scaled_alpha,
-    split_images,
-    write_npz,
-)
+from attentionrnn.data.draw import PALETTE, resize_bilinear, scaled_alpha
+from attentionrnn.data.generate import DATASETS, generate_arrays, split_images, write_npz
 from attentionrnn.data.mnist import MnistError, load_mnist
 
 N_IMAGES = 30
@@ -199,9 +192,9 @@ def test_distractors_only_in_mdist(generated):
 
 def test_mdist_distractors_saturate_not_wrap(digits, monkeypatch):
     """Distractors add up and saturate at 255 (no uint8 wrap-around)."""
-    import attentionrnn.data.generate as gen_mod
+    import attentionrnn.data.draw as draw_mod
 
-    monkeypatch.setattr(gen_mod, "NUM_DISTRACTORS", 400)
+    monkeypatch.setattr(draw_mod, "NUM_DISTRACTORS", 400)
     a = generate_arrays("mdist", 3, seed=3, digits=digits, workers=1)
     bg = a["images"][a["instances"] == 0].astype(np.int64)
     # with 400 overlapping fragments plenty of channels saturate; wrapping would leave dark

@@ -26,12 +26,8 @@ import numpy as np
 import torch
 
 from attentionrnn.data.attribute import E1Data
-from attentionrnn.data.generate import (
-    PALETTE,
-    generate_arrays,
-    scaled_alpha,
-    write_npz,
-)
+from attentionrnn.data.draw import PALETTE, scaled_alpha
+from attentionrnn.data.generate import generate_arrays, write_npz
 from attentionrnn.data.mnist import MnistDigits, load_mnist
 from attentionrnn.data.regions import box_regions
 from attentionrnn.engine.errors import UserError
