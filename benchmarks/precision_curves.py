@@ -25,7 +25,8 @@ import logging
 from pathlib import Path
 
 from attentionrnn.engine.runs import format_stats, seed_stats, train_runs
-from attentionrnn.experiments.e1.train import E1Config, train
+from attentionrnn.experiments.e1.config import E1Config
+from attentionrnn.experiments.e1.train import train
 
 METHODS = {"ctx": None, "arnn": "softmax"}  # method -> layer-4 gate override
 

@@ -22,9 +22,10 @@ from attentionrnn.cli import main
 from attentionrnn.data.attribute import AttributeDataset, E1Data
 from attentionrnn.data.regions import attention_correctness, box_regions, mask_to_image
 from attentionrnn.engine.precision import cpu_name, resolve_precision
+from attentionrnn.experiments.e1.config import E1Config
 from attentionrnn.experiments.e1.metrics import accuracy, accuracy_by_scale, scale_bin_labels
 from attentionrnn.experiments.e1.model import MASK_GEOMETRY
-from attentionrnn.experiments.e1.train import E1Config, images_for_samples, lr_at, train
+from attentionrnn.experiments.e1.train import images_for_samples, lr_at, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,8 +189,8 @@ def test_load_run_rebuilds_the_gate_the_run_trained_with(tiny, tmp_path):
 def test_evaluation_does_not_depend_on_its_batch_size(tiny):
     """``--eval-batch-size`` is a runtime flag (runs resume with another value): the numbers
     must not move with it."""
+    from attentionrnn.experiments.e1.evaluate import evaluate
     from attentionrnn.experiments.e1.model import PAN
-    from attentionrnn.experiments.e1.train import evaluate
 
     torch.manual_seed(0)
     data = E1Data(tiny)

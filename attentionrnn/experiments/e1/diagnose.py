@@ -28,10 +28,12 @@ from attentionrnn.engine.runs import finished_runs, format_stats, seed_stats
 from attentionrnn.engine.state import atomic_write_json
 from attentionrnn.engine.stats import compare, format_comparison
 from attentionrnn.engine.trainer import BEST
+from attentionrnn.experiments.e1.config import E1Config
+from attentionrnn.experiments.e1.evaluate import evaluate
 from attentionrnn.experiments.e1.figures import load_run, mask_figure, pick_samples
 from attentionrnn.experiments.e1.mask_stats import REGIONS
 from attentionrnn.experiments.e1.table import row_label, row_order, summarize
-from attentionrnn.experiments.e1.train import E1Config, evaluate, resolve_data
+from attentionrnn.experiments.e1.train import resolve_data
 
 __all__ = ["below_uniform_from", "diagnose", "diagnosis_markdown"]
 

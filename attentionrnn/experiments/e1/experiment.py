@@ -23,6 +23,7 @@ from attentionrnn.engine.experiment import Budget as BaseBudget
 from attentionrnn.engine.experiment import Experiment, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.trainer import BEST
+from attentionrnn.experiments.e1.config import E1Config
 from attentionrnn.experiments.e1.model import own_layer4_gate
 from attentionrnn.experiments.e1.rows import COST, LABELS, ROWS
 from attentionrnn.experiments.e1.table import (
@@ -32,7 +33,7 @@ from attentionrnn.experiments.e1.table import (
     row_order,
     summarize,
 )
-from attentionrnn.experiments.e1.train import E1Config, resolve_data, train
+from attentionrnn.experiments.e1.train import resolve_data, train
 
 logger = logging.getLogger("attentionrnn.e1.reproduce")
 
@@ -147,8 +148,13 @@ def row_name(method: str, layer4_gate: str | None) -> str:
 
 
 def reproduce(
-    out: str | Path, budget: str | Budget = "quick", data: dict[str, str | Path] | None = None,
-    layer4_gate: str | None = None, mnist: str | None = None, task: str = "color", **kwargs: Any,
+    out: str | Path,
+    budget: str | Budget = "quick",
+    data: dict[str, str | Path] | None = None,
+    layer4_gate: str | None = None,
+    mnist: str | None = None,
+    task: str = "color",
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Train the runs that are missing, then :func:`assemble` the table from all finished runs
     (:func:`attentionrnn.engine.reproduce.reproduce` of :data:`EXPERIMENT`).

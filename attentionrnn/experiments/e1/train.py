@@ -14,15 +14,15 @@
    for the queried digit's box and strokes) and write ``RUN_DIR/metrics.json``.
 
 The same config and seed give the same metrics, also across a resume (the data order of epoch
+
+The config lies in :mod:`~.config`, the measurements in :mod:`~.evaluate`.
 ``e`` is a function of ``(seed, e)`` and the RNG state is checkpointed).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from attentionrnn.data.attribute import TASKS, E1Data
-from attentionrnn.data.generate import CANVAS, DATASETS, MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
-from attentionrnn.data.regions import attention_correctness
-from attentionrnn.engine.config import RunConfig, option, seed_field
+from attentionrnn.data.attribute import E1Data
+from attentionrnn.data.generate import CANVAS
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.precision import autocast, resolve_precision
+from attentionrnn.engine.precision import resolve_precision
 from attentionrnn.engine.state import file_sha256, seed_everything
 from attentionrnn.engine.trainer import (
     finished_metrics,
@@ -47,126 +45,13 @@ from attentionrnn.engine.trainer import (
     train_one_epoch,
     write_metrics,
 )
-from attentionrnn.experiments.e1.mask_stats import (
-    mask_statistic_names,
-    mask_statistics,
-    summarize_statistics,
-)
-from attentionrnn.experiments.e1.metrics import accuracy_by_scale
-from attentionrnn.experiments.e1.model import MASK_GEOMETRY, PAN
-from attentionrnn.experiments.e1.rows import ROWS
+from attentionrnn.experiments.e1.config import SAMPLES_PER_IMAGE, E1Config
+from attentionrnn.experiments.e1.evaluate import evaluate
+from attentionrnn.experiments.e1.model import PAN
 from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e1")
-
-#: Mean number of (image, query) samples per image, measured on the generator (5–9 digits are
-#: drawn, but large digits often leave no room for all of them): 3955 samples from 700 images.
-SAMPLES_PER_IMAGE = 5.65
 ENV_DATA_DIR = "ATTENTIONRNN_DATA_DIR"
-OPTIMIZERS = ("rmsprop", "adam")
-
-
-@dataclass
-class E1Config(RunConfig):
-    """Everything one training run depends on; each field is a flag of ``attentionrnn e1 train``
-    (the fields of :class:`~attentionrnn.engine.config.RunConfig` too)."""
-
-    RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "mnist")
-    LATER_FIELDS = {"canvas": CANVAS, "query_fusion": "add", "feedback": True}
-
-    dataset: str = field(default="mref", metadata=option("dataset", choices=DATASETS))
-    attention: str = field(default="arnn", metadata=option("attention method", choices=ROWS))
-    out: str = field(default="runs/run", metadata=option("run folder", metavar="RUN_DIR"))
-    samples: int = field(
-        default=50000,
-        metadata=option(
-            "(image, query) samples to generate, split 60/20/20 (PAN: 50000)",
-            minimum=1,
-            maximum=int(MAX_IMAGES * SAMPLES_PER_IMAGE),
-        ),
-    )
-    epochs: int = field(default=300, metadata=option("maximum epochs", minimum=1))
-    seed: int = seed_field()
-    task: str = field(
-        default="color",
-        metadata=option(
-            "color: query a digit, predict its colour; digit: the inverse", choices=tuple(TASKS)
-        ),
-    )
-    data: str | None = field(
-        default=None, metadata=option("use this dataset file", metavar="FILE.npz")
-    )
-    data_seed: int = seed_field("seed of the generated data")
-    canvas: int = field(
-        default=CANVAS,
-        metadata=option(
-            f"image side of the generated data in pixels (PAN: {CANVAS}; digit sizes scale "
-            "with it)",
-            minimum=MIN_CANVAS,
-            maximum=MAX_CANVAS,
-        ),
-    )
-    data_dir: str | None = field(
-        default=None,
-        metadata=option(
-            "cache folder of generated datasets (default $ATTENTIONRNN_DATA_DIR or "
-            "~/.cache/attentionrnn/e1)",
-            metavar="DIR",
-        ),
-    )
-    mnist: str | None = field(
-        default=None, metadata=option("folder of the MNIST IDX files", metavar="DIR")
-    )
-    batch_size: int = field(
-        default=200, metadata=option("global batch size (batch norm needs >= 2)", minimum=2)
-    )
-    optimizer: str = field(
-        default="rmsprop", metadata=option("optimiser (PAN: rmsprop)", choices=OPTIMIZERS)
-    )
-    lr: float = field(default=0.003, metadata=option("learning rate", positive=True))
-    rmsprop_alpha: float = field(
-        default=0.9, metadata=option("RMSprop smoothing constant", minimum=0, maximum=1)
-    )
-    clip_norm: float = field(default=5.0, metadata=option("gradient-norm clip", positive=True))
-    lr_decay: float = field(default=1.5, metadata=option("learning-rate divisor", positive=True))
-    lr_decay_start: int = field(default=30, metadata=option("first epoch of the decay", minimum=0))
-    lr_decay_every: int = field(default=10, metadata=option("epochs between decays", minimum=1))
-    lr_warmup_epochs: int = field(
-        default=0,
-        metadata=option(
-            "epochs over which the rate ramps up to --lr: lr*(e+1)/(n+1) in epoch e < n (PAN: 0)",
-            minimum=0,
-        ),
-    )
-    patience: int = field(
-        default=50, metadata=option("early-stopping patience (epochs)", minimum=1)
-    )
-    attention_hidden: int | None = field(
-        default=None, metadata=option("hidden width of the attention modules", minimum=1)
-    )
-    layer4_gate: str | None = field(
-        default=None,
-        metadata=option(
-            "gate of the last attention layer (default: PAN's softmax)",
-            choices=("sigmoid", "softmax"),
-        ),
-    )
-    query_fusion: str = field(
-        default="add",
-        metadata=option(
-            "how the recurrent attention's encoder joins image and query (ARNN, BRNN): "
-            "conv(x) + Uq or conv(x) * Uq",
-            choices=("add", "mul"),
-        ),
-    )
-    feedback: bool = field(
-        default=True,
-        metadata=option("feed the predicted attention values into the scan (ARNN, BRNN)"),
-    )
-
-
-#: E1's config under its former name
-TrainConfig = E1Config
 
 
 def lr_at(config: E1Config, epoch: int) -> float:
@@ -279,71 +164,6 @@ def build_optimizer(config: E1Config, model: nn.Module) -> torch.optim.Optimizer
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr)
     return torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=config.rmsprop_alpha)
-
-
-# ------------------------------------------------------------------------------------------
-# evaluation
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: E1Data,
-    indices: np.ndarray,
-    batch_size: int,
-    ctx: DistContext | None = None,
-    full: bool = False,
-    precision: str = "fp32",
-) -> dict[str, Any]:
-    """Accuracy on ``indices`` (every rank measures a shard; results are gathered).
-
-    With ``full=True`` also per-sample correctness by scale and attention correctness of every
-    attention layer for the queried digit's box and stroke pixels.
-    """
-    ctx = ctx or DistContext()
-    model.eval()
-    shard = ctx.shard(indices)
-    rows: list[np.ndarray] = []
-    names: list[str] = []
-    for start in range(0, len(shard), batch_size):
-        idx = shard[start : start + batch_size]
-        img, query, target = data.batch(idx)
-        with autocast(precision):
-            logits, masks = model(img, query, return_masks=True)
-        cols = [idx.astype(np.float64), (logits.argmax(1) == target).double().numpy()]
-        if full:
-            boxes, strokes = data.regions(idx)
-            for k, (stride, offset) in enumerate(MASK_GEOMETRY):
-                for region in (boxes, strokes):
-                    share = attention_correctness(masks[k].float(), region, stride, offset)
-                    cols.append(share.double().numpy())
-            stats = mask_statistics(masks, MASK_GEOMETRY, data.region_labels(idx))
-            names = list(stats)
-            cols += [stats[n].astype(np.float64) for n in names]
-        rows.append(np.stack(cols, axis=1))
-    if full and not names:  # an empty shard still needs the columns' names and count
-        names = list(mask_statistic_names(len(MASK_GEOMETRY)))
-    first = 2 + 2 * len(MASK_GEOMETRY)
-    width = (first + len(names)) if full else 2
-    local = np.concatenate(rows) if rows else np.zeros((0, width))
-    table = ctx.gather_rows(local)
-    table = table[np.argsort(table[:, 0], kind="stable")]
-    correct = table[:, 1].astype(bool)
-    result: dict[str, Any] = {"accuracy": float(correct.mean()) if len(correct) else math.nan}
-    if full:
-        sample = table[:, 0].astype(np.int64)
-        result["accuracy_by_scale"] = accuracy_by_scale(correct, data.scale[sample])
-        result["attention_correctness"] = {
-            f"layer{k + 1}": {
-                "box": float(np.nanmean(table[:, 2 + 2 * k])),
-                "stroke": float(np.nanmean(table[:, 3 + 2 * k])),
-            }
-            for k in range(len(MASK_GEOMETRY))
-        }
-        result["masks"] = summarize_statistics(
-            {n: [table[:, first + j]] for j, n in enumerate(names)}
-        )
-    return result
 
 
 # ------------------------------------------------------------------------------------------
