@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from attentionrnn.data.attribute import E1Data
+from attentionrnn.data.cache import cache_dir
 from attentionrnn.data.generate import CANVAS
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
@@ -51,7 +52,6 @@ from attentionrnn.experiments.e1.model import PAN
 from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e1")
-ENV_DATA_DIR = "ATTENTIONRNN_DATA_DIR"
 
 
 def lr_at(config: E1Config, epoch: int) -> float:
@@ -73,11 +73,7 @@ def lr_at(config: E1Config, epoch: int) -> float:
 
 def default_data_dir() -> Path:
     """Folder of generated datasets: ``$ATTENTIONRNN_DATA_DIR`` or ``~/.cache/attentionrnn/e1``."""
-    root = os.environ.get(ENV_DATA_DIR)
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "attentionrnn" / "e1"
+    return cache_dir("e1")
 
 
 def images_for_samples(samples: int) -> int:

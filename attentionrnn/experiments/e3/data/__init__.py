@@ -26,10 +26,10 @@ a common :mod:`.base`; everything is importable from here.
 
 from __future__ import annotations
 
+from attentionrnn.data.cache import ENV_DATA_DIR
 from attentionrnn.engine.errors import UserError
 from attentionrnn.experiments.e3.data.base import (
     DATASETS,
-    ENV_DATA_DIR,
     ENV_VQA_DIR,
     QUESTION_TYPES,
     Vocabulary,

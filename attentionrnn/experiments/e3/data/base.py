@@ -5,7 +5,6 @@ share (the cache folder, reading one image)."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -14,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from attentionrnn.data.cache import cache_dir
 from attentionrnn.engine.errors import UserError
 
 DATASETS = ("easy_vqa", "sort_of_clevr", "vqa2")
 #: The question types the tables report (VQA's answer types).
 QUESTION_TYPES = ("yes/no", "number", "other")
-ENV_DATA_DIR = "ATTENTIONRNN_DATA_DIR"
 ENV_VQA_DIR = "ATTENTIONRNN_VQA_DIR"
 
 
@@ -182,11 +181,7 @@ def answer_type(answer: str) -> str:
 
 def default_cache_dir() -> Path:
     """``$ATTENTIONRNN_DATA_DIR``, else ``$XDG_CACHE_HOME/attentionrnn/e3`` (``~/.cache``)."""
-    root = os.environ.get(ENV_DATA_DIR)
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "attentionrnn" / "e3"
+    return cache_dir("e3")
 
 
 def _read_image(path: Path, size: int | None) -> np.ndarray:
