@@ -8,14 +8,17 @@ ends with the same metrics. Only rank 0 writes files.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistContext", "init_distributed"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,6 +50,16 @@ class DistContext:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def main_first(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on rank 0, then on the others (so that only rank 0 fills a
+        cache the others then read)."""
+        if self.main:
+            result = fn(*args, **kwargs)
+        self.barrier()
+        if not self.main:
+            result = fn(*args, **kwargs)
+        return result
 
     def gather_rows(self, local: np.ndarray) -> np.ndarray:
         """The rows of every rank, concatenated (the local rows when running alone)."""

@@ -38,18 +38,15 @@ from attentionrnn.data.generate import CANVAS
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import resolve_precision
-from attentionrnn.engine.state import file_sha256, seed_everything
+from attentionrnn.engine.recipe import finish_run, fit_run, start_run
+from attentionrnn.engine.state import file_sha256
 from attentionrnn.engine.trainer import (
-    finished_metrics,
-    fit,
     launch,
     train_one_epoch,
-    write_metrics,
 )
 from attentionrnn.experiments.e1.config import SAMPLES_PER_IMAGE, E1Config
 from attentionrnn.experiments.e1.evaluate import evaluate
 from attentionrnn.experiments.e1.model import PAN
-from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e1")
 
@@ -172,10 +169,7 @@ def train(config: E1Config) -> dict[str, Any]:
 
 
 def _train(config: E1Config, ctx: DistContext) -> dict[str, Any]:
-    out = Path(config.out)
-    if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
+    out, _ = start_run(config, ctx)
 
     # -- data
     data, data_how = load_data(config, ctx)
@@ -220,14 +214,10 @@ def _train(config: E1Config, ctx: DistContext) -> dict[str, Any]:
 
     # the data file's content: the same path holding other data is another run
     fingerprint = {**config.fingerprint(), "data_sha256": file_sha256(data.path)}
-    state = fit(
-        model, optimizer, out=out, fingerprint=fingerprint, ctx=ctx, epochs=config.epochs,
-        patience=config.patience, lr_at=lambda e: lr_at(config, e), train_one_epoch=one_epoch,
-        evaluate=validate, name=name,
-    )  # fmt: skip
-    done = finished_metrics(out, state)
+    state, done = fit_run(model, optimizer, one_epoch, validate, config=config, out=out,
+                          fingerprint=fingerprint, ctx=ctx, lr_at=lr_at, log=logger,
+                          name=name)  # fmt: skip
     if done is not None:
-        logger.info("run already finished; metrics in %s", out / "metrics.json")
         return done
 
     # -- test at the best-validation weights
@@ -256,15 +246,9 @@ def _train(config: E1Config, ctx: DistContext) -> dict[str, Any]:
         "layer4_gate": model.layer4_gate,
         "attention_layers": list(model.attention_layers),
     }
-    metrics = write_metrics(
+    return finish_run(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
-        model=model, optimizer=optimizer, ctx=ctx,
-        data_file=data.path, recorded={"scan_products": scan_products(precision)},
+        model=model, optimizer=optimizer, ctx=ctx, log=logger, data_file=data.path,
+        name=name, summary=("test accuracy %.4f (best val %.4f @ epoch %d)", "test_accuracy",
+                            "val_accuracy", "best_epoch"),
     )  # fmt: skip
-    if ctx.main:
-        logger.info(
-            "%s: test accuracy %.4f (best val %.4f @ epoch %d) -> %s",
-            name, metrics["test_accuracy"], metrics["val_accuracy"], metrics["best_epoch"],
-            out / "metrics.json",
-        )  # fmt: skip
-    return metrics

@@ -24,7 +24,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,14 +35,11 @@ from torch.nn.parallel import DistributedDataParallel
 from attentionrnn.engine.config import RunConfig, option, seed_field
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.precision import autocast, resolve_precision
-from attentionrnn.engine.state import seed_everything
+from attentionrnn.engine.recipe import finish_run, fit_run, start_run
 from attentionrnn.engine.trainer import (
     Sized,
-    finished_metrics,
-    fit,
     launch,
     train_one_epoch,
-    write_metrics,
 )
 from attentionrnn.experiments.e2.data import (
     CIFAR10_TAR_MD5,
@@ -55,7 +51,6 @@ from attentionrnn.experiments.e2.data import (
     split_indices,
 )
 from attentionrnn.experiments.e2.model import E2_ROWS, AttnVGG
-from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e2")
 
@@ -201,12 +196,7 @@ def load_data(config: E2Config, ctx: DistContext | None = None) -> E2Data:
         cifar10_tar=config.cifar10_tar, cifar_dir=config.cifar_dir, md5=config.cifar10_md5,
         cache_dir=config.data_dir, progress=config.progress and ctx.main,
     )  # fmt: skip
-    if ctx.main:
-        images = load_dataset(config.dataset, **kwargs)
-    ctx.barrier()
-    if not ctx.main:
-        images = load_dataset(config.dataset, **kwargs)
-    return E2Data(images, config)
+    return E2Data(ctx.main_first(load_dataset, config.dataset, **kwargs), config)
 
 
 def build_model(config: E2Config, num_classes: int) -> AttnVGG:
@@ -272,11 +262,7 @@ def train(config: E2Config) -> dict[str, Any]:
 
 
 def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
-    out = Path(config.out)
-    if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    started = time.perf_counter()
+    out, started = start_run(config, ctx)
 
     # -- data
     data = load_data(config, ctx)
@@ -326,14 +312,10 @@ def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
 
     data_id = images.source + (f":{images.md5}" if images.md5 else "")
     fingerprint = {**config.fingerprint(), "data": data_id}
-    state = fit(
-        model, optimizer, out=out, fingerprint=fingerprint, ctx=ctx, epochs=config.epochs,
-        patience=config.patience, lr_at=lambda e: lr_at(config, e), train_one_epoch=one_epoch,
-        evaluate=validate, name=name,
-    )  # fmt: skip
-    done = finished_metrics(out, state)
+    state, done = fit_run(model, optimizer, one_epoch, validate, config=config, out=out,
+                          fingerprint=fingerprint, ctx=ctx, lr_at=lr_at, log=logger,
+                          name=name)  # fmt: skip
     if done is not None:
-        logger.info("run already finished; metrics in %s", out / "metrics.json")
         return done
 
     # -- test at the best-validation weights
@@ -362,15 +344,9 @@ def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
         "data": {"source": images.source, "origin": images.origin, "md5": images.md5},
         "classes": list(images.classes),
     }
-    metrics = write_metrics(
+    return finish_run(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
-        model=model, optimizer=optimizer, ctx=ctx,
-        recorded={"scan_products": scan_products(precision)},
+        model=model, optimizer=optimizer, ctx=ctx, log=logger,
+        name=name, summary=("test top-1 error %.4f (best val error %.4f @ epoch %d)",
+                            "test_error", "val_error", "best_epoch"),
     )  # fmt: skip
-    if ctx.main:
-        logger.info(
-            "%s: test top-1 error %.4f (best val error %.4f @ epoch %d) -> %s",
-            name, metrics["test_error"], metrics["val_error"], metrics["best_epoch"],
-            out / "metrics.json",
-        )  # fmt: skip
-    return metrics

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,20 +33,16 @@ from torch.nn.parallel import DistributedDataParallel
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import resolve_precision
-from attentionrnn.engine.state import seed_everything
+from attentionrnn.engine.recipe import finish_run, fit_run, start_run
 from attentionrnn.engine.trainer import (
     Sized,
-    finished_metrics,
-    fit,
     launch,
     train_one_epoch,
-    write_metrics,
 )
 from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.data import Vocabulary, VQASet, load_dataset
 from attentionrnn.experiments.e3.evaluate import answer_prior, evaluate
 from attentionrnn.experiments.e3.model import REFERENCE_ATTENTIONS, VQANet
-from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e3")
 
@@ -158,12 +153,7 @@ def load_data(config: E3Config, ctx: DistContext | None = None) -> E3Data:
         generated_images=(config.generated_train_images, config.generated_test_images),
         max_questions=config.max_questions,
     )  # fmt: skip
-    if ctx.main:
-        dataset = load_dataset(config.dataset, **kwargs)
-    ctx.barrier()
-    if not ctx.main:
-        dataset = load_dataset(config.dataset, **kwargs)
-    return E3Data(dataset, config)
+    return E3Data(ctx.main_first(load_dataset, config.dataset, **kwargs), config)
 
 
 def build_model(config: E3Config, data: E3Data) -> VQANet:
@@ -188,11 +178,7 @@ def train(config: E3Config) -> dict[str, Any]:
 
 
 def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
-    out = Path(config.out)
-    if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    started = time.perf_counter()
+    out, started = start_run(config, ctx)
 
     data = load_data(config, ctx)
     dataset = data.dataset
@@ -241,14 +227,10 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
         return val
 
     fingerprint = {**config.fingerprint(), "data": dataset.identity}
-    state = fit(
-        model, optimizer, out=out, fingerprint=fingerprint, ctx=ctx, epochs=config.epochs,
-        patience=config.patience, lr_at=lambda e: lr_at(config, e), train_one_epoch=one_epoch,
-        evaluate=validate, name=name, patience_from=config.curriculum_epochs,
-    )  # fmt: skip
-    done = finished_metrics(out, state)
+    state, done = fit_run(model, optimizer, one_epoch, validate, config=config, out=out,
+                          fingerprint=fingerprint, ctx=ctx, lr_at=lr_at, log=logger,
+                          name=name, patience_from=config.curriculum_epochs)  # fmt: skip
     if done is not None:
-        logger.info("run already finished; metrics in %s", out / "metrics.json")
         return done
 
     test = evaluate(model, data, "test", config.eval_batch_size, ctx, precision=precision)
@@ -277,15 +259,9 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
         "answers": data.answers,
         "data": {"source": dataset.source, "origin": dataset.origin, "identity": dataset.identity},
     }
-    metrics = write_metrics(
+    return finish_run(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
-        model=model, optimizer=optimizer, ctx=ctx,
-        recorded={"scan_products": scan_products(precision)},
+        model=model, optimizer=optimizer, ctx=ctx, log=logger, name=name,
+        summary=("test accuracy %.4f (best val %.4f @ epoch %d)", "test_accuracy",
+                 "val_accuracy", "best_epoch"),
     )  # fmt: skip
-    if ctx.main:
-        logger.info(
-            "%s: test accuracy %.4f (best val %.4f @ epoch %d) -> %s",
-            name, metrics["test_accuracy"], metrics["val_accuracy"], metrics["best_epoch"],
-            out / "metrics.json",
-        )  # fmt: skip
-    return metrics

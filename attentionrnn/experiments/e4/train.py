@@ -35,12 +35,10 @@ from torch import nn
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
-from attentionrnn.engine.state import seed_everything
+from attentionrnn.engine.recipe import fit_run, start_run
 from attentionrnn.engine.trainer import (
     BEST,
     METRICS,
-    finished_metrics,
-    fit,
     launch,
     write_metrics,
 )
@@ -150,10 +148,7 @@ def train(config: E4Config, digits=None) -> dict[str, Any]:
 def _train(config: E4Config, ctx: DistContext, digits) -> dict[str, Any]:
     if ctx.world > 1:
         raise UserError("E4 trains in one process (run it without torchrun)")
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    started = time.perf_counter()
+    out, started = start_run(config, ctx)
     precision = resolve_precision(config.precision)
 
     task = load_data(config, digits)
@@ -208,14 +203,10 @@ def _train(config: E4Config, ctx: DistContext, digits) -> dict[str, Any]:
         return {**val, "score": last if config.select == "last" else val["edit_success"]}
 
     fingerprint = {**config.fingerprint(), "data": task.identity}
-    state = fit(
-        net, optimizer, out=out, fingerprint=fingerprint, ctx=ctx, epochs=config.epochs,  # type: ignore[arg-type]
-        patience=config.patience, lr_at=lambda e: lr_at(config, e), train_one_epoch=one_epoch,
-        evaluate=validate, monitor="score", name=name,
-    )  # fmt: skip
-    done = finished_metrics(out, state)
+    state, done = fit_run(net, optimizer, one_epoch, validate, config=config, out=out,  # type: ignore[arg-type]
+                          fingerprint=fingerprint, ctx=ctx, lr_at=lr_at, log=logger,
+                          monitor="score", name=name)  # fmt: skip
     if done is not None:
-        logger.info("run already finished; metrics in %s", out / "metrics.json")
         return done
 
     test = evaluate(g, judge, task, idx["test"], targets["test"], config.eval_batch_size,

@@ -1,0 +1,104 @@
+"""What every experiment's recipe does around :func:`~attentionrnn.engine.trainer.fit`: start the
+run (its folder, the seeds), fit it or find it finished, and finish it (write ``metrics.json``
+and say so).
+
+An experiment's ``_train`` reads::
+
+    out, started = start_run(config, ctx)
+    ...  # data, model, optimiser, one_epoch, validate
+    state, done = fit_run(model, optimizer, one_epoch, validate, config=config, ..., log=logger)
+    if done is not None:
+        return done
+    ...  # test, the experiment's metrics
+    return finish_run(out, metrics, state, config=config, ..., log=logger, name=name, summary=...)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from attentionrnn.engine.distributed import DistContext
+from attentionrnn.engine.state import seed_everything
+from attentionrnn.engine.trainer import METRICS, FitState, finished_metrics, fit, write_metrics
+
+__all__ = ["finish_run", "fit_run", "start_run"]
+
+
+def start_run(config: Any, ctx: DistContext) -> tuple[Path, float]:
+    """The run folder of ``config`` (made by the main rank) and the start time, with every
+    random stream seeded by ``config.seed``."""
+    out = Path(config.out)
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    return out, time.perf_counter()
+
+
+def fit_run(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_one_epoch: Callable[[int], dict[str, Any]],
+    evaluate: Callable[[], dict[str, Any]],
+    *,
+    config: Any,
+    out: Path,
+    fingerprint: dict[str, Any],
+    ctx: DistContext,
+    lr_at: Callable[[Any, int], float],
+    log: logging.Logger,
+    **kwargs: Any,
+) -> tuple[FitState, dict[str, Any] | None]:
+    """:func:`~attentionrnn.engine.trainer.fit` of ``train_one_epoch`` and ``evaluate`` for
+    ``config.epochs`` epochs with ``config.patience`` and the schedule ``lr_at(config, epoch)``
+    (``kwargs``: fit's others); returns the state and, when the run had already finished, its
+    metrics."""
+    state = fit(
+        model, optimizer, out=out, fingerprint=fingerprint, ctx=ctx, epochs=config.epochs,
+        patience=config.patience, lr_at=lambda e: lr_at(config, e),
+        train_one_epoch=train_one_epoch, evaluate=evaluate, **kwargs,
+    )  # fmt: skip
+    done = finished_metrics(out, state)
+    if done is not None:
+        log.info("run already finished; metrics in %s", out / METRICS)
+    return state, done
+
+
+def finish_run(
+    out: Path,
+    metrics: dict[str, Any],
+    state: FitState,
+    *,
+    config: Any,
+    precision: str,
+    fingerprint: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ctx: DistContext,
+    log: logging.Logger,
+    name: str,
+    summary: tuple[str, ...],
+    data_file: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """:func:`~attentionrnn.engine.trainer.write_metrics` (recording which scan products ran),
+    then log ``NAME: SUMMARY -> RUN_DIR/metrics.json`` on the main rank: ``summary`` is a
+    ``%``-format and the metrics that fill it, e.g. ``("test accuracy %.4f", "test_accuracy")``.
+    """
+    from attentionrnn.layers.fused import scan_products
+
+    metrics = write_metrics(
+        out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
+        model=model, optimizer=optimizer, ctx=ctx, data_file=data_file,
+        recorded={"scan_products": scan_products(precision)},
+    )  # fmt: skip
+    if ctx.main:
+        fmt, *keys = summary
+        log.info(f"%s: {fmt} -> %s", name, *(metrics[k] for k in keys), out / METRICS)
+    return metrics
