@@ -82,6 +82,18 @@ def assemble(
     return summary
 
 
+def markdown_head(summary: dict[str, Any], title: str) -> list[str]:
+    """The first lines of a results table: ``# TITLE — budget `NAME```, a blank line, the
+    budget's description, a blank line."""
+    settings = summary.get("budget_settings") or {}
+    return [
+        f"# {title} — budget `{summary['budget']}`",
+        "",
+        f"{settings.get('description', '')}.",
+        "",
+    ]
+
+
 def learning_curves(
     rows: Rows, label: Callable[[str], str], order: Callable[[str], Any]
 ) -> dict[str, list[list[dict[str, Any]]]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from attentionrnn.engine.results import markdown_head
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.engine.stats import compare, format_comparison
 from attentionrnn.experiments.e1.mask_stats import REGIONS
@@ -301,12 +302,8 @@ def _mask_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 def results_markdown(summary: dict[str, Any]) -> str:
     """The results of :func:`assemble` as Markdown."""
-    settings = summary.get("budget_settings") or {}
     lines = [
-        f"# E1 attribute prediction — budget `{summary['budget']}`",
-        "",
-        f"{settings.get('description', '')}.",
-        "",
+        *markdown_head(summary, "E1 attribute prediction"),
         "Test accuracy at the best validation epoch; box / stroke: attention correctness (share "
         "of the mask's mass on the queried digit's box / stroke pixels), mean of the attention "
         "layers that attend (all 4, SAN only layer 4); best layer: the highest per-layer box "

@@ -165,12 +165,8 @@ def _fmt(stats: dict[str, Any] | None, scale: float = 100.0, digits: int = 2) ->
 
 def results_markdown(summary: dict[str, Any]) -> str:
     """The results of :func:`assemble` as Markdown."""
-    settings = summary.get("budget_settings") or {}
     lines = [
-        f"# E2 image classification (LTPA VGG-att3) — budget `{summary['budget']}`",
-        "",
-        f"{settings.get('description', '')}.",
-        "",
+        *results.markdown_head(summary, "E2 image classification (LTPA VGG-att3)"),
         "Top-1 error (%) on the test set at the best validation epoch; mean ± sample standard "
         "deviation over the seeds listed (one seed has no ±). Time: training hours per run; "
         "wall: all runs of the row.",

@@ -258,13 +258,10 @@ def _fmt(stats: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) ->
 
 def results_markdown(summary: dict[str, Any]) -> str:
     """The results of :func:`assemble` as Markdown."""
-    settings = summary.get("budget_settings") or {}
     lines = [
-        f"# E3 visual question answering (MCB with swappable attention) — budget "
-        f"`{summary['budget']}`",
-        "",
-        f"{settings.get('description', '')}.",
-        "",
+        *results.markdown_head(
+            summary, "E3 visual question answering (MCB with swappable attention)"
+        ),
         "Test accuracy (%) at the best validation epoch, overall and by question type (VQA v2: "
         "the VQA accuracy min(#humans/3, 1)); attention correctness: the share of the mask's "
         "mass inside the boxes of the objects the question is about (generated set, mean of the "

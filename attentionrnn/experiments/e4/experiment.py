@@ -231,13 +231,10 @@ def _sample_grid(runs: dict[str, Path], path: Path, dataset: str, count: int = 6
 
 def results_markdown(summary: dict[str, Any]) -> str:
     """The results of :func:`assemble` as Markdown."""
-    settings = summary.get("budget_settings") or {}
     lines = [
-        f"# E4 image editing (ModularGAN-style, swappable mask heads) — budget "
-        f"`{summary['budget']}`",
-        "",
-        f"{settings.get('description', '')}.",
-        "",
+        *results.markdown_head(
+            summary, "E4 image editing (ModularGAN-style, swappable mask heads)"
+        ),
         "Test edits of the last epoch's weights (the default; `--select edit_success` of "
         "`e4 train` picks the best validation epoch instead). Edit "
         "success: share of edits whose new colour the separately trained judge reads; "
