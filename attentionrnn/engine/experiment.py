@@ -12,8 +12,10 @@ describes the contract with the smallest complete example.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["Budget", "Experiment", "experiments", "register_experiment"]
@@ -56,8 +58,12 @@ class Experiment:
         base_config: ``(budget, dataset, options) -> config`` without row, seed and out;
             ``options`` holds ``precision``, ``threads``, ``progress``, ``out`` (the results
             folder) and the values of :attr:`reproduce_flags`.
-        assemble: ``(out, budget_name, settings, figure=...) -> summary``: writes the table.
         markdown: ``summary -> str``: the table printed.
+        summarize, figures, totals, figures_for, table_order, log: what
+            :meth:`assemble_table` passes to :func:`~attentionrnn.engine.results.assemble`
+            (``table_order`` default: :meth:`order`).
+        assemble: ``(out, budget_name, settings, figure=...) -> summary``: writes the table
+            (default: :meth:`assemble_table`).
         cost: ``{method: relative cost of a run}`` (parallel runs start with the most
             expensive; dry runs scale timed rows by it).
         labels: ``{method: table label}``.
@@ -92,9 +98,15 @@ class Experiment:
     datasets: Sequence[str]
     methods: Sequence[str]
     base_config: Callable[[Any, str, dict[str, Any]], Any]
-    assemble: Callable[..., dict[str, Any]]
     markdown: Callable[[dict[str, Any]], str]
     cost: dict[str, float]
+    summarize: Callable[[str, dict[int, dict[str, Any]]], dict[str, Any]] | None = None
+    figures: Callable[..., dict[str, str]] | None = None
+    totals: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    figures_for: str = "found"
+    table_order: Callable[[str], Any] | None = None
+    log: logging.Logger | None = None
+    assemble: Callable[..., dict[str, Any]] | None = None
     labels: dict[str, str] = field(default_factory=dict)
     row_field: str = "attention"
     spread: Sequence[str] = ()
@@ -119,6 +131,27 @@ class Experiment:
     #: ``table`` strips from a folder's name to find its budget
     default_out: str = "results/{name}-{budget}"
     table_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.assemble is None:
+            self.assemble = self.assemble_table
+
+    def assemble_table(
+        self, out: str | Path, budget: str, settings: Any = None, figure: bool = True
+    ) -> dict[str, Any]:
+        """Write ``results.{json,md}`` and the figures from every finished run under
+        ``OUT/runs`` (:func:`~attentionrnn.engine.results.assemble` with the declared parts;
+        ``settings`` default: the budget ``budget``'s)."""
+        from attentionrnn.engine import results
+
+        if self.summarize is None:
+            raise TypeError(f"experiment {self.name} declares neither assemble nor summarize")
+        return results.assemble(
+            out, budget, settings or self.budgets.get(budget), datasets=self.datasets,
+            summarize=self.summarize, order=self.table_order or self.order,
+            markdown=self.markdown, figures=self.figures if figure else None,
+            totals=self.totals, figures_for=self.figures_for, log=self.log,
+        )  # fmt: skip
 
     def out_for(self, budget: str) -> str:
         """The default results folder of ``budget``."""

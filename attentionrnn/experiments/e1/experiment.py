@@ -196,17 +196,6 @@ def _prepare(dataset: str, configs: list[E1Config], jobs: int, o: dict[str, Any]
 # the table, from finished runs
 
 
-def assemble(
-    out: str | Path, budget: str, settings: Budget | None = None, figure: bool = True
-) -> dict[str, Any]:
-    """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
-    return results.assemble(
-        out, budget, settings or BUDGETS.get(budget), datasets=DATASETS, summarize=summarize,
-        order=row_order, markdown=results_markdown, figures=_figures if figure else None,
-        totals=_totals, figures_for="table", log=logger,
-    )  # fmt: skip
-
-
 def _totals(found: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> dict[str, Any]:
     """Training minutes of all runs of each dataset (the table's headings) and every row's
     statistics against CTX."""
@@ -271,7 +260,8 @@ EXPERIMENT = register_experiment(Experiment(
     default_methods=lambda b: b.methods or ROWS,
     row_folder=lambda method, o: row_name(method, o.get("layer4_gate")),
     prepare=_prepare,
-    assemble=assemble,
+    summarize=summarize, figures=_figures, totals=_totals, figures_for="table",
+    table_order=row_order, log=logger,
     markdown=results_markdown,
     cost=COST,
     labels=LABELS,
@@ -295,3 +285,7 @@ EXPERIMENT = register_experiment(Experiment(
     table_prefix="",
     commands="attentionrnn.experiments.e1.commands",
 ))  # fmt: skip
+
+#: Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``
+#: (:meth:`~attentionrnn.engine.experiment.Experiment.assemble_table`).
+assemble = EXPERIMENT.assemble

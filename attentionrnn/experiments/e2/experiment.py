@@ -131,17 +131,6 @@ def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def assemble(
-    out: str | Path, budget: str, settings: Budget | None = None, figure: bool = True
-) -> dict[str, Any]:
-    """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
-    return results.assemble(
-        out, budget, settings or BUDGETS.get(budget), datasets=DATASETS, summarize=summarize,
-        order=EXPERIMENT.order, markdown=results_markdown, figures=_figures if figure else None,
-        log=logger,
-    )  # fmt: skip
-
-
 def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, str]:
     """The learning curves and, where the data and weights are here, the attention maps."""
     from attentionrnn.experiments.e2.figures import curve_figure, mask_figure
@@ -217,7 +206,7 @@ EXPERIMENT = register_experiment(Experiment(
     default_methods=lambda b: E2_ATTENTIONS,
     base_config=_base_config,
     prepare=_prepare,
-    assemble=assemble,
+    summarize=summarize, figures=_figures, log=logger,
     markdown=results_markdown,
     cost=COST,
     labels=LABELS,
@@ -238,3 +227,7 @@ EXPERIMENT = register_experiment(Experiment(
         ("--data-dir", {"metavar": "DIR", "help": "cache of decoded images"}),
     ),
 ))  # fmt: skip
+
+#: Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``
+#: (:meth:`~attentionrnn.engine.experiment.Experiment.assemble_table`).
+assemble = EXPERIMENT.assemble

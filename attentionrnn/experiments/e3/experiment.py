@@ -200,17 +200,6 @@ def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def assemble(
-    out: str | Path, budget: str, settings: Budget | None = None, figure: bool = True
-) -> dict[str, Any]:
-    """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
-    return results.assemble(
-        out, budget, settings or BUDGETS.get(budget), datasets=DATASETS, summarize=summarize,
-        order=EXPERIMENT.order, markdown=results_markdown, figures=_figures if figure else None,
-        totals=_answer_priors, log=logger,
-    )  # fmt: skip
-
-
 def _answer_priors(found: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> dict[str, Any]:
     """``{"answer_prior": {dataset: scores}}``: the question-only baseline of each dataset, as
     its runs recorded it or, for runs recorded before it was, computed from their data."""
@@ -328,7 +317,7 @@ EXPERIMENT = register_experiment(Experiment(
     skip=lambda method, dataset: method in REFERENCE_ATTENTIONS and dataset not in BOXED,
     check=_check,
     prepare=_prepare,
-    assemble=assemble,
+    summarize=summarize, figures=_figures, totals=_answer_priors, log=logger,
     markdown=results_markdown,
     cost=COST,
     labels=LABELS,
@@ -352,3 +341,7 @@ EXPERIMENT = register_experiment(Experiment(
         ("--data-dir", {"metavar": "DIR", "help": "cache of decoded images"}),
     ),
 ))  # fmt: skip
+
+#: Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``
+#: (:meth:`~attentionrnn.engine.experiment.Experiment.assemble_table`).
+assemble = EXPERIMENT.assemble

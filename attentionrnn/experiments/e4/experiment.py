@@ -181,17 +181,6 @@ def _uniform_mask(metrics: dict[str, Any]) -> dict[str, float | None]:
             "mask_correctness_box": metrics.get("test_uniform_mask_correctness_box")}  # fmt: skip
 
 
-def assemble(
-    out: str | Path, budget: str, settings: Budget | None = None, figure: bool = True
-) -> dict[str, Any]:
-    """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``."""
-    return results.assemble(
-        out, budget, settings or BUDGETS.get(budget), datasets=DATASETS, summarize=summarize,
-        order=EXPERIMENT.order, markdown=results_markdown, figures=_figures if figure else None,
-        log=logger,
-    )  # fmt: skip
-
-
 def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, str]:
     """The learning curves and, where the data and weights are here, the sample grid."""
     from attentionrnn.experiments.e4.figures import curve_figure
@@ -288,7 +277,7 @@ EXPERIMENT = register_experiment(Experiment(
     figure="samples",
     base_config=_base_config,
     prepare=_prepare,
-    assemble=assemble,
+    summarize=summarize, figures=_figures, log=logger,
     markdown=results_markdown,
     cost=COST,
     labels=LABELS,
@@ -308,3 +297,7 @@ EXPERIMENT = register_experiment(Experiment(
         ("--data-dir", {"metavar": "DIR", "help": "cache of generated data"}),
     ),
 ))  # fmt: skip
+
+#: Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``
+#: (:meth:`~attentionrnn.engine.experiment.Experiment.assemble_table`).
+assemble = EXPERIMENT.assemble
