@@ -94,6 +94,15 @@ def markdown_head(summary: dict[str, Any], title: str) -> list[str]:
     ]
 
 
+def markdown_figures(
+    summary: dict[str, Any], dataset: str, kinds: Iterable[str] = ("curves", "masks")
+) -> list[str]:
+    """The image links of ``dataset``'s figures of ``kinds`` that were drawn, each followed by a
+    blank line."""
+    figs = summary.get("figures", {}).get(dataset, {})
+    return [line for k in kinds if k in figs for line in (f"![{dataset} {k}]({figs[k]})", "")]
+
+
 def learning_curves(
     rows: Rows, label: Callable[[str], str], order: Callable[[str], Any]
 ) -> dict[str, list[list[dict[str, Any]]]]:

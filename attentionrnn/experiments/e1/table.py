@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from attentionrnn.engine.results import markdown_head
+from attentionrnn.engine.results import markdown_figures, markdown_head
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.engine.stats import compare, format_comparison
 from attentionrnn.experiments.e1.mask_stats import REGIONS
@@ -350,9 +350,5 @@ def results_markdown(summary: dict[str, Any]) -> str:
         for r in rows.values():
             cells = [_mean(r["accuracy_by_scale"][b]) for b in bins]
             lines.append(f"| {row_label(r)} | " + " | ".join(cells) + " |")
-        figs = summary.get("figures", {}).get(d, {})
-        lines.append("")
-        for kind in ("curves", "masks"):
-            if kind in figs:
-                lines += [f"![{d} {kind}]({figs[kind]})", ""]
+        lines += ["", *markdown_figures(summary, d)]
     return "\n".join(lines)

@@ -183,11 +183,7 @@ def results_markdown(summary: dict[str, Any]) -> str:
                 pc = r["per_class_accuracy"]
                 cells = [_fmt({"mean": pc[c]["mean"]}, digits=1) for c in classes]
                 lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-        figs = summary.get("figures", {}).get(d, {})
-        lines.append("")
-        for kind in ("curves", "masks"):
-            if kind in figs:
-                lines += [f"![{d} {kind}]({figs[kind]})", ""]
+        lines += ["", *results.markdown_figures(summary, d)]
     return "\n".join(lines)
 
 

@@ -287,15 +287,12 @@ def results_markdown(summary: dict[str, Any]) -> str:
                 cells += [_fmt(_point(prior.get("relational"))),
                           _fmt(_point(prior.get("non_relational"))), "–"]  # fmt: skip
             lines.append("| " + " | ".join(cells + ["–"] * 4) + " |")
-        figs = summary.get("figures", {}).get(d, {})
         lines.append("")
         chance = next((r["attention_chance"] for r in rows.values()
                        if r["attention_chance"]["mean"] is not None), None)  # fmt: skip
         if relational and chance:
             lines += [f"A uniform mask's attention correctness: {_fmt(chance)} %.", ""]
-        for kind in ("curves", "masks"):
-            if kind in figs:
-                lines += [f"![{d} {kind}]({figs[kind]})", ""]
+        lines += results.markdown_figures(summary, d)
     return "\n".join(lines)
 
 

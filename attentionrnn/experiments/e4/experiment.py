@@ -251,10 +251,7 @@ def results_markdown(summary: dict[str, Any]) -> str:
         if first.get("judge_accuracy") is not None:
             lines += [f"Judge accuracy on real test images: {100 * first['judge_accuracy']:.1f} %.",
                       ""]  # fmt: skip
-        figs = summary.get("figures", {}).get(d, {})
-        for kind in ("curves", "samples"):
-            if kind in figs:
-                lines += [f"![{d} {kind}]({figs[kind]})", ""]
+        lines += results.markdown_figures(summary, d, ("curves", "samples"))
     return "\n".join(lines)
 
 
