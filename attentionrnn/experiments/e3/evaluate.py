@@ -18,7 +18,7 @@ from attentionrnn.engine.precision import autocast
 from attentionrnn.experiments.e3.data import QUESTION_TYPES, VQASplit, tokenize, vqa_accuracy
 
 if TYPE_CHECKING:
-    from attentionrnn.experiments.e3.train import E3Data
+    from attentionrnn.experiments.e3.rundata import E3Data
 
 __all__ = ["answer_prior", "evaluate"]
 

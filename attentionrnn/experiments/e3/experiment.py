@@ -26,7 +26,8 @@ from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.data import DATASETS, QUESTION_TYPES
 from attentionrnn.experiments.e3.evaluate import answer_prior
 from attentionrnn.experiments.e3.model import E3_ATTENTIONS, E3_ROWS, LABELS, REFERENCE_ATTENTIONS
-from attentionrnn.experiments.e3.train import load_data, train
+from attentionrnn.experiments.e3.rundata import load_data
+from attentionrnn.experiments.e3.train import train
 
 logger = logging.getLogger("attentionrnn.e3.reproduce")
 

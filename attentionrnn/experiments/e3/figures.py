@@ -15,7 +15,8 @@ from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.trainer import BEST, METRICS
 from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.model import LABELS, VQANet
-from attentionrnn.experiments.e3.train import E3Data, build_model, load_data
+from attentionrnn.experiments.e3.rundata import E3Data, load_data
+from attentionrnn.experiments.e3.train import build_model
 
 __all__ = ["curve_figure", "load_run", "mask_figure"]
 
