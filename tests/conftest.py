@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from attentionrnn.data import mnist as mnist_mod
 from attentionrnn.data.generate import generate_arrays, write_npz
 from attentionrnn.data.mnist import MnistDigits
 
@@ -38,3 +41,30 @@ def tiny(tmp_path_factory, digits) -> Path:
     """A small MREF file (8 images, ~45 samples) written by the generator itself."""
     arrays = generate_arrays("mref", 8, seed=0, digits=digits, workers=1)
     return write_npz(tmp_path_factory.mktemp("data") / "tiny.npz", arrays)
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = b"\x00\x00\x08" + bytes([array.ndim])
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture()
+def idx_folder(tmp_path, monkeypatch, digits) -> Path:
+    """A folder with the four IDX files of a synthetic pool; checksums patched to match."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    contents = {
+        "train-images-idx3-ubyte": _idx_bytes(digits.images[:20]),
+        "train-labels-idx1-ubyte": _idx_bytes(digits.labels[:20]),
+        "t10k-images-idx3-ubyte": _idx_bytes(digits.images[20:]),
+        "t10k-labels-idx1-ubyte": _idx_bytes(digits.labels[20:]),
+    }
+    md5 = {name: hashlib.md5(data).hexdigest() for name, data in contents.items()}
+    monkeypatch.setattr(mnist_mod, "MNIST_FILES", md5)
+    for i, (name, data) in enumerate(contents.items()):
+        if i % 2:  # mix raw and gzipped files
+            (folder / name).write_bytes(data)
+        else:
+            (folder / (name + ".gz")).write_bytes(gzip.compress(data, mtime=0))
+    return folder
