@@ -15,6 +15,7 @@ An experiment's ``_train`` reads::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -26,10 +27,18 @@ import torch
 from torch import nn
 
 from attentionrnn.engine.distributed import DistContext
+from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.state import seed_everything
-from attentionrnn.engine.trainer import METRICS, FitState, finished_metrics, fit, write_metrics
+from attentionrnn.engine.trainer import (
+    BEST,
+    METRICS,
+    FitState,
+    finished_metrics,
+    fit,
+    write_metrics,
+)
 
-__all__ = ["finish_run", "fit_run", "start_run"]
+__all__ = ["finish_run", "fit_run", "load_finished", "start_run"]
 
 
 def start_run(config: Any, ctx: DistContext) -> tuple[Path, float]:
@@ -102,3 +111,24 @@ def finish_run(
         fmt, *keys = summary
         log.info(f"%s: {fmt} -> %s", name, *(metrics[k] for k in keys), out / METRICS)
     return metrics
+
+
+def load_finished(
+    run_dir: str | os.PathLike, build: Callable[[dict[str, Any]], nn.Module]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of the finished run in ``run_dir``: ``build(metrics)`` makes it from the run's
+    ``metrics.json`` (its ``config`` and what the run recorded), then the best-validation
+    weights are loaded; returns it in eval mode with the metrics.
+
+    Raises:
+        UserError: no finished run there (``metrics.json`` and ``best.pt``).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / METRICS).is_file() or not (run_dir / BEST).is_file():
+        raise UserError(f"{run_dir}: no finished run ({METRICS} and {BEST})")
+    metrics = json.loads((run_dir / METRICS).read_text())
+    model = build(metrics)
+    model.load_state_dict(
+        torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"]
+    )
+    return model.eval(), metrics

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from attentionrnn.data.attribute import E1Data
 from attentionrnn.data.regions import mask_to_image
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.figures import save_figure
-from attentionrnn.engine.trainer import BEST, METRICS
+from attentionrnn.engine.recipe import load_finished
 from attentionrnn.experiments.e1.model import MASK_GEOMETRY, PAN
 from attentionrnn.experiments.e1.train import attention_kwargs
 
@@ -24,20 +23,19 @@ COLOR_NAMES = ("red", "green", "blue", "yellow", "white")
 
 def load_run(run_dir: str | Path) -> PAN:
     """The PAN network of a finished run (its best-validation weights), in eval mode."""
-    run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / METRICS).read_text())
-    config = metrics["config"]
-    model = PAN(
-        config["attention"],
-        task=config["task"],
-        attention_hidden=config["attention_hidden"],
-        # the gate the run trained with, which the config leaves out when it was the default
-        layer4_gate=metrics.get("layer4_gate") or config.get("layer4_gate"),
-        attention_kwargs=attention_kwargs(config),
-    )
-    state = torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"]
-    model.load_state_dict(state)
-    return model.eval()
+
+    def build(metrics: dict) -> PAN:
+        config = metrics["config"]
+        return PAN(
+            config["attention"],
+            task=config["task"],
+            attention_hidden=config["attention_hidden"],
+            # the gate the run trained with, which the config leaves out when it was the default
+            layer4_gate=metrics.get("layer4_gate") or config.get("layer4_gate"),
+            attention_kwargs=attention_kwargs(config),
+        )
+
+    return load_finished(run_dir, build)[0]
 
 
 def pick_samples(data: E1Data, count: int = 4, seed: int = 0, split: str = "test") -> np.ndarray:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.figures import save_figure
-from attentionrnn.engine.trainer import BEST, METRICS
+from attentionrnn.engine.recipe import load_finished
 from attentionrnn.experiments.e2.data import ImageSet, load_dataset, stratified_order
 from attentionrnn.experiments.e2.model import LABELS, AttnVGG
 from attentionrnn.experiments.e2.train import E2Config, E2Data
@@ -21,18 +19,16 @@ __all__ = ["curve_figure", "load_run", "mask_figure"]
 
 def load_run(run_dir: str | Path) -> tuple[AttnVGG, E2Config]:
     """The network of a finished run (its best-validation weights, eval mode) and its config."""
-    run_dir = Path(run_dir)
-    if not (run_dir / METRICS).is_file() or not (run_dir / BEST).is_file():
-        raise UserError(f"{run_dir}: no finished run ({METRICS} and {BEST})")
-    metrics = json.loads((run_dir / METRICS).read_text())
-    config = E2Config(**metrics["config"])
-    model = AttnVGG(
-        config.attention, num_classes=len(metrics["classes"]), width=config.width,
-        depth=config.depth, attention_hidden=config.attention_hidden,
-    )  # fmt: skip
-    state = torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"]
-    model.load_state_dict(state)
-    return model.eval(), config
+
+    def build(metrics: dict) -> AttnVGG:
+        config = E2Config(**metrics["config"])
+        return AttnVGG(
+            config.attention, num_classes=len(metrics["classes"]), width=config.width,
+            depth=config.depth, attention_hidden=config.attention_hidden,
+        )  # fmt: skip
+
+    model, metrics = load_finished(run_dir, build)
+    return model, E2Config(**metrics["config"])
 
 
 def _pick(images: ImageSet, count: int) -> np.ndarray:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.figures import save_figure
-from attentionrnn.engine.trainer import BEST, METRICS
+from attentionrnn.engine.recipe import load_finished
 from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.model import LABELS, VQANet
 from attentionrnn.experiments.e3.rundata import E3Data, load_data
@@ -24,18 +24,18 @@ __all__ = ["curve_figure", "load_run", "mask_figure"]
 def load_run(run_dir: str | Path, data: E3Data | None = None) -> tuple[VQANet, E3Config, E3Data]:
     """The network of a finished run (best-validation weights, eval mode), its config and data
     (read again unless ``data`` is given: the vocabulary and answers follow from the config)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / METRICS).is_file() or not (run_dir / BEST).is_file():
-        raise UserError(f"{run_dir}: no finished run ({METRICS} and {BEST})")
-    metrics = json.loads((run_dir / METRICS).read_text())
-    config = E3Config(**metrics["config"])
-    data = data or load_data(dataclasses.replace(config, progress=False))
-    if data.answers != metrics["answers"]:
-        raise UserError(f"{run_dir}: the data read now has other answer classes than the run's")
-    model = build_model(config, data)
-    state = torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"]
-    model.load_state_dict(state)
-    return model.eval(), config, data
+    made: dict[str, Any] = {}
+
+    def build(metrics: dict) -> VQANet:
+        config = E3Config(**metrics["config"])
+        run_data = data or load_data(dataclasses.replace(config, progress=False))
+        if run_data.answers != metrics["answers"]:
+            raise UserError(f"{run_dir}: the data read now has other answer classes than the run's")
+        made.update(config=config, data=run_data)
+        return build_model(config, run_data)
+
+    model = load_finished(run_dir, build)[0]
+    return model, made["config"], made["data"]
 
 
 @torch.no_grad()

@@ -21,7 +21,6 @@ The config lies in :mod:`~.config`, the judge and the measurements in :mod:`~.ev
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -35,10 +34,8 @@ from torch import nn
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
-from attentionrnn.engine.recipe import fit_run, start_run
+from attentionrnn.engine.recipe import fit_run, load_finished, start_run
 from attentionrnn.engine.trainer import (
-    BEST,
-    METRICS,
     launch,
     write_metrics,
 )
@@ -271,10 +268,5 @@ def _step(g: Editor, d: Discriminator, optimizer: _Optimizers, x: torch.Tensor, 
 
 def load_editor(run_dir: str | Path, task) -> Editor:
     """The editor of a finished run (best-validation weights, eval mode) for ``task``."""
-    run_dir = Path(run_dir)
-    if not (run_dir / METRICS).is_file() or not (run_dir / BEST).is_file():
-        raise UserError(f"{run_dir}: no finished run ({METRICS} and {BEST})")
-    config = E4Config(**json.loads((run_dir / METRICS).read_text())["config"])
-    net = build_model(config, task)
-    net.load_state_dict(torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"])
+    net = load_finished(run_dir, lambda m: build_model(E4Config(**m["config"]), task))[0]
     return net.editor.eval()
