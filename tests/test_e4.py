@@ -295,6 +295,14 @@ def test_evaluate_the_exact_edit_and_the_judge(task, tmp_path):
     # mask is the stroke region, so its mean is that share too (old runs' table reads it there)
     assert 0 < learnt["uniform_mask_correctness"] < learnt["uniform_mask_correctness_box"] < 1
     assert exact["mask_mean"] == pytest.approx(learnt["uniform_mask_correctness"])
+    # what the query does: the exact edit's mask is the queried digit alone, changes nothing of
+    # the other digits; a learnt mask's shares on the three regions sum to 1
+    assert exact["mask_query_ratio"] == pytest.approx(1.0) and exact["mask_others"] == 0
+    assert exact["leak_l1"] == 0 and exact["mask_background"] == pytest.approx(0.0)
+    shares = learnt["mask_correctness"] + learnt["mask_others"] + learnt["mask_background"]
+    assert shares == pytest.approx(1.0, abs=1e-6)
+    assert 0 < learnt["uniform_query_ratio"] < 1 and 0 < learnt["uniform_mask_others"] < 1
+    assert learnt["leak_l1"] >= 0
 
 
 # ------------------------------------------------------------------------------------------

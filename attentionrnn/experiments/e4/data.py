@@ -64,6 +64,8 @@ class EditBatch:
         truth: the exact edited images ``(B, 3, H, W)`` or ``None``.
         region: bool ``(B, H, W)`` pixels the edit may change (the digit's strokes) or ``None``.
         box: bool ``(B, H, W)`` the edited digit's box or ``None``.
+        others: bool ``(B, H, W)`` the stroke pixels of the image's other digits (the edit must
+            leave them; a query-blind mask spreads over them too) or ``None``.
     """
 
     x: torch.Tensor
@@ -74,6 +76,7 @@ class EditBatch:
     truth: torch.Tensor | None = None
     region: torch.Tensor | None = None
     box: torch.Tensor | None = None
+    others: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -185,6 +188,7 @@ class DigitEdits:
             truth=tensor(truth),
             region=torch.from_numpy(d.stroke_masks(idx)),
             box=box_regions(torch.from_numpy(d.box[idx]), self.image_size),
+            others=d.region_labels(idx) == 2,
         )
 
 

@@ -138,7 +138,8 @@ def evaluate(
     judge.eval()
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in (
         "success", "preservation", "truth_l1", "correctness", "correctness_box", "mask_mean",
-        "features", "reference", "uniform", "uniform_box")}  # fmt: skip
+        "features", "reference", "uniform", "uniform_box", "others", "background", "ratio",
+        "uniform_others", "uniform_ratio", "leak")}  # fmt: skip
     for start in range(0, len(idx), batch_size):
         sl = slice(start, start + batch_size)
         b = task.batch(idx[sl], targets[sl])
@@ -165,6 +166,8 @@ def evaluate(
             # what a uniform mask scores: the region's share of the image (chance level)
             rows["uniform"].append(b.region.float().flatten(1).mean(1))
             rows["uniform_box"].append(b.box.float().flatten(1).mean(1))
+            if b.others is not None:
+                _query_shares(rows, mask, edited, b)
         else:
             rows["reference"].append(judge.features(b.x, b.query))
 
@@ -184,5 +187,30 @@ def evaluate(
         "mask_mean": mean("mask_mean"),
         "uniform_mask_correctness": mean("uniform"),
         "uniform_mask_correctness_box": mean("uniform_box"),
+        # what the query does: the mask's share on the other digits and the background, the
+        # queried digit's share of the mask on digits (a query-blind mask: about the queried
+        # digit's share of the digits' area), and the colour change leaked onto the others
+        "mask_others": mean("others"),
+        "mask_background": mean("background"),
+        "mask_query_ratio": mean("ratio"),
+        "uniform_mask_others": mean("uniform_others"),
+        "uniform_query_ratio": mean("uniform_ratio"),
+        "leak_l1": mean("leak"),
         "kid": kid(torch.cat(rows["features"]), torch.cat(rows["reference"])),
     }
+
+
+def _query_shares(rows: dict[str, list], mask: torch.Tensor, edited: torch.Tensor, b: Any) -> None:
+    """Append one batch's shares of the mask on the other digits and the background, the
+    queried digit's share of the mask on digits, their uniform levels and the leaked change."""
+    queried = mask_correctness(mask, b.region)
+    others = mask_correctness(mask, b.others)
+    rows["others"].append(others)
+    rows["background"].append(mask_correctness(mask, ~(b.region | b.others)))
+    rows["ratio"].append(queried / (queried + others))
+    area_q = b.region.float().flatten(1).mean(1)
+    area_o = b.others.float().flatten(1).mean(1)
+    rows["uniform_others"].append(area_o)
+    rows["uniform_ratio"].append(area_q / (area_q + area_o))
+    # the mean change of the other digits' pixels: the colour that leaked onto them
+    rows["leak"].append(preservation_l1(edited, b.x, ~b.others))
