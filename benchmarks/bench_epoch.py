@@ -36,6 +36,7 @@ import torch
 
 from attentionrnn.engine.memory import retain_freed_memory
 from attentionrnn.engine.precision import autocast, native_bf16
+from attentionrnn.engine.provenance import provenance_line, run_provenance
 from attentionrnn.experiments.e1.model import PAN
 from attentionrnn.layers.fused import SCAN_PRODUCTS_ENV
 
@@ -122,10 +123,12 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_epoch.md").write_text(text + "\n")
+    meta = run_provenance()
+    (args.out / "bench_epoch.md").write_text(provenance_line(meta) + "\n\n" + text + "\n")
     (args.out / "bench_epoch.json").write_text(
         json.dumps(
             {
+                **meta,
                 "batch": args.batch,
                 "threads": torch.get_num_threads(),
                 "native_bf16": native_bf16(),

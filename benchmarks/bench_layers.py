@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from attentionrnn import AttentionRNN, BlockAttentionRNN, ReferenceAttentionRNN
+from attentionrnn.engine.provenance import provenance_line, run_provenance
 from attentionrnn.layers.baselines import ContextAttention, IndependentAttention
 
 CHANNELS, HIDDEN = 32, 16
@@ -254,6 +255,7 @@ def main() -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
+        **run_provenance(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": args.batch,
@@ -264,7 +266,7 @@ def main() -> None:
         "precisions": args.precisions,
     }
     (args.out / "bench_layers.json").write_text(json.dumps({"meta": meta, **results}, indent=2))
-    (args.out / "bench_layers.md").write_text(text + "\n")
+    (args.out / "bench_layers.md").write_text(provenance_line(meta) + "\n\n" + text + "\n")
     plot(results, args.sizes, args.out / "bench_layers.png", args.batch)
     print(f"wrote {args.out}/bench_layers.json, .md, .png")
 

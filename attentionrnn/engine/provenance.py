@@ -15,7 +15,7 @@ from typing import Any
 
 from attentionrnn.engine.state import file_sha256
 
-__all__ = ["cpu_flags", "git_commit", "provenance"]
+__all__ = ["cpu_flags", "git_commit", "provenance", "provenance_line", "run_provenance"]
 
 #: The CPU features that change the kernels' speed or numerics (bf16 products, vector width).
 _RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -57,3 +57,26 @@ def provenance(data: str | os.PathLike | None = None) -> dict[str, Any]:
         "cpu_flags": cpu_flags(),
         "data_sha256": file_sha256(data) if data and os.path.isfile(data) else None,
     }
+
+
+def run_provenance() -> dict[str, Any]:
+    """Where a benchmark ran: ``{"git_commit", "date", "cpu", "cpu_flags"}``."""
+    import datetime
+
+    from attentionrnn.engine.precision import cpu_name
+
+    return {
+        "git_commit": git_commit(),
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
+    }
+
+
+def provenance_line(meta: dict[str, Any]) -> str:
+    """``"Measured on DATE at commit C on CPU (flags)."`` for a result file's first line."""
+    flags = ", ".join(meta.get("cpu_flags") or []) or "flags unknown"
+    return (
+        f"Measured on {meta.get('date')} at commit {meta.get('git_commit') or 'unknown'} "
+        f"on {meta.get('cpu') or 'an unknown CPU'} ({flags})."
+    )
