@@ -41,6 +41,9 @@ COLUMNS = (
     ("truth_l1", "L1 to exact ×100", 100.0, 2),
     ("mask_correctness", "mask on digit %", 100.0, 1),
     ("mask_correctness_box", "mask in box %", 100.0, 1),
+    ("mask_others", "mask on other digits %", 100.0, 1),
+    ("mask_query_ratio", "queried / all digits %", 100.0, 1),
+    ("leak_l1", "leak onto others ×100", 100.0, 2),
     ("kid", "KID ×100", 100.0, 3),
 )
 
@@ -178,7 +181,9 @@ def _uniform_mask(metrics: dict[str, Any]) -> dict[str, float | None]:
     exact = metrics.get("exact_edit") or {}
     strokes = metrics.get("test_uniform_mask_correctness", exact.get("mask_mean"))
     return {"mask_correctness": strokes,
-            "mask_correctness_box": metrics.get("test_uniform_mask_correctness_box")}  # fmt: skip
+            "mask_correctness_box": metrics.get("test_uniform_mask_correctness_box"),
+            "mask_others": metrics.get("test_uniform_mask_others"),
+            "mask_query_ratio": metrics.get("test_uniform_query_ratio")}  # fmt: skip
 
 
 def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, str]:
