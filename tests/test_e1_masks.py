@@ -48,3 +48,7 @@ def test_masks_measures_every_run_and_tests_against_ctx(tiny, tmp_path, capsys):
     assert tests["val_accuracy"]["n"] == 2 and tests["val_accuracy"]["n_reference"] == 2
     assert "Against CTX (PAN) on the validation split" in printed
     assert (out / "mask_diagnosis.md").read_text().startswith("# E1 masks, layer by layer")
+    assert main(["e1", "masks", str(out), "--limit", "10"]) == 0  # with the figures
+    assert (out / "diagnosis_curves_mref.png").is_file() and (
+        out / "diagnosis_masks_mref.png"
+    ).is_file()

@@ -24,13 +24,14 @@ import torch
 from attentionrnn.data.attribute import E1Data
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast
+from attentionrnn.engine.results import learning_curves
 from attentionrnn.engine.runs import finished_runs, format_stats, seed_stats
 from attentionrnn.engine.state import atomic_write_json
 from attentionrnn.engine.stats import compare, format_comparison
 from attentionrnn.engine.trainer import BEST
 from attentionrnn.experiments.e1.config import E1Config
 from attentionrnn.experiments.e1.evaluate import evaluate
-from attentionrnn.experiments.e1.figures import load_run, mask_figure, pick_samples
+from attentionrnn.experiments.e1.figures import curve_figure, load_run, mask_figure, pick_samples
 from attentionrnn.experiments.e1.mask_stats import REGIONS
 from attentionrnn.experiments.e1.table import row_label, row_order, summarize
 from attentionrnn.experiments.e1.train import resolve_data
@@ -170,6 +171,11 @@ def diagnose(
             title = f"{dataset.upper()}: every layer's mask ({split} images)"
             mask_figure(picked, data, out / name, samples=samples, layers=LAYERS, title=title)
             entry["figure"] = name
+            # the validation learning curves of the rows measured (what the training recorded)
+            labels = {r: v["label"] for r, v in entry["rows"].items()}
+            curves = learning_curves({r: rows[r] for r in labels}, labels.__getitem__, row_order)
+            path = out / f"diagnosis_curves_{dataset}.png"
+            entry["curves"] = curve_figure(curves, path, f"{dataset.upper()}: validation curves").name
         ref = reference or ("ctx" if "ctx" in entry["rows"] else None)
         if ref in entry["rows"]:
             entry["reference"] = ref
@@ -312,6 +318,8 @@ def diagnosis_markdown(summary: dict[str, Any]) -> str:
                 lines.append(f"| uniform mask | – | {box} | " + " | ".join(area) + " | 1 | 0 | "
                              "1 | – | 1 | – |")  # fmt: skip
             lines.append("")
+        if entry.get("curves"):
+            lines += [f"![{dataset} validation curves]({entry['curves']})", ""]
         if entry.get("figure"):
             lines += [f"![{dataset} masks at every layer]({entry['figure']})", ""]
     return "\n".join(lines)
