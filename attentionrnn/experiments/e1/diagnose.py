@@ -175,7 +175,8 @@ def diagnose(
             labels = {r: v["label"] for r, v in entry["rows"].items()}
             curves = learning_curves({r: rows[r] for r in labels}, labels.__getitem__, row_order)
             path = out / f"diagnosis_curves_{dataset}.png"
-            entry["curves"] = curve_figure(curves, path, f"{dataset.upper()}: validation curves").name
+            title = f"{dataset.upper()}: validation curves"
+            entry["curves"] = curve_figure(curves, path, title).name
         ref = reference or ("ctx" if "ctx" in entry["rows"] else None)
         if ref in entry["rows"]:
             entry["reference"] = ref
