@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from e1_cli import train_args as _cmd
 
 from attentionrnn.cli import main
 from attentionrnn.data.attribute import AttributeDataset, E1Data
@@ -26,15 +27,6 @@ from attentionrnn.experiments.e1.metrics import scale_bin_labels
 from attentionrnn.experiments.e1.train import images_for_samples, train
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cmd(data: Path, out: Path, epochs: int, attention: str = "ctx") -> list[str]:
-    return [
-        "e1", "train",
-        "--dataset", "mref", "--attention", attention, "--data", str(data), "--out", str(out),
-        "--epochs", str(epochs), "--seed", "3", "--batch-size", "8", "--threads", "1",
-        "--no-progress",
-    ]  # fmt: skip
 
 
 def _config(data: Path, out: Path, **kwargs) -> E1Config:

@@ -9,19 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from e1_cli import train_args as _cmd
 
 from attentionrnn.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cmd(data: Path, out: Path, epochs: int, attention: str = "ctx") -> list[str]:
-    return [
-        "e1", "train",
-        "--dataset", "mref", "--attention", attention, "--data", str(data), "--out", str(out),
-        "--epochs", str(epochs), "--seed", "3", "--batch-size", "8", "--threads", "1",
-        "--no-progress",
-    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- CLI errors
@@ -98,7 +90,6 @@ def test_cli_verbose_shows_the_traceback(tmp_path):
 
     with pytest.raises(UserError):
         main(["-v", *_cmd(text, tmp_path / "r", 1)])
-
 
 
 # ---------------------------------------------------------------------------------- contract
