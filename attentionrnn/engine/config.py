@@ -9,6 +9,10 @@ drift apart. :func:`check_config` checks a config against the same metadata (``c
 configs made in Python as much as on the command line, and the flags check their values with the
 same code as they are parsed (:func:`checked_type`), so a bad value is one line before anything
 runs. Seeds are declared by :func:`seed_field` in every experiment (``0 <= seed < 2**32``).
+
+The fields the engine reads of every run (``out``, ``epochs``, ``seed``, ``patience``) are declared
+once, in :class:`RunConfig`; an experiment's config gives them its own defaults as class keywords
+(``class E3Config(RunConfig, out="runs/e3", epochs=20)``).
 """
 
 from __future__ import annotations
@@ -114,8 +118,8 @@ def add_config_arguments(
     ``overrides`` maps a field name to extra ``add_argument`` keywords (e.g. ``required``).
     """
     hints = typing.get_type_hints(cls)
-    shared = {f.name for f in dataclasses.fields(RunConfig)}
-    # the experiment's own flags first, then those every run config has
+    shared = {f.name for f in dataclasses.fields(RunConfig)} - set(RunConfig.RUN_FIELDS)
+    # the run's and the experiment's own flags first, then how every run config runs
     for f in sorted(dataclasses.fields(cls), key=lambda f: f.name in shared):
         meta = {k: v for k, v in f.metadata.items() if k not in _CHECKS}
         limits = {k: v for k, v in f.metadata.items() if k in _CHECKS}
@@ -162,17 +166,30 @@ def check_config(config: Any) -> None:
 
 @dataclass
 class RunConfig:
-    """The fields every experiment's run config shares: how it runs, not what it computes.
+    """The fields every experiment's run config shares: the run's folder, length, seed and
+    patience (:data:`RUN_FIELDS`, what the engine reads of every run), then how it runs.
 
-    An experiment's config subclasses this and adds its own fields; ``RUNTIME_FIELDS`` (extended
-    by the subclass) names the fields that do not change the result, which
-    :meth:`fingerprint` leaves out so that a run may be resumed with other values of them.
+    An experiment's config subclasses this and adds its own fields; it gives the run fields its
+    own defaults as class keywords, e.g. ``class E4Config(RunConfig, out="runs/e4", epochs=10)``
+    (their help and limits stay these). ``RUNTIME_FIELDS`` (extended by the subclass) names the
+    fields that do not change the result, which :meth:`fingerprint` leaves out so that a run may
+    be resumed with other values of them.
     """
 
+    #: the fields the engine reads of every run (listed among the experiment's own flags)
+    RUN_FIELDS: ClassVar[tuple[str, ...]] = ("out", "epochs", "seed", "patience")
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("out", "progress", "threads", "eval_batch_size")
     #: fields added after runs were recorded, with their value in those runs: left out of the
     #: fingerprint at that value, so that the older runs still resume
     LATER_FIELDS: ClassVar[dict[str, Any]] = {}
+
+    out: str = field(default="runs/run", metadata=option("run folder", metavar="RUN_DIR"))
+    epochs: int = field(default=300, metadata=option("maximum epochs", minimum=1))
+    seed: int = seed_field()
+    patience: int = field(
+        default=50,
+        metadata=option("early-stopping patience (epochs without a better val score)", minimum=1),
+    )
 
     precision: str = field(
         default="auto",
@@ -192,6 +209,20 @@ class RunConfig:
         default=None, metadata={"help": "torch threads per process", "minimum": 1, "maximum": 1024}
     )
     progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+    def __init_subclass__(cls, **defaults: Any) -> None:
+        """Give the inherited fields named in ``defaults`` (class keywords) those defaults, with
+        their help and limits kept, before ``@dataclass`` reads the subclass."""
+        super().__init_subclass__()
+        annotations = cls.__dict__.get("__annotations__", {})
+        for name, value in defaults.items():
+            inherited = next((b.__dataclass_fields__[name] for b in cls.__mro__[1:]
+                              if name in getattr(b, "__dataclass_fields__", {})), None)  # fmt: skip
+            if inherited is None:
+                raise TypeError(f"{cls.__name__}: no inherited config field {name!r}")
+            setattr(cls, name, field(default=value, metadata=inherited.metadata))
+            annotations[name] = inherited.type
+        cls.__annotations__ = annotations
 
     def check(self) -> None:
         """Raise :class:`UserError` naming the first invalid field."""

@@ -29,7 +29,6 @@ class E1Config(RunConfig):
 
     dataset: str = field(default="mref", metadata=option("dataset", choices=DATASETS))
     attention: str = field(default="arnn", metadata=option("attention method", choices=ROWS))
-    out: str = field(default="runs/run", metadata=option("run folder", metavar="RUN_DIR"))
     samples: int = field(
         default=50000,
         metadata=option(
@@ -38,8 +37,6 @@ class E1Config(RunConfig):
             maximum=int(MAX_IMAGES * SAMPLES_PER_IMAGE),
         ),
     )
-    epochs: int = field(default=300, metadata=option("maximum epochs", minimum=1))
-    seed: int = seed_field()
     task: str = field(
         default="color",
         metadata=option(
@@ -90,9 +87,6 @@ class E1Config(RunConfig):
             "epochs over which the rate ramps up to --lr: lr*(e+1)/(n+1) in epoch e < n (PAN: 0)",
             minimum=0,
         ),
-    )
-    patience: int = field(
-        default=50, metadata=option("early-stopping patience (epochs)", minimum=1)
     )
     attention_hidden: int | None = field(
         default=None, metadata=option("hidden width of the attention modules", minimum=1)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from attentionrnn.engine.config import RunConfig, option, seed_field
+from attentionrnn.engine.config import RunConfig, option
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.recipe import finish_run, fit_run, start_run
@@ -58,7 +58,7 @@ __all__ = ["E2Config", "E2Data", "build_model", "evaluate", "lr_at", "train"]
 
 
 @dataclass
-class E2Config(RunConfig):
+class E2Config(RunConfig, out="runs/e2", patience=300):
     """Everything one training run depends on; each field is a flag of ``attentionrnn e2 train``."""
 
     # where the data comes from enters the fingerprint as its identity (source, md5), not its path
@@ -79,9 +79,7 @@ class E2Config(RunConfig):
             choices=E2_ROWS,
         ),
     )
-    out: str = field(default="runs/e2", metadata=option("run folder", metavar="RUN_DIR"))
     epochs: int = field(default=300, metadata=option("maximum epochs (LTPA: 300)", minimum=1))
-    seed: int = seed_field()
     width: float = field(
         default=1.0,
         metadata=option("channel multiplier of the VGG (1.0: VGG-16's 64 ... 512)", positive=True),
@@ -101,10 +99,6 @@ class E2Config(RunConfig):
     )
     lr_decay: float = field(
         default=0.5, metadata=option("learning-rate factor at each decay", positive=True)
-    )
-    patience: int = field(
-        default=300,
-        metadata=option("early-stopping patience (epochs without a better val score)", minimum=1),
     )
     val_samples: int = field(
         default=5000,

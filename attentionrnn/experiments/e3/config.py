@@ -15,7 +15,7 @@ __all__ = ["E3Config"]
 
 
 @dataclass
-class E3Config(RunConfig):
+class E3Config(RunConfig, out="runs/e3", epochs=20, patience=6):
     """Everything one training run depends on; each field is a flag of ``attentionrnn e3 train``."""
 
     # where the data lies does not change the result; the dataset's identity enters instead
@@ -32,18 +32,11 @@ class E3Config(RunConfig):
             choices=E3_ROWS,
         ),
     )
-    out: str = field(default="runs/e3", metadata=option("run folder", metavar="RUN_DIR"))
-    epochs: int = field(default=20, metadata=option("maximum epochs", minimum=1))
-    seed: int = seed_field()
     batch_size: int = field(default=64, metadata=option("global batch size", minimum=2))
     lr: float = field(default=1e-3, metadata=option("Adam learning rate", positive=True))
     lr_step: int = field(default=8, metadata=option("epochs between lr decays", minimum=1))
     lr_decay: float = field(default=0.5, metadata=option("lr factor at each decay", positive=True))
     clip_norm: float = field(default=10.0, metadata=option("gradient-norm clip", positive=True))
-    patience: int = field(
-        default=6, metadata=option("early-stopping patience (epochs without a better val score)",
-                                 minimum=1),
-    )  # fmt: skip
     curriculum_epochs: int = field(
         default=0,
         metadata=option(

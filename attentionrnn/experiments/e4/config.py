@@ -15,7 +15,7 @@ __all__ = ["E4Config"]
 
 
 @dataclass
-class E4Config(RunConfig):
+class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
     """Everything one training run depends on; each field is a flag of ``attentionrnn e4 train``."""
 
     # where the data lies does not change the result; the data's identity enters instead
@@ -28,9 +28,6 @@ class E4Config(RunConfig):
         metadata=option("mask head of the transformer modules: ctx (conv head, the baseline), "
                       "arnn (AttentionRNN), brnn (Block AttentionRNN)", choices=E4_ROWS),
     )  # fmt: skip
-    out: str = field(default="runs/e4", metadata=option("run folder", metavar="RUN_DIR"))
-    epochs: int = field(default=10, metadata=option("maximum epochs", minimum=1))
-    seed: int = seed_field()
     batch_size: int = field(default=32, metadata=option("batch size", minimum=2))
     lr: float = field(default=2e-4, metadata=option("Adam learning rate (G and D)", positive=True))
     lr_step: int = field(default=6, metadata=option("epochs between lr decays", minimum=1))
@@ -41,8 +38,6 @@ class E4Config(RunConfig):
                       "edit success is only as good as the judge) or the best validation edit "
                       "success", choices=("last", "edit_success")),
     )  # fmt: skip
-    patience: int = field(default=100, metadata=option("early-stopping patience (epochs)",
-                                                     minimum=1))  # fmt: skip
     images: int = field(default=3000, metadata=option("digit tasks: images generated", minimum=1,
                                                     maximum=MAX_IMAGES))  # fmt: skip
     canvas: int = field(
