@@ -69,6 +69,18 @@ class DistContext:
         dist.all_gather_object(gathered, local)
         return np.concatenate(gathered)
 
+    def gather_batches(
+        self, indices: np.ndarray, batch_size: int, rows_of: Callable[[np.ndarray], np.ndarray],
+        width: int,
+    ) -> np.ndarray:  # fmt: skip
+        """Sharded evaluation: ``rows_of(idx)`` (one row per sample, its index in the first
+        column) of each batch of ``batch_size`` of this rank's shard of ``indices``, gathered from
+        every rank and sorted by sample index (``width`` columns where this rank has none)."""
+        shard = self.shard(indices)
+        rows = [rows_of(shard[i : i + batch_size]) for i in range(0, len(shard), batch_size)]
+        table = self.gather_rows(np.concatenate(rows) if rows else np.zeros((0, width)))
+        return table[np.argsort(table[:, 0], kind="stable")]
+
     def sync_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's buffers (batch-norm statistics) so all evaluate one model."""
         if self.world > 1:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,7 +39,7 @@ from attentionrnn.engine.trainer import (
     write_metrics,
 )
 
-__all__ = ["finish_run", "fit_run", "load_finished", "start_run"]
+__all__ = ["batch_chunks", "finish_run", "fit_run", "load_finished", "start_run"]
 
 
 def start_run(config: Any, ctx: DistContext) -> tuple[Path, float]:
@@ -49,6 +50,15 @@ def start_run(config: Any, ctx: DistContext) -> tuple[Path, float]:
         out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     return out, time.perf_counter()
+
+
+def batch_chunks(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``order`` in training batches of ``batch_size``, without a last batch of one sample
+    (batch norm needs at least two)."""
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(chunks) > 1 and len(chunks[-1]) < 2:
+        chunks.pop()
+    return chunks
 
 
 def fit_run(

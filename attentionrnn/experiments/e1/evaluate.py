@@ -42,11 +42,10 @@ def evaluate(
     """
     ctx = ctx or DistContext()
     model.eval()
-    shard = ctx.shard(indices)
-    rows: list[np.ndarray] = []
-    names: list[str] = []
-    for start in range(0, len(shard), batch_size):
-        idx = shard[start : start + batch_size]
+    # the mask statistics' names, in mask_statistics' order (an empty shard has columns too)
+    names = mask_statistic_names(len(MASK_GEOMETRY)) if full else []
+
+    def rows_of(idx: np.ndarray) -> np.ndarray:
         img, query, target = data.batch(idx)
         with autocast(precision):
             logits, masks = model(img, query, return_masks=True)
@@ -58,16 +57,11 @@ def evaluate(
                     share = attention_correctness(masks[k].float(), region, stride, offset)
                     cols.append(share.double().numpy())
             stats = mask_statistics(masks, MASK_GEOMETRY, data.region_labels(idx))
-            names = list(stats)
             cols += [stats[n].astype(np.float64) for n in names]
-        rows.append(np.stack(cols, axis=1))
-    if full and not names:  # an empty shard still needs the columns' names and count
-        names = list(mask_statistic_names(len(MASK_GEOMETRY)))
+        return np.stack(cols, axis=1)
+
     first = 2 + 2 * len(MASK_GEOMETRY)
-    width = (first + len(names)) if full else 2
-    local = np.concatenate(rows) if rows else np.zeros((0, width))
-    table = ctx.gather_rows(local)
-    table = table[np.argsort(table[:, 0], kind="stable")]
+    table = ctx.gather_batches(indices, batch_size, rows_of, (first + len(names)) if full else 2)
     correct = table[:, 1].astype(bool)
     result: dict[str, Any] = {"accuracy": float(correct.mean()) if len(correct) else math.nan}
     if full:

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from attentionrnn.engine.config import RunConfig, option
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.precision import autocast, resolve_precision
-from attentionrnn.engine.recipe import finish_run, fit_run, start_run
+from attentionrnn.engine.recipe import batch_chunks, finish_run, fit_run, start_run
 from attentionrnn.engine.trainer import (
     Sized,
     launch,
@@ -218,19 +218,16 @@ def evaluate(
     ctx = ctx or DistContext()
     model.eval()
     indices = {"train": data.train_idx, "val": data.val_idx, "test": data.test_idx}[split]
-    shard = ctx.shard(indices)
-    rows: list[np.ndarray] = []
-    for start in range(0, len(shard), batch_size):
-        idx = shard[start : start + batch_size]
+
+    def rows_of(idx: np.ndarray) -> np.ndarray:
         x, y = data.batch(split, idx)
         with autocast(precision):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, reduction="none")
         pred = logits.argmax(1)
-        rows.append(np.stack([idx, pred.numpy(), y.numpy(), loss.double().numpy()], axis=1))
-    local = np.concatenate(rows) if rows else np.zeros((0, 4))
-    table = ctx.gather_rows(local)
-    table = table[np.argsort(table[:, 0], kind="stable")]
+        return np.stack([idx, pred.numpy(), y.numpy(), loss.double().numpy()], axis=1)
+
+    table = ctx.gather_batches(indices, batch_size, rows_of, width=4)
     pred, target = table[:, 1].astype(np.int64), table[:, 2].astype(np.int64)
     correct = pred == target
     accuracy = float(correct.mean()) if len(correct) else math.nan
@@ -289,9 +286,7 @@ def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(
             int(np.random.default_rng([config.seed, epoch, ctx.rank, 1]).integers(2**62))
         )
-        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        if len(chunks) > 1 and len(chunks[-1]) < 2:
-            chunks.pop()  # batch norm needs at least two samples
+        chunks = batch_chunks(order, batch_size)
         batches = (data.batch("train", np.sort(c), generator) for c in chunks)
         return train_one_epoch(
             net, optimizer, Sized(batches, len(chunks)), loss_fn, precision=precision,

@@ -53,12 +53,10 @@ def evaluate(
     ctx = ctx or DistContext()
     model.eval()
     s = data.split(split)
-    shard = ctx.shard(data.indices(split))
     glimpses = getattr(model, "glimpses", 1)
     with_mass = s.boxes is not None and getattr(model, "attention", "none") != "none"
-    rows: list[np.ndarray] = []
-    for start in range(0, len(shard), batch_size):
-        idx = shard[start : start + batch_size]
+
+    def rows_of(idx: np.ndarray) -> np.ndarray:
         x, ids, lengths, target = data.batch(split, idx)
         with autocast(precision):
             logits, masks = model(x, ids, lengths, return_masks=True,
@@ -78,10 +76,9 @@ def evaluate(
             if with_mass and masks is not None
             else np.full((len(idx), glimpses), np.nan)
         )
-        rows.append(np.column_stack([idx, pred, score, loss.double().numpy(), mass]))
-    local = np.concatenate(rows) if rows else np.zeros((0, 4 + glimpses))
-    table = ctx.gather_rows(local)
-    table = table[np.argsort(table[:, 0], kind="stable")]
+        return np.column_stack([idx, pred, score, loss.double().numpy(), mass])
+
+    table = ctx.gather_batches(data.indices(split), batch_size, rows_of, width=4 + glimpses)
     idx = table[:, 0].astype(np.int64)
     score = table[:, 2]
 

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import resolve_precision
-from attentionrnn.engine.recipe import finish_run, fit_run, start_run
+from attentionrnn.engine.recipe import batch_chunks, finish_run, fit_run, start_run
 from attentionrnn.engine.trainer import (
     Sized,
     launch,
@@ -107,9 +107,7 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
         pool = data.curriculum_idx if epoch < config.curriculum_epochs else data.train_idx
         rng = np.random.default_rng([config.seed, epoch])
         order = ctx.shard(pool[rng.permutation(len(pool))], even=True)
-        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        if len(chunks) > 1 and len(chunks[-1]) < 2:
-            chunks.pop()  # batch norm needs at least two samples
+        chunks = batch_chunks(order, batch_size)
         batches = (
             (*data.batch("train", np.sort(c)), data.boxes("train", np.sort(c))) for c in chunks
         )
