@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import math
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -111,16 +112,24 @@ def _flag(name: str) -> str:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, cls: type, overrides: dict[str, dict[str, Any]] | None = None
+    parser: argparse.ArgumentParser,
+    cls: type,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    names: Sequence[str] | None = None,
 ) -> None:
-    """Add one flag per field of the dataclass ``cls`` to ``parser``.
+    """Add one flag per field of the dataclass ``cls`` to ``parser`` (``names``: only those
+    fields' flags, in that order).
 
     ``overrides`` maps a field name to extra ``add_argument`` keywords (e.g. ``required``).
     """
     hints = typing.get_type_hints(cls)
     shared = {f.name for f in dataclasses.fields(RunConfig)} - set(RunConfig.RUN_FIELDS)
     # the run's and the experiment's own flags first, then how every run config runs
-    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name in shared):
+    fields = sorted(dataclasses.fields(cls), key=lambda f: f.name in shared)
+    if names is not None:
+        by_name = {f.name: f for f in fields}
+        fields = [by_name[n] for n in names]
+    for f in fields:
         meta = {k: v for k, v in f.metadata.items() if k not in _CHECKS}
         limits = {k: v for k, v in f.metadata.items() if k in _CHECKS}
         if not meta.pop("cli", True):

@@ -11,6 +11,7 @@ describes the contract with the smallest complete example.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from collections.abc import Callable, Sequence
@@ -18,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Budget", "Experiment", "experiments", "register_experiment"]
+__all__ = ["Budget", "Experiment", "config_budget", "experiments", "register_experiment"]
+
+#: the options of ``reproduce`` that every run config takes (:meth:`Experiment.budget_config`)
+RUN_OPTIONS = ("precision", "threads", "progress")
 
 #: The modules whose import registers the paper's experiments, in CLI order.
 EXPERIMENT_MODULES = (
@@ -42,6 +46,22 @@ class Budget:
     spread_seeds: tuple[int, ...] = (0,)
 
 
+def config_budget(config: type, *names: str, **defaults: Any) -> type:
+    """A :class:`Budget` class for an experiment's budget to subclass, whose fields are the run
+    config's fields ``names``, with the config's types and defaults (``defaults`` gives others,
+    and may give Budget's own fields other defaults): what a budget sets is declared once, in the
+    config, and :meth:`Experiment.budget_config` copies it into the runs' configs."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    own = {f.name: f for f in dataclasses.fields(Budget)}
+    unknown = sorted(set(names) - set(fields)) + sorted(set(defaults) - set(names) - set(own))
+    if unknown:
+        raise TypeError(f"{config.__name__} has no field(s) {unknown}")
+    spec = [(n, fields[n].type, field(default=defaults.pop(n, fields[n].default))) for n in names]
+    spec += [(n, own[n].type, field(default=v)) for n, v in defaults.items()]
+    return dataclasses.make_dataclass(f"{config.__name__}Budget", spec, bases=(Budget,),
+                                      frozen=True, kw_only=True)  # fmt: skip
+
+
 @dataclass
 class Experiment:
     """One experiment's declaration.
@@ -52,16 +72,31 @@ class Experiment:
         config: the run config class (a :class:`~attentionrnn.engine.config.RunConfig`): the
             ``train`` flags are its fields.
         train: ``train(config) -> metrics`` (a module-level function: parallel jobs import it).
-        budgets, default_budget, budget_class: the named budgets of ``reproduce``.
-        datasets: the valid ``--datasets``.
-        methods: the rows (attention method names) a ``reproduce`` may train, in table order.
+        budgets, default_budget, budget_class: the named budgets of ``reproduce`` (default: the
+            first budget, and its class).
+        datasets: the valid ``--datasets`` (default: the choices of the config's ``dataset``).
+        methods: the rows (attention method names) a ``reproduce`` may train, in table order
+            (default: the choices of the config's :attr:`row_field`).
         base_config: ``(budget, dataset, options) -> config`` without row, seed and out;
             ``options`` holds ``precision``, ``threads``, ``progress``, ``out`` (the results
-            folder) and the values of :attr:`reproduce_flags`.
-        markdown: ``summary -> str``: the table printed.
+            folder) and the values of :attr:`config_flags` and :attr:`reproduce_flags` (default:
+            :meth:`budget_config`).
+        markdown: ``summary -> str``: the table printed (default, where ``table_section`` is
+            declared: :meth:`markdown_document`).
+        table_title, table_caption, table_section: the parts of :meth:`markdown_document`: the
+            title, the text above the tables, ``(summary, dataset, rows) -> lines`` of a dataset.
         summarize, figures, totals, figures_for, table_order, log: what
             :meth:`assemble_table` passes to :func:`~attentionrnn.engine.results.assemble`
-            (``table_order`` default: :meth:`order`).
+            (``table_order`` default: :meth:`order`; ``summarize`` default, where ``columns``
+            is declared: :meth:`summarize_row`; ``figures`` default, where ``curve_figure`` is
+            declared: :meth:`dataset_figures`; ``log`` default: ``attentionrnn.NAME.reproduce``).
+        columns: ``[metrics of each seed] -> {key: statistics}``: a row's own entries of the
+            table (:meth:`summarize_row`).
+        curve_figure, run_figure, figure_title, dataset_title: the figures of
+            :meth:`dataset_figures`: ``curve_figure(curves, path, title)`` draws the learning
+            curves, ``run_figure(runs, path, title)`` the :attr:`figure` of ``{row: run
+            folder}`` (titled ``DATASET: FIGURE_TITLE``); ``dataset_title(dataset)`` names a
+            dataset in titles.
         assemble: ``(out, budget_name, settings, figure=...) -> summary``: writes the table
             (default: :meth:`assemble_table`).
         cost: ``{method: relative cost of a run}`` (parallel runs start with the most
@@ -78,6 +113,8 @@ class Experiment:
         prepare: ``(dataset, configs, jobs, options) -> configs``: fill the data cache once
             before parallel jobs read it; may set fields (E1 sets the data file); called only
             for datasets with runs to train.
+        config_flags: the config fields that ``reproduce`` takes as flags too, as ``train``
+            does (the data options; their names are the keys in ``options``).
         reproduce_flags: ``(flag, add_argument keywords)`` of the data flags of ``reproduce``
             (their ``dest`` goes into ``options``).
         train_keys: the metrics ``train`` prints.
@@ -93,14 +130,22 @@ class Experiment:
     config: type
     train: Callable[[Any], Any]
     budgets: dict[str, Any]
-    default_budget: str
-    budget_class: type
-    datasets: Sequence[str]
-    methods: Sequence[str]
-    base_config: Callable[[Any, str, dict[str, Any]], Any]
-    markdown: Callable[[dict[str, Any]], str]
     cost: dict[str, float]
+    markdown: Callable[[dict[str, Any]], str] | None = None
+    table_title: str = ""
+    table_caption: str = ""
+    table_section: Callable[[dict[str, Any], str, dict[str, Any]], list[str]] | None = None
+    datasets: Sequence[str] = ()
+    methods: Sequence[str] = ()
+    default_budget: str | None = None
+    budget_class: type | None = None
+    base_config: Callable[[Any, str, dict[str, Any]], Any] | None = None
     summarize: Callable[[str, dict[int, dict[str, Any]]], dict[str, Any]] | None = None
+    columns: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    curve_figure: Callable[[dict[str, Any], Path, str], Path] | None = None
+    run_figure: Callable[[dict[str, Path], Path, str], Path | None] | None = None
+    figure_title: str = "attention"
+    dataset_title: Callable[[str], str] = str
     figures: Callable[..., dict[str, str]] | None = None
     totals: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     figures_for: str = "found"
@@ -116,6 +161,7 @@ class Experiment:
     skip: Callable[[str, str], bool] | None = None
     check: Callable[[str, Any, Sequence[str]], None] | None = None
     prepare: Callable[[str, list[Any], int, dict[str, Any]], list[Any]] | None = None
+    config_flags: Sequence[str] = ()
     reproduce_flags: Sequence[tuple[str, dict[str, Any]]] = ()
     train_keys: Sequence[str] = ()
     train_help: str = "train one run"
@@ -133,8 +179,108 @@ class Experiment:
     table_prefix: str | None = None
 
     def __post_init__(self) -> None:
+        choices = {f.name: f.metadata.get("choices", ()) for f in dataclasses.fields(self.config)}
+        self.datasets = tuple(self.datasets or choices["dataset"])
+        self.methods = tuple(self.methods or choices[self.row_field])
+        if self.default_budget is None:
+            self.default_budget = next(iter(self.budgets))
+        if self.budget_class is None:
+            self.budget_class = type(self.budgets[self.default_budget])
+        if self.base_config is None:
+            self.base_config = self.budget_config
+        if self.summarize is None and self.columns is not None:
+            self.summarize = self.summarize_row
+        if self.figures is None and self.curve_figure is not None:
+            self.figures = self.dataset_figures
+        if self.markdown is None and self.table_section is not None:
+            self.markdown = self.markdown_document
+        if self.log is None:
+            self.log = logging.getLogger(f"attentionrnn.{self.name}.reproduce")
         if self.assemble is None:
             self.assemble = self.assemble_table
+
+    def flag_dests(self) -> list[str]:
+        """The ``options`` keys of :attr:`config_flags` and :attr:`reproduce_flags`."""
+        return [*self.config_flags, *(kw.get("dest", flag.lstrip("-").replace("-", "_"))
+                                      for flag, kw in self.reproduce_flags)]  # fmt: skip
+
+    def budget_config(
+        self, budget: Any, dataset: str, options: dict[str, Any], **values: Any
+    ) -> Any:
+        """A run config of ``dataset`` without row, seed and out: the fields of ``budget`` that
+        the config has, the run options (``precision``, ``threads``, ``progress``) and the
+        :attr:`config_flags` and :attr:`reproduce_flags` given in ``options``, then
+        ``values``."""
+        names = {f.name for f in dataclasses.fields(self.config)}
+        settings = {f.name: getattr(budget, f.name) for f in dataclasses.fields(budget)
+                    if f.name in names}  # fmt: skip
+        settings.update((k, options[k]) for k in (*RUN_OPTIONS, *self.flag_dests())
+                        if k in options and k in names)  # fmt: skip
+        return self.config(dataset=dataset, **{**settings, **values})
+
+    @property
+    def row_key(self) -> str:
+        """What a row is called: ``method``, or the :attr:`row_field` where it is not
+        ``attention`` (E4's ``mask``)."""
+        return "method" if self.row_field == "attention" else self.row_field
+
+    def summarize_row(self, method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """A row of the table from ``{seed: metrics}``: the method, its label, seeds, precision
+        and parameters, its :attr:`columns`, then its epochs and hours (mean ± std over the
+        seeds; the wall time summed)."""
+        from attentionrnn.engine.runs import seed_stats
+
+        ms = [runs[s] for s in sorted(runs)]
+        first = ms[0]
+        return {
+            self.row_key: method,
+            "label": self.label(method),
+            "seeds": sorted(runs),
+            "precision": first.get("precision"),
+            "parameters": first.get("parameters"),
+            **self.columns(ms),  # type: ignore[misc]
+            "epochs": [m["epochs"] for m in ms],
+            "training_time_h": seed_stats([m["training_time_s"] / 3600 for m in ms]),
+            "wall_time_h": sum(m.get("wall_time_s", m["training_time_s"]) for m in ms) / 3600,
+        }
+
+    def markdown_document(self, summary: dict[str, Any]) -> str:
+        """The table as Markdown (:func:`~attentionrnn.engine.results.markdown_document` of
+        :attr:`table_title`, :attr:`table_caption` and :attr:`table_section`)."""
+        from attentionrnn.engine import results
+
+        return results.markdown_document(
+            summary,
+            self.table_title,
+            self.table_caption,
+            self.table_section,  # type: ignore[arg-type]
+        )
+
+    def dataset_figures(
+        self, out: Path, dataset: str, rows: dict[str, dict[int, dict[str, Any]]]
+    ) -> dict[str, str]:
+        """The learning curves ``OUT/curves_DATASET.png`` and, where the weights and data are
+        here, the :attr:`figure` of the lowest seed of each row ``OUT/FIGURE_DATASET.png``
+        (:attr:`curve_figure`, :attr:`run_figure`); returns ``{kind: file name}``."""
+        from attentionrnn.engine import results
+
+        title = self.dataset_title(dataset)
+        curves = results.learning_curves(rows, self.label, self.order)
+        path = self.curve_figure(curves, out / f"curves_{dataset}.png",  # type: ignore[misc]
+                                 f"{title}: learning curves")  # fmt: skip
+        drawn = {"curves": path.name}
+        if self.run_figure is None:
+            return drawn
+        runs = {m: out / "runs" / dataset / m / f"seed{min(rows[m])}"
+                for m in sorted(rows, key=self.order)}  # fmt: skip
+        extra = results.optional_figure(
+            lambda: self.run_figure(runs, out / f"{self.figure}_{dataset}.png",  # type: ignore[misc]
+                                    f"{title}: {self.figure_title}"),
+            f"{self.figure} figure", dataset, self.log,  # type: ignore[arg-type]
+        )  # fmt: skip
+        if extra:
+            drawn[self.figure] = extra.name
+        return drawn
 
     def assemble_table(
         self, out: str | Path, budget: str, settings: Any = None, figure: bool = True

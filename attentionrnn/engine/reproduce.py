@@ -130,9 +130,8 @@ def add_commands(subparsers: argparse._SubParsersAction, experiment: Experiment)
     add_config_arguments(t, e.config, {"out": {"required": True}})
     t.set_defaults(func=lambda args: _train(e, args))
 
-    r = add_reproduce_parser(sub, e.budgets, e.default_budget, e.out_for("BUDGET"),
-                             row=e.row_field if e.row_field != "attention" else "method",
-                             figure=e.figure)
+    r = add_reproduce_parser(sub, e.budgets, e.default_budget, e.out_for("BUDGET"), row=e.row_key,
+                             figure=e.figure)  # fmt: skip
     r.add_argument("--datasets", nargs="+", choices=e.datasets, help=e.datasets_help or
                    f"datasets to add runs of (default: {e.datasets[0]})")  # fmt: skip
     r.add_argument("--methods", nargs="+", choices=e.methods, dest="methods",
@@ -141,6 +140,7 @@ def add_commands(subparsers: argparse._SubParsersAction, experiment: Experiment)
         r.add_argument(f"--{e.row_field}s", nargs="+", choices=e.methods, dest="methods",
                        help=argparse.SUPPRESS)  # fmt: skip
     r.add_argument("--seeds", nargs="+", type=seed_type, help=e.seeds_help)
+    add_config_arguments(r, e.config, names=e.config_flags)
     for flag, kwargs in e.reproduce_flags:
         r.add_argument(flag, **kwargs)
     add_run_options(r, figures=e.table_figures)
@@ -158,7 +158,7 @@ def _train(e: Experiment, args: argparse.Namespace) -> int:
 
 
 def _reproduce(e: Experiment, args: argparse.Namespace) -> int:
-    options = {dest: getattr(args, dest) for dest in _flag_dests(e)}
+    options = {dest: getattr(args, dest) for dest in e.flag_dests()}
     summary = reproduce(
         e, args.out or e.out_for(args.budget), budget=args.budget,
         datasets=tuple(args.datasets) if args.datasets else None,
@@ -168,10 +168,6 @@ def _reproduce(e: Experiment, args: argparse.Namespace) -> int:
         figure=not getattr(args, "no_figures", False), dry_run=args.dry_run, **options,
     )  # fmt: skip
     return print_reproduced(summary, e.markdown)
-
-
-def _flag_dests(e: Experiment) -> list[str]:
-    return [kw.get("dest", flag.lstrip("-").replace("-", "_")) for flag, kw in e.reproduce_flags]
 
 
 def _table(e: Experiment, args: argparse.Namespace) -> int:

@@ -11,18 +11,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.runs import finished_runs
+from attentionrnn.engine.runs import finished_runs, format_stats
 from attentionrnn.engine.state import atomic_write_json
 
-__all__ = ["assemble", "learning_curves", "optional_figure"]
+__all__ = [
+    "COST_COLUMNS",
+    "assemble",
+    "learning_curves",
+    "markdown_document",
+    "markdown_table",
+    "optional_figure",
+    "row_cells",
+]
 
 #: ``{row: {seed: metrics}}`` of one dataset
 Rows = dict[str, dict[int, dict[str, Any]]]
+#: the last columns of a row of a table: what its runs cost (:func:`row_cells`)
+COST_COLUMNS = ("params", "epochs", "min/run", "wall")
 
 
 def assemble(
@@ -92,6 +102,39 @@ def markdown_head(summary: dict[str, Any], title: str) -> list[str]:
         f"{settings.get('description', '')}.",
         "",
     ]
+
+
+def markdown_document(
+    summary: dict[str, Any],
+    title: str,
+    caption: str,
+    section: Callable[[dict[str, Any], str, dict[str, Any]], list[str]],
+) -> str:
+    """A results table as Markdown: :func:`markdown_head`, the ``caption`` and a blank line, then
+    the lines of ``section(summary, dataset, rows)`` of each dataset in the summary."""
+    lines = [*markdown_head(summary, title), caption, ""]
+    for d, rows in summary["results"].items():
+        lines += section(summary, d, rows)
+    return "\n".join(lines)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table of ``header`` and ``rows`` (their cells)."""
+    return [_table_line(header), "|---" * len(header) + "|", *map(_table_line, rows)]
+
+
+def _table_line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def row_cells(row: dict[str, Any], cells: Sequence[str]) -> list[str]:
+    """The cells of a summarised row: its label and seeds, ``cells``, then what its runs cost
+    (:data:`COST_COLUMNS`: parameters, epochs, training minutes per run, wall hours)."""
+    return [
+        row["label"], ",".join(map(str, row["seeds"])), *cells, f"{row['parameters']:,}",
+        ",".join(map(str, row["epochs"])), format_stats(row["training_time_h"], 1, 60),
+        f"{row['wall_time_h']:.2f} h",
+    ]  # fmt: skip
 
 
 def markdown_figures(

@@ -12,15 +12,13 @@ and data are present, the masks ``OUT/masks_DATASET.png``.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attentionrnn.data.generate import CANVAS, DATASETS
+from attentionrnn.data.generate import DATASETS
 from attentionrnn.engine import results
-from attentionrnn.engine.experiment import Budget as BaseBudget
-from attentionrnn.engine.experiment import Experiment, register_experiment
+from attentionrnn.engine.experiment import Experiment, config_budget, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.trainer import BEST
 from attentionrnn.experiments.e1.config import E1Config
@@ -35,24 +33,18 @@ from attentionrnn.experiments.e1.table import (
 )
 from attentionrnn.experiments.e1.train import resolve_data, train
 
-logger = logging.getLogger("attentionrnn.e1.reproduce")
+#: What a budget sets besides its epochs: the data (a smaller canvas costs less per step),
+#: batch, patience and RMSprop's schedule (the rate ÷1.5 from epoch ``lr_decay_start`` every
+#: ``lr_decay_every``, after a linear warm-up of ``lr_warmup_epochs``).
+BUDGET_FIELDS = ("samples", "batch_size", "patience", "canvas", "lr", "lr_warmup_epochs",
+                 "lr_decay_start", "lr_decay_every")  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
-class Budget(BaseBudget):
-    """How much data and training one budget spends per run."""
+class Budget(config_budget(E1Config, *BUDGET_FIELDS)):
+    """How much data and training one budget spends per run: :data:`BUDGET_FIELDS` (defaults:
+    E1Config's, PAN's protocol), and the rows and datasets of a ``reproduce``."""
 
-    samples: int
-    batch_size: int
-    patience: int
-    #: image side of the generated data (PAN: 100); a smaller canvas costs less per step
-    canvas: int = CANVAS
-    #: RMSprop's learning rate (PAN: 0.003, at batch 200), and the epochs of its linear warm-up
-    lr: float = 0.003
-    lr_warmup_epochs: int = 0
-    #: PAN's schedule: the rate ÷1.5 from epoch ``lr_decay_start`` every ``lr_decay_every``
-    lr_decay_start: int = 30
-    lr_decay_every: int = 10
     #: the rows and datasets a ``reproduce`` without ``--methods`` / ``--datasets`` trains
     #: (``None``: all)
     methods: tuple[str, ...] | None = None
@@ -76,9 +68,7 @@ BUDGETS: dict[str, Budget] = {
     # PAN's data and batch, trained for as many steps as the measured curves need to pass
     # their knee on this CPU (docs/experiments.md); CTX and ARNN with 3 seeds.
     "cpu": Budget(
-        samples=50000,
         epochs=10,
-        batch_size=200,
         patience=10,
         description="PAN's data (30k/10k/10k samples) and batch 200, 10 epochs (1,500 steps), "
         "bf16 where native",
@@ -111,9 +101,7 @@ BUDGETS: dict[str, Budget] = {
     # epochs. On the 80x80 canvas: PAN's 100 px costs ~2.7x per epoch, which puts the rows over
     # the 15 h this budget may take on a 2-core machine.
     "plateau": Budget(
-        samples=50000,
         epochs=24,
-        batch_size=200,
         patience=8,
         canvas=80,
         lr_decay_start=10,
@@ -128,10 +116,7 @@ BUDGETS: dict[str, Budget] = {
     ),
     # The PAN protocol.
     "full": Budget(
-        samples=50000,
         epochs=300,
-        batch_size=200,
-        patience=50,
         description="PAN protocol: 50,000 samples (30k/10k/10k), up to 300 epochs, batch 200, "
         "early stop after 50 epochs without validation improvement",
         spread_seeds=(0, 1, 2),
@@ -175,14 +160,8 @@ def reproduce(
 
 
 def _base_config(b: Budget, dataset: str, o: dict[str, Any]) -> E1Config:
-    return E1Config(
-        dataset=dataset, samples=b.samples, epochs=b.epochs, batch_size=b.batch_size, lr=b.lr,
-        lr_warmup_epochs=b.lr_warmup_epochs, lr_decay_start=b.lr_decay_start,
-        lr_decay_every=b.lr_decay_every, patience=b.patience, canvas=b.canvas,
-        task=o.get("task", "color"), mnist=o.get("mnist"), layer4_gate=o.get("layer4_gate"),
-        precision=o["precision"], data_dir=str(Path(o["out"]) / "data"), threads=o["threads"],
-        progress=o["progress"],
-    )  # fmt: skip
+    """The budget's config, with the data cached in the results folder."""
+    return EXPERIMENT.budget_config(b, dataset, o, data_dir=str(Path(o["out"]) / "data"))
 
 
 def _prepare(dataset: str, configs: list[E1Config], jobs: int, o: dict[str, Any]) -> list:
@@ -251,17 +230,13 @@ EXPERIMENT = register_experiment(Experiment(
     config=E1Config,
     train=train,
     budgets=BUDGETS,
-    default_budget="quick",
-    budget_class=Budget,
-    datasets=DATASETS,
-    methods=ROWS,
     base_config=_base_config,
     default_datasets=lambda b: b.datasets or DATASETS,
     default_methods=lambda b: b.methods or ROWS,
     row_folder=lambda method, o: row_name(method, o.get("layer4_gate")),
     prepare=_prepare,
     summarize=summarize, figures=_figures, totals=_totals, figures_for="table",
-    table_order=row_order, log=logger,
+    table_order=row_order,
     markdown=results_markdown,
     cost=COST,
     labels=LABELS,
@@ -275,11 +250,7 @@ EXPERIMENT = register_experiment(Experiment(
     methods_help="default: the budget's, or all",
     seeds_help="training seeds of every row (default: the budget's; 3 for CTX and ARNN in cpu "
     "and full)",
-    reproduce_flags=(
-        ("--layer4-gate", {"choices": ("sigmoid", "softmax"), "help": "override layer 4's gate"}),
-        ("--task", {"choices": ("color", "digit"), "default": "color"}),
-        ("--mnist", {"metavar": "DIR", "help": "folder of the MNIST IDX files"}),
-    ),
+    config_flags=("layer4_gate", "task", "mnist"),
     table_figures=False,
     default_out="results/{budget}",
     table_prefix="",

@@ -10,39 +10,31 @@ and the data are present, the attention maps ``OUT/masks_DATASET.png``.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attentionrnn.engine import experiment as engine_experiment
 from attentionrnn.engine import results
-from attentionrnn.engine.experiment import Experiment, register_experiment
+from attentionrnn.engine.experiment import Experiment, config_budget, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
-from attentionrnn.experiments.e2.data import CIFAR10_TAR_MD5, DATASETS, load_dataset
-from attentionrnn.experiments.e2.model import E2_ATTENTIONS, E2_ROWS, LABELS
+from attentionrnn.experiments.e2.data import load_dataset
+from attentionrnn.experiments.e2.figures import curve_figure, mask_figure
+from attentionrnn.experiments.e2.model import E2_ATTENTIONS, LABELS
 from attentionrnn.experiments.e2.train import E2Config, train
-
-logger = logging.getLogger("attentionrnn.e2.reproduce")
 
 __all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
 
 
-@dataclass(frozen=True, kw_only=True)
-class Budget(engine_experiment.Budget):
-    """Network size and training length of one budget."""
+#: What a budget sets besides its epochs: network size, data size and training length.
+BUDGET_FIELDS = ("width", "lr_step", "depth", "batch_size", "patience", "val_samples",
+                 "train_samples", "test_samples")  # fmt: skip
 
-    width: float
-    lr_step: int
-    depth: int | None = None
-    batch_size: int = 128
-    patience: int = 1000
-    val_samples: int = 5000
-    train_samples: int | None = None
-    test_samples: int | None = None
-    #: more seeds for the rows whose spread the comparison needs (LTPA and LTPA + ARNN)
-    spread_seeds: tuple[int, ...] = (0, 1, 2)
+
+@dataclass(frozen=True, kw_only=True)
+class Budget(config_budget(E2Config, *BUDGET_FIELDS, patience=1000, spread_seeds=(0, 1, 2))):
+    """One budget: :data:`BUDGET_FIELDS` (defaults: E2Config's, but a patience of 1000 epochs);
+    3 seeds for the rows whose spread the comparison needs (LTPA and LTPA + ARNN)."""
 
 
 #: Relative training cost per method (measured: bf16, width 0.25, batch 128); parallel runs start
@@ -84,17 +76,6 @@ def reproduce(out: str | Path, budget: str | Budget = "cpu", **kwargs: Any) -> d
     return engine_reproduce(EXPERIMENT, out, budget, **kwargs)
 
 
-def _base_config(b: Budget, dataset: str, o: dict[str, Any]) -> E2Config:
-    return E2Config(
-        dataset=dataset, epochs=b.epochs, width=b.width, depth=b.depth, batch_size=b.batch_size,
-        lr_step=b.lr_step, patience=b.patience, val_samples=b.val_samples,
-        train_samples=b.train_samples, test_samples=b.test_samples,
-        cifar10_tar=o.get("cifar10_tar"), cifar10_md5=o.get("cifar10_md5", CIFAR10_TAR_MD5),
-        cifar_dir=o.get("cifar_dir"), data_dir=o.get("data_dir"), precision=o["precision"],
-        threads=o["threads"], progress=o["progress"],
-    )  # fmt: skip
-
-
 def _prepare(dataset: str, configs: list[E2Config], jobs: int, o: dict[str, Any]) -> list:
     """Decode the tar into the cache once, before parallel runs read it."""
     c = configs[0]
@@ -107,84 +88,59 @@ def _prepare(dataset: str, configs: list[E2Config], jobs: int, o: dict[str, Any]
 # the table, from finished runs
 
 
-def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over the seeds of one method."""
-    ms = [runs[s] for s in sorted(runs)]
-    first = ms[0]
-    classes = list(first["per_class_accuracy"])
+def _columns(ms: list[dict[str, Any]]) -> dict[str, Any]:
+    """A method's entries of the table: its width and mean ± std over its seeds."""
+    classes = list(ms[0]["per_class_accuracy"])
     return {
-        "method": method,
-        "label": LABELS.get(method, method),
-        "seeds": sorted(runs),
-        "width": first.get("width"),
-        "precision": first.get("precision"),
-        "parameters": first.get("parameters"),
+        "width": ms[0].get("width"),
         "test_error": seed_stats([m["test_error"] for m in ms]),
         "val_error": seed_stats([m["val_error"] for m in ms]),
         "per_class_accuracy": {
             c: seed_stats([m["per_class_accuracy"][c] for m in ms]) for c in classes
         },
-        "epochs": [m["epochs"] for m in ms],
         "best_epoch": [m["best_epoch"] for m in ms],
-        "training_time_h": seed_stats([m["training_time_s"] / 3600 for m in ms]),
-        "wall_time_h": sum(m.get("wall_time_s", m["training_time_s"]) for m in ms) / 3600,
     }
 
 
-def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, str]:
-    """The learning curves and, where the data and weights are here, the attention maps."""
-    from attentionrnn.experiments.e2.figures import curve_figure, mask_figure
-
-    curves = results.learning_curves(rows, lambda m: LABELS.get(m, m), EXPERIMENT.order)
-    path = curve_figure(curves, out / f"curves_{d}.png", f"{d.upper()}: learning curves")
-    drawn = {"curves": path.name}
-    runs = {m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in rows if m != "none"}
-    masks = results.optional_figure(
-        lambda: mask_figure(runs, out / f"masks_{d}.png", title=f"{d.upper()}: attention"),
-        "attention figure", d, logger,
-    )  # fmt: skip
-    if masks:
-        drawn["masks"] = masks.name
-    return drawn
+def _mask_figure(runs: dict[str, Path], path: Path, title: str) -> Path | None:
+    """The attention maps of the runs with attention."""
+    return mask_figure({m: r for m, r in runs.items() if m != "none"}, path, title=title)
 
 
 def _fmt(stats: dict[str, Any] | None, scale: float = 100.0, digits: int = 2) -> str:
     return format_stats(stats, digits, scale)
 
 
-def results_markdown(summary: dict[str, Any]) -> str:
-    """The results of :func:`assemble` as Markdown."""
-    lines = [
-        *results.markdown_head(summary, "E2 image classification (LTPA VGG-att3)"),
-        "Top-1 error (%) on the test set at the best validation epoch; mean ± sample standard "
-        "deviation over the seeds listed (one seed has no ±). Time: training hours per run; "
-        "wall: all runs of the row.",
-        "",
-    ]
-    for d, rows in summary["results"].items():
-        lines += [
-            f"## {d.upper()}",
-            "",
-            "| method | seeds | test error % | val error % | params | epochs | time/run | wall |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in rows.values():
-            lines.append(
-                f"| {r['label']} | {','.join(map(str, r['seeds']))} | {_fmt(r['test_error'])} | "
-                f"{_fmt(r['val_error'])} | {r['parameters']:,} | "
-                f"{','.join(map(str, r['epochs']))} | {_fmt(r['training_time_h'], 1, 2)} h | "
-                f"{r['wall_time_h']:.2f} h |"
-            )
-        classes = list(next(iter(rows.values()))["per_class_accuracy"])
-        if len(classes) <= 20:  # CIFAR-100's per-class accuracy is in results.json only
-            lines += ["", "Per-class test accuracy % (mean over seeds):", ""]
-            lines += ["| method | " + " | ".join(classes) + " |", "|---" * (1 + len(classes)) + "|"]
-            for r in rows.values():
-                pc = r["per_class_accuracy"]
-                cells = [_fmt({"mean": pc[c]["mean"]}, digits=1) for c in classes]
-                lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-        lines += ["", *results.markdown_figures(summary, d)]
-    return "\n".join(lines)
+def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]:
+    """A dataset's table of errors, the per-class accuracy (CIFAR-10) and its figures."""
+    header = ["method", "seeds", "test error %", "val error %", "params", "epochs", "time/run",
+              "wall"]  # fmt: skip
+    table = [
+        [r["label"], ",".join(map(str, r["seeds"])), _fmt(r["test_error"]), _fmt(r["val_error"]),
+         f"{r['parameters']:,}", ",".join(map(str, r["epochs"])),
+         f"{_fmt(r['training_time_h'], 1, 2)} h", f"{r['wall_time_h']:.2f} h"]
+        for r in rows.values()
+    ]  # fmt: skip
+    lines = [f"## {d.upper()}", "", *results.markdown_table(header, table)]
+    classes = list(next(iter(rows.values()))["per_class_accuracy"])
+    if len(classes) <= 20:  # CIFAR-100's per-class accuracy is in results.json only
+        per_class = [
+            [r["label"], *(_fmt({"mean": r["per_class_accuracy"][c]["mean"]}, digits=1)
+                           for c in classes)]
+            for r in rows.values()
+        ]  # fmt: skip
+        lines += ["", "Per-class test accuracy % (mean over seeds):", ""]
+        lines += results.markdown_table(["method", *classes], per_class)
+    return [*lines, "", *results.markdown_figures(summary, d)]
+
+
+#: The title of :func:`results_markdown` and the text above its tables.
+TITLE = "E2 image classification (LTPA VGG-att3)"
+CAPTION = (
+    "Top-1 error (%) on the test set at the best validation epoch; mean ± sample standard "
+    "deviation over the seeds listed (one seed has no ±). Time: training hours per run; "
+    "wall: all runs of the row."
+)
 
 
 EXPERIMENT = register_experiment(Experiment(
@@ -195,15 +151,10 @@ EXPERIMENT = register_experiment(Experiment(
     config=E2Config,
     train=train,
     budgets=BUDGETS,
-    default_budget="cpu",
-    budget_class=Budget,
-    datasets=DATASETS,
-    methods=E2_ROWS,
     default_methods=lambda b: E2_ATTENTIONS,
-    base_config=_base_config,
     prepare=_prepare,
-    summarize=summarize, figures=_figures, log=logger,
-    markdown=results_markdown,
+    columns=_columns, curve_figure=curve_figure, run_figure=_mask_figure, dataset_title=str.upper,
+    table_title=TITLE, table_caption=CAPTION, table_section=_section,
     cost=COST,
     labels=LABELS,
     spread=SPREAD,
@@ -215,15 +166,12 @@ EXPERIMENT = register_experiment(Experiment(
     train_keys=("test_error", "val_error", "epochs", "best_epoch", "precision",
                 "training_time_s"),
     seeds_help="training seeds of every row (default: the budget's; 3 for LTPA and LTPA + ARNN)",
-    reproduce_flags=(
-        ("--cifar10-tar", {"metavar": "PATH",
-                           "help": "CIFAR-10 JPEG tar (default $ATTENTIONRNN_CIFAR10_TAR)"}),
-        ("--cifar10-md5", {"default": CIFAR10_TAR_MD5, "help": "expected md5 of the tar"}),
-        ("--cifar-dir", {"metavar": "DIR", "help": "folder of the CIFAR python pickles"}),
-        ("--data-dir", {"metavar": "DIR", "help": "cache of decoded images"}),
-    ),
+    config_flags=("cifar10_tar", "cifar10_md5", "cifar_dir", "data_dir"),
 ))  # fmt: skip
 
 #: Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``
 #: (:meth:`~attentionrnn.engine.experiment.Experiment.assemble_table`).
 assemble = EXPERIMENT.assemble
+#: The results of :func:`assemble` as Markdown
+#: (:meth:`~attentionrnn.engine.experiment.Experiment.markdown_document`).
+results_markdown = EXPERIMENT.markdown

@@ -18,14 +18,14 @@ from typing import Any
 
 from attentionrnn.engine import results
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.experiment import Budget as BaseBudget
-from attentionrnn.engine.experiment import Experiment, register_experiment
+from attentionrnn.engine.experiment import Experiment, config_budget, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.experiments.e3.config import E3Config
-from attentionrnn.experiments.e3.data import DATASETS, QUESTION_TYPES
+from attentionrnn.experiments.e3.data import QUESTION_TYPES
 from attentionrnn.experiments.e3.evaluate import answer_prior
-from attentionrnn.experiments.e3.model import E3_ATTENTIONS, E3_ROWS, LABELS, REFERENCE_ATTENTIONS
+from attentionrnn.experiments.e3.figures import curve_figure, mask_figure
+from attentionrnn.experiments.e3.model import E3_ATTENTIONS, LABELS, REFERENCE_ATTENTIONS
 from attentionrnn.experiments.e3.rundata import load_data
 from attentionrnn.experiments.e3.train import train
 
@@ -34,28 +34,21 @@ logger = logging.getLogger("attentionrnn.e3.reproduce")
 __all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
 
 
-@dataclass(frozen=True, kw_only=True)
-class Budget(BaseBudget):
-    """Network size, data size and training length of one budget (other fields: E3Config's
-    defaults)."""
+#: What a budget sets besides its epochs: network size, data size and training length, and the
+#: first epochs on the non-relational questions only (:attr:`E3Config.curriculum_epochs`; a
+#: budget with a curriculum runs only on the datasets with relational labels).
+BUDGET_FIELDS = ("lr_step", "patience", "mcb_dim", "image_size", "blocks", "val_images",
+                 "train_questions", "test_questions", "generated_train_images",
+                 "generated_test_images", "curriculum_epochs")  # fmt: skip
 
-    lr_step: int = 8
-    patience: int = 6
-    mcb_dim: int = 1024
-    image_size: int = 64
-    blocks: int = 3
-    val_images: int = 400
-    train_questions: int | None = None
-    test_questions: int | None = None
-    generated_train_images: int = 4000
-    generated_test_images: int = 1000
-    #: more seeds for the rows whose spread the comparison needs (MCB attention and ARNN)
-    spread_seeds: tuple[int, ...] = (0, 1, 2)
+
+@dataclass(frozen=True, kw_only=True)
+class Budget(config_budget(E3Config, *BUDGET_FIELDS, spread_seeds=(0, 1, 2))):
+    """One budget: :data:`BUDGET_FIELDS` (defaults: E3Config's); 3 seeds for the rows whose
+    spread the comparison needs (MCB attention and ARNN)."""
+
     #: ``(dataset, epochs)`` pairs that override ``epochs`` for a dataset
     dataset_epochs: tuple[tuple[str, int], ...] = ()
-    #: first epochs on the non-relational questions only (:attr:`E3Config.curriculum_epochs`);
-    #: a budget with a curriculum runs only on the datasets with relational labels
-    curriculum_epochs: int = 0
 
     def epochs_for(self, dataset: str) -> int:
         """The number of epochs of ``dataset``'s runs."""
@@ -144,16 +137,7 @@ def _check(name: str, b: Budget, datasets: Any) -> None:
 
 
 def _base_config(b: Budget, dataset: str, o: dict[str, Any]) -> E3Config:
-    return E3Config(
-        dataset=dataset, epochs=b.epochs_for(dataset), lr_step=b.lr_step, patience=b.patience,
-        mcb_dim=b.mcb_dim, image_size=b.image_size, blocks=b.blocks, val_images=b.val_images,
-        train_questions=b.train_questions, test_questions=b.test_questions,
-        generated_train_images=b.generated_train_images,
-        generated_test_images=b.generated_test_images, vqa_dir=o.get("vqa_dir"),
-        easy_vqa_dir=o.get("easy_vqa_dir"), data_dir=o.get("data_dir"),
-        precision=o["precision"], threads=o["threads"], progress=o["progress"],
-        curriculum_epochs=b.curriculum_epochs,
-    )  # fmt: skip
+    return EXPERIMENT.budget_config(b, dataset, o, epochs=b.epochs_for(dataset))
 
 
 def _prepare(dataset: str, configs: list[E3Config], jobs: int, o: dict[str, Any]) -> list:
@@ -169,21 +153,14 @@ def _prepare(dataset: str, configs: list[E3Config], jobs: int, o: dict[str, Any]
 # the table, from finished runs
 
 
-def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over the seeds of one method."""
-    ms = [runs[s] for s in sorted(runs)]
-    first = ms[0]
+def _columns(ms: list[dict[str, Any]]) -> dict[str, Any]:
+    """A method's entries of the table: mean ± std over its seeds."""
 
     def correctness(m: dict[str, Any]) -> float | None:
         values = m.get("test_attention_correctness")
         return sum(values) / len(values) if values else None
 
     return {
-        "method": method,
-        "label": LABELS.get(method, method),
-        "seeds": sorted(runs),
-        "precision": first.get("precision"),
-        "parameters": first.get("parameters"),
         "test_accuracy": seed_stats([m["test_accuracy"] for m in ms]),
         "val_accuracy": seed_stats([m["val_accuracy"] for m in ms]),
         "by_type": {
@@ -195,9 +172,6 @@ def summarize(method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "non_relational": seed_stats([m.get("test_non_relational") for m in ms]),
         "attention_correctness": seed_stats([correctness(m) for m in ms]),
         "attention_chance": seed_stats([m.get("test_attention_chance") for m in ms]),
-        "epochs": [m["epochs"] for m in ms],
-        "training_time_h": seed_stats([m["training_time_s"] / 3600 for m in ms]),
-        "wall_time_h": sum(m.get("wall_time_s", m["training_time_s"]) for m in ms) / 3600,
     }
 
 
@@ -219,24 +193,6 @@ def _answer_priors(found: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> di
     return {"answer_prior": priors}
 
 
-def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, str]:
-    """The learning curves and, where the data and weights are here, the attention figure."""
-    from attentionrnn.experiments.e3.figures import curve_figure, mask_figure
-
-    curves = results.learning_curves(rows, lambda m: LABELS.get(m, m), EXPERIMENT.order)
-    drawn = {"curves": curve_figure(curves, out / f"curves_{d}.png", f"{d}: learning curves").name}
-    runs = {
-        m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in sorted(rows, key=EXPERIMENT.order)
-    }
-    masks = results.optional_figure(
-        lambda: mask_figure(runs, out / f"masks_{d}.png", title=f"{d}: attention"),
-        "attention figure", d, logger,
-    )  # fmt: skip
-    if masks:
-        drawn["masks"] = masks.name
-    return drawn
-
-
 def _point(value: float | None) -> dict[str, Any]:
     """One value as the statistics of a single seed (for :func:`_fmt`)."""
     return seed_stats([value])
@@ -246,55 +202,50 @@ def _fmt(stats: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) ->
     return format_stats(stats, digits, scale)
 
 
-def results_markdown(summary: dict[str, Any]) -> str:
-    """The results of :func:`assemble` as Markdown."""
-    lines = [
-        *results.markdown_head(
-            summary, "E3 visual question answering (MCB with swappable attention)"
-        ),
-        "Test accuracy (%) at the best validation epoch, overall and by question type (VQA v2: "
-        "the VQA accuracy min(#humans/3, 1)); attention correctness: the share of the mask's "
-        "mass inside the boxes of the objects the question is about (generated set, mean of the "
-        "glimpses; a uniform mask scores the boxes' share of the image, given below the "
-        "table). Mean ± sample standard deviation over the seeds listed (one seed has no ±). "
-        "'question only (prior)': each test question answered with the training set's most "
-        "frequent answer to the same question, no image. 'oracle mask': not an estimator but "
-        "a bound: the same network with each glimpse spread over the grid cells the question's "
-        "object boxes overlap (the generated set). "
-        "min/run: training minutes per run; wall: hours of all runs of the row.",
-        "",
-    ]
-    for d, rows in summary["results"].items():
-        types = [t for t in QUESTION_TYPES if any(t in r["by_type"] for r in rows.values())]
-        relational = any(r["relational"]["mean"] is not None for r in rows.values())
-        extra = ["relational", "non-relational", "att. correctness %"] if relational else []
-        header = ["method", "seeds", "test acc %", *types, *extra, "params", "epochs",
-                  "min/run", "wall"]  # fmt: skip
-        lines += [f"## {d}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-        for r in rows.values():
-            cells = [r["label"], ",".join(map(str, r["seeds"])), _fmt(r["test_accuracy"])]
-            cells += [_fmt(r["by_type"].get(t)) for t in types]
-            if relational:
-                cells += [_fmt(r["relational"]), _fmt(r["non_relational"]),
-                          _fmt(r["attention_correctness"])]  # fmt: skip
-            cells += [f"{r['parameters']:,}", ",".join(map(str, r["epochs"])),
-                      _fmt(r["training_time_h"], 60, 1), f"{r['wall_time_h']:.2f} h"]  # fmt: skip
-            lines.append("| " + " | ".join(cells) + " |")
-        prior = summary.get("answer_prior", {}).get(d)
-        if prior:
-            cells = ["question only (prior)", "–", _fmt(_point(prior["accuracy"]))]
-            cells += [_fmt(_point(prior["by_type"].get(t))) for t in types]
-            if relational:
-                cells += [_fmt(_point(prior.get("relational"))),
-                          _fmt(_point(prior.get("non_relational"))), "–"]  # fmt: skip
-            lines.append("| " + " | ".join(cells + ["–"] * 4) + " |")
-        lines.append("")
-        chance = next((r["attention_chance"] for r in rows.values()
-                       if r["attention_chance"]["mean"] is not None), None)  # fmt: skip
-        if relational and chance:
-            lines += [f"A uniform mask's attention correctness: {_fmt(chance)} %.", ""]
-        lines += results.markdown_figures(summary, d)
-    return "\n".join(lines)
+def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]:
+    """A dataset's table (by the question types it has), the question-only baseline and a
+    uniform mask's attention correctness below it, and its figures."""
+    types = [t for t in QUESTION_TYPES if any(t in r["by_type"] for r in rows.values())]
+    relational = any(r["relational"]["mean"] is not None for r in rows.values())
+    extra = ["relational", "non-relational", "att. correctness %"] if relational else []
+    table = []
+    for r in rows.values():
+        cells = [_fmt(r["test_accuracy"]), *(_fmt(r["by_type"].get(t)) for t in types)]
+        if relational:
+            cells += [_fmt(r["relational"]), _fmt(r["non_relational"]),
+                      _fmt(r["attention_correctness"])]  # fmt: skip
+        table.append(results.row_cells(r, cells))
+    prior = summary.get("answer_prior", {}).get(d)
+    if prior:
+        cells = ["question only (prior)", "–", _fmt(_point(prior["accuracy"]))]
+        cells += [_fmt(_point(prior["by_type"].get(t))) for t in types]
+        if relational:
+            cells += [_fmt(_point(prior.get("relational"))),
+                      _fmt(_point(prior.get("non_relational"))), "–"]  # fmt: skip
+        table.append(cells + ["–"] * len(results.COST_COLUMNS))
+    header = ["method", "seeds", "test acc %", *types, *extra, *results.COST_COLUMNS]
+    lines = [f"## {d}", "", *results.markdown_table(header, table), ""]
+    chance = next((r["attention_chance"] for r in rows.values()
+                   if r["attention_chance"]["mean"] is not None), None)  # fmt: skip
+    if relational and chance:
+        lines += [f"A uniform mask's attention correctness: {_fmt(chance)} %.", ""]
+    return lines + results.markdown_figures(summary, d)
+
+
+#: The title of :func:`results_markdown` and the text above its tables.
+TITLE = "E3 visual question answering (MCB with swappable attention)"
+CAPTION = (
+    "Test accuracy (%) at the best validation epoch, overall and by question type (VQA v2: "
+    "the VQA accuracy min(#humans/3, 1)); attention correctness: the share of the mask's "
+    "mass inside the boxes of the objects the question is about (generated set, mean of the "
+    "glimpses; a uniform mask scores the boxes' share of the image, given below the "
+    "table). Mean ± sample standard deviation over the seeds listed (one seed has no ±). "
+    "'question only (prior)': each test question answered with the training set's most "
+    "frequent answer to the same question, no image. 'oracle mask': not an estimator but "
+    "a bound: the same network with each glimpse spread over the grid cells the question's "
+    "object boxes overlap (the generated set). "
+    "min/run: training minutes per run; wall: hours of all runs of the row."
+)
 
 
 EXPERIMENT = register_experiment(Experiment(
@@ -305,18 +256,14 @@ EXPERIMENT = register_experiment(Experiment(
     config=E3Config,
     train=train,
     budgets=BUDGETS,
-    default_budget="cpu",
-    budget_class=Budget,
-    datasets=DATASETS,
-    methods=E3_ROWS,
     default_methods=lambda b: METHODS,
     base_config=_base_config,
     default_datasets=lambda b: RELATIONAL if b.curriculum_epochs else ("easy_vqa", "sort_of_clevr"),
     skip=lambda method, dataset: method in REFERENCE_ATTENTIONS and dataset not in BOXED,
     check=_check,
     prepare=_prepare,
-    summarize=summarize, figures=_figures, totals=_answer_priors, log=logger,
-    markdown=results_markdown,
+    columns=_columns, curve_figure=curve_figure, run_figure=mask_figure, totals=_answer_priors,
+    table_title=TITLE, table_caption=CAPTION, table_section=_section,
     cost=COST,
     labels=LABELS,
     spread=SPREAD,
@@ -332,14 +279,12 @@ EXPERIMENT = register_experiment(Experiment(
     "curriculum budget, sort_of_clevr)",
     methods_help="rows to add (oracle: on the generated set only)",
     seeds_help="training seeds of every row (default: the budget's; 3 for MCB attention and ARNN)",
-    reproduce_flags=(
-        ("--vqa-dir", {"metavar": "DIR", "help": "VQA v2 folder (default $ATTENTIONRNN_VQA_DIR)"}),
-        ("--easy-vqa-dir", {"metavar": "DIR", "help": "easy-VQA data folder (default: the "
-                            "installed easy-vqa package)"}),
-        ("--data-dir", {"metavar": "DIR", "help": "cache of decoded images"}),
-    ),
+    config_flags=("vqa_dir", "easy_vqa_dir", "data_dir"),
 ))  # fmt: skip
 
 #: Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``
 #: (:meth:`~attentionrnn.engine.experiment.Experiment.assemble_table`).
 assemble = EXPERIMENT.assemble
+#: The results of :func:`assemble` as Markdown
+#: (:meth:`~attentionrnn.engine.experiment.Experiment.markdown_document`).
+results_markdown = EXPERIMENT.markdown

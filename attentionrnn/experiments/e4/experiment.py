@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,14 @@ from typing import Any
 import numpy as np
 
 from attentionrnn.engine import results
-from attentionrnn.engine.experiment import Budget as BaseBudget
-from attentionrnn.engine.experiment import Experiment, register_experiment
+from attentionrnn.engine.experiment import Experiment, config_budget, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e4.config import E4Config
-from attentionrnn.experiments.e4.data import DATASETS
-from attentionrnn.experiments.e4.model import E4_MASKS, E4_ROWS, LABELS
+from attentionrnn.experiments.e4.figures import curve_figure
+from attentionrnn.experiments.e4.model import E4_MASKS, LABELS
 from attentionrnn.experiments.e4.train import train
-
-logger = logging.getLogger("attentionrnn.e4.reproduce")
 
 __all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
 
@@ -48,23 +44,16 @@ COLUMNS = (
 )
 
 
-@dataclass(frozen=True, kw_only=True)
-class Budget(BaseBudget):
-    """Data size, network size and training length of one budget (other fields: E4Config's
-    defaults)."""
+#: What a budget sets besides its epochs: data size, network size and training length.
+BUDGET_FIELDS = ("images", "canvas", "batch_size", "lr_step", "channels", "d_channels",
+                 "mask_hidden", "judge_epochs", "judge_channels", "train_samples", "val_samples",
+                 "test_samples")  # fmt: skip
 
-    images: int = 3000
-    canvas: int = 64
-    batch_size: int = 32
-    lr_step: int = 6
-    channels: int = 16
-    d_channels: int = 16
-    mask_hidden: int = 16
-    judge_epochs: int = 15
-    judge_channels: int = 32
-    train_samples: int | None = None
-    val_samples: int = 500
-    test_samples: int = 2000
+
+@dataclass(frozen=True, kw_only=True)
+class Budget(config_budget(E4Config, *BUDGET_FIELDS, judge_epochs=15)):
+    """One budget: :data:`BUDGET_FIELDS` (defaults: E4Config's, but the judge trains 15
+    epochs)."""
 
 
 #: Relative cost of a training step (one D and one G update) per mask head, measured with one
@@ -123,11 +112,8 @@ def reproduce(
 
 
 def _base_config(b: Budget, dataset: str, o: dict[str, Any]) -> E4Config:
-    settings = {k: v for k, v in dataclasses.asdict(b).items()
-                if k not in ("description", "seeds", "spread_seeds")}  # fmt: skip
-    base = E4Config(dataset=dataset, mnist=o.get("mnist"), celeba_dir=o.get("celeba_dir"),
-                    data_dir=o.get("data_dir"), precision=o["precision"], threads=o["threads"],
-                    progress=o["progress"], **settings)  # fmt: skip
+    """The budget's config, checked before any run starts."""
+    base = EXPERIMENT.budget_config(b, dataset, o)
     base.check()
     return base
 
@@ -141,37 +127,30 @@ def _prepare(dataset: str, configs: list[E4Config], jobs: int, o: dict[str, Any]
     return configs
 
 
-def summarize(mask: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over the seeds of one mask head."""
-    ms = [runs[s] for s in sorted(runs)]
+def _columns(ms: list[dict[str, Any]]) -> dict[str, Any]:
+    """A mask head's entries of the table: mean ± std over its seeds of :data:`COLUMNS`, and the
+    references (the exact edit, a uniform mask, the judge) of its first seed."""
     first = ms[0]
     exact = first.get("exact_edit") or {}
     return {
-        "mask": mask,
-        "label": LABELS.get(mask, mask),
-        "seeds": sorted(runs),
-        "precision": first.get("precision"),
-        "parameters": first.get("parameters"),
         **{key: seed_stats([m.get(f"test_{key}") for m in ms]) for key, *_ in COLUMNS},
         "exact_edit": {key: exact.get(key) for key, *_ in COLUMNS},
         "uniform_mask": _uniform_mask(first),
         "judge_accuracy": first.get("judge", {}).get("test_accuracy"),
-        "epochs": [m["epochs"] for m in ms],
-        "training_time_h": seed_stats([m["training_time_s"] / 3600 for m in ms]),
-        "wall_time_h": sum(m.get("wall_time_s", m["training_time_s"]) for m in ms) / 3600,
     }
 
 
-def _reference_row(label: str, values: dict[str, float | None]) -> list[str]:
-    """A table row of a reference that has no seeds or cost (the exact edit, a uniform mask);
-    none when it has no value at all (runs recorded before the reference was measured)."""
+def _reference_row(label: str, values: dict[str, float | None]) -> list[list[str]]:
+    """The cells of a table row of a reference that has no seeds or cost (the exact edit, a
+    uniform mask); none when it has no value at all (runs recorded before the reference was
+    measured)."""
     if all(v is None for v in values.values()):
         return []
     cells = [label, "–"] + [
         "–" if values.get(key) is None else f"{values[key] * scale:.{digits}f}"
         for key, _, scale, digits in COLUMNS
-    ] + ["–"] * 4  # fmt: skip
-    return ["| " + " | ".join(cells) + " |"]
+    ] + ["–"] * len(results.COST_COLUMNS)  # fmt: skip
+    return [cells]
 
 
 def _uniform_mask(metrics: dict[str, Any]) -> dict[str, float | None]:
@@ -186,24 +165,7 @@ def _uniform_mask(metrics: dict[str, Any]) -> dict[str, float | None]:
             "mask_query_ratio": metrics.get("test_uniform_query_ratio")}  # fmt: skip
 
 
-def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, str]:
-    """The learning curves and, where the data and weights are here, the sample grid."""
-    from attentionrnn.experiments.e4.figures import curve_figure
-
-    curves = results.learning_curves(rows, lambda m: LABELS.get(m, m), EXPERIMENT.order)
-    drawn = {"curves": curve_figure(curves, out / f"curves_{d}.png", f"{d}: learning curves").name}
-    runs = {
-        m: out / "runs" / d / m / f"seed{min(rows[m])}" for m in sorted(rows, key=EXPERIMENT.order)
-    }
-    grid = results.optional_figure(
-        lambda: _sample_grid(runs, out / f"samples_{d}.png", d), "sample grid", d, logger
-    )
-    if grid:
-        drawn["samples"] = grid.name
-    return drawn
-
-
-def _sample_grid(runs: dict[str, Path], path: Path, dataset: str, count: int = 6) -> Path:
+def _sample_grid(runs: dict[str, Path], path: Path, title: str, count: int = 6) -> Path:
     """Every mask head's edits of the same test samples (the first run's data and targets)."""
     from attentionrnn.experiments.e4.figures import sample_grid
     from attentionrnn.experiments.e4.train import (
@@ -220,44 +182,40 @@ def _sample_grid(runs: dict[str, Path], path: Path, dataset: str, count: int = 6
     targets = fixed_targets(task, idx, "test")
     pick = np.arange(min(count, len(idx)))
     editors = {m: load_editor(run, task) for m, run in runs.items()}
-    return sample_grid(editors, task, idx[pick], targets[pick], path, title=f"{dataset}: edits")
+    return sample_grid(editors, task, idx[pick], targets[pick], path, title=title)
 
 
-def results_markdown(summary: dict[str, Any]) -> str:
-    """The results of :func:`assemble` as Markdown."""
-    lines = [
-        *results.markdown_head(
-            summary, "E4 image editing (ModularGAN-style, swappable mask heads)"
-        ),
-        "Test edits of the last epoch's weights (the default; `--select edit_success` of "
-        "`e4 train` picks the best validation epoch instead). Edit "
-        "success: share of edits whose new colour the separately trained judge reads; "
-        "preservation L1: mean absolute change (RGB in [0, 1]) outside the edited digit's "
-        "strokes; L1 to exact: against the exactly rendered edit; mask on digit / in box: share "
-        "of the edit module's mask mass on the digit's strokes / box; KID against the exact "
-        "edits, with the judge's penultimate features. Mean ± sample standard deviation over "
-        "the seeds listed (one seed has no ±). The row 'exact edit' is what the perfect edit "
-        "scores (its mask is the stroke region).",
-        "",
+def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]:
+    """A dataset's table with the references below its rows, the judge's accuracy and its
+    figures."""
+    table = [
+        results.row_cells(r, [format_stats(r[k], digits, scale) for k, _, scale, digits in COLUMNS])
+        for r in rows.values()
     ]
-    header = ["mask", "seeds", *[c[1] for c in COLUMNS], "params", "epochs", "min/run", "wall"]
-    for d, rows in summary["results"].items():
-        lines += [f"## {d}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-        for r in rows.values():
-            cells = [r["label"], ",".join(map(str, r["seeds"]))]
-            cells += [format_stats(r[key], digits, scale) for key, _, scale, digits in COLUMNS]
-            cells += [f"{r['parameters']:,}", ",".join(map(str, r["epochs"]))]
-            cells += [format_stats(r["training_time_h"], 1, 60), f"{r['wall_time_h']:.2f} h"]
-            lines.append("| " + " | ".join(cells) + " |")
-        first = next(iter(rows.values()))
-        lines += _reference_row("exact edit", first["exact_edit"])
-        lines += _reference_row("uniform mask (chance)", first.get("uniform_mask") or {})
-        lines.append("")
-        if first.get("judge_accuracy") is not None:
-            lines += [f"Judge accuracy on real test images: {100 * first['judge_accuracy']:.1f} %.",
-                      ""]  # fmt: skip
-        lines += results.markdown_figures(summary, d, ("curves", "samples"))
-    return "\n".join(lines)
+    first = next(iter(rows.values()))
+    table += _reference_row("exact edit", first["exact_edit"])
+    table += _reference_row("uniform mask (chance)", first.get("uniform_mask") or {})
+    header = ["mask", "seeds", *[c[1] for c in COLUMNS], *results.COST_COLUMNS]
+    lines = [f"## {d}", "", *results.markdown_table(header, table), ""]
+    if first.get("judge_accuracy") is not None:
+        lines += [f"Judge accuracy on real test images: {100 * first['judge_accuracy']:.1f} %.",
+                  ""]  # fmt: skip
+    return lines + results.markdown_figures(summary, d, ("curves", "samples"))
+
+
+#: The title of :func:`results_markdown` and the text above its tables.
+TITLE = "E4 image editing (ModularGAN-style, swappable mask heads)"
+CAPTION = (
+    "Test edits of the last epoch's weights (the default; `--select edit_success` of "
+    "`e4 train` picks the best validation epoch instead). Edit "
+    "success: share of edits whose new colour the separately trained judge reads; "
+    "preservation L1: mean absolute change (RGB in [0, 1]) outside the edited digit's "
+    "strokes; L1 to exact: against the exactly rendered edit; mask on digit / in box: share "
+    "of the edit module's mask mass on the digit's strokes / box; KID against the exact "
+    "edits, with the judge's penultimate features. Mean ± sample standard deviation over "
+    "the seeds listed (one seed has no ±). The row 'exact edit' is what the perfect edit "
+    "scores (its mask is the stroke region)."
+)
 
 
 EXPERIMENT = register_experiment(Experiment(
@@ -270,17 +228,13 @@ EXPERIMENT = register_experiment(Experiment(
     config=E4Config,
     train=train,
     budgets=BUDGETS,
-    default_budget="cpu",
-    budget_class=Budget,
-    datasets=DATASETS,
-    methods=E4_ROWS,
     default_methods=lambda b: E4_MASKS,
     row_field="mask",
-    figure="samples",
     base_config=_base_config,
     prepare=_prepare,
-    summarize=summarize, figures=_figures, log=logger,
-    markdown=results_markdown,
+    columns=_columns, curve_figure=curve_figure, run_figure=_sample_grid, figure="samples",
+    figure_title="edits",
+    table_title=TITLE, table_caption=CAPTION, table_section=_section,
     cost=COST,
     labels=LABELS,
     train_help="train one mask head",
@@ -292,14 +246,12 @@ EXPERIMENT = register_experiment(Experiment(
     train_keys=("test_edit_success", "test_preservation_l1", "test_truth_l1",
                 "test_mask_correctness", "test_mask_correctness_box", "test_kid",
                 "val_edit_success", "epochs", "best_epoch", "precision", "training_time_s"),
-    reproduce_flags=(
-        ("--mnist", {"metavar": "DIR", "help": "MNIST folder"}),
-        ("--celeba-dir", {"metavar": "DIR", "help": "CelebA folder "
-                          "(default $ATTENTIONRNN_CELEBA_DIR)"}),
-        ("--data-dir", {"metavar": "DIR", "help": "cache of generated data"}),
-    ),
+    config_flags=("mnist", "celeba_dir", "data_dir"),
 ))  # fmt: skip
 
 #: Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``
 #: (:meth:`~attentionrnn.engine.experiment.Experiment.assemble_table`).
 assemble = EXPERIMENT.assemble
+#: The results of :func:`assemble` as Markdown
+#: (:meth:`~attentionrnn.engine.experiment.Experiment.markdown_document`).
+results_markdown = EXPERIMENT.markdown
