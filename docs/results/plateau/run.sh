@@ -22,7 +22,10 @@ for d in mdist mbg; do for m in local arnn_ind brnn arnn_quad; do for s in 0 1; 
 for run in "${RUNS[@]}"; do
   set -- $run; task=$1; d=$2; m=$3; s=$4
   out=$OUT; [ "$task" = digit ] && out=$OUT/digit  # the inverse task: its own results folder
-  [ -f "$out/runs/$d/$m/seed$s/metrics.json" ] && continue
+  run_dir=$out/runs/$d/$m/seed$s
+  [ -f "$run_dir/metrics.json" ] && continue
+  # training now in another process (its lock is held): leave it to that process
+  [ -f "$run_dir/.lock" ] && ! flock -n "$run_dir/.lock" true && continue
   while [ "$(pgrep -fc 'attentionrnn.cli e1 (reproduce|train)')" -ge "$JOBS" ]; do sleep 20; done
   if [ "$task" = digit ]; then  # the same data file as the colour task
     mkdir -p "$out/data"; ln -sf "$OUT"/data/"$d"_*.npz "$out/data/" 2>/dev/null
