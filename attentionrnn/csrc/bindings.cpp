@@ -4,7 +4,7 @@
 //
 //   args = module.ScanArgs()         # every field set by name, see scans.h
 //   args.e_rows = ...; args.w_cat = ...; args.length = [...]; ...
-//   module.forward(args)   -> {"out", "states", "cells", "acts"}
+//   module.forward(args)   -> {"out", "states", "cells"[, "acts"]}
 //   module.backward(args)  -> {"d_e", "d_w_cat", "d_b_in"[, "d_w_att", "d_b_att"][, "d_w_read"]}
 //   module.vector_bytes    # the SIMD vector size w_cat_t is padded to
 //   module.pair_products   # whether the bf16 pair products (w_pairs, w_pairs_t) are compiled in
@@ -44,10 +44,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("padded_start", &ScanArgs::padded_start)
       .def_readwrite("neighbour_start", &ScanArgs::neighbour_start)
       .def_readwrite("pad_rows", &ScanArgs::pad_rows)
+      .def_readwrite("keep_acts", &ScanArgs::keep_acts)
       .def_readwrite("grad_out", &ScanArgs::grad_out)
       .def_readwrite("states", &ScanArgs::states)
       .def_readwrite("cells", &ScanArgs::cells)
-      .def_readwrite("acts", &ScanArgs::acts);
+      .def_readwrite("acts", &ScanArgs::acts)
+      .def_readwrite("d_e_rows", &ScanArgs::d_e_rows);
   m.def("forward", &attentionrnn::scan_forward, "diagonal LSTM scan, forward (fused cells)",
         pybind11::arg("args"));
   m.def("backward", &attentionrnn::scan_backward, "diagonal LSTM scan, backward through time",

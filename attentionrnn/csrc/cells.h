@@ -16,6 +16,23 @@ namespace attentionrnn {
 template <typename T, int NV>
 constexpr bool kVectorCells = std::is_same_v<T, float> && NV > 0 && NV % 4 == 0;
 
+// The gate activations [i, f, o, g] of one cell from its pre-activations, outside the
+// whole-vector path: one out-of-line function that the forward pass and the backward pass's
+// recomputation both call, so that both run the same instructions (-ffast-math lets the compiler
+// vectorise and contract an inlined loop differently in each place; the recomputed activations
+// must be the kept ones bit for bit).
+template <typename T, int NV>
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((noinline, noclone))
+#elif defined(__GNUC__)
+__attribute__((noinline))
+#endif
+void scalar_activations(const T* __restrict pre, T* __restrict act, int64_t hidden) {
+  const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : hidden;
+  for (int64_t k = 0; k < kSigmoidGates * h; ++k) act[k] = sigmoid(pre[k]);
+  for (int64_t k = kSigmoidGates * h; k < 4 * h; ++k) act[k] = tanh_(pre[k]);
+}
+
 // One cell's gate gradients (dp, 4h) from the gradients w.r.t. its passed-on hidden state (ds),
 // its output (gs * gv: the hidden-state gradient, or the readout gradient times the readout
 // weights), its attention estimate (dz * wa) and its cell state (dc_in). Writes the gradient
@@ -73,10 +90,12 @@ inline void cell_backward(const T* __restrict act, const T* __restrict c, const 
 
 // One cell's non-linearities and states, from its gate pre-activations (pre) and the cell state of
 // the cell to its left (cl; null on the first diagonal): writes the activations [i, f, o, g] kept
-// for backward (act), its cell state c and its hidden state st. The pointers are distinct buffers
-// (__restrict), so the loops vectorise and their stores and the loads that follow have the same
-// width: a value stored lane by lane and reloaded as a vector stalls the load.
-template <typename T, int NV>
+// for backward (act: streaming stores into the map-sized buffer with Streaming, else plain stores
+// into a small scratch buffer), its cell state c and its hidden state st. The pointers are
+// distinct buffers (__restrict), so the loops vectorise and their stores and the loads that follow
+// have the same width: a value stored lane by lane and reloaded as a vector stalls the load.
+// The activations are the expressions of cell_activations.
+template <typename T, int NV, bool Streaming = true>
 inline void cell_forward(const T* __restrict pre, T* __restrict act, const T* __restrict cl,
                          T* __restrict c, T* __restrict st, int64_t hidden) {
   const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : hidden;
@@ -87,17 +106,23 @@ inline void cell_forward(const T* __restrict pre, T* __restrict act, const T* __
       const auto fg = sigmoid(S::load(pre + kForgetGate * h + k));
       const auto og = sigmoid(S::load(pre + kOutputGate * h + k));
       const auto gg = tanh_(S::load(pre + kCandidate * h + k));
-      store_streaming(act + kInputGate * h + k, ig);
-      store_streaming(act + kForgetGate * h + k, fg);
-      store_streaming(act + kOutputGate * h + k, og);
-      store_streaming(act + kCandidate * h + k, gg);
+      if constexpr (Streaming) {
+        store_streaming(act + kInputGate * h + k, ig);
+        store_streaming(act + kForgetGate * h + k, fg);
+        store_streaming(act + kOutputGate * h + k, og);
+        store_streaming(act + kCandidate * h + k, gg);
+      } else {
+        S::store(act + kInputGate * h + k, ig);
+        S::store(act + kForgetGate * h + k, fg);
+        S::store(act + kOutputGate * h + k, og);
+        S::store(act + kCandidate * h + k, gg);
+      }
       const auto ck = cl ? ig * gg + fg * S::load(cl + k) : ig * gg;
       S::store(c + k, ck);
       S::store(st + k, og * tanh_(ck));
     }
   } else {
-    for (int64_t k = 0; k < kSigmoidGates * h; ++k) act[k] = sigmoid(pre[k]);
-    for (int64_t k = kSigmoidGates * h; k < 4 * h; ++k) act[k] = tanh_(pre[k]);
+    scalar_activations<T, NV>(pre, act, h);
     const T *ig = act + kInputGate * h, *fg = act + kForgetGate * h;
     const T *og = act + kOutputGate * h, *gg = act + kCandidate * h;
     if (cl) {
@@ -106,6 +131,24 @@ inline void cell_forward(const T* __restrict pre, T* __restrict act, const T* __
       for (int64_t k = 0; k < h; ++k) c[k] = ig[k] * gg[k];
     }
     for (int64_t k = 0; k < h; ++k) st[k] = og[k] * tanh_(c[k]);
+  }
+}
+
+// One cell's gate activations [i, f, o, g] from its pre-activations, as cell_forward computes
+// them: what the backward pass recomputes where the forward pass did not keep them.
+template <typename T, int NV>
+inline void cell_activations(const T* __restrict pre, T* __restrict act, int64_t hidden) {
+  const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : hidden;
+  if constexpr (kVectorCells<T, NV>) {
+    using S = Simd<T>;
+    for (int64_t k = 0; k < h; k += S::lanes) {
+      S::store(act + kInputGate * h + k, sigmoid(S::load(pre + kInputGate * h + k)));
+      S::store(act + kForgetGate * h + k, sigmoid(S::load(pre + kForgetGate * h + k)));
+      S::store(act + kOutputGate * h + k, sigmoid(S::load(pre + kOutputGate * h + k)));
+      S::store(act + kCandidate * h + k, tanh_(S::load(pre + kCandidate * h + k)));
+    }
+  } else {
+    scalar_activations<T, NV>(pre, act, h);
   }
 }
 

@@ -4,8 +4,11 @@
 // As in the forward pass (scan_forward.cpp), each work item (one direction, a fixed group of batch
 // elements) is scanned by one thread, here from the last diagonal to the first; each cell pulls
 // its gradients from the two cells that read it and accumulates the weight gradients of its work
-// item. The scan prefetches the rows the next cells read from the map-sized buffers. The layout
-// and the scan's parameters are described in scan_params.h.
+// item. Unless the forward pass kept them (ScanArgs.keep_acts), each cell's gate activations are
+// recomputed here, with the forward pass's own products (group_gate_products) and activation code,
+// from the encoded map and the passed-on states both passes keep. The scan prefetches the rows the
+// next cells read from the map-sized buffers. The layout and the scan's parameters are described
+// in scan_params.h.
 
 #include "scans.h"
 
@@ -37,8 +40,8 @@ namespace {
 // (and also its cell state).
 template <typename T, int NV>
 void backward_scan(const Scan<T>& sc, const ScanArgs& layout, const T* grad_out,
-                   const T* states, const T* cells, const T* acts, T* d_e_dirs, T* d_w, T* d_b,
-                   T* d_w_att, T* d_b_att, T* d_w_read) {
+                   const T* states, const T* cells, KeepActs keep, const void* acts_kept,
+                   T* d_e_dirs, T* d_w, T* d_b, T* d_w_att, T* d_b_att, T* d_w_read) {
   const auto &length = layout.length, &packed_start = layout.packed_start;
   const auto &padded_start = layout.padded_start, &neighbour_start = layout.neighbour_start;
   // A compile-time width where the gates fill whole vectors, so the short loops unroll.
@@ -53,8 +56,15 @@ void backward_scan(const Scan<T>& sc, const ScanArgs& layout, const T* grad_out,
   const int64_t longest = *std::max_element(length.begin(), length.end());
   // (past the last diagonal there are no cells: any row will do)
   auto first_row = [&](int64_t t) { return t < steps ? layout.first_row[t] : int64_t(0); };
+  const T* acts = keep == KeepActs::kFloat ? static_cast<const T*>(acts_kept) : nullptr;
   at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> zeros(h), ds(h), dp(kBatchGroup * G);
+    // A cell's gate activations where the forward pass did not keep them in float: widened from
+    // bf16, or recomputed from their pre-activations (pre) as the forward pass computed them.
+    std::vector<T> act_rows(keep == KeepActs::kFloat ? 0 : kBatchGroup * G);
+    std::vector<T> pre(keep == KeepActs::kNone ? kBatchGroup * G : 0);
+    std::vector<uint16_t> narrow_gates(keep == KeepActs::kNone && sc.w_pairs
+                                           ? kRowBlock * sc.pair_row : 0);
 #ifdef ATTENTIONRNN_PAIR_PRODUCTS
     // The pair products' operands (pair_products.h).
     std::vector<uint16_t> narrow(sc.w_pairs_t ? kRowBlock * G : 0);
@@ -97,7 +107,11 @@ void backward_scan(const Scan<T>& sc, const ScanArgs& layout, const T* grad_out,
             // What a later cell of this diagonal reads, written by the forward pass long ago.
             const int64_t k = kPrefetchAhead, bytes = (b1 - b0) * sizeof(T);
             prefetch_bytes<2>(sc.e + sc.raster_row(d, p + k, b0) * Cin, bytes * Cin);
-            prefetch_bytes<2>(acts + sc.act_row(d, p + k, b0), bytes * G);
+            if (acts) prefetch_bytes<2>(acts + sc.act_row(d, p + k, b0), bytes * G);
+            if (keep == KeepActs::kBf16) {
+              prefetch_bytes<2>(static_cast<const uint16_t*>(acts_kept) + sc.act_row(d, p + k, b0),
+                                (b1 - b0) * G * sizeof(uint16_t));
+            }
             prefetch_bytes<2>(states + sc.state_row(d, g + k, b0), bytes * S);
             prefetch_bytes<2>(cells + sc.cell_row(d, g + k, b0), bytes * h);
             if (t > 0) {  // its left neighbour (the one above is this cell's left, read now)
@@ -109,6 +123,20 @@ void backward_scan(const Scan<T>& sc, const ScanArgs& layout, const T* grad_out,
           const int64_t below = lo + i + 1 - lo_next, right = lo + i - lo_next;
           const bool has_below = below >= 0 && below < n_next;
           const bool has_right = right >= 0 && right < n_next;
+          // The gate activations of the group's rows (row r at act_group + r * G).
+          const T* act_group = act_rows.data();
+          if (keep == KeepActs::kFloat) {
+            act_group = acts + sc.act_row(d, p, b0);
+          } else if (keep == KeepActs::kNone) {
+            group_gate_products<T, NV>(sc, d, p, t, a, b0, b1, states, pre.data(),
+                                       narrow_gates.data());
+            for (int64_t r = 0; r < rows; ++r) {
+              cell_activations<T, NV>(pre.data() + r * G, act_rows.data() + r * G, h);
+            }
+          } else if constexpr (std::is_same_v<T, float>) {
+            widen_bf16(static_cast<const uint16_t*>(acts_kept) + sc.act_row(d, p, b0),
+                       act_rows.data(), rows * G);
+          }
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t r = b - b0;
             // Missing readers contribute zeros; nothing is zeroed lane by lane.
@@ -118,7 +146,7 @@ void backward_scan(const Scan<T>& sc, const ScanArgs& layout, const T* grad_out,
                      from_right ? from_right + sc.tap_column(kTapLeft) : zeros.data(), h);
             const T* dc_in =
                 has_right ? to_left_next + (right * kBatchGroup + r) * h : zeros.data();
-            const T* act = acts + sc.act_row(d, p, b);
+            const T* act = act_group + r * G;
             const T* st = states + sc.state_row(d, g, b);
             const int64_t o = d * sc.cells * sc.batch + sc.raster_row(d, p, b);
             // The output's gradient as gs * gv, the attention estimate's as dz * wa.
@@ -243,18 +271,34 @@ std::map<std::string, at::Tensor> scan_backward(const ScanArgs& args) {
   for (const auto& [t, name] :
        Named{{&grad_out, "grad_out"}, {&args.e_rows, "e_rows"}, {&args.index, "index"},
         {&args.w_cat, "w_cat"}, {&args.w_cat_t, "w_cat_t"}, {&args.states, "states"},
-        {&args.cells, "cells"}, {&args.acts, "acts"}}) {
+        {&args.cells, "cells"}}) {
     check_tensor(*t, name);
+  }
+  // The gate activations as the forward pass kept them, or (absent) recomputed here.
+  KeepActs keep = KeepActs::kNone;
+  if (args.acts.defined()) {
+    check_tensor(args.acts, "acts");
+    keep = args.acts.scalar_type() == at::kBFloat16 ? KeepActs::kBf16 : KeepActs::kFloat;
+    TORCH_CHECK(keep == KeepActs::kFloat || args.e_rows.scalar_type() == at::kFloat,
+                "ScanArgs.acts in bf16 takes float32 scans");
+    TORCH_CHECK(keep == KeepActs::kBf16 || args.acts.scalar_type() == args.e_rows.scalar_type(),
+                "ScanArgs.acts must be in the scan's dtype or bf16");
+    TORCH_CHECK(args.acts.dim() == 4 && args.acts.size(0) == args.w_cat.size(0) &&
+                    args.acts.size(1) == args.index.size(1) &&
+                    args.acts.size(2) == args.e_rows.size(1) &&
+                    args.acts.size(3) == args.w_cat.size(2),
+                "ScanArgs.acts must be (D, H*W, B, 4h)");
+  } else {
+    check_tensor(args.b_in, "b_in");  // to recompute the gate activations
   }
   check_schedule(args);
   const at::Tensor* w_att = optional_tensor(args.w_att, "w_att");
   const at::Tensor* w_read = optional_tensor(args.w_read, "w_read");
-  const auto& acts = args.acts;
-  const int64_t dirs = acts.size(0), cells_total = acts.size(1), batch = acts.size(2);
-  const int64_t gates = acts.size(3), hidden = gates / 4;
+  const int64_t dirs = args.w_cat.size(0), cells_total = args.index.size(1);
+  const int64_t batch = args.e_rows.size(1), gates = args.w_cat.size(2), hidden = gates / 4;
   const int64_t in_ch = args.e_rows.size(2), inputs = args.w_cat.size(1);
   TORCH_CHECK(args.states.size(1) == args.padded_size, "ScanArgs.states must be padded_size rows");
-  const auto opts = acts.options();
+  const auto opts = args.e_rows.options();
   const int64_t groups = (batch + kBatchGroup - 1) / kBatchGroup, items = dirs * groups;
   auto d_e_dirs = at::empty({dirs, cells_total, batch, in_ch}, opts);
   auto d_w = at::zeros({items, inputs, gates}, opts);
@@ -262,12 +306,13 @@ std::map<std::string, at::Tensor> scan_backward(const ScanArgs& args) {
   auto d_w_att = at::zeros({items, hidden}, opts);
   auto d_b_att = at::zeros({items}, opts);
   auto d_w_read = at::zeros({items, hidden}, opts);
-  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "diagonal_lstm_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(args.e_rows.scalar_type(), "diagonal_lstm_backward", [&] {
     const auto sc = make_scan<scalar_t>(args, w_att, w_read);
     dispatch_width<scalar_t>(gates, [&](auto nv) {
       backward_scan<scalar_t, decltype(nv)::value>(
           sc, args, grad_out.data_ptr<scalar_t>(), args.states.data_ptr<scalar_t>(),
-          args.cells.data_ptr<scalar_t>(), acts.data_ptr<scalar_t>(),
+          args.cells.data_ptr<scalar_t>(), keep,
+          args.acts.defined() ? args.acts.data_ptr() : nullptr,
           d_e_dirs.data_ptr<scalar_t>(), d_w.data_ptr<scalar_t>(), d_b.data_ptr<scalar_t>(),
           d_w_att.data_ptr<scalar_t>(), d_b_att.data_ptr<scalar_t>(),
           d_w_read.data_ptr<scalar_t>());
@@ -276,12 +321,17 @@ std::map<std::string, at::Tensor> scan_backward(const ScanArgs& args) {
   // Sum the work items' slots per direction (items of direction d are d*groups .. +groups).
   auto per_dir = [&](const at::Tensor& t) { return t.view({dirs, groups, -1}).sum(1); };
   // The encoded map's gradient, summed over directions into (B, Cin, H, W), the layout the ReLU
-  // and convolution before the scan read fastest.
-  auto d_e = at::empty({batch, in_ch, args.height, args.width}, opts);
-  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "diagonal_lstm_sum_directions", [&] {
-    sum_directions_nchw(d_e_dirs.data_ptr<scalar_t>(), d_e.data_ptr<scalar_t>(), dirs,
-                        cells_total, batch, in_ch);
-  });
+  // and convolution before the scan read fastest, or (d_e_rows) into e_rows' layout.
+  at::Tensor d_e;
+  if (args.d_e_rows) {
+    d_e = d_e_dirs.sum(0);
+  } else {
+    d_e = at::empty({batch, in_ch, args.height, args.width}, opts);
+    AT_DISPATCH_FLOATING_TYPES(args.e_rows.scalar_type(), "diagonal_lstm_sum_directions", [&] {
+      sum_directions_nchw(d_e_dirs.data_ptr<scalar_t>(), d_e.data_ptr<scalar_t>(), dirs,
+                          cells_total, batch, in_ch);
+    });
+  }
   std::map<std::string, at::Tensor> grads = {
       {"d_e", d_e},
       {"d_w_cat", d_w.view({dirs, groups, inputs, gates}).sum(1)},

@@ -7,12 +7,15 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <utility>
 
 #include "pair_products.h"
+#include "products.h"
 #include "scan_params.h"
 #include "scans.h"
 #include "simd.h"
@@ -124,6 +127,75 @@ Scan<T> make_scan(const ScanArgs& a, const at::Tensor* w_att, const at::Tensor* 
                   sc.main_padded >= sc.in_ch + 2 * sc.hidden,
               "ScanArgs.w_cat_t must be (D, 4h, Cin + 2h rounded up to whole SIMD vectors)");
   return sc;
+}
+
+// The gate pre-activations of packed cell p (diagonal t, its cell above at padded row a, the one
+// to the left at a + 1) for the rows [b0, b1) of a batch group, into pre (row b at (b - b0) * G):
+// in blocks of rows where the gates fill whole vectors, with the bf16 pair products where the scan
+// has them (sc.w_pairs). The forward pass and the backward pass's recomputation of the gate
+// activations (keep_acts "none") both call this, so they compute the same values.
+template <typename T, int NV>
+inline void group_gate_products(const Scan<T>& sc, int64_t d, int64_t p, int64_t t, int64_t a,
+                                int64_t b0, int64_t b1, const T* states, T* pre,
+                                [[maybe_unused]] uint16_t* narrow) {
+  const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : sc.hidden;
+  const int64_t G = 4 * h, S = sc.width, Cin = sc.in_ch;
+  const T* w = sc.w_cat + d * sc.inputs * G;
+  const T* w_above = w + sc.tap_row(kTapAbove) * G;
+  const T* w_left = w + sc.tap_row(kTapLeft) * G;
+  const T* b_in = sc.b_in + d * G;
+  auto products = [&](auto rows, int64_t b) {
+    constexpr int R = decltype(rows)::value;
+#ifdef ATTENTIONRNN_PAIR_PRODUCTS
+    if constexpr (std::is_same_v<T, float> && NV > 0) {
+      if (sc.w_pairs) {
+        gate_pair_products<R, NV>(
+            pre + (b - b0) * G, b_in, sc.w_pairs + d * (sc.main_padded / 2) * G,
+            sc.e + sc.raster_row(d, p, b) * Cin, Cin,
+            t > 0 ? states + sc.state_row(d, a, b) : nullptr,
+            t > 0 ? states + sc.state_row(d, a + 1, b) : nullptr, w_above + h * G,
+            w_left + h * G, h, S, G, narrow, sc.pair_row);
+        return;
+      }
+    }
+#endif
+    gate_products<T, NV, R>(pre + (b - b0) * G, b_in, w, sc.e + sc.raster_row(d, p, b) * Cin,
+                            Cin, w_above, t > 0 ? states + sc.state_row(d, a, b) : nullptr,
+                            w_left, t > 0 ? states + sc.state_row(d, a + 1, b) : nullptr, S, G);
+  };
+  int64_t b = b0;
+  if constexpr (NV > 0) {
+    constexpr int R = block_rows(NV);
+    for (; b + R <= b1; b += R) products(std::integral_constant<int, R>(), b);
+  }
+  for (; b < b1; ++b) products(std::integral_constant<int, 1>(), b);
+}
+
+// The gate activations kept for backward, as bf16 (keep_acts "bf16"): rounded to nearest even, as
+// .to(torch.bfloat16) rounds (the activations are finite: sigmoids and tanh).
+inline void round_to_bf16(const float* __restrict in, uint16_t* __restrict out, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    uint32_t u;
+    std::memcpy(&u, in + k, sizeof(u));
+    out[k] = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+
+inline void widen_bf16(const uint16_t* __restrict in, float* __restrict out, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    const uint32_t u = static_cast<uint32_t>(in[k]) << 16;
+    std::memcpy(out + k, &u, sizeof(u));
+  }
+}
+
+// How the forward pass keeps the gate activations for backward (ScanArgs.keep_acts).
+enum class KeepActs { kFloat, kBf16, kNone };
+
+inline KeepActs keep_acts_mode(const std::string& name) {
+  if (name == "float" || name.empty()) return KeepActs::kFloat;
+  if (name == "bf16") return KeepActs::kBf16;
+  if (name == "none") return KeepActs::kNone;
+  TORCH_CHECK(false, "ScanArgs.keep_acts must be 'float', 'bf16' or 'none', got '", name, "'");
 }
 
 }  // namespace attentionrnn

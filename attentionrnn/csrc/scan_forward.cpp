@@ -30,25 +30,21 @@ namespace attentionrnn {
 namespace {
 
 template <typename T, int NV>
-void forward_scan(const Scan<T>& sc, const ScanArgs& layout, T* out, T* states, T* cells,
-                  T* acts) {
+void forward_scan(const Scan<T>& sc, const ScanArgs& layout, KeepActs keep, T* out, T* states,
+                  T* cells, void* acts) {
   const auto &length = layout.length, &packed_start = layout.packed_start;
   const auto &padded_start = layout.padded_start, &neighbour_start = layout.neighbour_start;
   // A compile-time width where the gates fill whole vectors, so the short loops unroll.
   const int64_t h = NV > 0 ? NV * Simd<T>::lanes / 4 : sc.hidden;
-  const int64_t G = 4 * h, S = sc.width, Cin = sc.in_ch;
+  const int64_t G = 4 * h, Cin = sc.in_ch;
   at::parallel_for(0, sc.dirs * sc.groups(), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> pre(kBatchGroup * G);  // a cell's gate pre-activations, kept in L1
+    // A cell's gate activations where they are not kept in float (keep_acts "bf16" / "none").
+    std::vector<T> act_rows(keep == KeepActs::kFloat ? 0 : kBatchGroup * G);
     alignas(64) T att[kBatchGroup] = {};   // the rows' attention values
-#ifdef ATTENTIONRNN_PAIR_PRODUCTS
     // The pair products' input rows rounded to bf16 (pair_products.h).
     std::vector<uint16_t> narrow(sc.w_pairs ? kRowBlock * sc.pair_row : 0);
-#endif
     sc.for_items(begin, end, [&](int64_t, int64_t d, int64_t b0, int64_t b1) {
-      const T* w = sc.w_cat + d * sc.inputs * G;
-      const T* w_above = w + sc.tap_row(kTapAbove) * G;
-      const T* w_left = w + sc.tap_row(kTapLeft) * G;
-      const T* b_in = sc.b_in + d * G;
       for (size_t t = 0; t < length.size(); ++t) {
         for (int64_t i = 0; i < length[t]; ++i) {
           const int64_t p = packed_start[t] + i, g = padded_start[t] + i;
@@ -57,39 +53,24 @@ void forward_scan(const Scan<T>& sc, const ScanArgs& layout, T* out, T* states, 
             const int64_t next = p + kPrefetchAhead;
             prefetch_bytes(sc.e + sc.raster_row(d, next, b0) * Cin, (b1 - b0) * Cin * sizeof(T));
           }
-          // The gate pre-activations of the group's rows, in blocks of rows, then the cells.
-          auto products = [&](auto rows, int64_t b) {
-            constexpr int R = decltype(rows)::value;
-#ifdef ATTENTIONRNN_PAIR_PRODUCTS
-            if constexpr (std::is_same_v<T, float> && NV > 0) {
-              if (sc.w_pairs) {
-                gate_pair_products<R, NV>(
-                    pre.data() + (b - b0) * G, b_in, sc.w_pairs + d * (sc.main_padded / 2) * G,
-                    sc.e + sc.raster_row(d, p, b) * Cin, Cin,
-                    t > 0 ? states + sc.state_row(d, a, b) : nullptr,
-                    t > 0 ? states + sc.state_row(d, a + 1, b) : nullptr, w_above + h * G,
-                    w_left + h * G, h, S, G, narrow.data(), sc.pair_row);
-                return;
-              }
-            }
-#endif
-            gate_products<T, NV, R>(
-                pre.data() + (b - b0) * G, b_in, w, sc.e + sc.raster_row(d, p, b) * Cin, Cin,
-                w_above, t > 0 ? states + sc.state_row(d, a, b) : nullptr,
-                w_left, t > 0 ? states + sc.state_row(d, a + 1, b) : nullptr, S, G);
-          };
-          int64_t b = b0;
-          if constexpr (NV > 0) {
-            constexpr int R = block_rows(NV);
-            for (; b + R <= b1; b += R) {
-              products(std::integral_constant<int, R>(), b);
+          // The gate pre-activations of the group's rows, then the cells.
+          group_gate_products<T, NV>(sc, d, p, t, a, b0, b1, states, pre.data(), narrow.data());
+          for (int64_t b = b0; b < b1; ++b) {
+            const T* pb = pre.data() + (b - b0) * G;
+            const T* cl = t > 0 ? cells + sc.cell_row(d, a + 1, b) : nullptr;
+            T* c = cells + sc.cell_row(d, g, b);
+            T* st = states + sc.state_row(d, g, b);
+            if (keep == KeepActs::kFloat) {
+              cell_forward<T, NV>(pb, static_cast<T*>(acts) + sc.act_row(d, p, b), cl, c, st, h);
+            } else {
+              cell_forward<T, NV, false>(pb, act_rows.data() + (b - b0) * G, cl, c, st, h);
             }
           }
-          for (; b < b1; ++b) products(std::integral_constant<int, 1>(), b);
-          for (b = b0; b < b1; ++b) {
-            cell_forward<T, NV>(pre.data() + (b - b0) * G, acts + sc.act_row(d, p, b),
-                                t > 0 ? cells + sc.cell_row(d, a + 1, b) : nullptr,
-                                cells + sc.cell_row(d, g, b), states + sc.state_row(d, g, b), h);
+          if constexpr (std::is_same_v<T, float>) {
+            if (keep == KeepActs::kBf16) {  // the group's rows are adjacent in acts
+              round_to_bf16(act_rows.data(), static_cast<uint16_t*>(acts) + sc.act_row(d, p, b0),
+                            (b1 - b0) * G);
+            }
           }
           // The attention channel and the output, for all rows at once: the rows' dot products
           // are independent and the sigmoid loop vectorises across them (per row, its scalar
@@ -143,16 +124,25 @@ std::map<std::string, at::Tensor> scan_forward(const ScanArgs& args) {
   cells.index_fill_(1, args.pad_rows, 0);
   auto out = w_read ? at::empty({dirs, cells_total, batch}, opts)
                     : at::empty({dirs, cells_total, batch, hidden}, opts);
-  auto acts = at::empty({dirs, cells_total, batch, gates}, opts);
+  const KeepActs keep = keep_acts_mode(args.keep_acts);
+  TORCH_CHECK(keep != KeepActs::kBf16 || args.e_rows.scalar_type() == at::kFloat,
+              "ScanArgs.keep_acts 'bf16' takes float32 scans");
+  at::Tensor acts;  // the gate activations, as the forward pass keeps them for backward
+  if (keep == KeepActs::kFloat) acts = at::empty({dirs, cells_total, batch, gates}, opts);
+  if (keep == KeepActs::kBf16) {
+    acts = at::empty({dirs, cells_total, batch, gates}, opts.dtype(at::kBFloat16));
+  }
   AT_DISPATCH_FLOATING_TYPES(args.e_rows.scalar_type(), "diagonal_lstm_forward", [&] {
     const auto sc = make_scan<scalar_t>(args, w_att, w_read);
     dispatch_width<scalar_t>(gates, [&](auto nv) {
       forward_scan<scalar_t, decltype(nv)::value>(
-          sc, args, out.data_ptr<scalar_t>(), states.data_ptr<scalar_t>(),
-          cells.data_ptr<scalar_t>(), acts.data_ptr<scalar_t>());
+          sc, args, keep, out.data_ptr<scalar_t>(), states.data_ptr<scalar_t>(),
+          cells.data_ptr<scalar_t>(), acts.defined() ? acts.data_ptr() : nullptr);
     });
   });
-  return {{"out", out}, {"states", states}, {"cells", cells}, {"acts", acts}};
+  std::map<std::string, at::Tensor> result = {{"out", out}, {"states", states}, {"cells", cells}};
+  if (acts.defined()) result["acts"] = acts;
+  return result;
 }
 
 }  // namespace attentionrnn

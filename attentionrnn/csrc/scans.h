@@ -37,18 +37,29 @@ struct ScanArgs {
   int64_t height = 0, width = 0, padded_size = 0;
   std::vector<int64_t> first_row, length, packed_start, padded_start, neighbour_start;
   at::Tensor pad_rows;
-  // Backward only: the gradient w.r.t. the forward's output and what the forward kept.
+  // Forward only: how the gate activations are kept for backward: "float" (the scan's dtype, the
+  // default), "bf16" (rounded to bf16; float32 scans) or "none" (the backward pass recomputes
+  // them from the encoded map and the passed-on states, with the forward's products).
+  std::string keep_acts = "float";
+  // Backward only: the gradient w.r.t. the forward's output and what the forward kept. acts is
+  // float or bf16 as kept; without acts the backward pass recomputes the gate activations, and
+  // then needs b_in and, where the forward pass took them, w_pairs, as the forward pass had them.
   at::Tensor grad_out, states, cells, acts;
+  // Backward only: return d_e as (H*W, B, Cin) rows, e_rows' layout, instead of (B, Cin, H, W).
+  bool d_e_rows = false;
 };
 
 // Returns "out" ((D, H*W, B) readouts, or (D, H*W, B, h) hidden states, raster order) and, kept
-// for backward, "states" (D, padded, B, S), "cells" (D, padded, B, h) and "acts" (D, H*W, B, 4h),
-// the gate activations. Needs e_rows, index, w_cat, w_cat_t, b_in, the schedule and pad_rows.
+// for backward, "states" (D, padded, B, S), "cells" (D, padded, B, h) and, unless keep_acts is
+// "none", "acts" (D, H*W, B, 4h), the gate activations. Needs e_rows, index, w_cat, w_cat_t, b_in,
+// the schedule and pad_rows.
 std::map<std::string, at::Tensor> scan_forward(const ScanArgs& args);
 
-// Returns "d_e" (B, Cin, H, W), "d_w_cat", "d_b_in", and, where there is feedback / a readout,
-// "d_w_att", "d_b_att" / "d_w_read". Needs e_rows, index, w_cat, w_cat_t, w_att and w_read as in
-// the forward pass, the schedule, grad_out, states, cells and acts.
+// Returns "d_e" ((B, Cin, H, W), or (H*W, B, Cin) with d_e_rows), "d_w_cat", "d_b_in", and,
+// where there is feedback / a readout, "d_w_att", "d_b_att" / "d_w_read". Needs e_rows, index,
+// w_cat, w_cat_t, w_att and w_read as in the forward pass, the schedule, grad_out, states, cells
+// and acts (or, to recompute the gate activations, b_in and w_pairs as the forward pass had
+// them).
 std::map<std::string, at::Tensor> scan_backward(const ScanArgs& args);
 
 }  // namespace attentionrnn

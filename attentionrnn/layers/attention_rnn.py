@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attentionrnn.layers.diagonal import state_dtype_for
+from attentionrnn.layers.fused import raster_rows_view
 from attentionrnn.layers.query_term import per_channel
 from attentionrnn.layers.registry import Attention
 from attentionrnn.layers.scan import DiagonalLSTMScan, resolve_directions
@@ -113,14 +115,25 @@ class ScanAttention(Attention):
 
     def encode(self, x: Tensor, query: Tensor | None) -> Tensor:
         """``e = relu(conv(x) + U q)`` (or ``relu(conv(x) ⊙ U q)`` with ``query_fusion="mul"``):
-        the local evidence every attention value starts from."""
+        the local evidence every attention value starts from.
+
+        Where the fused scan reads ``e`` directly (:meth:`scan_reads_rows`), ``e`` comes out in the
+        scan's dtype as a view of the scan's row layout (the same values), so that the ReLU and the
+        scan keep one tensor for backward instead of two."""
         e = self.encoder(x)
         if self.query_proj is not None and query is not None:
             u = self.query_proj(query.to(self.query_proj.weight.dtype))
             # "mul": a low-rank bilinear (Hadamard) fusion, so the question can switch image
             # channels off, which a sum can only do by outweighing them
             e = per_channel(e, u, torch.mul if self.query_fusion == "mul" else torch.add)
+        if self.scan_reads_rows(e):
+            e = raster_rows_view(e, state_dtype_for(e.dtype))
         return F.relu(e)
+
+    def scan_reads_rows(self, e: Tensor) -> bool:
+        """Whether the scan reads the encoded map ``e`` itself in the fused kernels' row layout
+        (AttentionRNN on the fused path; BlockAttentionRNN scans a pooled map)."""
+        return False
 
     def scan_logits(self, e: Tensor) -> Tensor:
         """One logit per position from the scan's hidden states: ``(B, 1, H, W)``.
@@ -225,6 +238,11 @@ class AttentionRNN(ScanAttention):
 
     def mask_logits(self, e: Tensor) -> Tensor:
         return self.scan_logits(e)
+
+    def scan_reads_rows(self, e: Tensor) -> bool:
+        return type(self).scan_logits is ScanAttention.scan_logits and (
+            self.scan.resolved_implementation(e) == "fused"
+        )
 
 
 class BlockAttentionRNN(ScanAttention):
