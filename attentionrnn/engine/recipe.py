@@ -2,24 +2,28 @@
 run (its folder, the seeds), fit it or find it finished, and finish it (write ``metrics.json``
 and say so).
 
-An experiment's ``_train`` reads::
+An experiment's recipe reads::
 
-    out, started = start_run(config, ctx)
-    ...  # data, model, optimiser, one_epoch, validate
-    state, done = fit_run(model, optimizer, one_epoch, validate, config=config, ..., log=logger)
-    if done is not None:
-        return done
-    ...  # test, the experiment's metrics
-    return finish_run(out, metrics, state, config=config, ..., log=logger, name=name, summary=...)
+    @recipe
+    def train(config, ctx, out, started):  # called as train(config)
+        ...  # data, model, optimiser, one_epoch, validate
+        state, done = fit_run(model, optimizer, one_epoch, validate, config=config, ...)
+        if done is not None:
+            return done
+        test = evaluate(model, data, "test", ...)  # an Evaluation of the experiment's rows
+        metrics = {..., **run_metrics(started, data.indices, model, attention=...)}
+        return finish_run(out, metrics, state, config=config, ..., name=name, summary=...)
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sized
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +40,20 @@ from attentionrnn.engine.trainer import (
     FitState,
     finished_metrics,
     fit,
+    launch,
     write_metrics,
 )
 
-__all__ = ["batch_chunks", "finish_run", "fit_run", "load_finished", "start_run"]
+__all__ = [
+    "Evaluation",
+    "batch_chunks",
+    "finish_run",
+    "fit_run",
+    "load_finished",
+    "recipe",
+    "run_metrics",
+    "start_run",
+]
 
 
 def start_run(config: Any, ctx: DistContext) -> tuple[Path, float]:
@@ -50,6 +64,90 @@ def start_run(config: Any, ctx: DistContext) -> tuple[Path, float]:
         out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     return out, time.perf_counter()
+
+
+def recipe(body: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Make an experiment's training recipe ``body(config, ctx, out, started, ...)`` its
+    ``train(config, ...)``: :func:`~attentionrnn.engine.trainer.launch` checks the config,
+    joins the process group and holds the run folder, :func:`start_run` seeds every random
+    stream and notes the start time, then ``body`` trains and returns the metrics.
+
+    ``train`` keeps ``body``'s name, module and docstring, so that spawned jobs import it by name
+    (use it as a decorator of the module-level ``train``).
+    """
+
+    @functools.wraps(body)
+    def train(config: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return launch(config, lambda c, ctx: body(c, ctx, *start_run(c, ctx), *args, **kwargs))
+
+    return train
+
+
+def run_metrics(
+    started: float | None,
+    samples: Mapping[str, Sized] | Callable[[str], Sized],
+    model: nn.Module,
+    **parts: nn.Module,
+) -> dict[str, Any]:
+    """The sizes every run records: the number of parameters of ``model`` (``parameters``) and
+    of each of its ``parts`` (``attention=model.estimators``: ``attention_parameters``), the
+    seconds since ``started`` (``wall_time_s``; not recorded where ``started`` is ``None``) and
+    the number of samples of each split (``samples``: ``{split: indices}``, or
+    ``indices(split)`` of ``train``, ``val`` and ``test``)."""
+
+    def count(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    metrics: dict[str, Any] = {"parameters": count(model)}
+    metrics.update((f"{name}_parameters", count(part)) for name, part in parts.items())
+    if started is not None:
+        metrics["wall_time_s"] = time.perf_counter() - started
+    if callable(samples):
+        samples = {split: samples(split) for split in ("train", "val", "test")}
+    metrics["samples"] = {split: len(idx) for split, idx in samples.items()}
+    return metrics
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An experiment's measurement of one split, sharded over the ranks: calling it as
+    ``evaluate(model, data, split, batch_size, ctx=None, precision="fp32")`` puts ``model`` in
+    eval mode and, without gradients, has every rank compute ``rows(model, data, split, idx,
+    precision)`` for each batch of ``batch_size`` of its shard of ``data.indices(split)``; the rows
+    of every rank are gathered in sample order
+    (:meth:`~attentionrnn.engine.distributed.DistContext.gather_batches`) and
+    ``summary(table, model, data, split)`` turns them into the split's metrics.
+
+    Attributes:
+        rows: one row per sample of a batch, the sample index in the first column (the forward
+            pass under :func:`~attentionrnn.engine.precision.autocast` of ``precision``).
+        summary: the metrics of the gathered ``table``.
+        width: the rows' number of columns (a rank without samples gathers an empty table of
+            that width), or ``width(model)``.
+    """
+
+    rows: Callable[[nn.Module, Any, str, np.ndarray, str], np.ndarray]
+    summary: Callable[[np.ndarray, nn.Module, Any, str], dict[str, Any]]
+    width: int | Callable[[nn.Module], int]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        model: nn.Module,
+        data: Any,
+        split: str,
+        batch_size: int,
+        ctx: DistContext | None = None,
+        precision: str = "fp32",
+    ) -> dict[str, Any]:
+        ctx = ctx or DistContext()
+        model.eval()
+        width = self.width(model) if callable(self.width) else self.width
+        table = ctx.gather_batches(
+            data.indices(split), batch_size,
+            lambda idx: self.rows(model, data, split, idx, precision), width,
+        )  # fmt: skip
+        return self.summary(table, model, data, split)
 
 
 def batch_chunks(order: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -38,12 +38,9 @@ from attentionrnn.data.generate import CANVAS
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import resolve_precision
-from attentionrnn.engine.recipe import finish_run, fit_run, start_run
+from attentionrnn.engine.recipe import finish_run, fit_run, recipe, run_metrics
 from attentionrnn.engine.state import file_sha256
-from attentionrnn.engine.trainer import (
-    launch,
-    train_one_epoch,
-)
+from attentionrnn.engine.trainer import train_one_epoch
 from attentionrnn.experiments.e1.config import SAMPLES_PER_IMAGE, E1Config
 from attentionrnn.experiments.e1.evaluate import evaluate
 from attentionrnn.experiments.e1.model import PAN
@@ -163,14 +160,11 @@ def build_optimizer(config: E1Config, model: nn.Module) -> torch.optim.Optimizer
 # the recipe
 
 
-def train(config: E1Config) -> dict[str, Any]:
-    """Train, keep the best-validation weights, test them; return (and write) the metrics."""
-    return launch(config, _train)
+@recipe
+def train(config: E1Config, ctx: DistContext, out: Path, started: float) -> dict[str, Any]:
+    """Train, keep the best-validation weights, test them; return (and write) the metrics.
 
-
-def _train(config: E1Config, ctx: DistContext) -> dict[str, Any]:
-    out, _ = start_run(config, ctx)
-
+    Called as ``train(config)`` (:func:`~attentionrnn.engine.recipe.recipe`)."""
     # -- data
     data, data_how = load_data(config, ctx)
     train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
@@ -234,9 +228,8 @@ def _train(config: E1Config, ctx: DistContext) -> dict[str, Any]:
         "accuracy_by_scale": test["accuracy_by_scale"],
         "attention_correctness": test["attention_correctness"],
         "masks": test["masks"],
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "attention_parameters": sum(p.numel() for p in model.attentions.parameters()),
-        "samples": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+        # no wall time: E1's tables time a run by its training time
+        **run_metrics(None, data.indices, model, attention=model.attentions),
         "data": {
             "path": str(data.path),
             "how": data_how,

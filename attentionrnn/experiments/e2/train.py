@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,12 +35,15 @@ from torch.nn.parallel import DistributedDataParallel
 from attentionrnn.engine.config import RunConfig, option
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.precision import autocast, resolve_precision
-from attentionrnn.engine.recipe import batch_chunks, finish_run, fit_run, start_run
-from attentionrnn.engine.trainer import (
-    Sized,
-    launch,
-    train_one_epoch,
+from attentionrnn.engine.recipe import (
+    Evaluation,
+    batch_chunks,
+    finish_run,
+    fit_run,
+    recipe,
+    run_metrics,
 )
+from attentionrnn.engine.trainer import Sized, train_one_epoch
 from attentionrnn.experiments.e2.data import (
     CIFAR10_TAR_MD5,
     DATASETS,
@@ -165,6 +168,10 @@ class E2Data:
         self.mean, self.std = torch.from_numpy(mean), torch.from_numpy(std)
         self.channels_last = config.channels_last
 
+    def indices(self, split: str) -> np.ndarray:
+        """The image indices of ``split`` (``train``, ``val`` or ``test``)."""
+        return {"train": self.train_idx, "val": self.val_idx, "test": self.test_idx}[split]
+
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x))
 
@@ -205,29 +212,20 @@ def build_model(config: E2Config, num_classes: int) -> AttnVGG:
 # evaluation
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: E2Data,
-    split: str,
-    batch_size: int,
-    ctx: DistContext | None = None,
-    precision: str = "fp32",
-) -> dict[str, Any]:
-    """Accuracy, top-1 error, loss and per-class accuracy on ``split`` (sharded over ranks)."""
-    ctx = ctx or DistContext()
-    model.eval()
-    indices = {"train": data.train_idx, "val": data.val_idx, "test": data.test_idx}[split]
+def _rows(
+    model: nn.Module, data: E2Data, split: str, idx: np.ndarray, precision: str
+) -> np.ndarray:
+    """Per image of ``idx``: its index, the predicted class, the label and the loss."""
+    x, y = data.batch(split, idx)
+    with autocast(precision):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y, reduction="none")
+    pred = logits.argmax(1)
+    return np.stack([idx, pred.numpy(), y.numpy(), loss.double().numpy()], axis=1)
 
-    def rows_of(idx: np.ndarray) -> np.ndarray:
-        x, y = data.batch(split, idx)
-        with autocast(precision):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, reduction="none")
-        pred = logits.argmax(1)
-        return np.stack([idx, pred.numpy(), y.numpy(), loss.double().numpy()], axis=1)
 
-    table = ctx.gather_batches(indices, batch_size, rows_of, width=4)
+def _summary(table: np.ndarray, model: nn.Module, data: E2Data, split: str) -> dict[str, Any]:
+    """Accuracy, top-1 error, mean loss and per-class accuracy of the rows of :func:`_rows`."""
     pred, target = table[:, 1].astype(np.int64), table[:, 2].astype(np.int64)
     correct = pred == target
     accuracy = float(correct.mean()) if len(correct) else math.nan
@@ -243,19 +241,21 @@ def evaluate(
     }
 
 
+#: Accuracy, top-1 error, loss and per-class accuracy on a split, sharded over the ranks:
+#: ``evaluate(model, data, split, batch_size, ctx=None, precision="fp32")``
+#: (:class:`~attentionrnn.engine.recipe.Evaluation`).
+evaluate = Evaluation(_rows, _summary, width=4)
+
+
 # ------------------------------------------------------------------------------------------
 # the recipe
 
 
-def train(config: E2Config) -> dict[str, Any]:
-    """Train, keep the best-validation weights, test them; return (and write) the metrics."""
-    return launch(config, _train)
+@recipe
+def train(config: E2Config, ctx: DistContext, out: Path, started: float) -> dict[str, Any]:
+    """Train, keep the best-validation weights, test them; return (and write) the metrics.
 
-
-def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
-    out, started = start_run(config, ctx)
-
-    # -- data
+    Called as ``train(config)`` (:func:`~attentionrnn.engine.recipe.recipe`)."""
     data = load_data(config, ctx)
     images = data.images
     logger.info(
@@ -322,14 +322,7 @@ def _train(config: E2Config, ctx: DistContext) -> dict[str, Any]:
         "per_class_accuracy": test["per_class_accuracy"],
         "val_error": 1 - state.best_score if state.best_epoch >= 0 else None,
         "val_loss": best.get("val_loss"),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "attention_parameters": sum(p.numel() for p in model.estimators.parameters()),
-        "wall_time_s": time.perf_counter() - started,
-        "samples": {
-            "train": len(data.train_idx),
-            "val": len(data.val_idx),
-            "test": len(data.test_idx),
-        },
+        **run_metrics(started, data.indices, model, attention=model.estimators),
         "data": {"source": images.source, "origin": images.origin, "md5": images.md5},
         "classes": list(images.classes),
     }

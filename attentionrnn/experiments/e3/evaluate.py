@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.precision import autocast
+from attentionrnn.engine.recipe import Evaluation
 from attentionrnn.experiments.e3.data import QUESTION_TYPES, VQASplit, tokenize, vqa_accuracy
 
 if TYPE_CHECKING:
@@ -39,56 +39,58 @@ def _attention_mass(masks: torch.Tensor, boxes: np.ndarray, image_size: tuple[in
     return (up * region[:, None]).flatten(2).sum(-1)
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: E3Data,
-    split: str,
-    batch_size: int,
-    ctx: DistContext | None = None,
-    precision: str = "fp32",
-) -> dict[str, Any]:
-    """Accuracy (the VQA accuracy where the split has human answers), loss, accuracy by question
-    type and, where the split has object boxes, attention correctness; sharded over ranks."""
-    ctx = ctx or DistContext()
-    model.eval()
+def _glimpses(model: nn.Module) -> int:
+    return getattr(model, "glimpses", 1)
+
+
+def _with_mass(model: nn.Module, s: VQASplit) -> bool:
+    """Whether attention correctness is measured: the split has boxes, the model attends."""
+    return s.boxes is not None and getattr(model, "attention", "none") != "none"
+
+
+def _rows(
+    model: nn.Module, data: E3Data, split: str, idx: np.ndarray, precision: str
+) -> np.ndarray:
+    """Per question of ``idx``: its index, the predicted answer, its score, the loss and the
+    attention correctness of each glimpse (NaN where not measured)."""
     s = data.split(split)
-    glimpses = getattr(model, "glimpses", 1)
-    with_mass = s.boxes is not None and getattr(model, "attention", "none") != "none"
+    x, ids, lengths, target = data.batch(split, idx)
+    with autocast(precision):
+        logits, masks = model(x, ids, lengths, return_masks=True,
+                              boxes=data.boxes(split, idx))  # fmt: skip
+    logits = logits.float()
+    loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="none")
+    pred = logits.argmax(1).numpy()
+    if s.human_answers is not None:
+        score = [
+            vqa_accuracy(data.answers[p], s.human_answers[i])
+            for p, i in zip(pred, idx, strict=True)
+        ]
+    else:
+        score = (pred == target.numpy()).astype(np.float64)
+    mass = (
+        _attention_mass(masks, s.boxes[idx], x.shape[-2:]).numpy()
+        if _with_mass(model, s) and masks is not None
+        else np.full((len(idx), _glimpses(model)), np.nan)
+    )
+    return np.column_stack([idx, pred, score, loss.double().numpy(), mass])
 
-    def rows_of(idx: np.ndarray) -> np.ndarray:
-        x, ids, lengths, target = data.batch(split, idx)
-        with autocast(precision):
-            logits, masks = model(x, ids, lengths, return_masks=True,
-                                  boxes=data.boxes(split, idx))  # fmt: skip
-        logits = logits.float()
-        loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="none")
-        pred = logits.argmax(1).numpy()
-        if s.human_answers is not None:
-            score = [
-                vqa_accuracy(data.answers[p], s.human_answers[i])
-                for p, i in zip(pred, idx, strict=True)
-            ]
-        else:
-            score = (pred == target.numpy()).astype(np.float64)
-        mass = (
-            _attention_mass(masks, s.boxes[idx], x.shape[-2:]).numpy()
-            if with_mass and masks is not None
-            else np.full((len(idx), glimpses), np.nan)
-        )
-        return np.column_stack([idx, pred, score, loss.double().numpy(), mass])
 
-    table = ctx.gather_batches(data.indices(split), batch_size, rows_of, width=4 + glimpses)
+def _summary(table: np.ndarray, model: nn.Module, data: E3Data, split: str) -> dict[str, Any]:
+    """Accuracy, mean loss, accuracy by question type and, where measured, the attention
+    correctness of each glimpse and a uniform mask's, of the rows of :func:`_rows`."""
+    s = data.split(split)
     idx = table[:, 0].astype(np.int64)
     score = table[:, 2]
-
     result: dict[str, Any] = {
         "accuracy": float(score.mean()) if len(score) else math.nan,
         "loss": float(table[:, 3].mean()) if len(table) else math.nan,
         **_by_kind(score, s, idx),
     }
-    if with_mass:
-        per_glimpse = np.nanmean(table[:, 4:], axis=0) if len(table) else np.full(glimpses, np.nan)
+    if _with_mass(model, s):
+        per_glimpse = (
+            np.nanmean(table[:, 4:], axis=0) if len(table) else np.full(_glimpses(model), np.nan)
+        )
         result["attention_correctness"] = [float(v) for v in per_glimpse]
     if s.boxes is not None and len(idx):
         # what a uniform mask scores: the share of the image the boxes cover
@@ -96,6 +98,13 @@ def evaluate(
         share = _attention_mass(uniform, s.boxes[idx], s.images.shape[1:3])
         result["attention_chance"] = float(share.mean())
     return result
+
+
+#: Accuracy (the VQA accuracy where the split has human answers), loss, accuracy by question
+#: type and, where the split has object boxes, attention correctness, sharded over the ranks:
+#: ``evaluate(model, data, split, batch_size, ctx=None, precision="fp32")``
+#: (:class:`~attentionrnn.engine.recipe.Evaluation`).
+evaluate = Evaluation(_rows, _summary, width=lambda model: 4 + _glimpses(model))
 
 
 def answer_prior(data: E3Data) -> dict[str, Any]:

@@ -21,7 +21,7 @@ The config lies in :mod:`~.config`, the run's data in :mod:`~.rundata`, the meas
 from __future__ import annotations
 
 import logging
-import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,12 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import resolve_precision
-from attentionrnn.engine.recipe import batch_chunks, finish_run, fit_run, start_run
-from attentionrnn.engine.trainer import (
-    Sized,
-    launch,
-    train_one_epoch,
-)
+from attentionrnn.engine.recipe import batch_chunks, finish_run, fit_run, recipe, run_metrics
+from attentionrnn.engine.trainer import Sized, train_one_epoch
 from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.evaluate import answer_prior, evaluate
 from attentionrnn.experiments.e3.model import REFERENCE_ATTENTIONS, VQANet
@@ -72,14 +68,11 @@ def build_model(config: E3Config, data: E3Data) -> VQANet:
 # the recipe
 
 
-def train(config: E3Config) -> dict[str, Any]:
-    """Train, keep the best-validation weights, test them; return (and write) the metrics."""
-    return launch(config, _train)
+@recipe
+def train(config: E3Config, ctx: DistContext, out: Path, started: float) -> dict[str, Any]:
+    """Train, keep the best-validation weights, test them; return (and write) the metrics.
 
-
-def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
-    out, started = start_run(config, ctx)
-
+    Called as ``train(config)`` (:func:`~attentionrnn.engine.recipe.recipe`)."""
     data = load_data(config, ctx)
     dataset = data.dataset
     if config.attention in REFERENCE_ATTENTIONS and dataset.train.boxes is None:
@@ -145,14 +138,7 @@ def _train(config: E3Config, ctx: DistContext) -> dict[str, Any]:
         "test_attention_chance": test.get("attention_chance"),
         "test_answer_prior": answer_prior(data),
         "val_accuracy": state.best_score if state.best_epoch >= 0 else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "attention_parameters": sum(p.numel() for p in model.estimators.parameters()),
-        "wall_time_s": time.perf_counter() - started,
-        "samples": {
-            "train": len(data.train_idx),
-            "val": len(data.val_idx),
-            "test": len(data.test_idx),
-        },
+        **run_metrics(started, data.indices, model, attention=model.estimators),
         "vocabulary": len(data.vocab),
         "answers": data.answers,
         "data": {"source": dataset.source, "origin": dataset.origin, "identity": dataset.identity},

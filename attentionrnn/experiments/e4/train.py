@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,8 @@ from torch import nn
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
-from attentionrnn.engine.recipe import fit_run, load_finished, start_run
-from attentionrnn.engine.trainer import (
-    launch,
-    write_metrics,
-)
+from attentionrnn.engine.recipe import fit_run, load_finished, recipe, run_metrics
+from attentionrnn.engine.trainer import write_metrics
 from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.data import load_task
 from attentionrnn.experiments.e4.evaluate import _layout, evaluate, train_judge
@@ -135,17 +131,16 @@ def fixed_targets(task, idx: np.ndarray, split: str) -> np.ndarray:
 # the recipe
 
 
-def train(config: E4Config, digits=None) -> dict[str, Any]:
+@recipe
+def train(
+    config: E4Config, ctx: DistContext, out: Path, started: float, digits=None
+) -> dict[str, Any]:
     """Train, keep the best-validation weights, test them; return (and write) the metrics.
 
+    Called as ``train(config, digits=None)`` (:func:`~attentionrnn.engine.recipe.recipe`):
     ``digits`` overrides the MNIST pool of the digit tasks (tests use a synthetic one)."""
-    return launch(config, lambda c, ctx: _train(c, ctx, digits))
-
-
-def _train(config: E4Config, ctx: DistContext, digits) -> dict[str, Any]:
     if ctx.world > 1:
         raise UserError("E4 trains in one process (run it without torchrun)")
-    out, started = start_run(config, ctx)
     precision = resolve_precision(config.precision)
 
     task = load_data(config, digits)
@@ -210,6 +205,7 @@ def _train(config: E4Config, ctx: DistContext, digits) -> dict[str, Any]:
                     precision)  # fmt: skip
     ceiling = (evaluate(g, judge, task, idx["test"], targets["test"], config.eval_batch_size,
                         truth=True) if task.has_truth else None)  # fmt: skip
+    masks = nn.ModuleList(t.mask for t in g.transformers)
     metrics: dict[str, Any] = {
         "dataset": task.name,
         "mask": config.mask,
@@ -220,10 +216,7 @@ def _train(config: E4Config, ctx: DistContext, digits) -> dict[str, Any]:
         "val_edit_success": (
             state.history[state.best_epoch]["val_edit_success"] if state.best_epoch >= 0 else None
         ),  # fmt: skip
-        "parameters": sum(p.numel() for p in g.parameters()),
-        "mask_parameters": sum(p.numel() for t in g.transformers for p in t.mask.parameters()),
-        "wall_time_s": time.perf_counter() - started,
-        "samples": {k: len(v) for k, v in idx.items()},
+        **run_metrics(started, idx, g, mask=masks),
         "data": task.identity,
     }
     metrics = write_metrics(
