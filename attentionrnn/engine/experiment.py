@@ -48,14 +48,17 @@ class Budget:
 
 def config_budget(config: type, *names: str, **defaults: Any) -> type:
     """A :class:`Budget` class for an experiment's budget to subclass, whose fields are the run
-    config's fields ``names``, with the config's types and defaults (``defaults`` gives others,
-    and may give Budget's own fields other defaults): what a budget sets is declared once, in the
-    config, and :meth:`Experiment.budget_config` copies it into the runs' configs."""
+    config's fields ``names``, with the config's types and defaults, and whose ``epochs`` default
+    to the config's (``defaults`` gives others, and may give Budget's own fields other defaults):
+    what a budget sets is declared once, in the config, a budget states only where it differs,
+    and :meth:`Experiment.budget_config` copies it into the runs' configs."""
     fields = {f.name: f for f in dataclasses.fields(config)}
     own = {f.name: f for f in dataclasses.fields(Budget)}
     unknown = sorted(set(names) - set(fields)) + sorted(set(defaults) - set(names) - set(own))
     if unknown:
         raise TypeError(f"{config.__name__} has no field(s) {unknown}")
+    if "epochs" in fields:
+        defaults.setdefault("epochs", fields["epochs"].default)
     spec = [(n, fields[n].type, field(default=defaults.pop(n, fields[n].default))) for n in names]
     spec += [(n, own[n].type, field(default=v)) for n, v in defaults.items()]
     return dataclasses.make_dataclass(f"{config.__name__}Budget", spec, bases=(Budget,),
@@ -105,7 +108,7 @@ class Experiment:
         row_field: the config field the row's method goes to (``attention``, ``mask``).
         spread: the rows trained with the budget's ``spread_seeds``.
         default_datasets, default_methods: ``budget -> names`` where ``--datasets`` /
-            ``--methods`` are not given (default: the first dataset, every method).
+            ``--methods`` are not given (default: the first dataset, the :attr:`table_rows`).
         row_folder: ``(method, options) -> folder name`` of a row (default: the method).
         skip: ``(method, dataset) -> True`` for pairs that cannot run (no boxes for an oracle).
         check: ``(budget_name, budget, datasets) -> None``: raise ``UserError`` for a request
@@ -302,6 +305,13 @@ class Experiment:
     def out_for(self, budget: str) -> str:
         """The default results folder of ``budget``."""
         return self.default_out.format(name=self.name, budget=budget)
+
+    @property
+    def table_rows(self) -> tuple[str, ...]:
+        """The rows of the table: the methods with a label, in :attr:`methods` order (every
+        method where none has one); a general method registered later has no label here, so a
+        ``reproduce`` trains it only where ``--methods`` names it."""
+        return tuple(m for m in self.methods if m in self.labels) or tuple(self.methods)
 
     def label(self, method: str) -> str:
         """The table label of a row."""

@@ -69,7 +69,7 @@ def reproduce(
     if datasets is None:
         datasets = tuple(e.default_datasets(b) if e.default_datasets else e.datasets[:1])
     if methods is None:
-        methods = tuple(e.default_methods(b) if e.default_methods else e.methods)
+        methods = tuple(e.default_methods(b) if e.default_methods else e.table_rows)
     for given, valid, what in ((methods, e.methods, "method"), (datasets, e.datasets, "dataset")):
         unknown = sorted(set(given) - set(valid))
         if unknown:

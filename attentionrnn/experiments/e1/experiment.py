@@ -42,8 +42,9 @@ BUDGET_FIELDS = ("samples", "batch_size", "patience", "canvas", "lr", "lr_warmup
 
 @dataclass(frozen=True, kw_only=True)
 class Budget(config_budget(E1Config, *BUDGET_FIELDS)):
-    """How much data and training one budget spends per run: :data:`BUDGET_FIELDS` (defaults:
-    E1Config's, PAN's protocol), and the rows and datasets of a ``reproduce``."""
+    """How much data and training one budget spends per run: its epochs and
+    :data:`BUDGET_FIELDS` (defaults: E1Config's, PAN's protocol), and the rows and datasets of a
+    ``reproduce``."""
 
     #: the rows and datasets a ``reproduce`` without ``--methods`` / ``--datasets`` trains
     #: (``None``: all)
@@ -59,20 +60,15 @@ BUDGETS: dict[str, Budget] = {
     # A check that every method trains end to end and the table is written; nothing learns to
     # attend at this size (docs/results/quick).
     "quick": Budget(
-        samples=5600,
-        epochs=4,
-        batch_size=50,
-        patience=50,
+        samples=5600, epochs=4, batch_size=50, patience=50,
         description="pipeline check (not a result): ~5,600 samples per dataset, 4 epochs, batch 50",
     ),
     # PAN's data and batch, trained for as many steps as the measured curves need to pass
     # their knee on this CPU (docs/experiments.md); CTX and ARNN with 3 seeds.
     "cpu": Budget(
-        epochs=10,
-        patience=10,
+        epochs=10, patience=10, spread_seeds=(0, 1, 2),
         description="PAN's data (30k/10k/10k samples) and batch 200, 10 epochs (1,500 steps), "
         "bf16 where native",
-        spread_seeds=(0, 1, 2),
     ),
     # Sized to the README's 10-minute demo on two cores. At PAN's 100x100 the masks localise only
     # after ~100k training samples (the `cpu` curves), ~15 min of one core per method, so the
@@ -84,12 +80,7 @@ BUDGETS: dict[str, Budget] = {
     # uniform in some seeds; 0.003 after a 2-epoch linear warm-up let both pass in every seed
     # probed (docs/experiments.md).
     "demo": Budget(
-        samples=16000,
-        epochs=12,
-        batch_size=50,
-        patience=12,
-        canvas=80,
-        lr_warmup_epochs=2,
+        samples=16000, epochs=12, batch_size=50, patience=12, canvas=80, lr_warmup_epochs=2,
         description="~16,000 MREF samples on an 80x80 canvas, 12 epochs of batch 50 "
         "(~2,300 steps), RMSprop lr 0.003 after a 2-epoch warm-up; minutes, not the paper's "
         "setting",
@@ -101,27 +92,20 @@ BUDGETS: dict[str, Budget] = {
     # epochs. On the 80x80 canvas: PAN's 100 px costs ~2.7x per epoch, which puts the rows over
     # the 15 h this budget may take on a 2-core machine.
     "plateau": Budget(
-        epochs=24,
-        patience=8,
-        canvas=80,
-        lr_decay_start=10,
-        lr_decay_every=3,
-        seeds=(0, 1),
-        spread_seeds=(0, 1, 2, 3, 4),
+        epochs=24, patience=8, canvas=80, lr_decay_start=10, lr_decay_every=3, seeds=(0, 1),
+        spread_seeds=(0, 1, 2, 3, 4), datasets=("mdist", "mbg"),
         methods=("local", "ctx", "arnn_ind", "arnn", "arnn_quad", "brnn"),
-        datasets=("mdist", "mbg"),
         description="PAN's data (30k/10k/10k samples) on an 80x80 canvas, batch 200, lr 0.003 "
         "÷1.5 every 3 epochs from epoch 10, 24 epochs (early stop after 8), CTX and ARNN 5 seeds, "
         "the others 2",
     ),
-    # The PAN protocol.
+    # The PAN protocol: E1Config's defaults.
     "full": Budget(
-        epochs=300,
+        spread_seeds=(0, 1, 2),
         description="PAN protocol: 50,000 samples (30k/10k/10k), up to 300 epochs, batch 200, "
         "early stop after 50 epochs without validation improvement",
-        spread_seeds=(0, 1, 2),
     ),
-}
+}  # fmt: skip
 
 
 def row_name(method: str, layer4_gate: str | None) -> str:

@@ -20,7 +20,7 @@ from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.experiments.e2.data import load_dataset
 from attentionrnn.experiments.e2.figures import curve_figure, mask_figure
-from attentionrnn.experiments.e2.model import E2_ATTENTIONS, LABELS
+from attentionrnn.experiments.e2.model import LABELS
 from attentionrnn.experiments.e2.train import E2Config, train
 
 __all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
@@ -33,8 +33,8 @@ BUDGET_FIELDS = ("width", "lr_step", "depth", "batch_size", "patience", "val_sam
 
 @dataclass(frozen=True, kw_only=True)
 class Budget(config_budget(E2Config, *BUDGET_FIELDS, patience=1000, spread_seeds=(0, 1, 2))):
-    """One budget: :data:`BUDGET_FIELDS` (defaults: E2Config's, but a patience of 1000 epochs);
-    3 seeds for the rows whose spread the comparison needs (LTPA and LTPA + ARNN)."""
+    """One budget: its epochs and :data:`BUDGET_FIELDS` (defaults: E2Config's, but a patience of
+    1000 epochs); 3 seeds for the rows whose spread the comparison needs (LTPA and LTPA + ARNN)."""
 
 
 #: Relative training cost per method (measured: bf16, width 0.25, batch 128); parallel runs start
@@ -52,21 +52,16 @@ BUDGETS: dict[str, Budget] = {
     # full runs (2 jobs, part of the time beside a third): LTPA 1.50 h, ARNN 1.83 h; both
     # validation curves flat over epochs 13-16 (docs/results/e2-cpu).
     "cpu": Budget(
-        width=0.25,
-        epochs=16,
-        lr_step=4,
+        width=0.25, epochs=16, lr_step=4,
         description="VGG-att3 at width 0.25 (16 ... 128 channels), 45k/5k/10k images, batch 128, "
         "SGD 0.1 momentum 0.9 wd 5e-4 halved every 4 epochs, 16 epochs, bf16 where native",
     ),
-    # LTPA's protocol.
+    # LTPA's protocol: E2Config's defaults.
     "full": Budget(
-        width=1.0,
-        epochs=300,
-        lr_step=25,
         description="LTPA protocol: VGG-att3 (VGG-16 widths), 45k/5k/10k images, batch 128, "
         "SGD 0.1 momentum 0.9 wd 5e-4 halved every 25 epochs, 300 epochs",
     ),
-}
+}  # fmt: skip
 
 
 def reproduce(out: str | Path, budget: str | Budget = "cpu", **kwargs: Any) -> dict[str, Any]:
@@ -151,7 +146,6 @@ EXPERIMENT = register_experiment(Experiment(
     config=E2Config,
     train=train,
     budgets=BUDGETS,
-    default_methods=lambda b: E2_ATTENTIONS,
     prepare=_prepare,
     columns=_columns, curve_figure=curve_figure, run_figure=_mask_figure, dataset_title=str.upper,
     table_title=TITLE, table_caption=CAPTION, table_section=_section,

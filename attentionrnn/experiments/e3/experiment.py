@@ -25,7 +25,7 @@ from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.data import QUESTION_TYPES
 from attentionrnn.experiments.e3.evaluate import answer_prior
 from attentionrnn.experiments.e3.figures import curve_figure, mask_figure
-from attentionrnn.experiments.e3.model import E3_ATTENTIONS, LABELS, REFERENCE_ATTENTIONS
+from attentionrnn.experiments.e3.model import LABELS, REFERENCE_ATTENTIONS
 from attentionrnn.experiments.e3.rundata import load_data
 from attentionrnn.experiments.e3.train import train
 
@@ -59,8 +59,6 @@ class Budget(config_budget(E3Config, *BUDGET_FIELDS, spread_seeds=(0, 1, 2))):
 #: other jobs: 0.27 / 0.54 / 0.19 / 0.20 s per step; noisy), so that parallel jobs finish together.
 COST = {"none": 0.6, "mcb": 1.0, "arnn": 0.8, "brnn": 0.7, "oracle": 0.6}
 SPREAD = ("mcb", "arnn")
-#: The rows of a reproduction: the estimators, then the oracle where the data have boxes.
-METHODS = E3_ATTENTIONS + REFERENCE_ATTENTIONS
 #: The datasets with object boxes (the oracle row needs them).
 BOXED = ("sort_of_clevr",)
 #: The datasets whose questions are labelled relational or not (a curriculum needs them).
@@ -79,9 +77,7 @@ BUDGETS: dict[str, Budget] = {
     # test, as 6 epochs do, with masks still at the uniform level (docs/results/e3-cpu/longer).
     # The oracle row is past its knee by epoch 4 (val .80 .85 .87 .88 .87 .88).
     "cpu": Budget(
-        epochs=6,
-        lr_step=4,
-        dataset_epochs=(("easy_vqa", 4),),
+        epochs=6, lr_step=4, dataset_epochs=(("easy_vqa", 4),),
         description="CNN 64 px -> 8x8x64 grid, GRU 64, MCB d=1024, 2 glimpses; Adam 1e-3 halved "
         "every 4 epochs, batch 64; easy-VQA (all questions, 4 epochs) and the generated set "
         "(4,000 / 1,000 images, 10 questions each, 6 epochs); bf16 where native",
@@ -93,31 +89,20 @@ BUDGETS: dict[str, Budget] = {
     # epochs of this set's ~16,000 non-relational training questions), MCB's by ~2,000. Then
     # the cpu budget's 6 epochs on all questions, lr halved after 4.
     "cpu-curriculum": Budget(
-        epochs=22,
-        lr_step=4,
-        curriculum_epochs=16,
+        epochs=22, lr_step=4, curriculum_epochs=16,
         description="the cpu budget's generated set, after 16 epochs on its non-relational "
         "questions only: CNN 64 px -> 8x8x64 grid, GRU 64, MCB d=1024, 2 glimpses; Adam 1e-3, "
         "then 6 epochs on all questions, lr halved after 4; batch 64; bf16 where native",
     ),
     # A pipeline check: every step of the reproduction in a few minutes; the numbers mean nothing.
     "tiny": Budget(
-        epochs=2,
-        lr_step=1,
-        dataset_epochs=(("sort_of_clevr", 1),),
+        epochs=2, lr_step=1, dataset_epochs=(("sort_of_clevr", 1),), mcb_dim=256, image_size=32,
+        blocks=2, val_images=20, train_questions=1000, test_questions=300,
+        generated_train_images=120, generated_test_images=30, spread_seeds=(0,),
         description="pipeline check only (numbers mean nothing): 32 px images, MCB d=256, "
         "1,000 training questions, 2 epochs (the generated set: 1)",
-        mcb_dim=256,
-        image_size=32,
-        blocks=2,
-        val_images=20,
-        train_questions=1000,
-        test_questions=300,
-        generated_train_images=120,
-        generated_test_images=30,
-        spread_seeds=(0,),
     ),
-}
+}  # fmt: skip
 
 
 def reproduce(out: str | Path, budget: str | Budget = "cpu", **kwargs: Any) -> dict[str, Any]:
@@ -256,7 +241,6 @@ EXPERIMENT = register_experiment(Experiment(
     config=E3Config,
     train=train,
     budgets=BUDGETS,
-    default_methods=lambda b: METHODS,
     base_config=_base_config,
     default_datasets=lambda b: RELATIONAL if b.curriculum_epochs else ("easy_vqa", "sort_of_clevr"),
     skip=lambda method, dataset: method in REFERENCE_ATTENTIONS and dataset not in BOXED,

@@ -25,7 +25,7 @@ from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.figures import curve_figure
-from attentionrnn.experiments.e4.model import E4_MASKS, LABELS
+from attentionrnn.experiments.e4.model import LABELS
 from attentionrnn.experiments.e4.train import train
 
 __all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
@@ -79,22 +79,12 @@ BUDGETS: dict[str, Budget] = {
     # A pipeline check: every step of the reproduction in well under a minute; numbers mean
     # nothing.
     "tiny": Budget(
-        epochs=2,
-        lr_step=1,
+        epochs=2, lr_step=1, images=24, canvas=48, batch_size=8, channels=4, d_channels=4,
+        mask_hidden=4, judge_epochs=1, judge_channels=4, val_samples=16, test_samples=16,
         description="pipeline check only (numbers mean nothing): 24 images of 48 px, tiny "
         "networks, 2 epochs",
-        images=24,
-        canvas=48,
-        batch_size=8,
-        channels=4,
-        d_channels=4,
-        mask_hidden=4,
-        judge_epochs=1,
-        judge_channels=4,
-        val_samples=16,
-        test_samples=16,
     ),
-}
+}  # fmt: skip
 
 
 def reproduce(
@@ -228,7 +218,6 @@ EXPERIMENT = register_experiment(Experiment(
     config=E4Config,
     train=train,
     budgets=BUDGETS,
-    default_methods=lambda b: E4_MASKS,
     row_field="mask",
     base_config=_base_config,
     prepare=_prepare,
