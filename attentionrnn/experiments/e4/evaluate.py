@@ -33,14 +33,15 @@ from attentionrnn.experiments.e4.model import (
 
 logger = logging.getLogger("attentionrnn.e4")
 
-__all__ = ["JUDGE", "JUDGE_SEED", "evaluate", "judge_accuracy", "train_judge"]
+__all__ = ["JUDGE", "JUDGE_SEED", "evaluate", "input_layout", "judge_accuracy", "train_judge"]
 
 JUDGE = "judge.pt"
 #: the judge's seed: the same for every row and training seed
 JUDGE_SEED = 1234
 
 
-def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+def input_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` in channels_last memory layout where the run trains so, else contiguous."""
     return x.contiguous(memory_format=torch.channels_last if channels_last
                         else torch.contiguous_format)  # fmt: skip
 
@@ -80,7 +81,7 @@ def train_judge(
                     continue
                 b = task.batch(chunk, task.draw_targets(chunk, np.random.default_rng(0)))
                 with autocast(precision):
-                    logits = judge(_layout(b.x, config.channels_last), b.query)
+                    logits = judge(input_layout(b.x, config.channels_last), b.query)
                 loss = attribute_loss(logits, b.labels, task.classes)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

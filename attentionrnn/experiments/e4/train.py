@@ -37,7 +37,7 @@ from attentionrnn.engine.recipe import fit_run, load_finished, recipe, run_metri
 from attentionrnn.engine.trainer import write_metrics
 from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.data import load_task
-from attentionrnn.experiments.e4.evaluate import _layout, evaluate, train_judge
+from attentionrnn.experiments.e4.evaluate import evaluate, input_layout, train_judge
 from attentionrnn.experiments.e4.model import (
     Discriminator,
     Editor,
@@ -174,7 +174,7 @@ def train(
             if len(chunk) < 2:
                 continue  # instance norm of a one-sample batch is fine, but keep batches alike
             b = task.batch(chunk, task.draw_targets(chunk, rng))
-            x = _layout(b.x, config.channels_last)
+            x = input_layout(b.x, config.channels_last)
             stats = _step(g, d, optimizer, x, b, weights, precision)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
