@@ -13,6 +13,10 @@ JOBS=${JOBS:-2}
 PYTHON=${PYTHON:-python}
 LOGS=${LOGS:-$OUT/logs}
 mkdir -p "$LOGS"
+# run from the log folder: `python -m` puts the working directory first on sys.path, so started
+# from a checkout it would import that checkout's package instead of the one installed or on
+# PYTHONPATH
+cd "$LOGS"
 RUNS=()
 for s in 0 1 2 3 4; do RUNS+=("color mdist ctx $s" "color mdist arnn $s"); done
 for s in 0 1 2; do RUNS+=("digit mdist ctx $s" "digit mdist arnn $s"); done
