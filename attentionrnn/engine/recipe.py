@@ -33,6 +33,7 @@ from torch import nn
 
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.provenance import git_commit
 from attentionrnn.engine.state import seed_everything
 from attentionrnn.engine.trainer import (
     BEST,
@@ -62,6 +63,9 @@ def start_run(config: Any, ctx: DistContext) -> tuple[Path, float]:
     out = Path(config.out)
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
+    # the commit is read now (and cached), so that the run records the code it starts with, not
+    # the checkout's state when it ends
+    git_commit()
     seed_everything(config.seed)
     return out, time.perf_counter()
 
