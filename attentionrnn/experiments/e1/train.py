@@ -38,7 +38,7 @@ from attentionrnn.data.generate import CANVAS
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import resolve_precision
-from attentionrnn.engine.recipe import finish_run, fit_run, recipe, run_metrics
+from attentionrnn.engine.recipe import batch_chunks, finish_run, fit_run, recipe, run_metrics
 from attentionrnn.engine.state import file_sha256
 from attentionrnn.engine.trainer import train_one_epoch
 from attentionrnn.experiments.e1.config import SAMPLES_PER_IMAGE, E1Config
@@ -191,11 +191,9 @@ def train(config: E1Config, ctx: DistContext, out: Path, started: float) -> dict
         generator = torch.Generator().manual_seed(config.seed + epoch)
         order = ctx.shard(train_idx[torch.randperm(len(train_idx), generator=generator).numpy()],
                           even=True)  # fmt: skip
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        if len(batches) > 1 and len(batches[-1]) < 2:
-            batches.pop()  # batch norm needs at least two samples
         return train_one_epoch(
-            net, optimizer, batches, loss_fn, precision=precision, clip_norm=config.clip_norm,
+            net, optimizer, batch_chunks(order, batch_size), loss_fn, precision=precision,
+            clip_norm=config.clip_norm,
             desc=f"{name} epoch {epoch + 1}/{config.epochs}", progress=config.progress and ctx.main,
         )  # fmt: skip
 
