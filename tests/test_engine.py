@@ -141,6 +141,27 @@ def test_unknown_rows_and_datasets_are_refused(toy, tmp_path):
         reproduce(toy.EXPERIMENT, tmp_path, budget="huge", dry_run=True)
 
 
+def test_a_row_declares_its_label_cost_and_spread(toy, tmp_path):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from attentionrnn.engine.experiment import Row
+    from attentionrnn.engine.reproduce import reproduce
+
+    rows = {"ctx": Row("CTX"), "arnn": Row("ARNN (bi)", cost=2.0, spread=True)}
+    e = dataclasses.replace(toy.EXPERIMENT, rows=rows)
+    assert e.table_rows == ("ctx", "arnn") and e.spread == ("arnn",)
+    assert [e.label(m) for m in ("ctx", "arnn", "mine")] == ["CTX", "ARNN (bi)", "mine"]
+    costs = [e.run_cost(SimpleNamespace(attention=m)) for m in ("ctx", "arnn", "mine")]
+    assert costs == [1.0, 2.0, 1.0]  # an undeclared method counts 1
+    plan = reproduce(e, tmp_path, jobs=1, threads=1, dry_run=True)
+    seeds = sorted((Path(r["out"]).parent.name, Path(r["out"]).name) for r in plan["runs"])
+    # CTX: the budget's seeds (0, 1); ARNN, a spread row: its spread_seeds (0,)
+    assert seeds == [("arnn", "seed0"), ("ctx", "seed0"), ("ctx", "seed1")]
+    # only the declared rows are the table's, and trained by default
+    assert dataclasses.replace(toy.EXPERIMENT, rows={"arnn": Row("A")}).table_rows == ("arnn",)
+
+
 def test_every_experiment_is_declared_and_none_imports_another():
     from attentionrnn.engine.experiment import experiments
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Budget", "Experiment", "config_budget", "experiments", "register_experiment"]
+__all__ = ["Budget", "Experiment", "Row", "config_budget", "experiments", "register_experiment"]
 
 #: the options of ``reproduce`` that every run config takes (:meth:`Experiment.budget_config`)
 RUN_OPTIONS = ("precision", "threads", "progress")
@@ -42,8 +42,20 @@ class Budget:
     epochs: int = 1
     #: the seeds of every row
     seeds: tuple[int, ...] = (0,)
-    #: the seeds of the rows whose spread the comparison needs (:attr:`Experiment.spread`)
+    #: the seeds of the rows whose spread the comparison needs (:attr:`Row.spread`)
     spread_seeds: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class Row:
+    """What an experiment declares of one row of its table (an attention method): its table
+    ``label``, the relative ``cost`` of one of its runs (parallel runs start with the most
+    expensive; dry runs scale timed rows by it) and whether the comparison needs its seed
+    ``spread`` (then it trains with the budget's :attr:`Budget.spread_seeds`)."""
+
+    label: str
+    cost: float = 1.0
+    spread: bool = False
 
 
 def config_budget(config: type, *names: str, **defaults: Any) -> type:
@@ -97,16 +109,15 @@ class Experiment:
             table (:meth:`summarize_row`).
         curve_figure, run_figure, figure_title, dataset_title: the figures of
             :meth:`dataset_figures`: ``curve_figure(curves, path, title)`` draws the learning
-            curves, ``run_figure(runs, path, title)`` the :attr:`figure` of ``{row: run
+            curves, ``run_figure(runs, path, title)`` the :attr:`figure` of ``{row label: run
             folder}`` (titled ``DATASET: FIGURE_TITLE``); ``dataset_title(dataset)`` names a
             dataset in titles.
         assemble: ``(out, budget_name, settings, figure=...) -> summary``: writes the table
             (default: :meth:`assemble_table`).
-        cost: ``{method: relative cost of a run}`` (parallel runs start with the most
-            expensive; dry runs scale timed rows by it).
-        labels: ``{method: table label}``.
+        rows: ``{method: Row}``, the table's rows: label, relative run cost, spread seeds or
+            not (a method without one, e.g. a general method registered later, is labelled by
+            its name, costs 1 and is trained only where ``--methods`` names it).
         row_field: the config field the row's method goes to (``attention``, ``mask``).
-        spread: the rows trained with the budget's ``spread_seeds``.
         default_datasets, default_methods: ``budget -> names`` where ``--datasets`` /
             ``--methods`` are not given (default: the first dataset, the :attr:`table_rows`).
         row_folder: ``(method, options) -> folder name`` of a row (default: the method).
@@ -133,7 +144,7 @@ class Experiment:
     config: type
     train: Callable[[Any], Any]
     budgets: dict[str, Any]
-    cost: dict[str, float]
+    rows: dict[str, Row]
     markdown: Callable[[dict[str, Any]], str] | None = None
     table_title: str = ""
     table_caption: str = ""
@@ -155,9 +166,7 @@ class Experiment:
     table_order: Callable[[str], Any] | None = None
     log: logging.Logger | None = None
     assemble: Callable[..., dict[str, Any]] | None = None
-    labels: dict[str, str] = field(default_factory=dict)
     row_field: str = "attention"
-    spread: Sequence[str] = ()
     default_datasets: Callable[[Any], Sequence[str]] | None = None
     default_methods: Callable[[Any], Sequence[str]] | None = None
     row_folder: Callable[[str, dict[str, Any]], str] | None = None
@@ -264,7 +273,8 @@ class Experiment:
     ) -> dict[str, str]:
         """The learning curves ``OUT/curves_DATASET.png`` and, where the weights and data are
         here, the :attr:`figure` of the lowest seed of each row ``OUT/FIGURE_DATASET.png``
-        (:attr:`curve_figure`, :attr:`run_figure`); returns ``{kind: file name}``."""
+        (:attr:`curve_figure`; :attr:`run_figure`, given the runs by their rows' labels);
+        returns ``{kind: file name}``."""
         from attentionrnn.engine import results
 
         title = self.dataset_title(dataset)
@@ -274,7 +284,7 @@ class Experiment:
         drawn = {"curves": path.name}
         if self.run_figure is None:
             return drawn
-        runs = {m: out / "runs" / dataset / m / f"seed{min(rows[m])}"
+        runs = {self.label(m): out / "runs" / dataset / m / f"seed{min(rows[m])}"
                 for m in sorted(rows, key=self.order)}  # fmt: skip
         extra = results.optional_figure(
             lambda: self.run_figure(runs, out / f"{self.figure}_{dataset}.png",  # type: ignore[misc]
@@ -308,14 +318,19 @@ class Experiment:
 
     @property
     def table_rows(self) -> tuple[str, ...]:
-        """The rows of the table: the methods with a label, in :attr:`methods` order (every
-        method where none has one); a general method registered later has no label here, so a
-        ``reproduce`` trains it only where ``--methods`` names it."""
-        return tuple(m for m in self.methods if m in self.labels) or tuple(self.methods)
+        """The rows of the table: the methods declared in :attr:`rows`, in :attr:`methods`
+        order (every method where none is); a general method registered later is not declared
+        here, so a ``reproduce`` trains it only where ``--methods`` names it."""
+        return tuple(m for m in self.methods if m in self.rows) or tuple(self.methods)
+
+    @property
+    def spread(self) -> tuple[str, ...]:
+        """The rows trained with the budget's ``spread_seeds``."""
+        return tuple(m for m, row in self.rows.items() if row.spread)
 
     def label(self, method: str) -> str:
-        """The table label of a row."""
-        return self.labels.get(method, method)
+        """The table label of a row (its name where it is not declared)."""
+        return self.rows.get(method, Row(method)).label
 
     def order(self, method: str) -> tuple[int, str]:
         """Sort key of a row: the declared order, unknown rows last."""
@@ -324,7 +339,8 @@ class Experiment:
 
     def run_cost(self, config: Any) -> float:
         """The relative cost of the run of ``config``."""
-        return self.cost.get(getattr(config, self.row_field), 1.0)
+        method = getattr(config, self.row_field)
+        return self.rows.get(method, Row(method)).cost
 
 
 _REGISTRY: dict[str, Experiment] = {}

@@ -23,7 +23,7 @@ from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.trainer import BEST
 from attentionrnn.experiments.e1.config import E1Config
 from attentionrnn.experiments.e1.model import own_layer4_gate
-from attentionrnn.experiments.e1.rows import COST, LABELS, ROWS
+from attentionrnn.experiments.e1.rows import ROW_TABLE, ROWS
 from attentionrnn.experiments.e1.table import (
     comparisons,
     results_markdown,
@@ -50,10 +50,6 @@ class Budget(config_budget(E1Config, *BUDGET_FIELDS)):
     #: (``None``: all)
     methods: tuple[str, ...] | None = None
     datasets: tuple[str, ...] | None = None
-
-
-#: The rows trained with the budget's ``spread_seeds``: the comparison the paper makes.
-SPREAD = ("ctx", "arnn")
 
 
 BUDGETS: dict[str, Budget] = {
@@ -222,9 +218,7 @@ EXPERIMENT = register_experiment(Experiment(
     summarize=summarize, figures=_figures, totals=_totals, figures_for="table",
     table_order=row_order,
     markdown=results_markdown,
-    cost=COST,
-    labels=LABELS,
-    spread=SPREAD,
+    rows=ROW_TABLE,
     train_help="train one attention method on one dataset",
     train_description="Train the PAN network with one attention method, keep the "
     "best-validation checkpoint and write RUN_DIR/metrics.json (with the learning curve). "

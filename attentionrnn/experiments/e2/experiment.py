@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from attentionrnn.engine import results
-from attentionrnn.engine.experiment import Experiment, config_budget, register_experiment
+from attentionrnn.engine.experiment import Experiment, Row, config_budget, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.experiments.e2.data import load_dataset
 from attentionrnn.experiments.e2.figures import curve_figure, mask_figure
-from attentionrnn.experiments.e2.model import LABELS
 from attentionrnn.experiments.e2.train import E2Config, train
 
 __all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
@@ -37,10 +36,14 @@ class Budget(config_budget(E2Config, *BUDGET_FIELDS, patience=1000, spread_seeds
     1000 epochs); 3 seeds for the rows whose spread the comparison needs (LTPA and LTPA + ARNN)."""
 
 
-#: Relative training cost per method (measured: bf16, width 0.25, batch 128); parallel runs start
-#: with the most expensive so that they finish together.
-COST = {"none": 0.75, "ltpa": 0.93, "arnn": 1.0, "brnn": 0.92}
-SPREAD = ("ltpa", "arnn")
+#: The rows of the table: label, relative training cost (measured: bf16, width 0.25, batch 128;
+#: parallel runs start with the most expensive so that they finish together) and spread seeds.
+ROW_TABLE = {
+    "none": Row("VGG (no attention)", cost=0.75),
+    "ltpa": Row("LTPA (concat-pc)", cost=0.93, spread=True),
+    "arnn": Row("LTPA + ARNN", cost=1.0, spread=True),
+    "brnn": Row("LTPA + BRNN", cost=0.92),
+}
 
 BUDGETS: dict[str, Budget] = {
     # Sized on this 2-core CPU (reproduce runs 2 jobs x 1 thread): a training step of the
@@ -97,11 +100,6 @@ def _columns(ms: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _mask_figure(runs: dict[str, Path], path: Path, title: str) -> Path | None:
-    """The attention maps of the runs with attention."""
-    return mask_figure({m: r for m, r in runs.items() if m != "none"}, path, title=title)
-
-
 def _fmt(stats: dict[str, Any] | None, scale: float = 100.0, digits: int = 2) -> str:
     return format_stats(stats, digits, scale)
 
@@ -147,11 +145,9 @@ EXPERIMENT = register_experiment(Experiment(
     train=train,
     budgets=BUDGETS,
     prepare=_prepare,
-    columns=_columns, curve_figure=curve_figure, run_figure=_mask_figure, dataset_title=str.upper,
+    columns=_columns, curve_figure=curve_figure, run_figure=mask_figure, dataset_title=str.upper,
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
-    cost=COST,
-    labels=LABELS,
-    spread=SPREAD,
+    rows=ROW_TABLE,
     train_help="train one attention estimator on CIFAR",
     train_description="Train VGG-att3 with one attention estimator, keep the best-validation "
     "checkpoint, test it and write RUN_DIR/metrics.json (top-1 error, per-class accuracy, "

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.recipe import load_finished
 from attentionrnn.experiments.e2.data import ImageSet, load_dataset, stratified_order
-from attentionrnn.experiments.e2.model import LABELS, AttnVGG
+from attentionrnn.experiments.e2.model import AttnVGG
 from attentionrnn.experiments.e2.train import E2Config, E2Data
 
 __all__ = ["curve_figure", "load_run", "mask_figure"]
@@ -49,8 +49,8 @@ def mask_figure(
 ) -> Path | None:
     """Each test image beside every run's masks at the three layers (upsampled, overlaid).
 
-    ``runs`` maps a method to a finished run folder; the images are read with the first run's
-    data options. Returns ``None`` when no run has attention.
+    ``runs`` maps a row's label to a finished run folder; the images are read with the first
+    run's data options. Returns ``None`` when no run has attention.
     """
     loaded = {m: load_run(r) for m, r in runs.items()}
     loaded = {m: v for m, v in loaded.items() if v[0].attention != "none"}
@@ -65,12 +65,12 @@ def mask_figure(
     idx = _pick(images, count)
     x, y = data.batch("test", idx)
     columns: list[tuple[str, np.ndarray]] = []
-    for method, (model, _) in loaded.items():
+    for label, (model, _) in loaded.items():
         logits, masks = model(x, return_masks=True)
         for k, mask in enumerate(masks):
             up = F.interpolate(mask.float(), size=x.shape[-2:], mode="nearest")[:, 0]
             up = up / up.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
-            columns.append((f"{LABELS.get(method, method)}\nlayer {k + 1}", up.numpy()))
+            columns.append((f"{label}\nlayer {k + 1}", up.numpy()))
 
     import matplotlib
 

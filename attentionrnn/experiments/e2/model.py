@@ -50,12 +50,6 @@ __all__ = [
 
 #: The attention estimators of E2, in the order of its tables.
 E2_ATTENTIONS: tuple[str, ...] = ("none", "ltpa", "arnn", "brnn")
-LABELS = {
-    "none": "VGG (no attention)",
-    "ltpa": "LTPA (concat-pc)",
-    "arnn": "LTPA + ARNN",
-    "brnn": "LTPA + BRNN",
-}
 VGG_CHANNELS = (64, 128, 256, 512, 512, 512)
 VGG_CONVS = (2, 2, 3, 3, 3, 2)
 #: The blocks whose outputs are attended (0-based): blocks 3, 4 and 5.

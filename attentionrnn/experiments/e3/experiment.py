@@ -18,14 +18,14 @@ from typing import Any
 
 from attentionrnn.engine import results
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.experiment import Experiment, config_budget, register_experiment
+from attentionrnn.engine.experiment import Experiment, Row, config_budget, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.data import QUESTION_TYPES
 from attentionrnn.experiments.e3.evaluate import answer_prior
 from attentionrnn.experiments.e3.figures import curve_figure, mask_figure
-from attentionrnn.experiments.e3.model import LABELS, REFERENCE_ATTENTIONS
+from attentionrnn.experiments.e3.model import REFERENCE_ATTENTIONS
 from attentionrnn.experiments.e3.rundata import load_data
 from attentionrnn.experiments.e3.train import train
 
@@ -55,10 +55,16 @@ class Budget(config_budget(E3Config, *BUDGET_FIELDS, spread_seeds=(0, 1, 2))):
         return dict(self.dataset_epochs).get(dataset, self.epochs)
 
 
-#: Relative training cost per method (one thread, batch 64, 64 px, a 2-core machine shared with
-#: other jobs: 0.27 / 0.54 / 0.19 / 0.20 s per step; noisy), so that parallel jobs finish together.
-COST = {"none": 0.6, "mcb": 1.0, "arnn": 0.8, "brnn": 0.7, "oracle": 0.6}
-SPREAD = ("mcb", "arnn")
+#: The rows of the table: label, relative training cost (one thread, batch 64, 64 px, a 2-core
+#: machine shared with other jobs: 0.27 / 0.54 / 0.19 / 0.20 s per step; noisy), so that parallel
+#: jobs finish together, and spread seeds.
+ROW_TABLE = {
+    "none": Row("no attention (mean pool)", cost=0.6),
+    "mcb": Row("MCB attention (conv)", cost=1.0, spread=True),
+    "arnn": Row("ARNN (bi)", cost=0.8, spread=True),
+    "brnn": Row("BRNN", cost=0.7),
+    "oracle": Row("oracle mask (named objects)", cost=0.6),
+}
 #: The datasets with object boxes (the oracle row needs them).
 BOXED = ("sort_of_clevr",)
 #: The datasets whose questions are labelled relational or not (a curriculum needs them).
@@ -248,9 +254,7 @@ EXPERIMENT = register_experiment(Experiment(
     prepare=_prepare,
     columns=_columns, curve_figure=curve_figure, run_figure=mask_figure, totals=_answer_priors,
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
-    cost=COST,
-    labels=LABELS,
-    spread=SPREAD,
+    rows=ROW_TABLE,
     train_help="train one attention variant",
     train_description="Train the VQA network with one attention variant, keep the "
     "best-validation checkpoint, test it and write RUN_DIR/metrics.json (accuracy overall and by "

@@ -14,7 +14,7 @@ from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.recipe import load_finished
 from attentionrnn.experiments.e3.config import E3Config
-from attentionrnn.experiments.e3.model import LABELS, VQANet
+from attentionrnn.experiments.e3.model import VQANet
 from attentionrnn.experiments.e3.rundata import E3Data, load_data
 from attentionrnn.experiments.e3.train import build_model
 
@@ -45,24 +45,23 @@ def mask_figure(
     """One row per test question: the image with the question and the true answer, then each
     run's glimpse masks (upsampled, over the image) with its answer.
 
-    ``runs`` maps a method to a finished run folder; every run must use the same dataset.
+    ``runs`` maps a row's label to a finished run folder; every run must use the same dataset.
     Returns ``None`` when no run has attention or the data are feature grids (no image to show).
     """
     loaded, data = {}, None
-    for method, run in runs.items():
+    for label, run in runs.items():
         model, config, data = load_run(run, data)
-        loaded[method] = model
+        loaded[label] = model
     if data is None or data.dataset.features or all(m.attention == "none" for m in loaded.values()):
         return None
     split = data.split("test")
     picks = data.test_idx[np.random.default_rng(3).permutation(len(data.test_idx))[:count]]
     x, ids, lengths, target = data.batch("test", picks)
     columns: list[tuple[str, np.ndarray | None, list[str]]] = []
-    for method, model in loaded.items():
+    for label, model in loaded.items():
         logits, masks = model(x, ids, lengths, return_masks=True,
                               boxes=data.boxes("test", picks))  # fmt: skip
         answers = [data.answers[int(k)] for k in logits.argmax(1)]
-        label = LABELS.get(method, method)
         if masks is None:
             columns.append((label, None, answers))
             continue

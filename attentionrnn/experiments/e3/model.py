@@ -36,7 +36,6 @@ from attentionrnn.layers.registry import (
 __all__ = [
     "E3_ATTENTIONS",
     "E3_ROWS",
-    "LABELS",
     "MCBAttention",
     "OracleAttention",
     "CompactBilinearPooling",
@@ -51,13 +50,6 @@ __all__ = [
 E3_ATTENTIONS = ("none", "mcb", "arnn", "brnn")
 #: Rows that learn no attention but bound it: they need the data's object boxes.
 REFERENCE_ATTENTIONS = ("oracle",)
-LABELS = {
-    "none": "no attention (mean pool)",
-    "mcb": "MCB attention (conv)",
-    "arnn": "ARNN (bi)",
-    "brnn": "BRNN",
-    "oracle": "oracle mask (named objects)",
-}
 
 
 def box_masks(boxes: Tensor, grid_size: tuple[int, int], image_size: tuple[int, int]) -> Tensor:

@@ -25,7 +25,7 @@ from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.figures import curve_figure
-from attentionrnn.experiments.e4.model import LABELS
+from attentionrnn.experiments.e4.model import ROW_TABLE
 from attentionrnn.experiments.e4.train import train
 
 __all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
@@ -55,11 +55,6 @@ class Budget(config_budget(E4Config, *BUDGET_FIELDS, judge_epochs=15)):
     """One budget: :data:`BUDGET_FIELDS` (defaults: E4Config's, but the judge trains 15
     epochs)."""
 
-
-#: Relative cost of a training step (one D and one G update) per mask head, measured with one
-#: thread, batch 32, 64 px, bf16 on a 2-core machine shared with another job: 0.58 / 0.65 /
-#: 0.62 s per step (noisy).
-COST = {"ctx": 0.9, "arnn": 1.0, "brnn": 0.95}
 
 BUDGETS: dict[str, Budget] = {
     # Measured (seed 0 of the three rows as three one-thread jobs on 2 cores, bf16, full
@@ -224,8 +219,7 @@ EXPERIMENT = register_experiment(Experiment(
     columns=_columns, curve_figure=curve_figure, run_figure=_sample_grid, figure="samples",
     figure_title="edits",
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
-    cost=COST,
-    labels=LABELS,
+    rows=ROW_TABLE,
     train_help="train one mask head",
     train_description="Train the judge (an attribute classifier of real images), then the "
     "editor and discriminator (hinge loss, no gradient penalty); keep the best-validation "

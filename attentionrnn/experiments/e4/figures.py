@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from attentionrnn.engine.figures import save_figure
-from attentionrnn.experiments.e4.model import LABELS, Editor
+from attentionrnn.experiments.e4.model import Editor
 
 __all__ = ["curve_figure", "sample_grid"]
 
@@ -31,18 +31,18 @@ def sample_grid(
     editors: dict[str, Editor], task, idx: np.ndarray, targets: np.ndarray, out: str | Path,
     title: str = "",
 ) -> Path:  # fmt: skip
-    """One row per edit: the input, the exact edit (where the task has one), then each method's
-    edited image and the mask of the module that made the edit (upsampled to the image)."""
+    """One row per edit: the input, the exact edit (where the task has one), then each editor's
+    edited image and the mask of the module that made the edit (upsampled to the image);
+    ``editors`` maps a row's label to its editor."""
     b = task.batch(idx, targets)
     rgb = b.x.permute(0, 2, 3, 1).numpy()
     columns: list[tuple[str, np.ndarray, bool]] = [("input", rgb, False)]
     if b.truth is not None:
         columns.append(("exact edit", b.truth.permute(0, 2, 3, 1).numpy(), False))
-    for method, editor in editors.items():
+    for label, editor in editors.items():
         edited, masks = editor.eval()(b.x, b.targets, b.query)
         mask = masks[torch.arange(len(b)), b.changed][:, None].float()
         up = F.interpolate(mask, size=b.x.shape[-2:], mode="nearest")[:, 0].numpy()
-        label = LABELS.get(method, method)
         columns += [(label, edited.float().permute(0, 2, 3, 1).numpy(), False),
                     (f"{label}\nmask", up, True)]  # fmt: skip
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.experiment import Row
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.recipe import fit_run, load_finished, recipe, run_metrics
 from attentionrnn.engine.trainer import write_metrics
@@ -39,6 +40,7 @@ from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.data import load_task
 from attentionrnn.experiments.e4.evaluate import evaluate, input_layout, train_judge
 from attentionrnn.experiments.e4.model import (
+    ROW_TABLE,
     Discriminator,
     Editor,
     discriminator_loss,
@@ -228,7 +230,8 @@ def train(
         from attentionrnn.experiments.e4.figures import sample_grid
 
         picks = slice(0, config.samples)
-        sample_grid({config.mask: g}, task, idx["test"][picks], targets["test"][picks],
+        label = ROW_TABLE.get(config.mask, Row(config.mask)).label
+        sample_grid({label: g}, task, idx["test"][picks], targets["test"][picks],
                     out / "samples.png", title=name)  # fmt: skip
     logger.info("%s: test edit success %.4f, preservation L1 %s, mask correctness %s -> %s",
                 name, metrics["test_edit_success"], metrics["test_preservation_l1"],
