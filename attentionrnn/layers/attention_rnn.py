@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from attentionrnn.layers.diagonal import state_dtype_for
 from attentionrnn.layers.fused import raster_rows_view
-from attentionrnn.layers.query_term import per_channel
+from attentionrnn.layers.query_term import QUERY_FUSIONS, fuse
 from attentionrnn.layers.registry import Attention
 from attentionrnn.layers.scan import DiagonalLSTMScan, resolve_directions
 from attentionrnn.layers.validation import (
@@ -20,9 +20,6 @@ from attentionrnn.layers.validation import (
     check_input_dtype,
     check_positive_int,
 )
-
-#: How :class:`AttentionRNN`'s encoder joins the image and the query term.
-QUERY_FUSIONS = ("add", "mul")
 
 
 class ScanAttention(Attention):
@@ -125,7 +122,7 @@ class ScanAttention(Attention):
             u = self.query_proj(query.to(self.query_proj.weight.dtype))
             # "mul": a low-rank bilinear (Hadamard) fusion, so the question can switch image
             # channels off, which a sum can only do by outweighing them
-            e = per_channel(e, u, torch.mul if self.query_fusion == "mul" else torch.add)
+            e = fuse(e, u, self.query_fusion)
         if self.scan_reads_rows(e):
             e = raster_rows_view(e, state_dtype_for(e.dtype))
         return F.relu(e)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attentionrnn.layers.query_term import per_channel
+from attentionrnn.layers.query_term import QUERY_FUSIONS, fuse
 from attentionrnn.layers.registry import Attention
 from attentionrnn.layers.scan import resolve_directions
 from attentionrnn.layers.validation import (
@@ -123,6 +123,8 @@ class ContextAttention(_AttentionBase):
 
     Each attention value sees the ``k×k`` neighbourhood of its position (zero padded at the border)
     and the query, but never the other attention values: the values are predicted independently.
+    With ``query_fusion="mul"`` the query term multiplies instead, ``conv(x) ⊙ U q``, as in
+    :class:`~attentionrnn.AttentionRNN`.
 
     Args:
         in_channels: number of channels ``C`` of the input map.
@@ -130,6 +132,7 @@ class ContextAttention(_AttentionBase):
         kernel_size: odd size ``k`` of the context conv (3 in PAN's layers 1–3, 1 in layer 4).
         query_channels: width ``Q`` of the query, or ``None`` for no query.
         gate: ``"sigmoid"`` (each value in ``(0, 1)``) or ``"softmax"`` over all ``H*W`` positions.
+        query_fusion: ``"add"`` (PAN's ``conv(x) + U q``) or ``"mul"`` (``conv(x) ⊙ U q``).
 
     Shape:
         - x: :math:`(B, C, H, W)`; query: :math:`(B, Q)` or ``None``
@@ -152,6 +155,7 @@ class ContextAttention(_AttentionBase):
         kernel_size: int = 3,
         query_channels: int | None = None,
         gate: str = "sigmoid",
+        query_fusion: str = "add",
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -159,6 +163,9 @@ class ContextAttention(_AttentionBase):
         self.kernel_size = _check_odd_kernel(kernel_size)
         self.query_channels = _check_query_channels(query_channels)
         self.gate = check_gate(gate)
+        if query_fusion not in QUERY_FUSIONS:
+            raise ValueError(f"query_fusion must be one of {QUERY_FUSIONS}, got {query_fusion!r}")
+        self.query_fusion = query_fusion
         self.encoder = nn.Conv2d(
             in_channels, hidden_channels, kernel_size, padding=kernel_size // 2
         )
@@ -171,7 +178,7 @@ class ContextAttention(_AttentionBase):
         """The pre-activation context encoding plus the broadcast query term."""
         e = self.encoder(x)
         if self.query_proj is not None and query is not None:
-            e = per_channel(e, self.query_proj(query.to(e.dtype)))
+            e = fuse(e, self.query_proj(query.to(e.dtype)), self.query_fusion)
         return e
 
     def mask(self, x: torch.Tensor, query: torch.Tensor | None) -> torch.Tensor:
@@ -183,6 +190,7 @@ class ContextAttention(_AttentionBase):
             f"in_channels={self.in_channels}, hidden_channels={self.hidden_channels}, "
             f"kernel_size={self.kernel_size}, query_channels={self.query_channels}, "
             f"gate={self.gate!r}"
+            + (f", query_fusion={self.query_fusion!r}" if self.query_fusion != "add" else "")
         )
 
 

@@ -14,6 +14,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+#: How an attention encoder joins the image and the query term: ``conv(x) + U q`` or
+#: ``conv(x) ⊙ U q`` (AttentionRNN, BlockAttentionRNN and ContextAttention).
+QUERY_FUSIONS = ("add", "mul")
+
+
+def fuse(x: Tensor, u: Tensor, fusion: str) -> Tensor:
+    """``x + u`` or ``x ⊙ u`` per channel (:func:`per_channel`), as ``fusion`` says."""
+    return per_channel(x, u, torch.mul if fusion == "mul" else torch.add)
+
 
 def per_channel(x: Tensor, u: Tensor, op: Callable[[Tensor, Tensor], Tensor] = torch.add) -> Tensor:
     """``op(x, u[:, :, None, None])`` for ``x`` (B, C, H, W) and ``u`` (B, C), in ``x``'s memory

@@ -101,7 +101,7 @@ class E1Config(RunConfig):
     query_fusion: str = field(
         default="add",
         metadata=option(
-            "how the recurrent attention's encoder joins image and query (ARNN, BRNN): "
+            "how the attention encoder joins image and query (ARNN, BRNN, CTX): "
             "conv(x) + Uq or conv(x) * Uq",
             choices=("add", "mul"),
         ),

@@ -73,7 +73,9 @@ class E3Config(RunConfig, out="runs/e3", epochs=20, patience=6):
     )
     query_fusion: str = field(
         default="mul",
-        metadata=option("image-question fusion in the ARNN / BRNN encoder", choices=("mul", "add")),
+        metadata=option(
+            "image-question fusion in the ARNN / BRNN / CTX encoder", choices=("mul", "add")
+        ),
     )
     block_size: int = field(default=2, metadata=option("BRNN block size", minimum=1))
     coords: bool = field(

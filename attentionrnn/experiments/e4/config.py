@@ -3,6 +3,7 @@ train``."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 from attentionrnn.data.generate import MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
@@ -10,8 +11,15 @@ from attentionrnn.engine.config import RunConfig, option, seed_field
 from attentionrnn.engine.errors import UserError
 from attentionrnn.experiments.e4.data import DATASETS
 from attentionrnn.experiments.e4.model import E4_ROWS, LossWeights
+from attentionrnn.layers.query_term import QUERY_FUSIONS
+from attentionrnn.layers.registry import attention_methods
 
-__all__ = ["E4Config"]
+__all__ = ["JUDGE_SEED", "TEACHER_SEED", "E4Config"]
+
+#: the judge's seed: the same for every row and training seed
+JUDGE_SEED = 1234
+#: the default seed of the frozen classifier of ``--w-teacher`` (never the judge's)
+TEACHER_SEED = 4321
 
 
 @dataclass
@@ -21,6 +29,8 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
     # where the data lies does not change the result; the data's identity enters instead
     RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "mnist", "celeba_dir", "data",
                       "samples")  # fmt: skip
+    #: the candidates of the mask-selectivity screening, added after the cpu-budget runs
+    LATER_FIELDS = {"query_fusion": "add", "w_teacher": 0.0, "teacher_seed": TEACHER_SEED}
 
     dataset: str = field(default="mref", metadata=option("editing task", choices=DATASETS))
     mask: str = field(
@@ -59,6 +69,12 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
         default=16, metadata=option("hidden width of the mask head", minimum=1)
     )
     block_size: int = field(default=2, metadata=option("BRNN block size", minimum=1))
+    query_fusion: str = field(
+        default="add",
+        metadata=option("how the condition (target one-hot and query) enters the mask head's "
+                      "encoder: conv(f) + Uc or conv(f) * Uc (ctx, arnn, brnn)",
+                      choices=QUERY_FUSIONS),
+    )  # fmt: skip
     w_cls: float = field(default=1.0, metadata=option("weight of the classification loss",
                                                     minimum=0))  # fmt: skip
     w_rec: float = field(default=10.0, metadata=option("weight of the reconstruction loss",
@@ -66,6 +82,14 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
     w_cycle: float = field(default=10.0, metadata=option("weight of the cycle loss", minimum=0))
     w_mask: float = field(default=0.1, metadata=option("weight of the mask sparsity loss",
                                                      minimum=0))  # fmt: skip
+    w_teacher: float = field(
+        default=0.0,
+        metadata=option("weight of a second classification loss of the edits, from a frozen "
+                      "attribute classifier trained on real images with --teacher-seed (the "
+                      "judge's architecture, never the judge); 0: none", minimum=0),
+    )  # fmt: skip
+    teacher_seed: int = seed_field(f"seed of the --w-teacher classifier (not the judge's "
+                                   f"{JUDGE_SEED})", default=TEACHER_SEED)  # fmt: skip
     judge_epochs: int = field(default=8, metadata=option("epochs of the judge classifier",
                                                        minimum=1))  # fmt: skip
     judge_channels: int = field(default=32, metadata=option("judge width", minimum=1))
@@ -99,6 +123,13 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
         if self.dataset != "celeba" and self.canvas < MIN_CANVAS:
             raise UserError(f"canvas must be >= {MIN_CANVAS} for the digit tasks, "
                             f"got {self.canvas}")  # fmt: skip
+        if self.teacher_seed == JUDGE_SEED:
+            raise UserError(f"teacher_seed must differ from the judge's seed {JUDGE_SEED} (the "
+                            f"judge stays an independent measure)")  # fmt: skip
+        takes = inspect.signature(attention_methods()[self.mask].module).parameters
+        if self.query_fusion != "add" and "query_fusion" not in takes:
+            raise UserError(f"query_fusion {self.query_fusion!r} needs a mask head with a query "
+                            f"fusion (ctx, arnn, brnn); {self.mask} has none")  # fmt: skip
 
     def weights(self) -> LossWeights:
-        return LossWeights(self.w_cls, self.w_rec, self.w_cycle, self.w_mask)
+        return LossWeights(self.w_cls, self.w_rec, self.w_cycle, self.w_mask, self.w_teacher)

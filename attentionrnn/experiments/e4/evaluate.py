@@ -1,7 +1,8 @@
 """E4's measurements: the **judge** (an attribute classifier of real images, trained with a seed
-of its own, so every row and seed of a dataset is judged by the same network) and
-:func:`evaluate`, which measures a set of edits (edit success, preservation L1 outside the edited
-digit, L1 to the exact edit, mask correctness, KID, mask mass)."""
+of its own, so every row and seed of a dataset is judged by the same network; the frozen
+classifier of ``--w-teacher`` is trained alike with another seed) and :func:`evaluate`, which
+measures a set of edits (edit success, preservation L1 outside the edited digit, L1 to the exact
+edit, mask correctness, KID, mask mass)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast
 from attentionrnn.engine.state import atomic_save
-from attentionrnn.experiments.e4.config import E4Config
+from attentionrnn.experiments.e4.config import JUDGE_SEED, E4Config
 from attentionrnn.experiments.e4.metrics import (
     edit_success,
     kid,
@@ -33,11 +34,11 @@ from attentionrnn.experiments.e4.model import (
 
 logger = logging.getLogger("attentionrnn.e4")
 
-__all__ = ["JUDGE", "JUDGE_SEED", "evaluate", "input_layout", "judge_accuracy", "train_judge"]
+__all__ = ["JUDGE", "JUDGE_SEED", "TEACHER", "evaluate", "input_layout", "judge_accuracy",
+           "train_judge", "train_teacher"]  # fmt: skip
 
 JUDGE = "judge.pt"
-#: the judge's seed: the same for every row and training seed
-JUDGE_SEED = 1234
+TEACHER = "teacher.pt"
 
 
 def input_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -55,49 +56,73 @@ def train_judge(
 ) -> tuple[AttributeClassifier, dict[str, Any]]:
     """The attribute classifier of real images, trained with its own seed (or loaded from
     ``out/judge.pt`` when it was trained with the same settings); returns it and its accuracy."""
+    return _train_classifier(task, idx, config, out, precision, JUDGE_SEED, JUDGE)
+
+
+def train_teacher(
+    task, idx: dict[str, np.ndarray], config: E4Config, out: Path | None, precision: str = "fp32"
+) -> tuple[AttributeClassifier, dict[str, Any]]:
+    """The frozen classifier of ``--w-teacher``: trained as the judge is, with
+    ``config.teacher_seed`` (or loaded from ``out/teacher.pt``); no parameter takes a gradient."""
+    if config.teacher_seed == JUDGE_SEED:
+        raise UserError(f"the teacher's seed must differ from the judge's ({JUDGE_SEED})")
+    teacher, stats = _train_classifier(task, idx, config, out, precision, config.teacher_seed,
+                                       TEACHER)  # fmt: skip
+    return teacher.requires_grad_(False), stats
+
+
+def _train_classifier(
+    task, idx: dict[str, np.ndarray], config: E4Config, out: Path | None, precision: str,
+    seed: int, file: str,
+) -> tuple[AttributeClassifier, dict[str, Any]]:  # fmt: skip
+    """An attribute classifier of real images trained with ``seed`` (its best validation epoch),
+    or loaded from ``out/file`` when that was trained with the same settings."""
     key = {
         "data": task.identity, "epochs": config.judge_epochs, "channels": config.judge_channels,
         "batch_size": config.batch_size, "train": len(idx["train"]), "precision": precision,
     }  # fmt: skip
-    judge = AttributeClassifier(task.classes, task.query_channels, config.judge_channels)
-    path = out / JUDGE if out is not None else None
+    if seed != JUDGE_SEED:  # (the judge's key, and so its cached judge.pt, predate the teacher)
+        key["seed"] = seed
+    net = AttributeClassifier(task.classes, task.query_channels, config.judge_channels)
+    path = out / file if out is not None else None
     if path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if saved["key"] == key:
-            judge.load_state_dict(saved["model"])
-            return judge.eval(), saved["stats"]
+            net.load_state_dict(saved["model"])
+            return net.eval(), saved["stats"]
     devnull = torch.random.fork_rng()  # leave the run's own random streams untouched
     with devnull:
-        torch.manual_seed(JUDGE_SEED)
-        judge = AttributeClassifier(task.classes, task.query_channels, config.judge_channels)
-        optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3)
+        torch.manual_seed(seed)
+        net = AttributeClassifier(task.classes, task.query_channels, config.judge_channels)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
         best, best_state, history = -1.0, None, []
         for epoch in range(config.judge_epochs):
-            judge.train()
-            order = np.random.default_rng([JUDGE_SEED, epoch]).permutation(idx["train"])
+            net.train()
+            order = np.random.default_rng([seed, epoch]).permutation(idx["train"])
             for start in range(0, len(order) - 1, config.batch_size):
                 chunk = np.sort(order[start : start + config.batch_size])
                 if len(chunk) < 2:
                     continue
                 b = task.batch(chunk, task.draw_targets(chunk, np.random.default_rng(0)))
                 with autocast(precision):
-                    logits = judge(input_layout(b.x, config.channels_last), b.query)
+                    logits = net(input_layout(b.x, config.channels_last), b.query)
                 loss = attribute_loss(logits, b.labels, task.classes)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            acc = judge_accuracy(judge, task, idx["val"], config.eval_batch_size)
+            acc = judge_accuracy(net, task, idx["val"], config.eval_batch_size)
             history.append(acc)
             if acc > best:
                 best = acc
-                best_state = {k: v.detach().clone() for k, v in judge.state_dict().items()}
-            logger.info("judge epoch %d: val accuracy %.4f", epoch + 1, acc)
-        judge.load_state_dict(best_state)
-    test = judge_accuracy(judge, task, idx["test"], config.eval_batch_size)
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            logger.info("%s epoch %d: val accuracy %.4f", file.removesuffix(".pt"), epoch + 1,
+                        acc)  # fmt: skip
+        net.load_state_dict(best_state)
+    test = judge_accuracy(net, task, idx["test"], config.eval_batch_size)
     stats = {"val_accuracy": best, "history": history, "test_accuracy": test}
     if path is not None:
-        atomic_save({"key": key, "model": judge.state_dict(), "stats": stats}, path)
-    return judge.eval(), stats
+        atomic_save({"key": key, "model": net.state_dict(), "stats": stats}, path)
+    return net.eval(), stats
 
 
 @torch.no_grad()

@@ -44,10 +44,11 @@ COLUMNS = (
 )
 
 
-#: What a budget sets besides its epochs: data size, network size and training length.
+#: What a budget sets besides its epochs: data size, network size and training length, and
+#: the screening candidates' design options.
 BUDGET_FIELDS = ("images", "canvas", "batch_size", "lr_step", "channels", "d_channels",
                  "mask_hidden", "judge_epochs", "judge_channels", "train_samples", "val_samples",
-                 "test_samples")  # fmt: skip
+                 "test_samples", "query_fusion", "w_teacher")  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +71,23 @@ BUDGETS: dict[str, Budget] = {
         "(β₁ 0.5) halved every 6 epochs, batch 32, 12 epochs; hinge loss, no gradient "
         "penalty; the last epoch's weights; judge: a separately trained colour classifier (15 "
         "epochs); bf16 where native",
+    ),
+    # The screening of issue 34 (what makes a mask head pick the queried digit): the first 6
+    # epochs of the cpu budget (same data, networks, schedule and validation edits), one budget
+    # per candidate so that each has its results folder (results/e4-screen-mul ...); the choice
+    # is made on the validation curves only (docs/e4.md, "Screening").
+    "screen": (screen := Budget(
+        epochs=6,
+        description="screening (decide on the validation split only): the cpu budget's first "
+        "6 epochs, today's design (additive query fusion, no teacher)",
+    )),
+    "screen-mul": dataclasses.replace(
+        screen, query_fusion="mul", description="screening: as screen, with the condition "
+        "multiplying the mask head's encoding (conv(f) * Uc, E3's fusion)",
+    ),
+    "screen-teacher": dataclasses.replace(
+        screen, w_teacher=1.0, description="screening: as screen, plus the classification of "
+        "the edits by a frozen classifier of real images (its own seed, not the judge), weight 1",
     ),
     # A pipeline check: every step of the reproduction in well under a minute; numbers mean
     # nothing.

@@ -77,6 +77,8 @@ class Transformer(nn.Module):
             :func:`~attentionrnn.build_attention` with a sigmoid gate).
         mask_hidden: hidden width of the mask head.
         block_size: BRNN block size.
+        query_fusion: how the condition enters the mask head's encoder, ``"add"``
+            (``conv(f) + U c``) or ``"mul"`` (``conv(f) ⊙ U c``).
 
     Shape:
         - f: ``(B, C, h, w)``, condition: ``(B, K)``
@@ -84,8 +86,9 @@ class Transformer(nn.Module):
     """
 
     def __init__(
-        self, channels: int, condition: int, mask: str, mask_hidden: int = 16, block_size: int = 2
-    ) -> None:
+        self, channels: int, condition: int, mask: str, mask_hidden: int = 16, block_size: int = 2,
+        query_fusion: str = "add",
+    ) -> None:  # fmt: skip
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(channels + condition, channels, 3, padding=1), _norm(channels), nn.ReLU(),
@@ -93,7 +96,7 @@ class Transformer(nn.Module):
         )  # fmt: skip
         self.mask = build_attention(
             mask, channels, query_channels=condition, gate="sigmoid",
-            hidden_channels=mask_hidden, block_size=block_size,
+            hidden_channels=mask_hidden, block_size=block_size, query_fusion=query_fusion,
         )  # fmt: skip
 
     def forward(self, f: Tensor, condition: Tensor) -> tuple[Tensor, Tensor]:
@@ -112,7 +115,7 @@ class Editor(nn.Module):
         query_channels: width of the query (the digit class one-hot) or ``None``.
         mask: the mask head of every module (:data:`E4_MASKS`).
         channels: width of the first encoder layer (doubled at each of the two downsamplings).
-        mask_hidden, block_size: of the mask head.
+        mask_hidden, block_size, query_fusion: of the mask head (:class:`Transformer`).
 
     Shape:
         - x: ``(B, 3, H, W)`` in [0, 1] (``H, W`` divisible by 4), targets ``(B, M)`` int64,
@@ -128,6 +131,7 @@ class Editor(nn.Module):
         channels: int = 16,
         mask_hidden: int = 16,
         block_size: int = 2,
+        query_fusion: str = "add",
     ) -> None:
         super().__init__()
         if mask not in E4_ROWS:
@@ -138,7 +142,9 @@ class Editor(nn.Module):
             nn.Conv2d(3, c, 3, padding=1), _norm(c), nn.ReLU(), _down(c, 2 * c), _down(2 * c, 4 * c)
         )
         self.transformers = nn.ModuleList(
-            Transformer(4 * c, n + (query_channels or 0), mask, mask_hidden, block_size)
+            Transformer(
+                4 * c, n + (query_channels or 0), mask, mask_hidden, block_size, query_fusion
+            )
             for n in self.classes
         )
         self.reconstructor = nn.Sequential(
@@ -274,12 +280,14 @@ def attribute_loss(logits: Tensor, labels: Tensor, classes: tuple[int, ...]) -> 
 @dataclass(frozen=True)
 class LossWeights:
     """Weights of the generator's loss terms (ModularGAN: cls 1, rec / cycle 10; the mask
-    sparsity weight is our choice)."""
+    sparsity weight is our choice; ``teacher``: the classification of the edits by a frozen
+    classifier of real images, 0 in ModularGAN)."""
 
     cls: float = 1.0
     rec: float = 10.0
     cycle: float = 10.0
     mask: float = 0.1
+    teacher: float = 0.0
 
 
 def discriminator_loss(
@@ -303,9 +311,14 @@ def discriminator_loss(
 def generator_loss(
     g: Editor, d: Discriminator, x: Tensor, labels: Tensor, targets: Tensor,
     query: Tensor | None, weights: LossWeights = LossWeights(),
+    teacher: nn.Module | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:  # fmt: skip
     """ModularGAN's generator loss: adversarial (hinge), classification of the edited image,
-    reconstruction, cycle and mask sparsity. Returns ``(loss, terms, edited, masks)``."""
+    reconstruction, cycle and mask sparsity; with a ``teacher`` (a frozen
+    :class:`AttributeClassifier` of real images) and ``weights.teacher > 0`` also the teacher's
+    classification of the edited image (``g_teacher``: the gradient reaches the editor through
+    the teacher, whose own parameters stay as they are). Returns ``(loss, terms, edited,
+    masks)``."""
     edited, masks = g(x, targets, query)
     score, logits = d(edited, query)
     adv = -score.float().mean()
@@ -317,4 +330,7 @@ def generator_loss(
     loss = (adv + weights.cls * cls + weights.rec * rec + weights.cycle * cycle
             + weights.mask * sparsity)  # fmt: skip
     parts = {"g_adv": adv, "g_cls": cls, "rec": rec, "cycle": cycle, "mask": sparsity}
+    if teacher is not None and weights.teacher > 0:
+        parts["g_teacher"] = attribute_loss(teacher(edited, query), targets, g.classes)
+        loss = loss + weights.teacher * parts["g_teacher"]
     return loss, parts, edited, masks

@@ -3,7 +3,8 @@
 1. check the config, set the threads, read the task (:func:`~.data.load_task`);
 2. train the **judge** — an :class:`~.model.AttributeClassifier` on real images only, with a
    fixed seed of its own, so every row and seed of a dataset is judged by the same network — or
-   load it from ``RUN_DIR/judge.pt``;
+   load it from ``RUN_DIR/judge.pt``; with ``--w-teacher`` also the frozen classifier of the
+   generator's extra classification loss, alike with ``--teacher-seed`` (``RUN_DIR/teacher.pt``);
 3. build the editor and the discriminator, two Adam optimisers (β₁ = 0.5, as GANs use);
 4. :func:`~attentionrnn.engine.trainer.fit`: per step one discriminator and one generator update
    (hinge loss, no gradient penalty: see :mod:`~.model`); validation measures the edits (the
@@ -38,7 +39,12 @@ from attentionrnn.engine.recipe import fit_run, load_finished, recipe, run_metri
 from attentionrnn.engine.trainer import write_metrics
 from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.data import load_task
-from attentionrnn.experiments.e4.evaluate import evaluate, input_layout, train_judge
+from attentionrnn.experiments.e4.evaluate import (
+    evaluate,
+    input_layout,
+    train_judge,
+    train_teacher,
+)
 from attentionrnn.experiments.e4.model import (
     ROW_TABLE,
     Discriminator,
@@ -107,7 +113,7 @@ def load_data(config: E4Config, digits=None):
 
 def build_model(config: E4Config, task) -> E4Net:
     editor = Editor(task.classes, task.query_channels, config.mask, config.channels,
-                    config.mask_hidden, config.block_size)  # fmt: skip
+                    config.mask_hidden, config.block_size, config.query_fusion)  # fmt: skip
     net = E4Net(editor, Discriminator(task.classes, task.query_channels, config.d_channels))
     return net.to(memory_format=torch.channels_last) if config.channels_last else net
 
@@ -151,6 +157,8 @@ def train(
     logger.info("%s: train %d / val %d / test %d edits, %s px", task.name, len(idx["train"]),
                 len(idx["val"]), len(idx["test"]), task.image_size)  # fmt: skip
     judge, judge_stats = train_judge(task, idx, config, out, precision)
+    teacher, teacher_stats = (train_teacher(task, idx, config, out, precision)
+                              if config.w_teacher > 0 else (None, None))  # fmt: skip
 
     net = build_model(config, task)
     g, d = net.editor, net.discriminator
@@ -177,7 +185,7 @@ def train(
                 continue  # instance norm of a one-sample batch is fine, but keep batches alike
             b = task.batch(chunk, task.draw_targets(chunk, rng))
             x = input_layout(b.x, config.channels_last)
-            stats = _step(g, d, optimizer, x, b, weights, precision)
+            stats = _step(g, d, optimizer, x, b, weights, precision, teacher)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
@@ -215,6 +223,7 @@ def train(
         **{f"test_{k}": v for k, v in test.items()},
         "exact_edit": ceiling,
         "judge": judge_stats,
+        **({"teacher": teacher_stats} if teacher_stats is not None else {}),
         "val_edit_success": (
             state.history[state.best_epoch]["val_edit_success"] if state.best_epoch >= 0 else None
         ),  # fmt: skip
@@ -240,7 +249,7 @@ def train(
 
 
 def _step(g: Editor, d: Discriminator, optimizer: _Optimizers, x: torch.Tensor, b, weights,
-          precision: str) -> dict[str, float]:  # fmt: skip
+          precision: str, teacher: nn.Module | None = None) -> dict[str, float]:  # fmt: skip
     """One discriminator update, then one generator update (hinge loss, no gradient penalty)."""
     with autocast(precision):
         with torch.no_grad():
@@ -251,7 +260,8 @@ def _step(g: Editor, d: Discriminator, optimizer: _Optimizers, x: torch.Tensor, 
     optimizer.d.step()
 
     with autocast(precision):
-        g_loss, g_parts, _, _ = generator_loss(g, d, x, b.labels, b.targets, b.query, weights)
+        g_loss, g_parts, _, _ = generator_loss(g, d, x, b.labels, b.targets, b.query, weights,
+                                               teacher)  # fmt: skip
     optimizer.g.zero_grad(set_to_none=True)
     g_loss.backward()
     optimizer.g.step()

@@ -1,0 +1,208 @@
+"""E4's screening candidates (issue 34: what makes a mask head pick the queried digit): the
+multiplicative query fusion of the mask heads, the frozen teacher classifier of the generator's
+extra classification loss, the screening budgets and the validation curves they are decided on.
+
+Tiny data as in ``test_e4.py``: a few MREF images of 48 px from the synthetic digit pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attentionrnn.cli import main
+from attentionrnn.data.generate import generate_arrays, write_npz
+from attentionrnn.engine.errors import UserError
+from attentionrnn.experiments.e4 import data as e4data
+from attentionrnn.experiments.e4.config import JUDGE_SEED, TEACHER_SEED, E4Config
+from attentionrnn.experiments.e4.data import DigitEdits
+from attentionrnn.experiments.e4.evaluate import train_judge, train_teacher
+from attentionrnn.experiments.e4.experiment import BUDGETS, EXPERIMENT
+from attentionrnn.experiments.e4.model import (
+    E4_MASKS,
+    AttributeClassifier,
+    Discriminator,
+    Editor,
+    LossWeights,
+    Transformer,
+    generator_loss,
+)
+from attentionrnn.experiments.e4.train import build_model, split_indices, train
+from attentionrnn.layers.baselines import ContextAttention
+from tests.conftest import synthetic_digits
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_digits(monkeypatch, tmp_path):
+    torch.set_num_threads(1)
+    monkeypatch.setenv("ATTENTIONRNN_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(e4data, "load_mnist", lambda folder=None: synthetic_digits())
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> DigitEdits:
+    arrays = generate_arrays("mref", 10, seed=0, digits=synthetic_digits(), workers=1, canvas=48)
+    path = write_npz(tmp_path_factory.mktemp("e4s") / "mref48.npz", arrays)
+    return DigitEdits(path, synthetic_digits())
+
+
+def _config(tmp_path: Path, **kw) -> E4Config:
+    base = dict(
+        dataset="mref", out=str(tmp_path / "run"), epochs=1, images=10, canvas=48, batch_size=8,
+        val_samples=8, test_samples=8, channels=4, d_channels=4, mask_hidden=4, judge_epochs=1,
+        judge_channels=4, progress=False, threads=1, samples=0, eval_batch_size=64,
+        precision="fp32",
+    )  # fmt: skip
+    return E4Config(**{**base, **kw})
+
+
+def _batch(task, n: int = 4, seed: int = 0):
+    idx = task.indices("train")[:n]
+    return task.batch(idx, task.draw_targets(idx, np.random.default_rng(seed)))
+
+
+# ------------------------------------------------------------------------------------------
+# the query fusion of the mask heads
+
+
+@pytest.mark.parametrize("mask", E4_MASKS)
+def test_mul_fusion_gives_another_mask_from_the_same_weights(mask):
+    torch.manual_seed(0)
+    add = Transformer(8, 15, mask, mask_hidden=4)
+    mul = Transformer(8, 15, mask, mask_hidden=4, query_fusion="mul")
+    mul.load_state_dict(add.state_dict())  # the same parameters: only the fusion differs
+    assert add.mask.query_fusion == "add" and mul.mask.query_fusion == "mul"
+    f = torch.randn(2, 8, 6, 6)
+    c1 = torch.cat([torch.eye(5)[[1, 2]], torch.eye(10)[[3, 4]]], 1)
+    c2 = torch.cat([torch.eye(5)[[1, 2]], torch.eye(10)[[7, 8]]], 1)  # another queried digit
+    _, a_add = add(f, c1)
+    _, a_mul = mul(f, c1)
+    _, a_mul2 = mul(f, c2)
+    assert not torch.allclose(a_add, a_mul)  # the same weights, another mask
+    assert not torch.allclose(a_mul, a_mul2)  # the query moves the multiplicative mask
+
+
+def test_ctx_mul_fusion_is_the_product_of_conv_and_query_term():
+    torch.manual_seed(0)
+    att = ContextAttention(6, hidden_channels=4, query_channels=3, query_fusion="mul")
+    x, q = torch.randn(2, 6, 5, 5), torch.randn(2, 3)
+    _, mask = att(x, q, return_mask=True)
+    e = torch.relu(att.encoder(x) * att.query_proj(q)[:, :, None, None])
+    assert torch.allclose(mask, torch.sigmoid(att.head(e)), atol=1e-6)
+    assert "query_fusion='mul'" in repr(att) and "query_fusion" not in repr(
+        ContextAttention(6, query_channels=3)
+    )
+    with pytest.raises(ValueError, match="query_fusion"):
+        ContextAttention(6, query_channels=3, query_fusion="concat")
+
+
+def test_default_model_is_todays():
+    """The default config builds the additive heads with the parameters of before the
+    candidates existed (no teacher, no new parameter)."""
+    config = E4Config()
+    assert config.query_fusion == "add" and config.w_teacher == 0
+    assert config.weights() == LossWeights(1.0, 10.0, 10.0, 0.1)
+    assert "query_fusion" not in config.fingerprint() and "w_teacher" not in config.fingerprint()
+    task = type("T", (), {"classes": (5,), "query_channels": 10})()
+    for mask in E4_MASKS:
+        net = build_model(dataclasses.replace(config, mask=mask, channels_last=False), task)
+        assert all(t.mask.query_fusion == "add" for t in net.editor.transformers)
+    mul = dataclasses.replace(config, query_fusion="mul")
+    assert mul.fingerprint()["query_fusion"] == "mul"
+
+
+# ------------------------------------------------------------------------------------------
+# the teacher
+
+
+def test_teacher_term_reaches_the_editor_but_not_the_teacher(task):
+    torch.manual_seed(0)
+    b = _batch(task)
+    g = Editor((5,), 10, "arnn", channels=4, mask_hidden=4)
+    d = Discriminator((5,), 10, channels=4)
+    teacher = AttributeClassifier((5,), 10, channels=4).eval().requires_grad_(False)
+    plain = LossWeights()
+    base, parts, _, _ = generator_loss(g, d, b.x, b.labels, b.targets, b.query, plain, teacher)
+    assert "g_teacher" not in parts  # weight 0: the teacher is not even asked
+    w = dataclasses.replace(plain, teacher=2.0)
+    loss, parts, _, _ = generator_loss(g, d, b.x, b.labels, b.targets, b.query, w, teacher)
+    expected = base + 2.0 * parts["g_teacher"]
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    parts["g_teacher"].backward()
+    for module in (g.encoder, g.transformers[0].mask, g.reconstructor):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is None for p in d.parameters())  # the teacher term does not go through D
+
+
+def test_teacher_is_its_own_network_never_the_judge(task, tmp_path):
+    config = _config(tmp_path, w_teacher=1.0)
+    idx = split_indices(task, config)
+    judge, _ = train_judge(task, idx, config, tmp_path)
+    teacher, stats = train_teacher(task, idx, config, tmp_path)
+    assert teacher is not judge and (tmp_path / "teacher.pt").is_file()
+    assert (tmp_path / "judge.pt").is_file() and 0 <= stats["test_accuracy"] <= 1
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(teacher.parameters(), judge.parameters(),
+                                                     strict=True))  # fmt: skip
+    again, _ = train_teacher(task, idx, config, tmp_path)  # loaded from teacher.pt
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), teacher.parameters(),
+                                                 strict=True))  # fmt: skip
+    # another seed is another teacher (the cache is keyed by the seed)
+    other, _ = train_teacher(task, idx, dataclasses.replace(config, teacher_seed=7), tmp_path)
+    assert any(not torch.equal(p, q) for p, q in zip(other.parameters(), teacher.parameters(),
+                                                     strict=True))  # fmt: skip
+    with pytest.raises(UserError, match="judge"):
+        train_teacher(task, idx, dataclasses.replace(config, teacher_seed=JUDGE_SEED), tmp_path)
+    assert TEACHER_SEED != JUDGE_SEED
+
+
+def test_tiny_teacher_run_records_its_term_and_the_validation_shares(tmp_path):
+    metrics = train(_config(tmp_path, mask="ctx", epochs=2, w_teacher=1.0, query_fusion="mul"))
+    assert set(metrics["teacher"]) == {"val_accuracy", "history", "test_accuracy"}
+    assert metrics["config"]["query_fusion"] == "mul" and metrics["config"]["w_teacher"] == 1.0
+    for epoch in metrics["history"]:
+        assert np.isfinite(epoch["g_teacher"])
+        # the screening's curves: the validation mask shares of every epoch
+        shares = [epoch[f"val_mask_{k}"] for k in ("correctness", "others", "background")]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-6)
+        assert 0 <= epoch["val_mask_query_ratio"] <= 1
+    assert (Path(metrics["config"]["out"]) / "teacher.pt").is_file()
+
+
+# ------------------------------------------------------------------------------------------
+# the screening budgets and bad values
+
+
+def test_screening_budgets_are_the_cpu_budget_shortened():
+    cpu, screen = BUDGETS["cpu"], BUDGETS["screen"]
+    same = {f.name for f in dataclasses.fields(cpu)} - {"epochs", "description"}
+    assert screen.epochs == 6 and all(getattr(screen, k) == getattr(cpu, k) for k in same)
+    for name, changed in (("screen-mul", {"query_fusion": "mul"}),
+                          ("screen-teacher", {"w_teacher": 1.0})):  # fmt: skip
+        b = BUDGETS[name]  # screen but for the candidate's option
+        undo = {k: getattr(screen, k) for k in changed}
+        assert dataclasses.replace(b, **undo, description=screen.description) == screen
+        config = EXPERIMENT.budget_config(b, "mref", {})
+        assert all(getattr(config, k) == v for k, v in changed.items()) and config.epochs == 6
+    plan = EXPERIMENT.budget_config(screen, "mref", {})
+    assert plan.query_fusion == "add" and plan.w_teacher == 0
+
+
+def test_cli_bad_candidate_values(tmp_path, capsys):
+    out = ["e4", "train", "--out", str(tmp_path / "r")]
+    for flags, message in (
+        (["--query-fusion", "concat"], "invalid choice: 'concat'"),
+        (["--w-teacher", "-1"], "w_teacher must be"),
+        (["--teacher-seed", str(JUDGE_SEED)], "must differ from the judge's seed"),
+        (["--mask", "local", "--query-fusion", "mul"], "needs a mask head with a query fusion"),
+    ):
+        assert main([*out, *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(UserError, match="query_fusion must be one of"):
+        E4Config(query_fusion="concat").check()
