@@ -129,6 +129,44 @@ def test_the_documented_example_runs(toy, tmp_path, capsys):
     assert main(["toy", "reproduce", "--methods", "none", "--out", str(out)]) == 2
 
 
+def test_train_help_is_its_functions_docstring(toy, capsys):
+    from attentionrnn.engine.commands import doc_texts
+
+    # the docstring's first paragraph, then the rest up to its "Returns:" section
+    description = "Score the run from its seed and method and write RUN_DIR/metrics.json."
+    e = toy.EXPERIMENT
+    assert (e.train_help, e.train_description) == ("train one toy run", description)
+    assert main(["toy", "--help"]) == 0
+    assert re.search(r"\n +train +train one toy run\n", capsys.readouterr().out)
+    assert main(["toy", "train", "--help"]) == 0
+    assert "\n\nScore the run from its seed and method and write" in capsys.readouterr().out
+
+    def acronym():
+        """PAN runs.
+
+        One paragraph
+        over two lines.
+
+        Another.
+
+        Args:
+            none.
+        """
+
+    assert doc_texts(acronym) == ("PAN runs", "One paragraph over two lines.\n\nAnother.")
+    assert doc_texts(lambda: None) == ("", "")
+
+
+def test_every_experiment_describes_its_train_command():
+    from attentionrnn.engine.experiment import experiments
+
+    declared = experiments()
+    for name in ("e1", "e2", "e3", "e4"):
+        e = declared[name]
+        assert e.train_help and e.train_help[0].islower() and e.train_description, name
+        assert not e.train_help.endswith(".") and "Returns" not in e.train_description, name
+
+
 def test_unknown_rows_and_datasets_are_refused(toy, tmp_path):
     from attentionrnn.engine.errors import UserError
     from attentionrnn.engine.reproduce import reproduce

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ __all__ = [
     "add_run_options",
     "add_table_parser",
     "check_runs",
+    "doc_texts",
     "print_reproduced",
     "seed_type",
     "table",
@@ -32,6 +35,27 @@ __all__ = [
 #: limits of every config's seed field.
 seed_type = checked_type(int, "seed", SEED_LIMITS)
 _COUNT = {"minimum": 1, "maximum": 1024}
+
+
+#: a docstring's section heading (``Args:``, ``Returns:``): what follows is for the code's readers
+_SECTION = re.compile(r"[A-Z]\w*( \w+)?:")
+
+
+def doc_texts(function: Callable[..., Any]) -> tuple[str, str]:
+    """The one-line help and the description of the command that runs ``function``, from its
+    docstring (as click takes a command's texts from its function's): the first paragraph, its
+    first letter in lower case (unless it starts an acronym) and its full stop dropped, and the
+    paragraphs after it up to the first section (``Args:``, ``Returns:``)."""
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", inspect.getdoc(function) or ""):
+        if _SECTION.fullmatch(block.split("\n", 1)[0].strip()):
+            break
+        paragraphs.append(" ".join(block.split()))
+    summary = paragraphs[0].removesuffix(".") if paragraphs else ""
+    first = summary.split(maxsplit=1)[0] if summary else ""
+    if len(first) == 1 or first[1:].islower():  # "Train", "A", not "E4", "PAN"
+        summary = summary[0].lower() + summary[1:]
+    return summary, "\n\n".join(paragraphs[1:])
 
 
 def add_reproduce_parser(

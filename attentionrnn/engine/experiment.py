@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attentionrnn.engine.commands import doc_texts
+
 __all__ = ["Budget", "Experiment", "Row", "config_budget", "experiments", "register_experiment"]
 
 #: the options of ``reproduce`` that every run config takes (:meth:`Experiment.budget_config`)
@@ -86,7 +88,9 @@ class Experiment:
         help, description: the CLI's one-line help and the ``attentionrnn NAME --help`` text.
         config: the run config class (a :class:`~attentionrnn.engine.config.RunConfig`): the
             ``train`` flags are its fields.
-        train: ``train(config) -> metrics`` (a module-level function: parallel jobs import it).
+        train: ``train(config) -> metrics`` (a module-level function: parallel jobs import it);
+            its docstring gives the ``train`` command its help and description
+            (:func:`~attentionrnn.engine.commands.doc_texts`).
         budgets, default_budget, budget_class: the named budgets of ``reproduce`` (default: the
             first budget, and its class).
         datasets: the valid ``--datasets`` (default: the choices of the config's ``dataset``).
@@ -132,7 +136,10 @@ class Experiment:
         reproduce_flags: ``(flag, add_argument keywords)`` of the data flags of ``reproduce``
             (their ``dest`` goes into ``options``).
         train_keys: the metrics ``train`` prints.
-        train_help, train_description, methods_help, datasets_help, seeds_help: CLI texts.
+        methods_help, datasets_help, seeds_help: CLI texts.
+        train_help, train_description: ``train``'s texts where they are not its function's
+            docstring's (default: :func:`~attentionrnn.engine.commands.doc_texts` of
+            :attr:`train`).
         table_figures: whether ``table`` and ``reproduce`` have ``--no-figures``.
         commands: the module whose ``register(subparsers)`` adds the experiment's own
             sub-commands (imported when the CLI is built, so that they may run the experiment).
@@ -176,8 +183,8 @@ class Experiment:
     config_flags: Sequence[str] = ()
     reproduce_flags: Sequence[tuple[str, dict[str, Any]]] = ()
     train_keys: Sequence[str] = ()
-    train_help: str = "train one run"
-    train_description: str = ""
+    train_help: str | None = None
+    train_description: str | None = None
     methods_help: str | None = None
     datasets_help: str | None = None
     seeds_help: str = "training seeds of every row (default: the budget's)"
@@ -210,6 +217,11 @@ class Experiment:
             self.log = logging.getLogger(f"attentionrnn.{self.name}.reproduce")
         if self.assemble is None:
             self.assemble = self.assemble_table
+        summary, details = doc_texts(self.train)
+        if self.train_help is None:
+            self.train_help = summary or "train one run"
+        if self.train_description is None:
+            self.train_description = details
 
     def flag_dests(self) -> list[str]:
         """The ``options`` keys of :attr:`config_flags` and :attr:`reproduce_flags`."""

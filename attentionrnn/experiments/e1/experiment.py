@@ -219,10 +219,6 @@ EXPERIMENT = register_experiment(Experiment(
     table_order=row_order,
     markdown=results_markdown,
     rows=ROW_TABLE,
-    train_help="train one attention method on one dataset",
-    train_description="Train the PAN network with one attention method, keep the "
-    "best-validation checkpoint and write RUN_DIR/metrics.json (with the learning curve). "
-    "Rerunning the same command resumes an interrupted run. Works under torchrun (gloo).",
     train_keys=("test_accuracy", "val_accuracy", "epochs", "best_epoch", "attention_correctness"),
     datasets_help="default: the budget's, or all",
     methods_help="default: the budget's, or all",

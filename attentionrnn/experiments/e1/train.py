@@ -162,9 +162,16 @@ def build_optimizer(config: E1Config, model: nn.Module) -> torch.optim.Optimizer
 
 @recipe
 def train(config: E1Config, ctx: DistContext, out: Path, started: float) -> dict[str, Any]:
-    """Train, keep the best-validation weights, test them; return (and write) the metrics.
+    """Train one attention method on one dataset.
 
-    Called as ``train(config)`` (:func:`~attentionrnn.engine.recipe.recipe`)."""
+    Train the PAN network with one attention method, keep the best-validation checkpoint and
+    write RUN_DIR/metrics.json (with the learning curve). Rerunning the same command resumes an
+    interrupted run. Works under torchrun (gloo).
+
+    Returns:
+        the metrics; called as ``train(config)`` (:func:`~attentionrnn.engine.recipe.recipe`).
+        The text above is ``attentionrnn e1 train --help``.
+    """
     # -- data
     data, data_how = load_data(config, ctx)
     train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))

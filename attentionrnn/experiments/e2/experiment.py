@@ -148,11 +148,6 @@ EXPERIMENT = register_experiment(Experiment(
     columns=_columns, curve_figure=curve_figure, run_figure=mask_figure, dataset_title=str.upper,
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
     rows=ROW_TABLE,
-    train_help="train one attention estimator on CIFAR",
-    train_description="Train VGG-att3 with one attention estimator, keep the best-validation "
-    "checkpoint, test it and write RUN_DIR/metrics.json (top-1 error, per-class accuracy, "
-    "learning curve). Rerunning the same command resumes an interrupted run. Works under "
-    "torchrun (gloo).",
     train_keys=("test_error", "val_error", "epochs", "best_epoch", "precision",
                 "training_time_s"),
     seeds_help="training seeds of every row (default: the budget's; 3 for LTPA and LTPA + ARNN)",

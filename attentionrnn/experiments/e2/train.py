@@ -253,9 +253,16 @@ evaluate = Evaluation(_rows, _summary, width=4)
 
 @recipe
 def train(config: E2Config, ctx: DistContext, out: Path, started: float) -> dict[str, Any]:
-    """Train, keep the best-validation weights, test them; return (and write) the metrics.
+    """Train one attention estimator on CIFAR.
 
-    Called as ``train(config)`` (:func:`~attentionrnn.engine.recipe.recipe`)."""
+    Train VGG-att3 with one attention estimator, keep the best-validation checkpoint, test it
+    and write RUN_DIR/metrics.json (top-1 error, per-class accuracy, learning curve). Rerunning
+    the same command resumes an interrupted run. Works under torchrun (gloo).
+
+    Returns:
+        the metrics; called as ``train(config)`` (:func:`~attentionrnn.engine.recipe.recipe`).
+        The text above is ``attentionrnn e2 train --help``.
+    """
     data = load_data(config, ctx)
     images = data.images
     logger.info(

@@ -255,11 +255,6 @@ EXPERIMENT = register_experiment(Experiment(
     columns=_columns, curve_figure=curve_figure, run_figure=mask_figure, totals=_answer_priors,
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
     rows=ROW_TABLE,
-    train_help="train one attention variant",
-    train_description="Train the VQA network with one attention variant, keep the "
-    "best-validation checkpoint, test it and write RUN_DIR/metrics.json (accuracy overall and by "
-    "question type, attention correctness on the generated set, learning curve). Rerunning the "
-    "same command resumes an interrupted run. Works under torchrun (gloo).",
     train_keys=("test_accuracy", "test_by_type", "test_relational", "test_non_relational",
                 "test_attention_correctness", "val_accuracy", "epochs", "best_epoch",
                 "precision", "training_time_s"),

@@ -70,9 +70,17 @@ def build_model(config: E3Config, data: E3Data) -> VQANet:
 
 @recipe
 def train(config: E3Config, ctx: DistContext, out: Path, started: float) -> dict[str, Any]:
-    """Train, keep the best-validation weights, test them; return (and write) the metrics.
+    """Train one attention variant.
 
-    Called as ``train(config)`` (:func:`~attentionrnn.engine.recipe.recipe`)."""
+    Train the VQA network with one attention variant, keep the best-validation checkpoint, test
+    it and write RUN_DIR/metrics.json (accuracy overall and by question type, attention
+    correctness on the generated set, learning curve). Rerunning the same command resumes an
+    interrupted run. Works under torchrun (gloo).
+
+    Returns:
+        the metrics; called as ``train(config)`` (:func:`~attentionrnn.engine.recipe.recipe`).
+        The text above is ``attentionrnn e3 train --help``.
+    """
     data = load_data(config, ctx)
     dataset = data.dataset
     if config.attention in REFERENCE_ATTENTIONS and dataset.train.boxes is None:
