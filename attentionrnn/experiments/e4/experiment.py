@@ -238,12 +238,6 @@ EXPERIMENT = register_experiment(Experiment(
     figure_title="edits",
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
     rows=ROW_TABLE,
-    train_help="train one mask head",
-    train_description="Train the judge (an attribute classifier of real images), then the "
-    "editor and discriminator (hinge loss, no gradient penalty); keep the best-validation "
-    "weights, test them and write RUN_DIR/metrics.json (edit success, preservation L1, mask "
-    "correctness, KID, learning curve) and RUN_DIR/samples.png. Rerunning the same command "
-    "resumes an interrupted run.",
     train_keys=("test_edit_success", "test_preservation_l1", "test_truth_l1",
                 "test_mask_correctness", "test_mask_correctness_box", "test_kid",
                 "val_edit_success", "epochs", "best_epoch", "precision", "training_time_s"),

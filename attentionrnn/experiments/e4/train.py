@@ -143,10 +143,17 @@ def fixed_targets(task, idx: np.ndarray, split: str) -> np.ndarray:
 def train(
     config: E4Config, ctx: DistContext, out: Path, started: float, digits=None
 ) -> dict[str, Any]:
-    """Train, keep the best-validation weights, test them; return (and write) the metrics.
+    """Train one mask head.
 
-    Called as ``train(config, digits=None)`` (:func:`~attentionrnn.engine.recipe.recipe`):
-    ``digits`` overrides the MNIST pool of the digit tasks (tests use a synthetic one)."""
+    Train the judge (an attribute classifier of real images), then the editor and discriminator
+    (hinge loss, no gradient penalty); keep the best-validation weights, test them and write
+    RUN_DIR/metrics.json (edit success, preservation L1, mask correctness, KID, learning curve)
+    and RUN_DIR/samples.png. Rerunning the same command resumes an interrupted run.
+
+    Args:
+        digits: overrides the MNIST pool of the digit tasks (tests use a synthetic one); called
+            as ``train(config, digits=None)`` (:func:`~attentionrnn.engine.recipe.recipe`).
+    """
     if ctx.world > 1:
         raise UserError("E4 trains in one process (run it without torchrun)")
     precision = resolve_precision(config.precision)
