@@ -7,5 +7,6 @@ come from a conv head, AttentionRNN or Block AttentionRNN (Khandelwal & Sigal, I
 ground-truth edit is rendered from the instance map) and reads CelebA from a folder; ``model``
 the networks and losses; ``metrics`` edit success, preservation, mask correctness and KID;
 ``train`` one run on the shared engine; ``reproduce`` the budgets and the table; ``figures`` the
-sample grids and curves; ``commands`` the ``attentionrnn e4`` command line.
+sample grids and curves; ``screen`` decides the screening of issue 34 on the validation split;
+``commands`` the ``attentionrnn e4`` command line beyond ``train``, ``reproduce``, ``table``.
 """

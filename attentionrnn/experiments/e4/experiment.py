@@ -242,6 +242,7 @@ EXPERIMENT = register_experiment(Experiment(
                 "test_mask_correctness", "test_mask_correctness_box", "test_kid",
                 "val_edit_success", "epochs", "best_epoch", "precision", "training_time_s"),
     config_flags=("mnist", "celeba_dir", "data_dir"),
+    commands="attentionrnn.experiments.e4.commands",
 ))  # fmt: skip
 
 #: Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``
