@@ -68,3 +68,23 @@ def idx_folder(tmp_path, monkeypatch, digits) -> Path:
         else:
             (folder / (name + ".gz")).write_bytes(gzip.compress(data, mtime=0))
     return folder
+
+
+@pytest.fixture()
+def e4_synthetic(monkeypatch, tmp_path):
+    """E4 in one thread, its data cache under ``tmp_path`` and the synthetic pool where it would
+    read MNIST (the CLI reads it: no MNIST files needed)."""
+    import torch
+
+    from attentionrnn.experiments.e4 import data as e4data
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("ATTENTIONRNN_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(e4data, "load_mnist", lambda folder=None: synthetic_digits())
+
+
+@pytest.fixture(scope="session")
+def mref48(tmp_path_factory) -> Path:
+    """An MREF file of 10 images of 48 px from the synthetic pool (E4's tests)."""
+    arrays = generate_arrays("mref", 10, seed=0, digits=synthetic_digits(), workers=1, canvas=48)
+    return write_npz(tmp_path_factory.mktemp("e4") / "mref48.npz", arrays)

@@ -15,9 +15,7 @@ import pytest
 import torch
 
 from attentionrnn.cli import main
-from attentionrnn.data.generate import generate_arrays, write_npz
 from attentionrnn.engine.errors import UserError
-from attentionrnn.experiments.e4 import data as e4data
 from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.data import CelebAEdits, DigitEdits, load_task, render_recolour
 from attentionrnn.experiments.e4.evaluate import evaluate, train_judge
@@ -37,40 +35,14 @@ from attentionrnn.experiments.e4.model import (
 )
 from attentionrnn.experiments.e4.train import _Optimizers, _step, train
 from tests.conftest import synthetic_digits
+from tests.e4_support import e4_config, edit_batch
 
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_digits(monkeypatch, tmp_path):
-    torch.set_num_threads(1)
-    monkeypatch.setenv("ATTENTIONRNN_DATA_DIR", str(tmp_path / "cache"))
-    # the CLI reads MNIST: give it the synthetic pool (no MNIST files needed)
-    monkeypatch.setattr(e4data, "load_mnist", lambda folder=None: synthetic_digits())
+pytestmark = pytest.mark.usefixtures("e4_synthetic")
 
 
 @pytest.fixture(scope="module")
-def task_file(tmp_path_factory) -> Path:
-    arrays = generate_arrays("mref", 10, seed=0, digits=synthetic_digits(), workers=1, canvas=48)
-    return write_npz(tmp_path_factory.mktemp("e4") / "mref48.npz", arrays)
-
-
-@pytest.fixture(scope="module")
-def task(task_file) -> DigitEdits:
-    return DigitEdits(task_file, synthetic_digits())
-
-
-def _config(tmp_path: Path, **kw) -> E4Config:
-    base = dict(
-        dataset="mref", out=str(tmp_path / "run"), epochs=1, images=10, canvas=48, batch_size=8,
-        val_samples=8, test_samples=8, channels=4, d_channels=4, mask_hidden=4, judge_epochs=1,
-        judge_channels=4, progress=False, threads=1, samples=2, eval_batch_size=64,
-        precision="fp32",
-    )  # fmt: skip
-    return E4Config(**{**base, **kw})
-
-
-def _batch(task, n: int = 4, seed: int = 0):
-    idx = task.indices("train")[:n]
-    return task.batch(idx, task.draw_targets(idx, np.random.default_rng(seed)))
+def task(mref48) -> DigitEdits:
+    return DigitEdits(mref48, synthetic_digits())
 
 
 # ------------------------------------------------------------------------------------------
@@ -78,7 +50,7 @@ def _batch(task, n: int = 4, seed: int = 0):
 
 
 def test_exact_edit_changes_only_the_queried_digit(task):
-    b = _batch(task, 6)
+    b = edit_batch(task, 6)
     assert b.x.shape == b.truth.shape == (6, 3, 48, 48) and b.query.shape == (6, 10)
     assert (b.targets != b.labels).all()  # always another colour
     idx = task.indices("train")[:6]
@@ -107,10 +79,10 @@ def test_render_recolour_same_colour_is_identity():
     assert np.array_equal(render_recolour(image, alpha, colour, colour), image)
 
 
-def test_digit_file_of_other_digits_is_refused(task_file):
+def test_digit_file_of_other_digits_is_refused(mref48):
     other = synthetic_digits(per_class=2)
     with pytest.raises(UserError, match="--mnist"):
-        DigitEdits(task_file, other)
+        DigitEdits(mref48, other)
     with pytest.raises(UserError, match="dataset must be one of"):
         load_task("mnist")
 
@@ -193,7 +165,7 @@ def test_editor_and_discriminator_shapes(mask):
 
 
 def test_losses_are_finite_and_reach_every_part(task):
-    b = _batch(task)
+    b = edit_batch(task)
     g = Editor((5,), 10, "arnn", channels=4, mask_hidden=4)
     d = Discriminator((5,), 10, channels=4)
     loss, parts, edited, masks = generator_loss(g, d, b.x, b.labels, b.targets, b.query)
@@ -221,7 +193,7 @@ def test_one_generator_and_one_discriminator_step(task, mask):
     )
     before_g = [p.detach().clone() for p in g.parameters()]
     before_d = [p.detach().clone() for p in d.parameters()]
-    b = _batch(task)
+    b = edit_batch(task)
     stats = _step(g, d, opt, b.x, b, E4Config().weights(), "fp32")
     assert {"g_loss", "d_loss", "d_accuracy", "cycle", "mask"} <= set(stats)
     assert all(np.isfinite(v) for v in stats.values())
@@ -273,7 +245,7 @@ def test_kid_is_zero_for_one_distribution_and_large_for_another():
 
 
 def test_evaluate_the_exact_edit_and_the_judge(task, tmp_path):
-    config = _config(tmp_path)
+    config = e4_config(tmp_path)
     idx = {s: task.indices(s) for s in ("train", "val", "test")}
     judge, stats = train_judge(task, idx, config, tmp_path)
     assert (tmp_path / "judge.pt").is_file() and 0 <= stats["val_accuracy"] <= 1
@@ -310,7 +282,7 @@ def test_evaluate_the_exact_edit_and_the_judge(task, tmp_path):
 
 
 def test_train_resume_and_refusal(tmp_path):
-    config = _config(tmp_path, mask="brnn", epochs=2)
+    config = e4_config(tmp_path, mask="brnn", epochs=2)
     metrics = train(config)
     out = Path(config.out)
     for name in ("metrics.json", "best.pt", "judge.pt", "samples.png"):
@@ -323,14 +295,14 @@ def test_train_resume_and_refusal(tmp_path):
     assert metrics["exact_edit"]["preservation_l1"] == 0
     assert train(config) == json.loads((out / "metrics.json").read_text())  # finished: read back
     with pytest.raises(UserError, match="another configuration"):
-        train(_config(tmp_path, mask="brnn", epochs=2, lr=1e-3))
+        train(e4_config(tmp_path, mask="brnn", epochs=2, lr=1e-3))
 
 
 def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
     import attentionrnn.experiments.e4.train as e4train
 
-    reference = train(_config(tmp_path / "ref", mask="arnn", epochs=2, samples=0))
-    config = _config(tmp_path / "cut", mask="arnn", epochs=2, samples=0)
+    reference = train(e4_config(tmp_path / "ref", mask="arnn", epochs=2, samples=0))
+    config = e4_config(tmp_path / "cut", mask="arnn", epochs=2, samples=0)
     steps, calls = e4train._step, {"n": 0}
 
     def interrupted(*args, **kw):
@@ -352,7 +324,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
 
 def test_train_on_a_celeba_folder(tmp_path):
     root = _celeba(tmp_path, n=10)
-    config = _config(tmp_path, dataset="celeba", celeba_dir=str(root), canvas=16, samples=2)
+    config = e4_config(tmp_path, dataset="celeba", celeba_dir=str(root), canvas=16, samples=2)
     metrics = train(config)
     assert metrics["dataset"] == "celeba" and metrics["samples"] == {"train": 8, "val": 1,
                                                                       "test": 1}  # fmt: skip

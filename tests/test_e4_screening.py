@@ -15,9 +15,7 @@ import pytest
 import torch
 
 from attentionrnn.cli import main
-from attentionrnn.data.generate import generate_arrays, write_npz
 from attentionrnn.engine.errors import UserError
-from attentionrnn.experiments.e4 import data as e4data
 from attentionrnn.experiments.e4.config import JUDGE_SEED, TEACHER_SEED, E4Config
 from attentionrnn.experiments.e4.data import DigitEdits
 from attentionrnn.experiments.e4.evaluate import train_judge, train_teacher
@@ -34,35 +32,18 @@ from attentionrnn.experiments.e4.model import (
 from attentionrnn.experiments.e4.train import build_model, split_indices, train
 from attentionrnn.layers.baselines import ContextAttention
 from tests.conftest import synthetic_digits
+from tests.e4_support import e4_config, edit_batch
 
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_digits(monkeypatch, tmp_path):
-    torch.set_num_threads(1)
-    monkeypatch.setenv("ATTENTIONRNN_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(e4data, "load_mnist", lambda folder=None: synthetic_digits())
+pytestmark = pytest.mark.usefixtures("e4_synthetic")
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory) -> DigitEdits:
-    arrays = generate_arrays("mref", 10, seed=0, digits=synthetic_digits(), workers=1, canvas=48)
-    path = write_npz(tmp_path_factory.mktemp("e4s") / "mref48.npz", arrays)
-    return DigitEdits(path, synthetic_digits())
+def task(mref48) -> DigitEdits:
+    return DigitEdits(mref48, synthetic_digits())
 
 
 def _config(tmp_path: Path, **kw) -> E4Config:
-    base = dict(
-        dataset="mref", out=str(tmp_path / "run"), epochs=1, images=10, canvas=48, batch_size=8,
-        val_samples=8, test_samples=8, channels=4, d_channels=4, mask_hidden=4, judge_epochs=1,
-        judge_channels=4, progress=False, threads=1, samples=0, eval_batch_size=64,
-        precision="fp32",
-    )  # fmt: skip
-    return E4Config(**{**base, **kw})
-
-
-def _batch(task, n: int = 4, seed: int = 0):
-    idx = task.indices("train")[:n]
-    return task.batch(idx, task.draw_targets(idx, np.random.default_rng(seed)))
+    return e4_config(tmp_path, **{"samples": 0, **kw})
 
 
 # ------------------------------------------------------------------------------------------
@@ -121,7 +102,7 @@ def test_default_model_is_todays():
 
 def test_teacher_term_reaches_the_editor_but_not_the_teacher(task):
     torch.manual_seed(0)
-    b = _batch(task)
+    b = edit_batch(task)
     g = Editor((5,), 10, "arnn", channels=4, mask_hidden=4)
     d = Discriminator((5,), 10, channels=4)
     teacher = AttributeClassifier((5,), 10, channels=4).eval().requires_grad_(False)

@@ -25,23 +25,17 @@ from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.engine.trainer import METRICS
 from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.figures import curve_figure
+from attentionrnn.experiments.e4.metrics import measures
 from attentionrnn.experiments.e4.model import ROW_TABLE
 from attentionrnn.experiments.e4.train import train
 
 __all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
 
 #: the metrics of the table: (key in metrics.json without "test_", header, scale, digits)
-COLUMNS = (
-    ("edit_success", "edit success %", 100.0, 1),
-    ("preservation_l1", "preservation L1 ×100", 100.0, 2),
-    ("truth_l1", "L1 to exact ×100", 100.0, 2),
-    ("mask_correctness", "mask on digit %", 100.0, 1),
-    ("mask_correctness_box", "mask in box %", 100.0, 1),
-    ("mask_others", "mask on other digits %", 100.0, 1),
-    ("mask_query_ratio", "queried / all digits %", 100.0, 1),
-    ("leak_l1", "leak onto others ×100", 100.0, 2),
-    ("kid", "KID ×100", 100.0, 3),
-)
+COLUMNS = measures(
+    "edit_success", "preservation_l1", "truth_l1", "mask_correctness", "mask_correctness_box",
+    "mask_others", "mask_query_ratio", "leak_l1", "kid",
+)  # fmt: skip
 
 
 #: What a budget sets besides its epochs: data size, network size and training length, and

@@ -12,7 +12,28 @@ from torch import Tensor
 
 from attentionrnn.data.regions import attention_correctness
 
-__all__ = ["edit_success", "kid", "mask_correctness", "preservation_l1", "target_logits"]
+__all__ = ["MEASURES", "edit_success", "kid", "mask_correctness", "measures", "preservation_l1",
+           "target_logits"]  # fmt: skip
+
+#: How each measure of an edit set is shown in a table: key (in ``metrics.json`` without its
+#: ``test_`` / ``val_`` prefix) -> (header, scale, digits).
+MEASURES: dict[str, tuple[str, float, int]] = {
+    "edit_success": ("edit success %", 100.0, 1),
+    "preservation_l1": ("preservation L1 ×100", 100.0, 2),
+    "truth_l1": ("L1 to exact ×100", 100.0, 2),
+    "mask_correctness": ("mask on digit %", 100.0, 1),
+    "mask_correctness_box": ("mask in box %", 100.0, 1),
+    "mask_others": ("mask on other digits %", 100.0, 1),
+    "mask_background": ("mask on background %", 100.0, 1),
+    "mask_query_ratio": ("queried / all digits %", 100.0, 1),
+    "leak_l1": ("leak onto others ×100", 100.0, 2),
+    "kid": ("KID ×100", 100.0, 3),
+}
+
+
+def measures(*keys: str) -> tuple[tuple[str, str, float, int], ...]:
+    """The columns of a table of ``keys``: ``(key, header, scale, digits)`` each."""
+    return tuple((key, *MEASURES[key]) for key in keys)
 
 
 def target_logits(logits: Tensor, changed: Tensor, classes: tuple[int, ...]) -> list[Tensor]:

@@ -26,6 +26,7 @@ from attentionrnn.engine.runs import finished_runs, format_stats, seed_stats
 from attentionrnn.engine.state import atomic_write_json
 from attentionrnn.engine.stats import ALPHA, compare, format_comparison
 from attentionrnn.experiments.e4.config import TEACHER_SEED, E4Config
+from attentionrnn.experiments.e4.metrics import measures
 from attentionrnn.experiments.e4.model import E4_MASKS, ROW_TABLE
 
 __all__ = ["FLAT_SLOPE", "QUANTITIES", "SLOPE_EPOCHS", "candidate_name", "final_slope",
@@ -35,15 +36,8 @@ logger = logging.getLogger("attentionrnn.e4.screen")
 
 #: the validation measures of the last epoch: (key in the history without ``val_``, header,
 #: scale, digits)
-QUANTITIES = (
-    ("edit_success", "val edit success %", 100.0, 1),
-    ("mask_correctness", "mask on queried digit %", 100.0, 1),
-    ("mask_others", "on other digits %", 100.0, 1),
-    ("mask_background", "on background %", 100.0, 1),
-    ("mask_query_ratio", "query ratio %", 100.0, 1),
-    ("leak_l1", "leak L1 ×100", 100.0, 2),
-    ("truth_l1", "L1 to exact ×100", 100.0, 2),
-)
+QUANTITIES = measures("edit_success", "mask_correctness", "mask_others", "mask_background",
+                      "mask_query_ratio", "leak_l1", "truth_l1")  # fmt: skip
 #: the curves whose final slope says whether a candidate has settled
 SLOPED = ("edit_success", "mask_query_ratio")
 #: the slope (per epoch, over the last SLOPE_EPOCHS epochs) from which a curve is not flat
