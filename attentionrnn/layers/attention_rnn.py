@@ -12,7 +12,7 @@ from attentionrnn.layers.diagonal import state_dtype_for
 from attentionrnn.layers.fused import raster_rows_view
 from attentionrnn.layers.query_term import QUERY_FUSIONS, fuse
 from attentionrnn.layers.registry import Attention
-from attentionrnn.layers.scan import DiagonalLSTMScan, resolve_directions
+from attentionrnn.layers.scan import DiagonalLSTMScan, _graph_capture_active, resolve_directions
 from attentionrnn.layers.validation import (
     apply_gate,
     check_attention_input,
@@ -153,8 +153,62 @@ class ScanAttention(Attention):
         check_input_dtype(x, self)
         logits = self.mask_logits(self.encode(x, query))
         mask = apply_gate(logits, self.gate).to(x.dtype)
-        y = x * mask
+        y = masked_product(x, mask)
         return (y, mask) if return_mask else y
+
+
+def masked_product(x: Tensor, mask: Tensor) -> Tensor:
+    """``x * mask`` (``mask`` broadcast over the channels), with the bits, memory format and
+    gradients of ``x * mask`` itself, computed on a dense copy of ``mask`` where that is faster.
+
+    The scan's logits leave the kernels batch-innermost (``(H*W, B)`` row-major), so the gate's
+    mask is a strided view, and the product and its backward ran ~16x slower on it than on a dense
+    map at 28² (contiguous ``x``). The gate itself still runs on the view: on a dense copy of the
+    logits its vectorised loop would leave other elements to its scalar tail and change their
+    last bits. A copy of the gated mask changes no value of the product (each element is one
+    rounded multiplication, whatever the layout), and only its layout could change: TensorIterator
+    orders the product's dimensions by the first operand's strides and lets the second's break
+    ties. So the dense copy is used only where the first operand's strides are nonzero and
+    distinct (:func:`_strides_decide`): ``x`` in the forward (a dense map in any memory format),
+    the incoming gradient for ``grad x = grad * mask`` in the backward (an expanded gradient, as
+    from ``y.sum()``, keeps the view). Like ``x * mask``, the backward keeps ``x`` and the mask
+    (the view) and gives ``grad mask = grad * x``, reduced over the channels by autograd.
+    """
+    if _graph_capture_active():  # a plain product is what tracing, export and compile capture
+        return x * mask
+    if torch.is_grad_enabled() and (x.requires_grad or mask.requires_grad):
+        return _MaskedProduct.apply(x, mask)
+    return x * _dense_operand(mask, x)
+
+
+def _strides_decide(first: Tensor) -> bool:
+    """Whether an elementwise ``first * other`` takes its memory layout from ``first`` alone:
+    every stride of ``first`` nonzero and no two equal (else ``other``'s strides break ties)."""
+    strides = first.stride()
+    return all(
+        strides[i] != 0 and all(strides[i] != strides[j] for j in range(i))
+        for i in range(len(strides))
+    )
+
+
+def _dense_operand(mask: Tensor, first: Tensor) -> Tensor:
+    return mask.contiguous() if _strides_decide(first) else mask
+
+
+class _MaskedProduct(torch.autograd.Function):
+    """``x * mask`` with MulBackward0's results, each product on a dense mask where allowed."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, mask: Tensor) -> Tensor:
+        ctx.save_for_backward(x, mask)  # what MulBackward0 keeps: no extra copy of the mask
+        return x * _dense_operand(mask, x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, mask = ctx.saved_tensors
+        grad_x = grad * _dense_operand(mask, grad) if ctx.needs_input_grad[0] else None
+        grad_mask = grad * x if ctx.needs_input_grad[1] else None  # autograd sums the channels
+        return grad_x, grad_mask
 
 
 class AttentionRNN(ScanAttention):
