@@ -95,6 +95,18 @@ BUDGETS: dict[str, Budget] = {
         "÷1.5 every 3 epochs from epoch 10, 24 epochs (early stop after 8), CTX and ARNN 5 seeds, "
         "the others 2",
     ),
+    # The inverse task (--task digit) at the plateau. Its pilot (CTX seed 0 with the plateau
+    # budget, docs/results/plateau/digit-pilot) learned nothing until epoch 11 and was still rising
+    # at epoch 24 (val .477 .490 .487 .500 .505, slope +0.007 an epoch) after five lr decays, so
+    # the digit task keeps PAN's own decay start (epoch 30) and gets up to 60 epochs, stopped
+    # after 8 without a better validation accuracy. An epoch of this task is ~1/3 of the colour
+    # task's (10.5k training samples): ~21 s for CTX on one thread.
+    "plateau-digit": Budget(
+        epochs=60, patience=8, canvas=80, lr_decay_start=30, lr_decay_every=3, seeds=(0, 1, 2),
+        spread_seeds=(0, 1, 2), datasets=("mdist",), methods=("ctx", "arnn"),
+        description="for --task digit: the plateau budget's data and batch, lr 0.003 ÷1.5 every "
+        "3 epochs from epoch 30, up to 60 epochs (early stop after 8), CTX and ARNN 3 seeds, MDIST",
+    ),
     # The PAN protocol: E1Config's defaults.
     "full": Budget(
         spread_seeds=(0, 1, 2),

@@ -2,7 +2,7 @@
 # The E1 plateau budget, run by run in the order it was trained here: every run is one
 #   attentionrnn e1 reproduce --budget plateau --out OUT --datasets D --methods M --seeds S
 # call (an interrupted run resumes from its checkpoint.pt; finished runs are skipped), the most
-# informative first (CTX and ARNN on MDIST, the inverse task, MBG, then the other rows), at most
+# informative first (CTX and ARNN on MDIST, MBG, then the other rows), at most
 # JOBS at once with one thread each. Running the budget in one call gives the same runs:
 #   attentionrnn e1 reproduce --budget plateau --out docs/results/plateau
 # Usage: bash docs/results/plateau/run.sh MNIST_DIR   (env: OUT, JOBS, PYTHON)
@@ -19,7 +19,6 @@ mkdir -p "$LOGS"
 cd "$LOGS"
 RUNS=()
 for s in 0 1 2 3 4; do RUNS+=("color mdist ctx $s" "color mdist arnn $s"); done
-for s in 0 1 2; do RUNS+=("digit mdist ctx $s" "digit mdist arnn $s"); done
 for s in 0 1 2 3 4; do RUNS+=("color mbg ctx $s" "color mbg arnn $s"); done
 for d in mdist mbg; do for m in local arnn_ind brnn arnn_quad; do for s in 0 1; do
   RUNS+=("color $d $m $s"); done; done; done
