@@ -12,7 +12,7 @@ from attentionrnn.layers.diagonal import state_dtype_for
 from attentionrnn.layers.fused import raster_rows_view
 from attentionrnn.layers.query_term import QUERY_FUSIONS, fuse
 from attentionrnn.layers.registry import Attention
-from attentionrnn.layers.scan import DiagonalLSTMScan, _graph_capture_active, resolve_directions
+from attentionrnn.layers.scan import DiagonalLSTMScan, graph_capture_active, resolve_directions
 from attentionrnn.layers.validation import (
     apply_gate,
     check_attention_input,
@@ -174,7 +174,7 @@ def masked_product(x: Tensor, mask: Tensor) -> Tensor:
     from ``y.sum()``, keeps the view). Like ``x * mask``, the backward keeps ``x`` and the mask
     (the view) and gives ``grad mask = grad * x``, reduced over the channels by autograd.
     """
-    if _graph_capture_active():  # a plain product is what tracing, export and compile capture
+    if graph_capture_active():  # a plain product is what tracing, export and compile capture
         return x * mask
     if torch.is_grad_enabled() and (x.requires_grad or mask.requires_grad):
         return _MaskedProduct.apply(x, mask)

@@ -42,6 +42,7 @@ __all__ = [
     "DIRECTION_SETS",
     "IMPLEMENTATIONS",
     "DiagonalLSTMScan",
+    "graph_capture_active",
     "resolve_directions",
     "skew",
     "state_dtype_for",
@@ -75,7 +76,7 @@ def resolve_directions(directions: str) -> tuple[str, ...]:
 IMPLEMENTATIONS = ("auto", "fused", "bptt", "autograd", "triton")
 
 
-def _graph_capture_active() -> bool:
+def graph_capture_active() -> bool:
     """True while tracing, scripting, exporting or compiling: a Python autograd.Function with
     in-place buffers does not survive those, a loop of standard ops does."""
     return (
@@ -277,7 +278,7 @@ class DiagonalLSTMScan(nn.Module):
             if self.implementation == "triton":
                 triton_scan.check_triton(e.device)
             return self.implementation
-        if _graph_capture_active():
+        if graph_capture_active():
             return "autograd"
         if e.device.type == "cuda" and triton_scan.suits_auto(e.device):
             return "triton"
