@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -161,7 +162,7 @@ def test_torchrun_two_processes_gloo(tiny, tmp_path):
     assert not leftovers  # temporary files were all renamed
 
 
-def test_reproduce_adds_runs_and_assembles_the_table(tiny, tmp_path, capsys):
+def test_reproduce_adds_runs_and_assembles_the_table(tiny, tmp_path, capsys, caplog):
     from attentionrnn.experiments.e1.experiment import Budget, reproduce
 
     budget = Budget(samples=30, epochs=2, batch_size=8, patience=5, description="test budget")
@@ -197,6 +198,25 @@ def test_reproduce_adds_runs_and_assembles_the_table(tiny, tmp_path, capsys):
     per_epoch = -(-n // 8) - (n % 8 == 1)  # a last batch of one sample is dropped
     assert [h["step"] for h in history] == [per_epoch, 2 * per_epoch]
     assert set(history[0]["val_attention_correctness"]) == {f"layer{k}" for k in range(1, 5)}
+    # runs that recorded a data path relative to where they ran (as the demo does): the masks
+    # come from a file of that name in OUT/data/, and without it the table says why none
+    for path in (tmp_path / "runs").glob("mref/*/seed*/metrics.json"):
+        m = json.loads(path.read_text())
+        m["data"]["path"] = f"elsewhere/{tiny.name}"
+        path.write_text(json.dumps(m))
+    (tmp_path / "masks_mref.png").unlink()
+    with caplog.at_level(logging.WARNING, logger="attentionrnn.e1"):
+        assert main(["e1", "table", str(tmp_path), "--budget", "test"]) == 0
+    assert not (tmp_path / "masks_mref.png").exists()
+    assert any(
+        f"masks_mref.png not drawn: the runs' data file elsewhere/{tiny.name}" in r.getMessage()
+        for r in caplog.records
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / tiny.name).write_bytes(tiny.read_bytes())
+    assert main(["e1", "table", str(tmp_path), "--budget", "test"]) == 0
+    assert (tmp_path / "masks_mref.png").stat().st_size > 10_000
+    assert "masks_mref" in (tmp_path / "results.md").read_text()
 
 
 def test_table_averages_correctness_over_the_layers_that_attend():

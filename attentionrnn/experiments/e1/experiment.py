@@ -12,6 +12,7 @@ and data are present, the masks ``OUT/masks_DATASET.png``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from attentionrnn.experiments.e1.train import resolve_data, train
 #: What a budget sets besides its epochs: the data (a smaller canvas costs less per step),
 #: batch, patience and RMSprop's schedule (the rate ÷1.5 from epoch ``lr_decay_start`` every
 #: ``lr_decay_every``, after a linear warm-up of ``lr_warmup_epochs``).
+logger = logging.getLogger("attentionrnn.e1")
+
 BUDGET_FIELDS = ("samples", "batch_size", "patience", "canvas", "lr", "lr_warmup_epochs",
                  "lr_decay_start", "lr_decay_every")  # fmt: skip
 
@@ -195,7 +198,10 @@ def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> d
 
 
 def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> str | None:
-    """The masks of the lowest seed of each row, where its weights and the data exist."""
+    """The masks of the lowest seed of each row, where its weights and the data exist.
+
+    The data file is the one the run recorded, or a file of that name in ``OUT/data/`` (a run
+    records the path it was given, which may be relative to where it ran)."""
     from attentionrnn.data.attribute import E1Data
     from attentionrnn.experiments.e1.figures import mask_figure
 
@@ -207,8 +213,15 @@ def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> s
         if (run / BEST).is_file():
             runs[row_label(summarize(row, {seed: seeds[seed]}))] = run
             data_path = data_path or seeds[seed]["data"]["path"]
-    if not runs or not data_path or not Path(data_path).is_file():
+    if not runs or not data_path:
         return None
+    if not Path(data_path).is_file():
+        here = out / "data" / Path(data_path).name
+        if not here.is_file():
+            logger.warning("masks_%s.png not drawn: the runs' data file %s is neither there nor in %s",
+                        dataset, data_path, here.parent)
+            return None
+        data_path = here
     any_run = next(iter(next(iter(rows.values())).values()))
     data = E1Data(data_path, any_run["task"])
     path = mask_figure(runs, data, out / f"masks_{dataset}.png", title=f"{dataset.upper()}: masks")
