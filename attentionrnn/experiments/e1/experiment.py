@@ -34,11 +34,11 @@ from attentionrnn.experiments.e1.table import (
 )
 from attentionrnn.experiments.e1.train import resolve_data, train
 
+logger = logging.getLogger("attentionrnn.e1")
+
 #: What a budget sets besides its epochs: the data (a smaller canvas costs less per step),
 #: batch, patience and RMSprop's schedule (the rate ÷1.5 from epoch ``lr_decay_start`` every
 #: ``lr_decay_every``, after a linear warm-up of ``lr_warmup_epochs``).
-logger = logging.getLogger("attentionrnn.e1")
-
 BUDGET_FIELDS = ("samples", "batch_size", "patience", "canvas", "lr", "lr_warmup_epochs",
                  "lr_decay_start", "lr_decay_every")  # fmt: skip
 
@@ -218,8 +218,12 @@ def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> s
     if not Path(data_path).is_file():
         here = out / "data" / Path(data_path).name
         if not here.is_file():
-            logger.warning("masks_%s.png not drawn: the runs' data file %s is neither there nor in %s",
-                        dataset, data_path, here.parent)
+            logger.warning(
+                "masks_%s.png not drawn: the runs' data file %s is neither there nor in %s",
+                dataset,
+                data_path,
+                here.parent,
+            )
             return None
         data_path = here
     any_run = next(iter(next(iter(rows.values())).values()))
