@@ -34,7 +34,7 @@ from attentionrnn.experiments.e1.evaluate import evaluate
 from attentionrnn.experiments.e1.figures import curve_figure, load_run, mask_figure, pick_samples
 from attentionrnn.experiments.e1.mask_stats import REGIONS
 from attentionrnn.experiments.e1.table import row_label, row_order, summarize
-from attentionrnn.experiments.e1.train import resolve_data
+from attentionrnn.experiments.e1.train import recorded_data_file, resolve_data
 
 __all__ = ["below_uniform_from", "diagnose", "diagnosis_markdown"]
 
@@ -42,10 +42,11 @@ logger = logging.getLogger("attentionrnn.e1.diagnose")
 LAYERS = (1, 2, 3, 4)
 
 
-def _data_for(metrics: dict[str, Any], data_dir: str | None, mnist: str | None) -> Path:
-    """The run's data file: the recorded one where it exists, else regenerated from the recipe."""
-    recorded = Path(metrics["data"]["path"])
-    if recorded.is_file():
+def _data_for(metrics: dict[str, Any], out: Path, data_dir: str | None, mnist: str | None) -> Path:
+    """The run's data file: the recorded one (or its name in ``OUT/data/``) where it exists, else
+    regenerated from the recipe."""
+    recorded = recorded_data_file(metrics["data"]["path"], out)
+    if recorded is not None:
         return recorded
     fields = {f.name for f in dataclasses.fields(E1Config)}
     config = E1Config(**{k: v for k, v in metrics["config"].items() if k in fields})
@@ -133,7 +134,7 @@ def diagnose(
                 run = out / "runs" / dataset / row / f"seed{seed}"
                 if not (run / BEST).is_file():
                     continue
-                path = _data_for(metrics, data_dir, mnist)
+                path = _data_for(metrics, out, data_dir, mnist)
                 data = loaded.get(path) or loaded.setdefault(path, E1Data(path, metrics["task"]))
                 idx = data.indices(split)[:limit]
                 entry["uniform_box"] = _uniform_box(data, idx)

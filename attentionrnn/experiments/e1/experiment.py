@@ -32,7 +32,7 @@ from attentionrnn.experiments.e1.table import (
     row_order,
     summarize,
 )
-from attentionrnn.experiments.e1.train import resolve_data, train
+from attentionrnn.experiments.e1.train import recorded_data_file, resolve_data, train
 
 logger = logging.getLogger("attentionrnn.e1")
 
@@ -198,10 +198,8 @@ def _figures(out: Path, d: str, rows: dict[str, dict[int, dict[str, Any]]]) -> d
 
 
 def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> str | None:
-    """The masks of the lowest seed of each row, where its weights and the data exist.
-
-    The data file is the one the run recorded, or a file of that name in ``OUT/data/`` (a run
-    records the path it was given, which may be relative to where it ran)."""
+    """The masks of the lowest seed of each row, where its weights and the data
+    (:func:`recorded_data_file`) exist."""
     from attentionrnn.data.attribute import E1Data
     from attentionrnn.experiments.e1.figures import mask_figure
 
@@ -215,19 +213,17 @@ def _mask_figure(out: Path, dataset: str, rows: dict[str, dict[int, dict]]) -> s
             data_path = data_path or seeds[seed]["data"]["path"]
     if not runs or not data_path:
         return None
-    if not Path(data_path).is_file():
-        here = out / "data" / Path(data_path).name
-        if not here.is_file():
-            logger.warning(
-                "masks_%s.png not drawn: the runs' data file %s is neither there nor in %s",
-                dataset,
-                data_path,
-                here.parent,
-            )
-            return None
-        data_path = here
+    found = recorded_data_file(data_path, out)
+    if found is None:
+        logger.warning(
+            "masks_%s.png not drawn: the runs' data file %s is neither there nor in %s",
+            dataset,
+            data_path,
+            out / "data",
+        )
+        return None
     any_run = next(iter(next(iter(rows.values())).values()))
-    data = E1Data(data_path, any_run["task"])
+    data = E1Data(found, any_run["task"])
     path = mask_figure(runs, data, out / f"masks_{dataset}.png", title=f"{dataset.upper()}: masks")
     return path.name
 

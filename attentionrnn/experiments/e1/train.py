@@ -75,6 +75,16 @@ def images_for_samples(samples: int) -> int:
     return max(1, round(samples / SAMPLES_PER_IMAGE))
 
 
+def recorded_data_file(recorded: str, out: str | Path) -> Path | None:
+    """A finished run's data file: the path it recorded, else a file of that name in
+    ``OUT/data/`` (a run records the path it was given, which may be relative to where it ran);
+    None where neither exists."""
+    for path in (Path(recorded), Path(out) / "data" / Path(recorded).name):
+        if path.is_file():
+            return path
+    return None
+
+
 def resolve_data(config: E1Config, ctx: DistContext | None = None) -> tuple[Path, str]:
     """Return the dataset file and how it was obtained (``given``, ``cached`` or ``generated``).
 
