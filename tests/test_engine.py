@@ -167,6 +167,20 @@ def test_every_experiment_describes_its_train_command():
         assert not e.train_help.endswith(".") and "Returns" not in e.train_description, name
 
 
+def test_help_states_each_default_once(capsys, monkeypatch):
+    # an option's default is appended to its help unless the help already says it or it is None
+    monkeypatch.setenv("COLUMNS", "400")
+    for name in ("e1", "e2", "e3", "e4"):
+        for command in ("train", "reproduce", "table"):
+            assert main([name, command, "--help"]) == 0
+            text = capsys.readouterr().out
+            assert "(default: None)" not in text, (name, command)
+            for line in text.splitlines():
+                assert line.count("default") <= 1, (name, command, line)
+    assert main(["e1", "train", "--help"]) == 0
+    assert re.search(r"--epochs EPOCHS .*\(default: \d+\)", capsys.readouterr().out)
+
+
 def test_unknown_rows_and_datasets_are_refused(toy, tmp_path):
     from attentionrnn.engine.errors import UserError
     from attentionrnn.engine.reproduce import reproduce

@@ -21,6 +21,7 @@ from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import PRECISIONS
 
 __all__ = [
+    "HelpFormatter",
     "add_reproduce_parser",
     "add_run_options",
     "add_table_parser",
@@ -35,6 +36,17 @@ __all__ = [
 #: limits of every config's seed field.
 seed_type = checked_type(int, "seed", SEED_LIMITS)
 _COUNT = {"minimum": 1, "maximum": 1024}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every command's help formatter: an option's default after its help, as argparse's
+    :class:`~argparse.ArgumentDefaultsHelpFormatter` writes it, except where the default is
+    ``None`` (the help says what happens then) or the help already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 #: a docstring's section heading (``Args:``, ``Returns:``): what follows is for the code's readers
@@ -75,7 +87,7 @@ def add_reproduce_parser(
         f"OUT/runs/DATASET/{row.upper()}/seedS, then write OUT/results.md, OUT/results.json, "
         f"OUT/curves_DATASET.png and OUT/{figure}_DATASET.png from every finished run. Budgets: "
         + "; ".join(f"{k}: {v.description}" for k, v in budgets.items()),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     r.add_argument("--budget", choices=tuple(budgets), default=default)
     r.add_argument("--out", default=None, help=f"output folder (default {out})")
@@ -112,7 +124,7 @@ def add_table_parser(
     tb = sub.add_parser(
         "table",
         help="rebuild a results folder's table and figures from its finished runs",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     tb.add_argument("out", type=Path, help="results folder (holds runs/)")
     tb.add_argument("--budget", default=None, help="budget name (default: the folder's name)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from attentionrnn.engine.commands import (
+    HelpFormatter,
     add_reproduce_parser,
     add_run_options,
     add_table_parser,
@@ -126,7 +127,7 @@ def add_commands(subparsers: argparse._SubParsersAction, experiment: Experiment)
         importlib.import_module(e.commands).register(sub)
 
     t = sub.add_parser("train", help=e.train_help, description=e.train_description,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                       formatter_class=HelpFormatter)  # fmt: skip
     add_config_arguments(t, e.config, {"out": {"required": True}})
     t.set_defaults(func=lambda args: _train(e, args))
 

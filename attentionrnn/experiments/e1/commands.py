@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from attentionrnn.engine.commands import seed_type
+from attentionrnn.engine.commands import HelpFormatter, seed_type
 from attentionrnn.engine.config import checked_type
 
 logger = logging.getLogger("attentionrnn.e1")
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from attentionrnn.data.generate import DATASETS, MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
     from attentionrnn.experiments.e1.rows import ROWS
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     gen = sub.add_parser("generate", help="generate an MREF / MDIST / MBG dataset (.npz)")
     gen.add_argument("dataset", choices=DATASETS)
