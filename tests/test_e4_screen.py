@@ -183,7 +183,8 @@ def test_bad_inputs_are_one_line_and_status_2(folders, tmp_path, capsys):
         ([folders[0], empty], "e4-empty: no finished run"),
         ([nothing], "e4-nothing: no runs/ folder"),
         ([folders[0], folders[0]], "same candidate name (screen)"),
-        ([folders[0], "--masks", "brnn"], "no finished run of brnn"),
+        ([folders[0], "--methods", "brnn"], "no finished run of brnn"),
+        ([folders[0], "--masks", "brnn"], "no finished run of brnn"),  # the older name
     ):
         assert main(["e4", "screen", *map(str, args)]) == 2
         err = capsys.readouterr().err

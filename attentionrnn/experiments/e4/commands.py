@@ -36,8 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folder for screening.{md,json} and screening_curves_DATASET.png (default: the "
         "first OUT_DIR)",
     )  # fmt: skip
-    s.add_argument("--masks", nargs="+", choices=E4_ROWS, metavar="MASK",
+    s.add_argument("--methods", nargs="+", choices=E4_ROWS, metavar="METHOD",
                    help=f"mask heads, of {', '.join(E4_ROWS)} (default: all found)")  # fmt: skip
+    s.add_argument("--masks", nargs="+", choices=E4_ROWS, dest="methods",
+                   help=argparse.SUPPRESS)  # the older name, as reproduce keeps it  # fmt: skip
     s.add_argument("--no-figures", action="store_true", help="only the tables")
     s.set_defaults(func=_screen)
 
@@ -47,7 +49,7 @@ def _screen(args: argparse.Namespace) -> int:
 
     summary = screen(
         args.folders, reference=args.reference, out=args.out,
-        masks=tuple(args.masks) if args.masks else None, figure=not args.no_figures,
+        masks=tuple(args.methods) if args.methods else None, figure=not args.no_figures,
     )  # fmt: skip
     print(screening_markdown(summary))
     return 0
