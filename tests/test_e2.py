@@ -22,7 +22,6 @@ from attentionrnn.engine.errors import UserError
 from attentionrnn.experiments.e2.data import (
     CIFAR10_CLASSES,
     augment,
-    load_dataset,
     md5_of,
     normalize,
     read_cifar10_tar,
@@ -30,6 +29,7 @@ from attentionrnn.experiments.e2.data import (
     split_indices,
 )
 from attentionrnn.experiments.e2.model import E2_ATTENTIONS, E2_ROWS, AttnVGG, brnn_block_size
+from attentionrnn.experiments.e2.train import E2Config, read_images
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 2
 
@@ -145,9 +145,11 @@ def test_tar_reader_cache_and_md5(tiny_tar, tmp_path):
     with pytest.raises(UserError, match="no such file"):
         read_cifar10_tar(tmp_path / "missing.tar", cache_dir=cache)
     with pytest.raises(UserError, match="--cifar10-tar"):
-        load_dataset("cifar10", cache_dir=str(cache))
+        read_images(E2Config(dataset="cifar10", data_dir=str(cache)))
     with pytest.raises(UserError, match="--cifar-dir"):
-        load_dataset("cifar100")
+        read_images(E2Config(dataset="cifar100"))
+    with pytest.raises(UserError, match="dataset must be one of"):
+        read_images(E2Config(dataset="svhn"))
 
 
 def test_md5_is_remembered(tmp_path):
@@ -192,7 +194,8 @@ def test_pickle_reader(tmp_path, dataset):
         assert s.classes == CIFAR10_CLASSES
     else:
         assert s.test_y.tolist() == [99, 0] and s.num_classes == 100
-    assert load_dataset(dataset, cifar_dir=str(folder)).train_x.shape == (10, 32, 32, 3)
+    read = read_images(E2Config(dataset=dataset, cifar_dir=str(folder)))
+    assert read.train_x.shape == (10, 32, 32, 3)
     (folder / ("data_batch_1" if dataset == "cifar10" else "test")).unlink()
     with pytest.raises(UserError, match="lacks"):
         read_cifar_pickles(folder, dataset)

@@ -7,6 +7,7 @@ easy-VQA folder and a hand-made VQA v2 folder (features and images).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from attentionrnn.engine.trainer import train_one_epoch
 from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.data import (
     generate_sort_of_clevr,
-    load_dataset,
     vqa_accuracy,
 )
 from attentionrnn.experiments.e3.evaluate import answer_prior, evaluate
@@ -31,7 +31,7 @@ from attentionrnn.experiments.e3.model import (
     box_masks,
     count_sketch,
 )
-from attentionrnn.experiments.e3.rundata import E3Data
+from attentionrnn.experiments.e3.rundata import E3Data, read_dataset
 from attentionrnn.experiments.e3.train import lr_at, train
 from tests.test_e3_data import _easy_vqa_folder, _vqa2_folder
 
@@ -55,13 +55,13 @@ def _tiny_config(tmp_path: Path, **kw) -> E3Config:
 def test_vqa2_evaluation_uses_the_vqa_accuracy(tmp_path):
     config = _tiny_config(tmp_path, dataset="vqa2", vqa_dir=str(_vqa2_folder(tmp_path / "v")),
                           val_images=1, attention="arnn")  # fmt: skip
-    data = E3Data(load_dataset("vqa2", vqa_dir=config.vqa_dir), config)
+    data = E3Data(read_dataset(config), config)
     model = VQANet(
         "arnn", len(data.vocab), len(data.answers), in_channels=5, features=True, channels=8,
         question_hidden=8, embed=4, mcb_dim=32, attention_hidden=4,
     )  # fmt: skip
     result = evaluate(model, data, "test", 4)
-    few = load_dataset("vqa2", vqa_dir=config.vqa_dir, max_questions=4)
+    few = read_dataset(dataclasses.replace(config, max_questions=4))
     assert len(few.train) == len(few.test) == 4 and len(few.train.images) == 2
     s = data.dataset.test
     x, ids, lengths, _ = data.batch("test", data.test_idx)

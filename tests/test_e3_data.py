@@ -14,18 +14,19 @@ import numpy as np
 import pytest
 
 from attentionrnn.engine.errors import UserError
+from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.data import (
     CLEVR_COLOURS,
     Vocabulary,
     answer_type,
     generate_sort_of_clevr,
-    load_dataset,
     normalize_answer,
     read_easy_vqa,
     read_vqa_v2,
     tokenize,
     vqa_accuracy,
 )
+from attentionrnn.experiments.e3.rundata import read_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -212,4 +213,4 @@ def test_vqa2_errors_name_what_is_missing(tmp_path):
     with pytest.raises(UserError, match="features_train2014.npz.*train2014/"):
         read_vqa_v2(root)
     with pytest.raises(UserError, match="dataset must be one of"):
-        load_dataset("coco")
+        read_dataset(E3Config(dataset="coco"))

@@ -18,9 +18,8 @@ from attentionrnn.engine import results
 from attentionrnn.engine.experiment import Experiment, Row, config_budget, register_experiment
 from attentionrnn.engine.reproduce import reproduce as engine_reproduce
 from attentionrnn.engine.runs import format_stats, seed_stats
-from attentionrnn.experiments.e2.data import load_dataset
 from attentionrnn.experiments.e2.figures import curve_figure, mask_figure
-from attentionrnn.experiments.e2.train import E2Config, train
+from attentionrnn.experiments.e2.train import E2Config, read_images, train
 
 __all__ = ["BUDGETS", "EXPERIMENT", "Budget", "assemble", "reproduce", "results_markdown"]
 
@@ -76,9 +75,7 @@ def reproduce(out: str | Path, budget: str | Budget = "cpu", **kwargs: Any) -> d
 
 def _prepare(dataset: str, configs: list[E2Config], jobs: int, o: dict[str, Any]) -> list:
     """Decode the tar into the cache once, before parallel runs read it."""
-    c = configs[0]
-    load_dataset(dataset, cifar10_tar=c.cifar10_tar, cifar_dir=c.cifar_dir, md5=c.cifar10_md5,
-                 cache_dir=c.data_dir, progress=o["progress"])  # fmt: skip
+    read_images(configs[0], progress=o["progress"])
     return configs
 
 

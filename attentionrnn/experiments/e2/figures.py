@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from attentionrnn.engine.figures import save_figure
 from attentionrnn.engine.recipe import load_finished
-from attentionrnn.experiments.e2.data import ImageSet, load_dataset, stratified_order
+from attentionrnn.experiments.e2.data import ImageSet, stratified_order
 from attentionrnn.experiments.e2.model import AttnVGG
-from attentionrnn.experiments.e2.train import E2Config, E2Data
+from attentionrnn.experiments.e2.train import E2Config, E2Data, read_images
 
 __all__ = ["curve_figure", "load_run", "mask_figure"]
 
@@ -57,10 +57,7 @@ def mask_figure(
     if not loaded:
         return None
     config = next(iter(loaded.values()))[1]
-    images = load_dataset(
-        config.dataset, cifar10_tar=config.cifar10_tar, cifar_dir=config.cifar_dir,
-        md5=config.cifar10_md5, cache_dir=config.data_dir,
-    )  # fmt: skip
+    images = read_images(config)
     data = E2Data(images, _all_images(config))
     idx = _pick(images, count)
     x, y = data.batch("test", idx)

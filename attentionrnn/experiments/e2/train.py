@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from attentionrnn.engine.config import RunConfig, option
 from attentionrnn.engine.distributed import DistContext
+from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.recipe import (
     Evaluation,
@@ -47,17 +49,20 @@ from attentionrnn.engine.trainer import Sized, train_one_epoch
 from attentionrnn.experiments.e2.data import (
     CIFAR10_TAR_MD5,
     DATASETS,
+    ENV_CIFAR10_TAR,
+    ENV_CIFAR_DIR,
     ImageSet,
     augment,
-    load_dataset,
     normalize,
+    read_cifar10_tar,
+    read_cifar_pickles,
     split_indices,
 )
 from attentionrnn.experiments.e2.model import E2_ROWS, AttnVGG
 
 logger = logging.getLogger("attentionrnn.e2")
 
-__all__ = ["E2Config", "E2Data", "build_model", "evaluate", "lr_at", "train"]
+__all__ = ["E2Config", "E2Data", "build_model", "evaluate", "lr_at", "read_images", "train"]
 
 
 @dataclass
@@ -190,14 +195,36 @@ class E2Data:
         return x, self._tensor(labels[idx])
 
 
+def read_images(config: E2Config, progress: bool = False) -> ImageSet:
+    """The images of ``config.dataset`` from the source the config names: the pickle folder
+    (``cifar_dir``, or ``$ATTENTIONRNN_CIFAR_DIR``) if given, else, for CIFAR-10, the JPEG tar
+    (``cifar10_tar``, or ``$ATTENTIONRNN_CIFAR10_TAR``; checked against ``cifar10_md5`` and
+    cached in ``data_dir``)."""
+    config.check()
+    folder = config.cifar_dir or os.environ.get(ENV_CIFAR_DIR)
+    if folder:
+        return read_cifar_pickles(folder, config.dataset)
+    if config.dataset == "cifar100":
+        raise UserError(
+            "CIFAR-100 needs --cifar-dir DIR (or $ATTENTIONRNN_CIFAR_DIR): a folder in the "
+            "cifar-100-python layout (train, test)"
+        )
+    tar = config.cifar10_tar or os.environ.get(ENV_CIFAR10_TAR)
+    if not tar:
+        raise UserError(
+            "CIFAR-10 needs its data: --cifar10-tar PATH (or $ATTENTIONRNN_CIFAR10_TAR) for the "
+            "JPEG tar, or --cifar-dir DIR for the cifar-10-batches-py pickles"
+        )
+    return read_cifar10_tar(
+        tar, md5=config.cifar10_md5, cache_dir=config.data_dir, progress=progress
+    )
+
+
 def load_data(config: E2Config, ctx: DistContext | None = None) -> E2Data:
     """Load (rank 0 first, so that only one process decodes the tar into the cache)."""
     ctx = ctx or DistContext()
-    kwargs = dict(
-        cifar10_tar=config.cifar10_tar, cifar_dir=config.cifar_dir, md5=config.cifar10_md5,
-        cache_dir=config.data_dir, progress=config.progress and ctx.main,
-    )  # fmt: skip
-    return E2Data(ctx.main_first(load_dataset, config.dataset, **kwargs), config)
+    images = ctx.main_first(read_images, config, progress=config.progress and ctx.main)
+    return E2Data(images, config)
 
 
 def build_model(config: E2Config, num_classes: int) -> AttnVGG:

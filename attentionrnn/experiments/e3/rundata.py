@@ -11,9 +11,15 @@ import torch
 from attentionrnn.engine.distributed import DistContext
 from attentionrnn.engine.errors import UserError
 from attentionrnn.experiments.e3.config import E3Config
-from attentionrnn.experiments.e3.data import Vocabulary, VQASet, load_dataset
+from attentionrnn.experiments.e3.data import (
+    Vocabulary,
+    VQASet,
+    generate_sort_of_clevr,
+    read_easy_vqa,
+    read_vqa_v2,
+)
 
-__all__ = ["E3Data", "load_data"]
+__all__ = ["E3Data", "load_data", "read_dataset"]
 
 
 class E3Data:
@@ -100,13 +106,22 @@ class E3Data:
         return None if boxes is None else torch.from_numpy(boxes[idx])
 
 
+def read_dataset(config: E3Config) -> VQASet:
+    """The questions and images of ``config.dataset`` from the source the config names: the
+    easy-vqa package's files (``easy_vqa_dir``, else the installed package), the generated
+    Sort-of-CLEVR set (``generated_*``, ``image_size``) or the VQA v2 folder (``vqa_dir``)."""
+    config.check()
+    if config.dataset == "easy_vqa":
+        return read_easy_vqa(config.easy_vqa_dir, config.data_dir)
+    if config.dataset == "sort_of_clevr":
+        return generate_sort_of_clevr(
+            config.generated_train_images, config.generated_test_images,
+            seed=config.generated_seed, image_size=config.image_size,
+        )  # fmt: skip
+    return read_vqa_v2(config.vqa_dir, config.image_size, config.max_questions)
+
+
 def load_data(config: E3Config, ctx: DistContext | None = None) -> E3Data:
     """Read the dataset (rank 0 first, so that only one process fills the cache)."""
     ctx = ctx or DistContext()
-    kwargs = dict(
-        vqa_dir=config.vqa_dir, easy_vqa_dir=config.easy_vqa_dir, cache_dir=config.data_dir,
-        image_size=config.image_size, generated_seed=config.generated_seed,
-        generated_images=(config.generated_train_images, config.generated_test_images),
-        max_questions=config.max_questions,
-    )  # fmt: skip
-    return E3Data(ctx.main_first(load_dataset, config.dataset, **kwargs), config)
+    return E3Data(ctx.main_first(read_dataset, config), config)

@@ -27,8 +27,6 @@ The package has one module per reader (:mod:`.jpeg_tar`, :mod:`.pickles`) on a c
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
@@ -50,49 +48,17 @@ __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR10_TAR_MD5",
     "DATASETS",
+    "ENV_CIFAR10_TAR",
+    "ENV_CIFAR_DIR",
     "ImageSet",
     "augment",
     "default_cache_dir",
-    "load_dataset",
     "md5_of",
     "normalize",
     "read_cifar10_tar",
     "read_cifar_pickles",
     "split_indices",
 ]
-
-
-def load_dataset(
-    dataset: str,
-    *,
-    cifar10_tar: str | None = None,
-    cifar_dir: str | None = None,
-    md5: str | None = CIFAR10_TAR_MD5,
-    cache_dir: str | None = None,
-    progress: bool = False,
-) -> ImageSet:
-    """The run's images: the pickle folder if given, else (CIFAR-10) the JPEG tar.
-
-    Order: ``cifar_dir`` (or ``$ATTENTIONRNN_CIFAR_DIR``), then for CIFAR-10 ``cifar10_tar``
-    (or ``$ATTENTIONRNN_CIFAR10_TAR``).
-    """
-    if dataset not in DATASETS:
-        raise UserError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
-    folder = cifar_dir or os.environ.get(ENV_CIFAR_DIR)
-    if folder:
-        return read_cifar_pickles(folder, dataset)
-    if dataset == "cifar100":
-        raise UserError(
-            "CIFAR-100 needs --cifar-dir DIR (or $ATTENTIONRNN_CIFAR_DIR): a folder in the "
-            "cifar-100-python layout (train, test)"
-        )
-    tar = cifar10_tar or os.environ.get(ENV_CIFAR10_TAR)
-    if not tar:
-        raise UserError(
-            "CIFAR-10 needs its data: --cifar10-tar PATH (or $ATTENTIONRNN_CIFAR10_TAR) for the "
-            "JPEG tar, or --cifar-dir DIR for the cifar-10-batches-py pickles"
-        )
-    return read_cifar10_tar(tar, md5=md5, cache_dir=cache_dir, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------

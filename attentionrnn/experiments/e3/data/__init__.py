@@ -27,7 +27,6 @@ a common :mod:`.base`; everything is importable from here.
 from __future__ import annotations
 
 from attentionrnn.data.cache import ENV_DATA_DIR
-from attentionrnn.engine.errors import UserError
 from attentionrnn.experiments.e3.data.base import (
     DATASETS,
     ENV_VQA_DIR,
@@ -64,32 +63,9 @@ __all__ = [
     "default_cache_dir",
     "easy_vqa_root",
     "generate_sort_of_clevr",
-    "load_dataset",
     "normalize_answer",
     "read_easy_vqa",
     "read_vqa_v2",
     "tokenize",
     "vqa_accuracy",
 ]
-
-
-def load_dataset(
-    name: str,
-    *,
-    vqa_dir: str | None = None,
-    easy_vqa_dir: str | None = None,
-    cache_dir: str | None = None,
-    image_size: int = 64,
-    generated_images: tuple[int, int] = (4000, 1000),
-    generated_seed: int = 0,
-    max_questions: int | None = None,
-) -> VQASet:
-    """The dataset ``name`` (one of :data:`DATASETS`); the arguments of the other sources are
-    ignored."""
-    if name == "easy_vqa":
-        return read_easy_vqa(easy_vqa_dir, cache_dir)
-    if name == "sort_of_clevr":
-        return generate_sort_of_clevr(*generated_images, seed=generated_seed, image_size=image_size)
-    if name == "vqa2":
-        return read_vqa_v2(vqa_dir, image_size, max_questions)
-    raise UserError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
