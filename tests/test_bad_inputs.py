@@ -87,6 +87,7 @@ BAD_FLAGS = [
     ("e1", "train", "--rmsprop-alpha", "nan", "rmsprop_alpha must be a finite number"),
     ("e1", "train", "--lr-decay-every", "0", "lr_decay_every must be >= 1"),
     ("e1", "train", "--lr-decay-start", "-3", "lr_decay_start must be >= 0"),
+    ("e1", "train", "--patience-from", "-1", "patience_from must be >= 0"),
     ("e1", "train", "--threads", "-1", "threads must be >= 1"),
     *[("e1", "train", "--attention-hidden", v, "attention_hidden must be >= 1")
       for v in ("-4", "0")],

@@ -48,6 +48,25 @@ def _comparable(metrics: dict) -> dict:
 # ---------------------------------------------------------------------------------- training
 
 
+def test_patience_from_reaches_the_fit(tiny, tmp_path, monkeypatch):
+    """Early stopping waits for ``patience_from`` (the inverse task's budget sets 30): the
+    config's value is what the engine's fit receives, and the budget sets it."""
+    import attentionrnn.experiments.e1.train as e1_train
+    from attentionrnn.experiments.e1.experiment import BUDGETS
+
+    seen = {}
+    real = e1_train.fit_run
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(e1_train, "fit_run", spy)
+    train(_config(tiny, tmp_path / "run", epochs=1, patience_from=5))
+    assert seen["patience_from"] == 5
+    assert BUDGETS["plateau-digit"].patience_from == 30 and BUDGETS["plateau"].patience_from == 0
+
+
 def test_train_end_to_end_via_cli(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_cmd(tiny, out, 2, attention="arnn")) == 0

@@ -25,7 +25,7 @@ class E1Config(RunConfig):
     (the fields of :class:`~attentionrnn.engine.config.RunConfig` too)."""
 
     RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "mnist")
-    LATER_FIELDS = {"canvas": CANVAS, "query_fusion": "add", "feedback": True}
+    LATER_FIELDS = {"canvas": CANVAS, "query_fusion": "add", "feedback": True, "patience_from": 0}
 
     dataset: str = field(default="mref", metadata=option("dataset", choices=DATASETS))
     attention: str = field(default="arnn", metadata=option("attention method", choices=ROWS))
@@ -81,6 +81,14 @@ class E1Config(RunConfig):
     lr_decay: float = field(default=1.5, metadata=option("learning-rate divisor", positive=True))
     lr_decay_start: int = field(default=30, metadata=option("first epoch of the decay", minimum=0))
     lr_decay_every: int = field(default=10, metadata=option("epochs between decays", minimum=1))
+    patience_from: int = field(
+        default=0,
+        metadata=option(
+            "epochs before this one (0-based) do not count towards --patience: early stopping "
+            "waits for a task whose accuracy stays at chance for a while (PAN: 0)",
+            minimum=0,
+        ),
+    )
     lr_warmup_epochs: int = field(
         default=0,
         metadata=option(

@@ -225,7 +225,7 @@ def train(config: E1Config, ctx: DistContext, out: Path, started: float) -> dict
     fingerprint = {**config.fingerprint(), "data_sha256": file_sha256(data.path)}
     state, done = fit_run(model, optimizer, one_epoch, validate, config=config, out=out,
                           fingerprint=fingerprint, ctx=ctx, lr_at=lr_at, log=logger,
-                          name=name)  # fmt: skip
+                          name=name, patience_from=config.patience_from)  # fmt: skip
     if done is not None:
         return done
 
