@@ -1,7 +1,7 @@
 """One E3 training run on the shared engine (:mod:`attentionrnn.engine.trainer`).
 
 1. check the config, join the process group under ``torchrun`` (gloo), set the threads;
-2. read the dataset (:func:`~attentionrnn.experiments.e3.data.load_dataset`), hold out the
+2. read the dataset (:func:`~attentionrnn.experiments.e3.rundata.read_dataset`), hold out the
    questions of a fixed set of training images for validation, build the question vocabulary and
    the answer classes on the remaining training questions;
 3. build :class:`~attentionrnn.experiments.e3.model.VQANet`, Adam, a step schedule;

@@ -64,7 +64,7 @@ class VQASplit:
 
 @dataclass
 class VQASet:
-    """A dataset of :func:`load_dataset`: its two splits and where it came from."""
+    """A dataset as one of the readers returns it: its two splits and where it came from."""
 
     name: str
     train: VQASplit
