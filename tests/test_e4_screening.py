@@ -1,6 +1,7 @@
 """E4's screening candidates (issue 34: what makes a mask head pick the queried digit): the
 multiplicative query fusion of the mask heads, the frozen teacher classifier of the generator's
-extra classification loss, the screening budgets and the validation curves they are decided on.
+extra classification loss, the other digits' kept colours, the screening budgets and the
+validation curves they are decided on.
 
 Tiny data as in ``test_e4.py``: a few MREF images of 48 px from the synthetic digit pool.
 """
@@ -17,7 +18,7 @@ import torch
 from attentionrnn.cli import main
 from attentionrnn.engine.errors import UserError
 from attentionrnn.experiments.e4.config import JUDGE_SEED, TEACHER_SEED, E4Config
-from attentionrnn.experiments.e4.data import DigitEdits
+from attentionrnn.experiments.e4.data import DigitEdits, partner_samples
 from attentionrnn.experiments.e4.evaluate import train_judge, train_teacher
 from attentionrnn.experiments.e4.experiment import BUDGETS, EXPERIMENT
 from attentionrnn.experiments.e4.model import (
@@ -85,9 +86,9 @@ def test_default_model_is_todays():
     """The default config builds the additive heads with the parameters of before the
     candidates existed (no teacher, no new parameter)."""
     config = E4Config()
-    assert config.query_fusion == "add" and config.w_teacher == 0
+    assert config.query_fusion == "add" and config.w_teacher == 0 and config.w_keep == 0
     assert config.weights() == LossWeights(1.0, 10.0, 10.0, 0.1)
-    assert "query_fusion" not in config.fingerprint() and "w_teacher" not in config.fingerprint()
+    assert not {"query_fusion", "w_teacher", "w_keep"} & set(config.fingerprint())
     task = type("T", (), {"classes": (5,), "query_channels": 10})()
     for mask in E4_MASKS:
         net = build_model(dataclasses.replace(config, mask=mask, channels_last=False), task)
@@ -156,6 +157,70 @@ def test_tiny_teacher_run_records_its_term_and_the_validation_shares(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
+# the other digits' kept colours
+
+
+def test_partner_is_another_sample_of_the_same_image():
+    image_index = np.array([3, 0, 3, 1, 3, 0, 2])
+    partner = partner_samples(image_index)
+    assert partner.tolist() == [2, 5, 4, -1, 0, 1, -1]  # image 3: 0 -> 2 -> 4 -> 0; 1, 2 alone
+    assert partner_samples(np.array([], dtype=np.int64)).tolist() == []
+
+
+def test_batch_names_another_digit_of_the_same_image(task):
+    idx = task.indices("train")
+    b = task.batch(idx, task.draw_targets(idx, np.random.default_rng(0)))
+    d = task.data
+    valid = b.kept_valid.numpy()
+    assert valid.any()
+    partner = task.partner[idx]
+    assert (valid == (partner >= 0)).all()
+    ok = idx[valid]
+    assert (d.image_index[partner[valid]] == d.image_index[ok]).all()  # the same image
+    assert (d.digit[partner[valid]] != d.digit[ok]).all()  # another digit of it
+    assert torch.equal(b.kept_query[valid].argmax(1), torch.from_numpy(d.digit[partner[valid]]))
+    assert torch.equal(b.kept_labels[valid, 0], torch.from_numpy(d.color[partner[valid]]))
+
+
+def test_keep_term_classifies_the_other_digit_as_it_was(task):
+    torch.manual_seed(0)
+    b = edit_batch(task, n=8)
+    g = Editor((5,), 10, "arnn", channels=4, mask_hidden=4)
+    d = Discriminator((5,), 10, channels=4)
+    teacher = AttributeClassifier((5,), 10, channels=4).eval().requires_grad_(False)
+    kept = (b.kept_query, b.kept_labels, b.kept_valid)
+    w = LossWeights(teacher=1.0)
+    base, parts, edited, _ = generator_loss(g, d, b.x, b.labels, b.targets, b.query, w, teacher,
+                                            kept)  # fmt: skip
+    assert "g_keep" not in parts  # weight 0: not computed
+    w = dataclasses.replace(w, cls=0.5, teacher=2.0, keep=3.0)
+    loss, parts, edited, _ = generator_loss(g, d, b.x, b.labels, b.targets, b.query, w, teacher,
+                                            kept)  # fmt: skip
+    v = b.kept_valid
+    _, logits = d(edited[v], b.kept_query[v])
+    want = torch.nn.functional.cross_entropy(logits, b.kept_labels[v, 0])
+    assert float(parts["g_keep"].detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    rest = sum(wt * parts[k] for k, wt in (("g_adv", 1), ("g_cls", 0.5), ("rec", 10),
+                                           ("cycle", 10), ("mask", 0.1), ("g_teacher", 2)))  # fmt: skip
+    expected = rest + 3.0 * (0.5 * parts["g_keep"] + 2.0 * parts["g_teacher_keep"])
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    parts["g_teacher_keep"].backward()  # reaches the editor's mask, never the teacher
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in g.transformers[0].mask.parameters())  # fmt: skip
+    assert all(p.grad is None for p in teacher.parameters())
+    none = (b.kept_query, b.kept_labels, torch.zeros_like(v))  # no image with another digit
+    _, parts, _, _ = generator_loss(g, d, b.x, b.labels, b.targets, b.query, w, teacher, none)
+    assert "g_keep" not in parts
+
+
+def test_tiny_keep_run_records_its_terms(tmp_path):
+    metrics = train(_config(tmp_path, mask="arnn", epochs=1, w_teacher=1.0, w_keep=1.0))
+    assert metrics["config"]["w_keep"] == 1.0
+    assert all(np.isfinite(e["g_keep"]) and np.isfinite(e["g_teacher_keep"])
+               for e in metrics["history"])  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
 # the screening budgets and bad values
 
 
@@ -164,7 +229,8 @@ def test_screening_budgets_are_the_cpu_budget_shortened():
     same = {f.name for f in dataclasses.fields(cpu)} - {"epochs", "description"}
     assert screen.epochs == 6 and all(getattr(screen, k) == getattr(cpu, k) for k in same)
     for name, changed in (("screen-mul", {"query_fusion": "mul"}),
-                          ("screen-teacher", {"w_teacher": 1.0})):  # fmt: skip
+                          ("screen-teacher", {"w_teacher": 1.0}),
+                          ("screen-keep", {"w_teacher": 1.0, "w_keep": 1.0})):  # fmt: skip
         b = BUDGETS[name]  # screen but for the candidate's option
         undo = {k: getattr(screen, k) for k in changed}
         assert dataclasses.replace(b, **undo, description=screen.description) == screen
@@ -181,6 +247,8 @@ def test_cli_bad_candidate_values(tmp_path, capsys):
         (["--w-teacher", "-1"], "w_teacher must be"),
         (["--teacher-seed", str(JUDGE_SEED)], "must differ from the judge's seed"),
         (["--mask", "local", "--query-fusion", "mul"], "needs a mask head with a query fusion"),
+        (["--w-keep", "-0.5"], "w_keep must be"),
+        (["--dataset", "celeba", "--w-keep", "1"], "w_keep applies to the digit tasks"),
     ):
         assert main([*out, *flags]) == 2
         err = capsys.readouterr().err

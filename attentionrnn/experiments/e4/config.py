@@ -30,7 +30,8 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
     RUNTIME_FIELDS = (*RunConfig.RUNTIME_FIELDS, "data_dir", "mnist", "celeba_dir", "data",
                       "samples")  # fmt: skip
     #: the candidates of the mask-selectivity screening, added after the cpu-budget runs
-    LATER_FIELDS = {"query_fusion": "add", "w_teacher": 0.0, "teacher_seed": TEACHER_SEED}
+    LATER_FIELDS = {"query_fusion": "add", "w_teacher": 0.0, "teacher_seed": TEACHER_SEED,
+                    "w_keep": 0.0}  # fmt: skip
 
     dataset: str = field(default="mref", metadata=option("editing task", choices=DATASETS))
     mask: str = field(
@@ -88,6 +89,13 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
                       "attribute classifier trained on real images with --teacher-seed (the "
                       "judge's architecture, never the judge); 0: none", minimum=0),
     )  # fmt: skip
+    w_keep: float = field(
+        default=0.0,
+        metadata=option("digit tasks: weight of classifying another digit of the edited image as "
+                      "its unchanged colour (by D's classifier, and by the teacher with "
+                      "--w-teacher): ModularGAN's classification of the attributes an edit "
+                      "keeps; 0: none", minimum=0),
+    )  # fmt: skip
     teacher_seed: int = seed_field(f"seed of the --w-teacher classifier (not the judge's "
                                    f"{JUDGE_SEED})", default=TEACHER_SEED)  # fmt: skip
     judge_epochs: int = field(default=8, metadata=option("epochs of the judge classifier",
@@ -126,10 +134,14 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
         if self.teacher_seed == JUDGE_SEED:
             raise UserError(f"teacher_seed must differ from the judge's seed {JUDGE_SEED} (the "
                             f"judge stays an independent measure)")  # fmt: skip
+        if self.w_keep > 0 and self.dataset == "celeba":
+            raise UserError("w_keep applies to the digit tasks: CelebA's classification loss "
+                            "already asks for the attributes an edit keeps")  # fmt: skip
         takes = inspect.signature(attention_methods()[self.mask].module).parameters
         if self.query_fusion != "add" and "query_fusion" not in takes:
             raise UserError(f"query_fusion {self.query_fusion!r} needs a mask head with a query "
                             f"fusion (ctx, arnn, brnn); {self.mask} has none")  # fmt: skip
 
     def weights(self) -> LossWeights:
-        return LossWeights(self.w_cls, self.w_rec, self.w_cycle, self.w_mask, self.w_teacher)
+        return LossWeights(self.w_cls, self.w_rec, self.w_cycle, self.w_mask, self.w_teacher,
+                           self.w_keep)  # fmt: skip

@@ -42,6 +42,7 @@ __all__ = [
     "EditBatch",
     "digit_file",
     "load_task",
+    "partner_samples",
     "render_recolour",
 ]
 
@@ -66,6 +67,10 @@ class EditBatch:
         box: bool ``(B, H, W)`` the edited digit's box or ``None``.
         others: bool ``(B, H, W)`` the stroke pixels of the image's other digits (the edit must
             leave them; a query-blind mask spreads over them too) or ``None``.
+        kept_query, kept_labels, kept_valid: another digit of the same image, whose attribute the
+            edit must keep — its query ``(B, Q)``, its labels ``(B, M)`` and ``(B,)`` whether the
+            image has another digit at all (``--w-keep``); ``None`` where a task's labels already
+            hold every attribute (CelebA).
     """
 
     x: torch.Tensor
@@ -77,6 +82,9 @@ class EditBatch:
     region: torch.Tensor | None = None
     box: torch.Tensor | None = None
     others: torch.Tensor | None = None
+    kept_query: torch.Tensor | None = None
+    kept_labels: torch.Tensor | None = None
+    kept_valid: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -102,6 +110,20 @@ def render_recolour(
 
 def _one_hot(index: np.ndarray, n: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(torch.from_numpy(index), n).float()
+
+
+def partner_samples(image_index: np.ndarray) -> np.ndarray:
+    """For each sample, another sample of the same image: the next one of that image in file
+    order, the last one wrapping round to the first; ``-1`` where the image has one sample."""
+    order = np.argsort(image_index, kind="stable")
+    ordered = image_index[order]
+    first = np.searchsorted(ordered, ordered, side="left")
+    count = np.searchsorted(ordered, ordered, side="right") - first
+    position = np.arange(len(order)) - first
+    nxt = order[first + (position + 1) % np.maximum(count, 1)]
+    partner = np.full(len(order), -1, dtype=np.int64)
+    partner[order] = np.where(count > 1, nxt, -1)
+    return partner
 
 
 def _other_class(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -142,6 +164,7 @@ class DigitEdits:
             self.mnist_index = z["mnist_index"].astype(np.int64)
         self.digits = digits
         self.palette = PALETTE.astype(np.float64)
+        self.partner = partner_samples(self.data.image_index)
         self.name = self.data.dataset or "mref"
         self.identity = {
             "file": Path(self.data.path).name,
@@ -179,6 +202,8 @@ class DigitEdits:
         def tensor(rgb: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() / 255
 
+        kept = np.where(self.partner[idx] >= 0, self.partner[idx], idx)  # (invalid: itself)
+
         return EditBatch(
             x=tensor(images),
             query=_one_hot(d.digit[idx], 10),
@@ -189,6 +214,9 @@ class DigitEdits:
             region=torch.from_numpy(d.stroke_masks(idx)),
             box=box_regions(torch.from_numpy(d.box[idx]), self.image_size),
             others=d.region_labels(idx) == 2,
+            kept_query=_one_hot(d.digit[kept], 10),
+            kept_labels=torch.from_numpy(d.color[kept][:, None]),
+            kept_valid=torch.from_numpy(self.partner[idx] >= 0),
         )
 
 

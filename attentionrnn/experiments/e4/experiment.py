@@ -42,7 +42,7 @@ COLUMNS = measures(
 #: the screening candidates' design options.
 BUDGET_FIELDS = ("images", "canvas", "batch_size", "lr_step", "channels", "d_channels",
                  "mask_hidden", "judge_epochs", "judge_channels", "train_samples", "val_samples",
-                 "test_samples", "query_fusion", "w_teacher")  # fmt: skip
+                 "test_samples", "query_fusion", "w_teacher", "w_keep")  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +82,16 @@ BUDGETS: dict[str, Budget] = {
     "screen-teacher": dataclasses.replace(
         screen, w_teacher=1.0, description="screening: as screen, plus the classification of "
         "the edits by a frozen classifier of real images (its own seed, not the judge), weight 1",
+    ),
+    # Added after the first two candidates: ModularGAN's classification asks for every
+    # attribute of an edited image, the changed one as the target and the others as they were;
+    # with one attribute per (image, digit) sample the others — the colours of the image's other
+    # digits — were left out, so nothing asked the edit to leave them. With the teacher, whose
+    # classifier reads colours where D's stays near chance.
+    "screen-keep": dataclasses.replace(
+        screen, w_teacher=1.0, w_keep=1.0, description="screening: as screen-teacher, plus "
+        "another digit of each edited image classified as its unchanged colour (by D and the "
+        "teacher), weight 1",
     ),
     # A pipeline check: every step of the reproduction in well under a minute; numbers mean
     # nothing.

@@ -281,13 +281,17 @@ def attribute_loss(logits: Tensor, labels: Tensor, classes: tuple[int, ...]) -> 
 class LossWeights:
     """Weights of the generator's loss terms (ModularGAN: cls 1, rec / cycle 10; the mask
     sparsity weight is our choice; ``teacher``: the classification of the edits by a frozen
-    classifier of real images, 0 in ModularGAN)."""
+    classifier of real images, 0 in ModularGAN; ``keep``: the classification of another digit of
+    the edited image as its unchanged colour — ModularGAN classifies every attribute of an edit,
+    the unchanged ones as they were, and the other digits' colours are those here — 0 by
+    default)."""
 
     cls: float = 1.0
     rec: float = 10.0
     cycle: float = 10.0
     mask: float = 0.1
     teacher: float = 0.0
+    keep: float = 0.0
 
 
 def discriminator_loss(
@@ -312,13 +316,17 @@ def generator_loss(
     g: Editor, d: Discriminator, x: Tensor, labels: Tensor, targets: Tensor,
     query: Tensor | None, weights: LossWeights = LossWeights(),
     teacher: nn.Module | None = None,
+    kept: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:  # fmt: skip
     """ModularGAN's generator loss: adversarial (hinge), classification of the edited image,
     reconstruction, cycle and mask sparsity; with a ``teacher`` (a frozen
     :class:`AttributeClassifier` of real images) and ``weights.teacher > 0`` also the teacher's
     classification of the edited image (``g_teacher``: the gradient reaches the editor through
-    the teacher, whose own parameters stay as they are). Returns ``(loss, terms, edited,
-    masks)``."""
+    the teacher, whose own parameters stay as they are). With ``kept`` — another digit of each
+    image: its query, its labels and whether it exists — and ``weights.keep > 0``, the edited
+    image's other digit classified as its unchanged colour, by D's classifier (``g_keep``,
+    weighted as the classification) and by the teacher where there is one (``g_teacher_keep``,
+    weighted as the teacher's term). Returns ``(loss, terms, edited, masks)``."""
     edited, masks = g(x, targets, query)
     score, logits = d(edited, query)
     adv = -score.float().mean()
@@ -333,4 +341,17 @@ def generator_loss(
     if teacher is not None and weights.teacher > 0:
         parts["g_teacher"] = attribute_loss(teacher(edited, query), targets, g.classes)
         loss = loss + weights.teacher * parts["g_teacher"]
+    if kept is not None and weights.keep > 0:
+        kept_query, kept_labels, valid = kept
+        if bool(valid.any()):
+            other = edited[valid]
+            _, kept_logits = d(other, kept_query[valid])
+            parts["g_keep"] = attribute_loss(kept_logits, kept_labels[valid], g.classes)
+            keep = weights.cls * parts["g_keep"]
+            if teacher is not None and weights.teacher > 0:
+                parts["g_teacher_keep"] = attribute_loss(
+                    teacher(other, kept_query[valid]), kept_labels[valid], g.classes
+                )
+                keep = keep + weights.teacher * parts["g_teacher_keep"]
+            loss = loss + weights.keep * keep
     return loss, parts, edited, masks

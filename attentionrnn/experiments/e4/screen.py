@@ -71,6 +71,8 @@ def _design(config: dict[str, Any]) -> str:
     text = f"{config.get('query_fusion', 'add')} fusion"
     if weight := config.get("w_teacher") or 0.0:
         text += f", teacher ×{weight:g} (seed {config.get('teacher_seed', TEACHER_SEED)})"
+    if weight := config.get("w_keep") or 0.0:
+        text += f", keep others ×{weight:g}"
     return text
 
 

@@ -267,8 +267,9 @@ def _step(g: Editor, d: Discriminator, optimizer: _Optimizers, x: torch.Tensor, 
     optimizer.d.step()
 
     with autocast(precision):
+        kept = None if b.kept_query is None else (b.kept_query, b.kept_labels, b.kept_valid)
         g_loss, g_parts, _, _ = generator_loss(g, d, x, b.labels, b.targets, b.query, weights,
-                                               teacher)  # fmt: skip
+                                               teacher, kept)  # fmt: skip
     optimizer.g.zero_grad(set_to_none=True)
     g_loss.backward()
     optimizer.g.step()
