@@ -200,8 +200,8 @@ def test_keep_term_classifies_the_other_digit_as_it_was(task):
     _, logits = d(edited[v], b.kept_query[v])
     want = torch.nn.functional.cross_entropy(logits, b.kept_labels[v, 0])
     assert float(parts["g_keep"].detach()) == pytest.approx(float(want.detach()), rel=1e-5)
-    rest = sum(wt * parts[k] for k, wt in (("g_adv", 1), ("g_cls", 0.5), ("rec", 10),
-                                           ("cycle", 10), ("mask", 0.1), ("g_teacher", 2)))  # fmt: skip
+    terms = {"g_adv": 1, "g_cls": 0.5, "rec": 10, "cycle": 10, "mask": 0.1, "g_teacher": 2}
+    rest = sum(wt * parts[k] for k, wt in terms.items())
     expected = rest + 3.0 * (0.5 * parts["g_keep"] + 2.0 * parts["g_teacher_keep"])
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     parts["g_teacher_keep"].backward()  # reaches the editor's mask, never the teacher

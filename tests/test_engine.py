@@ -236,3 +236,37 @@ def test_shard_splits_by_rank_and_pads_training_epochs_evenly():
     assert sorted(np.concatenate(parts).tolist()) == list(range(7))  # evaluation: each once
     even = [DistContext(rank=r, world=3).shard(idx, even=True) for r in range(3)]
     assert {len(p) for p in even} == {3} and even[1].tolist() == [1, 4, 0]  # padded with the head
+
+
+def test_table_budget_defaults_to_the_one_its_folder_recorded(tmp_path, capsys):
+    """``eN table OUT`` rebuilds with the budget OUT/results.json records (a folder such as
+    results/plateau/digit is not named for its budget), else the folder's name less the
+    prefix; ``--budget`` wins over both."""
+    import argparse
+
+    from attentionrnn.engine.commands import table
+
+    seen = []
+
+    def assemble(out, budget, figure=True):
+        seen.append(budget)
+        return {}
+
+    out = tmp_path / "digit"
+    (out / "runs").mkdir(parents=True)
+
+    def rebuild(budget=None, folder=out):
+        table(argparse.Namespace(out=folder, budget=budget), assemble, lambda s: "", "e1-")
+        return seen[-1]
+
+    assert rebuild() == "digit"  # no results.json: the folder's name
+    (out / "results.json").write_text(json.dumps({"budget": "plateau-digit"}))
+    assert rebuild() == "plateau-digit"
+    assert rebuild("cpu") == "cpu"
+    (out / "results.json").write_text(json.dumps({"budget": "custom"}))  # made in Python
+    assert rebuild() == "digit"
+    (out / "results.json").write_text("{not json")
+    assert rebuild() == "digit"
+    other = tmp_path / "e1-quick"
+    (other / "runs").mkdir(parents=True)
+    assert rebuild(folder=other) == "quick"

@@ -19,6 +19,7 @@ from typing import Any
 from attentionrnn.engine.config import SEED_LIMITS, checked_type
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import PRECISIONS
+from attentionrnn.engine.results import recorded_budget
 
 __all__ = [
     "HelpFormatter",
@@ -127,7 +128,8 @@ def add_table_parser(
         formatter_class=HelpFormatter,
     )
     tb.add_argument("out", type=Path, help="results folder (holds runs/)")
-    tb.add_argument("--budget", default=None, help="budget name (default: the folder's name)")
+    tb.add_argument("--budget", default=None, help="budget name (default: the one the folder's "
+                    "results.json records, else the folder's name)")  # fmt: skip
     if figures:
         tb.add_argument("--no-figures", action="store_true", help="only the table")
     tb.set_defaults(func=func)
@@ -141,15 +143,16 @@ def table(
     prefix: str = "",
     config: type | None = None,
 ) -> int:
-    """Rebuild ``args.out``'s table (and figures) and print it; the budget defaults to the
-    folder's name less ``prefix`` (``results/e2-cpu`` is budget ``cpu``). ``config``: the
+    """Rebuild ``args.out``'s table (and figures) and print it; the budget defaults to the one
+    ``OUT/results.json`` records, else to the folder's name less ``prefix``
+    (``results/e2-cpu`` is budget ``cpu``). ``config``: the
     experiment's run config class, which every run's recorded config must fit
     (:func:`check_runs`)."""
     if not (args.out / "runs").is_dir():
         raise UserError(f"{args.out}: no runs/ folder of finished runs")
     if config is not None:
         check_runs(args.out, config)
-    budget = args.budget or args.out.name.removeprefix(prefix)
+    budget = args.budget or recorded_budget(args.out) or args.out.name.removeprefix(prefix)
     summary = assemble(args.out, budget, figure=not getattr(args, "no_figures", False))
     print(markdown(summary))
     return 0

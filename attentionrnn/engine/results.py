@@ -10,6 +10,7 @@ the figures).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -90,6 +91,16 @@ def assemble(
         "wrote %s and %s", out / "results.md", out / "results.json"
     )
     return summary
+
+
+def recorded_budget(out: str | Path) -> str | None:
+    """The budget name ``OUT/results.json`` records (the one its table was last built with), or
+    ``None`` where there is no readable file or it records settings made in Python."""
+    try:
+        budget = json.loads((Path(out) / "results.json").read_text()).get("budget")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return budget if isinstance(budget, str) and budget != "custom" else None
 
 
 def markdown_head(summary: dict[str, Any], title: str) -> list[str]:
