@@ -202,7 +202,8 @@ class DigitEdits:
         def tensor(rgb: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() / 255
 
-        kept = np.where(self.partner[idx] >= 0, self.partner[idx], idx)  # (invalid: itself)
+        partner = self.partner[idx]
+        kept = np.where(partner >= 0, partner, idx)  # where there is none: itself, not counted
 
         return EditBatch(
             x=tensor(images),
@@ -216,7 +217,7 @@ class DigitEdits:
             others=d.region_labels(idx) == 2,
             kept_query=_one_hot(d.digit[kept], 10),
             kept_labels=torch.from_numpy(d.color[kept][:, None]),
-            kept_valid=torch.from_numpy(self.partner[idx] >= 0),
+            kept_valid=torch.from_numpy(partner >= 0),
         )
 
 
