@@ -338,20 +338,20 @@ def generator_loss(
     loss = (adv + weights.cls * cls + weights.rec * rec + weights.cycle * cycle
             + weights.mask * sparsity)  # fmt: skip
     parts = {"g_adv": adv, "g_cls": cls, "rec": rec, "cycle": cycle, "mask": sparsity}
-    if teacher is not None and weights.teacher > 0:
+    if teacher is not None and weights.teacher <= 0:
+        teacher = None  # weight 0: the teacher is not asked
+    if teacher is not None:
         parts["g_teacher"] = attribute_loss(teacher(edited, query), targets, g.classes)
         loss = loss + weights.teacher * parts["g_teacher"]
-    if kept is not None and weights.keep > 0:
-        kept_query, kept_labels, valid = kept
-        if bool(valid.any()):
-            other = edited[valid]
-            _, kept_logits = d(other, kept_query[valid])
-            parts["g_keep"] = attribute_loss(kept_logits, kept_labels[valid], g.classes)
-            keep = weights.cls * parts["g_keep"]
-            if teacher is not None and weights.teacher > 0:
-                parts["g_teacher_keep"] = attribute_loss(
-                    teacher(other, kept_query[valid]), kept_labels[valid], g.classes
-                )
-                keep = keep + weights.teacher * parts["g_teacher_keep"]
-            loss = loss + weights.keep * keep
+    if kept is not None and weights.keep > 0 and bool(kept[2].any()):
+        valid = kept[2]
+        other, other_query, other_labels = edited[valid], kept[0][valid], kept[1][valid]
+        _, other_logits = d(other, other_query)
+        parts["g_keep"] = attribute_loss(other_logits, other_labels, g.classes)
+        keep = weights.cls * parts["g_keep"]
+        if teacher is not None:
+            parts["g_teacher_keep"] = attribute_loss(teacher(other, other_query), other_labels,
+                                                     g.classes)  # fmt: skip
+            keep = keep + weights.teacher * parts["g_teacher_keep"]
+        loss = loss + weights.keep * keep
     return loss, parts, edited, masks
