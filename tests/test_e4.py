@@ -7,6 +7,7 @@ of ``conftest.py``, and a hand-made CelebA folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -242,6 +243,23 @@ def test_kid_is_zero_for_one_distribution_and_large_for_another():
     same, near, far = (kid(a, b + shift, subset_size=100) for shift in (0.0, 0.5, 2.0))
     assert abs(same) < 0.1 * near and near < far  # an unbiased estimate: ~0, either sign
     assert np.isnan(kid(a[:1], b[:1]))
+
+
+def test_judge_is_trained_once_per_data_cache(task, tmp_path, monkeypatch):
+    """A second run folder loads the judge from the data cache (the same network, not a second
+    training); another setting is another judge."""
+    config = e4_config(tmp_path)
+    idx = {s: task.indices(s) for s in ("train", "val", "test")}
+    first, stats = train_judge(task, idx, config, tmp_path / "run1")
+    shared = list((tmp_path / "cache" / "e4" / "classifiers").glob("judge-*.pt"))
+    assert len(shared) == 1 and (tmp_path / "run1" / "judge.pt").is_file()
+    monkeypatch.setattr(torch.optim, "Adam", None)  # any training would fail here
+    second, stats2 = train_judge(task, idx, config, tmp_path / "run2")
+    assert stats2 == stats and (tmp_path / "run2" / "judge.pt").is_file()
+    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), second.parameters(),
+                                                 strict=True))  # fmt: skip
+    with pytest.raises(TypeError):  # another width: not in the cache, so it would train
+        train_judge(task, idx, dataclasses.replace(config, judge_channels=3), tmp_path / "run3")
 
 
 def test_evaluate_the_exact_edit_and_the_judge(task, tmp_path):

@@ -41,6 +41,7 @@ __all__ = [
     "DigitEdits",
     "EditBatch",
     "digit_file",
+    "e4_cache",
     "load_task",
     "partner_samples",
     "render_recolour",
@@ -221,6 +222,17 @@ class DigitEdits:
         )
 
 
+def e4_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+    """E4's cache folder: ``cache_dir``, else ``$ATTENTIONRNN_DATA_DIR``, else
+    ``~/.cache/attentionrnn``; then ``e4``."""
+    root = (
+        cache_dir
+        or os.environ.get("ATTENTIONRNN_DATA_DIR")
+        or (Path.home() / ".cache" / "attentionrnn")
+    )
+    return Path(root).expanduser() / "e4"
+
+
 def digit_file(
     dataset: str,
     images: int,
@@ -230,9 +242,8 @@ def digit_file(
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:
     """The generated MREF / MDIST file of these arguments, made (deterministically) if missing."""
-    root = Path(cache_dir or os.environ.get("ATTENTIONRNN_DATA_DIR") or
-                Path.home() / ".cache" / "attentionrnn").expanduser() / "e4"  # fmt: skip
-    path = root / f"{dataset}_{images}_c{canvas}_seed{seed}_{digits.source}{len(digits)}.npz"
+    name = f"{dataset}_{images}_c{canvas}_seed{seed}_{digits.source}{len(digits)}.npz"
+    path = e4_cache(cache_dir) / name
     if not path.is_file():
         logger.info("generating %s (%d images, %d px)", path, images, canvas)
         arrays = generate_arrays(dataset, images, seed, digits, workers=1, canvas=canvas)

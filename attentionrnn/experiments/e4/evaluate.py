@@ -6,6 +6,8 @@ edit, mask correctness, KID, mask mass)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from pathlib import Path
@@ -19,6 +21,7 @@ from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import autocast
 from attentionrnn.engine.state import atomic_save
 from attentionrnn.experiments.e4.config import JUDGE_SEED, E4Config
+from attentionrnn.experiments.e4.data import e4_cache
 from attentionrnn.experiments.e4.metrics import (
     edit_success,
     kid,
@@ -55,7 +58,8 @@ def train_judge(
     task, idx: dict[str, np.ndarray], config: E4Config, out: Path | None, precision: str = "fp32"
 ) -> tuple[AttributeClassifier, dict[str, Any]]:
     """The attribute classifier of real images, trained with its own seed (or loaded from
-    ``out/judge.pt`` when it was trained with the same settings); returns it and its accuracy."""
+    ``out/judge.pt`` or the data cache when it was trained with the same settings); returns it
+    and its accuracy."""
     return _train_classifier(task, idx, config, out, precision, JUDGE_SEED, JUDGE)
 
 
@@ -85,11 +89,16 @@ def _train_classifier(
         key["seed"] = seed
     net = AttributeClassifier(task.classes, task.query_channels, config.judge_channels)
     path = out / file if out is not None else None
-    if path is not None and path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved["key"] == key:
-            net.load_state_dict(saved["model"])
-            return net.eval(), saved["stats"]
+    shared = _shared_path(config, file, key)
+    for where in (path, shared):
+        if where is not None and where.is_file():
+            saved = torch.load(where, map_location="cpu", weights_only=False)
+            if saved["key"] == key:
+                net.load_state_dict(saved["model"])
+                if path is not None and where != path:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_save(saved, path)
+                return net.eval(), saved["stats"]
     devnull = torch.random.fork_rng()  # leave the run's own random streams untouched
     with devnull:
         torch.manual_seed(seed)
@@ -120,9 +129,20 @@ def _train_classifier(
         net.load_state_dict(best_state)
     test = judge_accuracy(net, task, idx["test"], config.eval_batch_size)
     stats = {"val_accuracy": best, "history": history, "test_accuracy": test}
-    if path is not None:
-        atomic_save({"key": key, "model": net.state_dict(), "stats": stats}, path)
+    saved = {"key": key, "model": net.state_dict(), "stats": stats}
+    for where in (path, shared):
+        if where is not None:
+            where.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save(saved, where)
     return net.eval(), stats
+
+
+def _shared_path(config: E4Config, file: str, key: dict[str, Any]) -> Path:
+    """Where a classifier trained with ``key`` is kept for every run of its data: the data
+    cache's ``e4/classifiers`` folder (the same network each time, trained once per cache)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    name = f"{file.removesuffix('.pt')}-{digest[:16]}.pt"
+    return e4_cache(config.data_dir) / "classifiers" / name
 
 
 @torch.no_grad()
