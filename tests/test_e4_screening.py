@@ -221,6 +221,56 @@ def test_tiny_keep_run_records_its_terms(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
+# the query through the mask only
+
+
+class _FixedMask(torch.nn.Module):
+    """A mask head that ignores its input and query: a fixed map."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        super().__init__()
+        self.a = a
+
+    def forward(self, f, query=None, return_mask=False):
+        return f, self.a.expand(len(f), -1, -1, -1)
+
+
+@pytest.mark.parametrize("edit_query", ["both", "mask"])
+def test_edit_query_mask_leaves_the_query_to_the_mask(edit_query):
+    """With the mask fixed, the query still moves the edit when the body reads it, and no
+    longer moves it when it reaches the edit through the mask only."""
+    torch.manual_seed(0)
+    g = Editor((5,), 10, "ctx", channels=4, mask_hidden=4, edit_query=edit_query).eval()
+    body_in = g.transformers[0].body[0].in_channels
+    assert body_in == 16 + (5 if edit_query == "mask" else 15)
+    x, targets = torch.rand(2, 3, 16, 16), torch.tensor([[1], [3]])
+    q1, q2 = torch.eye(10)[[2, 4]], torch.eye(10)[[7, 9]]
+    with torch.no_grad():
+        moved = (g(x, targets, q1)[0] - g(x, targets, q2)[0]).abs().max()
+        assert moved > 1e-4  # the trained-from-scratch mask reads the query either way
+        g.transformers[0].mask = _FixedMask(torch.rand(1, 1, 4, 4))
+        fixed = (g(x, targets, q1)[0] - g(x, targets, q2)[0]).abs().max()
+    assert (fixed == 0) if edit_query == "mask" else (fixed > 1e-4)
+
+
+def test_edit_query_default_is_todays_editor():
+    torch.manual_seed(0)
+    both = Editor((5,), 10, "arnn", channels=4, mask_hidden=4)
+    assert both.edit_query == "both" and E4Config().edit_query == "both"
+    assert "edit_query" not in E4Config().fingerprint()
+    assert E4Config(edit_query="mask").fingerprint()["edit_query"] == "mask"
+    with pytest.raises(ValueError, match="edit_query must be one of"):
+        Editor((5,), 10, "ctx", edit_query="body")
+
+
+def test_tiny_qmask_run_records_its_option(tmp_path):
+    metrics = train(_config(tmp_path, mask="arnn", epochs=1, w_teacher=1.0, w_keep=1.0,
+                            edit_query="mask"))  # fmt: skip
+    assert metrics["config"]["edit_query"] == "mask"
+    assert all(np.isfinite(e["val_mask_query_ratio"]) for e in metrics["history"])
+
+
+# ------------------------------------------------------------------------------------------
 # the screening budgets and bad values
 
 
@@ -230,7 +280,9 @@ def test_screening_budgets_are_the_cpu_budget_shortened():
     assert screen.epochs == 6 and all(getattr(screen, k) == getattr(cpu, k) for k in same)
     for name, changed in (("screen-mul", {"query_fusion": "mul"}),
                           ("screen-teacher", {"w_teacher": 1.0}),
-                          ("screen-keep", {"w_teacher": 1.0, "w_keep": 1.0})):  # fmt: skip
+                          ("screen-keep", {"w_teacher": 1.0, "w_keep": 1.0}),
+                          ("screen-qmask", {"w_teacher": 1.0, "w_keep": 1.0,
+                                            "edit_query": "mask"})):  # fmt: skip
         b = BUDGETS[name]  # screen but for the candidate's option
         undo = {k: getattr(screen, k) for k in changed}
         assert dataclasses.replace(b, **undo, description=screen.description) == screen
@@ -249,6 +301,8 @@ def test_cli_bad_candidate_values(tmp_path, capsys):
         (["--mask", "local", "--query-fusion", "mul"], "needs a mask head with a query fusion"),
         (["--w-keep", "-0.5"], "w_keep must be"),
         (["--dataset", "celeba", "--w-keep", "1"], "w_keep applies to the digit tasks"),
+        (["--edit-query", "body"], "invalid choice: 'body'"),
+        (["--dataset", "celeba", "--edit-query", "mask"], "edit_query applies to the digit"),
     ):
         assert main([*out, *flags]) == 2
         err = capsys.readouterr().err

@@ -10,7 +10,7 @@ from attentionrnn.data.generate import MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
 from attentionrnn.engine.config import RunConfig, option, seed_field
 from attentionrnn.engine.errors import UserError
 from attentionrnn.experiments.e4.data import DATASETS
-from attentionrnn.experiments.e4.model import E4_ROWS, LossWeights
+from attentionrnn.experiments.e4.model import E4_ROWS, EDIT_QUERY, LossWeights
 from attentionrnn.layers.query_term import QUERY_FUSIONS
 from attentionrnn.layers.registry import attention_methods
 
@@ -31,7 +31,7 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
                       "samples")  # fmt: skip
     #: the candidates of the mask-selectivity screening, added after the cpu-budget runs
     LATER_FIELDS = {"query_fusion": "add", "w_teacher": 0.0, "teacher_seed": TEACHER_SEED,
-                    "w_keep": 0.0}  # fmt: skip
+                    "w_keep": 0.0, "edit_query": "both"}  # fmt: skip
 
     dataset: str = field(default="mref", metadata=option("editing task", choices=DATASETS))
     mask: str = field(
@@ -75,6 +75,13 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
         metadata=option("how the condition (target one-hot and query) enters the mask head's "
                       "encoder: conv(f) + Uc or conv(f) * Uc (ctx, arnn, brnn)",
                       choices=QUERY_FUSIONS),
+    )  # fmt: skip
+    edit_query: str = field(
+        default="both",
+        metadata=option("digit tasks: where the query reaches an edit: the edit body and the "
+                      "mask head (both), or the mask head only (mask: the body reads the target "
+                      "colour alone, so only the mask can tell the queried digit from the others)",
+                      choices=EDIT_QUERY),
     )  # fmt: skip
     w_cls: float = field(default=1.0, metadata=option("weight of the classification loss",
                                                     minimum=0))  # fmt: skip
@@ -137,6 +144,9 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
         if self.w_keep > 0 and self.dataset == "celeba":
             raise UserError("w_keep applies to the digit tasks: CelebA's classification loss "
                             "already asks for the attributes an edit keeps")  # fmt: skip
+        if self.edit_query != "both" and self.dataset == "celeba":
+            raise UserError("edit_query applies to the digit tasks: CelebA's edits have no "
+                            "query")  # fmt: skip
         takes = inspect.signature(attention_methods()[self.mask].module).parameters
         if self.query_fusion != "add" and "query_fusion" not in takes:
             raise UserError(f"query_fusion {self.query_fusion!r} needs a mask head with a query "

@@ -42,7 +42,8 @@ COLUMNS = measures(
 #: the screening candidates' design options.
 BUDGET_FIELDS = ("images", "canvas", "batch_size", "lr_step", "channels", "d_channels",
                  "mask_hidden", "judge_epochs", "judge_channels", "train_samples", "val_samples",
-                 "test_samples", "query_fusion", "w_teacher", "w_keep")  # fmt: skip
+                 "test_samples", "query_fusion", "w_teacher", "w_keep",
+                 "edit_query")  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +93,15 @@ BUDGETS: dict[str, Budget] = {
         screen, w_teacher=1.0, w_keep=1.0, description="screening: as screen-teacher, plus "
         "another digit of each edited image classified as its unchanged colour (by D and the "
         "teacher), weight 1",
+    ),
+    # Added after screen-teacher and screen-keep's first run: the teacher raised edit success
+    # while the masks moved off the digits. The edit body reads the query too and can edit the
+    # queried digit by itself; the mask then only scales the edit. Here the body reads the
+    # target colour alone, so that telling the queried digit from the others is left to the mask.
+    "screen-qmask": dataclasses.replace(
+        screen, w_teacher=1.0, w_keep=1.0, edit_query="mask", description="screening: as "
+        "screen-keep, with the query reaching the edit through the mask head only (the edit body "
+        "reads the target colour alone)",
     ),
     # A pipeline check: every step of the reproduction in well under a minute; numbers mean
     # nothing.

@@ -32,6 +32,7 @@ from attentionrnn.layers.registry import build_attention, experiment_rows
 __all__ = [
     "E4_MASKS",
     "E4_ROWS",
+    "EDIT_QUERY",
     "ROW_TABLE",
     "AttributeClassifier",
     "Discriminator",
@@ -53,6 +54,8 @@ ROW_TABLE = {
 E4_MASKS: tuple[str, ...] = tuple(ROW_TABLE)
 #: Every valid mask head: the table's, then any other general registered attention method.
 E4_ROWS: tuple[str, ...] = experiment_rows(E4_MASKS)
+#: Where the query reaches an edit (:class:`Editor`'s ``edit_query``).
+EDIT_QUERY = ("both", "mask")
 
 
 def _norm(channels: int) -> nn.Module:
@@ -79,6 +82,9 @@ class Transformer(nn.Module):
         block_size: BRNN block size.
         query_fusion: how the condition enters the mask head's encoder, ``"add"``
             (``conv(f) + U c``) or ``"mul"`` (``conv(f) ⊙ U c``).
+        body_condition: how many leading entries of the condition the edit body reads
+            (``None``: all of it; the target one-hot's width: the query reaches the edit only
+            through the mask).
 
     Shape:
         - f: ``(B, C, h, w)``, condition: ``(B, K)``
@@ -87,11 +93,15 @@ class Transformer(nn.Module):
 
     def __init__(
         self, channels: int, condition: int, mask: str, mask_hidden: int = 16, block_size: int = 2,
-        query_fusion: str = "add",
+        query_fusion: str = "add", body_condition: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
+        if body_condition is not None and not 0 < body_condition <= condition:
+            raise ValueError(f"body_condition must be in 1..{condition}, got {body_condition}")
+        self.body_condition = condition if body_condition is None else body_condition
         self.body = nn.Sequential(
-            nn.Conv2d(channels + condition, channels, 3, padding=1), _norm(channels), nn.ReLU(),
+            nn.Conv2d(channels + self.body_condition, channels, 3, padding=1), _norm(channels),
+            nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=1), _norm(channels),
         )  # fmt: skip
         self.mask = build_attention(
@@ -100,7 +110,8 @@ class Transformer(nn.Module):
         )  # fmt: skip
 
     def forward(self, f: Tensor, condition: Tensor) -> tuple[Tensor, Tensor]:
-        tiled = condition[:, :, None, None].expand(-1, -1, *f.shape[-2:]).to(f.dtype)
+        body = condition[:, : self.body_condition]
+        tiled = body[:, :, None, None].expand(-1, -1, *f.shape[-2:]).to(f.dtype)
         t = f + self.body(torch.cat([f, tiled], 1))
         _, a = self.mask(f, query=condition.to(f.dtype), return_mask=True)
         a = a.to(f.dtype)
@@ -116,6 +127,9 @@ class Editor(nn.Module):
         mask: the mask head of every module (:data:`E4_MASKS`).
         channels: width of the first encoder layer (doubled at each of the two downsamplings).
         mask_hidden, block_size, query_fusion: of the mask head (:class:`Transformer`).
+        edit_query: where the query reaches the edit: ``"both"`` the edit body and the mask
+            head, ``"mask"`` the mask head only (the body reads the target one-hot alone, so
+            only the mask can tell the queried digit from the others).
 
     Shape:
         - x: ``(B, 3, H, W)`` in [0, 1] (``H, W`` divisible by 4), targets ``(B, M)`` int64,
@@ -132,10 +146,14 @@ class Editor(nn.Module):
         mask_hidden: int = 16,
         block_size: int = 2,
         query_fusion: str = "add",
+        edit_query: str = "both",
     ) -> None:
         super().__init__()
         if mask not in E4_ROWS:
             raise ValueError(f"mask must be one of {E4_ROWS}, got {mask!r}")
+        if edit_query not in EDIT_QUERY:
+            raise ValueError(f"edit_query must be one of {EDIT_QUERY}, got {edit_query!r}")
+        self.edit_query = edit_query
         self.classes, self.query_channels, self.mask_name = tuple(classes), query_channels, mask
         c = channels
         self.encoder = nn.Sequential(
@@ -143,7 +161,13 @@ class Editor(nn.Module):
         )
         self.transformers = nn.ModuleList(
             Transformer(
-                4 * c, n + (query_channels or 0), mask, mask_hidden, block_size, query_fusion
+                4 * c,
+                n + (query_channels or 0),
+                mask,
+                mask_hidden,
+                block_size,
+                query_fusion,
+                body_condition=n if edit_query == "mask" else None,
             )
             for n in self.classes
         )

@@ -73,6 +73,8 @@ def _design(config: dict[str, Any]) -> str:
         text += f", teacher ×{weight:g} (seed {config.get('teacher_seed', TEACHER_SEED)})"
     if weight := config.get("w_keep") or 0.0:
         text += f", keep others ×{weight:g}"
+    if config.get("edit_query", "both") == "mask":
+        text += ", query through the mask only"
     return text
 
 
