@@ -49,7 +49,7 @@ def _write_run(folder: Path, candidate: str, mask: str, seed: int, uniform: bool
               "w_teacher": 1.0 if candidate == "screen-teacher" else 0.0}  # fmt: skip
     metrics = {
         "dataset": "mref", "mask": mask, "seed": seed, "config": config, "history": history,
-        "epochs": EPOCHS, "best_epoch": EPOCHS,
+        "epochs": EPOCHS, "best_epoch": EPOCHS, "precision": "fp32" if seed else "bf16",
         "val_edit_success": 0.97531,  # the best epoch's: not what the screening reports
         **{f"test_{k}": TEST_MARK for k in (*KEYS, "kid", "uniform_query_ratio")},
         "exact_edit": {k: TEST_MARK for k in KEYS},
@@ -105,6 +105,7 @@ def test_last_epoch_means_slopes_and_welch_against_the_reference(folders, tmp_pa
                 assert got["std"] == pytest.approx(np.std(values, ddof=1))
             assert row["uniform_query_ratio"]["mean"] == pytest.approx(0.2468)
     assert _row(summary, "screen-mul", "ctx")["design"] == "mul fusion"
+    assert _row(summary, "screen", "arnn")["precision"] == ["bf16", "fp32"]  # as each seed ran
     assert _row(summary, "screen-teacher", "arnn")["design"].startswith("add fusion, teacher ×1")
 
     # the final slope: least squares over the last five epochs
@@ -135,6 +136,7 @@ def test_last_epoch_means_slopes_and_welch_against_the_reference(folders, tmp_pa
     assert saved["reference"] == "screen"
     assert saved["datasets"]["mref"]["rows"][0]["seeds"] == [0, 1]
     assert "(blind 24.7)" in md and f"+{0.01:.4f} ↗" in md and "+0.0010 / " in md
+    assert "| precision |" in md and "| 6,6 | bf16,fp32 |" in md
     assert FLAT_SLOPE == 0.005
     # the arnn value of screen-mul for the edit success, as the table prints it
     es = np.mean([_value("screen-mul", "arnn", s, "edit_success", EPOCHS) for s in (0, 1)])

@@ -90,6 +90,7 @@ def _run_point(metrics: dict[str, Any], where: Path) -> dict[str, Any]:
         "epoch": last.get("epoch", len(history)),
         "select": config.get("select", "last"),
         "design": _design(config),
+        "precision": metrics.get("precision") or config.get("precision") or "?",
         "values": {q: last.get(f"val_{q}") for q, *_ in QUANTITIES},
         "uniform_query_ratio": last.get("val_uniform_query_ratio"),
         "final_slope": {q: final_slope(history, f"val_{q}") for q in SLOPED},
@@ -110,6 +111,7 @@ def _row(candidate: str, mask: str, points: dict[int, dict[str, Any]]) -> dict[s
         "design": " / ".join(dict.fromkeys(p["design"] for p in ps)),
         "seeds": sorted(points),
         "epochs": [p["epoch"] for p in ps],
+        "precision": [p["precision"] for p in ps],
         "select": [p["select"] for p in ps],
         "values": {q: seed_stats([p["values"][q] for p in ps]) for q, *_ in QUANTITIES},
         "uniform_query_ratio": seed_stats([p["uniform_query_ratio"] for p in ps]),
@@ -257,11 +259,12 @@ def _value_cells(r: dict[str, Any]) -> list[str]:
 
 def _section(dataset: str, entry: dict[str, Any], reference: str) -> list[str]:
     rows = entry["rows"]
-    header = ["candidate", "design", "mask", "seeds", "epochs", *(q[1] for q in QUANTITIES),
-              "final slope / epoch: edit success / query ratio"]  # fmt: skip
+    header = ["candidate", "design", "mask", "seeds", "epochs", "precision",
+              *(q[1] for q in QUANTITIES), "final slope / epoch: edit success / query ratio"]
     table = [
         [r["candidate"], r["design"], r["label"], ",".join(map(str, r["seeds"])),
-         ",".join(map(str, r["epochs"])), *_value_cells(r), _slopes(r)]
+         ",".join(map(str, r["epochs"])), ",".join(r.get("precision") or []), *_value_cells(r),
+         _slopes(r)]
         for r in rows
     ]  # fmt: skip
     lines = [f"## {dataset.upper()}", "", *markdown_table(header, table), ""]
