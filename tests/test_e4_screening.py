@@ -17,6 +17,7 @@ import torch
 
 from attentionrnn.cli import main
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.runs import row_seeds
 from attentionrnn.experiments.e4.config import JUDGE_SEED, TEACHER_SEED, E4Config
 from attentionrnn.experiments.e4.data import DigitEdits, partner_samples
 from attentionrnn.experiments.e4.evaluate import train_judge, train_teacher
@@ -290,6 +291,20 @@ def test_screening_budgets_are_the_cpu_budget_shortened():
         assert all(getattr(config, k) == v for k, v in changed.items()) and config.epochs == 6
     plan = EXPERIMENT.budget_config(screen, "mref", {})
     assert plan.query_fusion == "add" and plan.w_teacher == 0
+
+
+def test_plateau_budget_is_the_cpu_budget_longer_with_seeds_for_the_pair():
+    cpu, plateau = BUDGETS["cpu"], BUDGETS["plateau"]
+    same = {f.name for f in dataclasses.fields(cpu)} - {"epochs", "description", "spread_seeds"}
+    assert all(getattr(plateau, k) == getattr(cpu, k) for k in same)
+    assert plateau.epochs == 18 and plateau.spread_seeds == (0, 1, 2) and cpu.spread_seeds == (0,)
+    seeds = {m: row_seeds(m, None, plateau, EXPERIMENT.spread) for m in E4_MASKS}
+    assert seeds == {"ctx": (0, 1, 2), "arnn": (0, 1, 2), "brnn": (0,)}
+    assert {m: row_seeds(m, None, cpu, EXPERIMENT.spread) for m in E4_MASKS} == dict.fromkeys(
+        E4_MASKS, (0,)
+    )  # the cpu budget plans what it did before
+    config = EXPERIMENT.budget_config(plateau, "mref", {})
+    assert config.edit_query == "both" and config.w_teacher == 0 and config.query_fusion == "add"
 
 
 def test_cli_bad_candidate_values(tmp_path, capsys):

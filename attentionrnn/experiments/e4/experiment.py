@@ -67,6 +67,17 @@ BUDGETS: dict[str, Budget] = {
         "penalty; the last epoch's weights; judge: a separately trained colour classifier (15 "
         "epochs); bf16 where native",
     ),
+    # Sized from the cpu budget's validation curves: at epoch 12 ARNN seed 1's edit success was
+    # still rising (0.61, 0.76, 0.87, 0.89 over epochs 9-12), CTX seed 1 had just left chance
+    # (0.05, 0.25, 0.24 over 10-12) and the masks' share on the digit still rose by ~0.001 an
+    # epoch. A third learning-rate step (epochs 13-18 at a quarter of the rate) to let them
+    # settle; the table's final slopes say whether they did. Today's design: none of the
+    # screening's candidates moved the query ratio off its query-blind level (docs/e4.md).
+    "plateau": Budget(
+        epochs=18, spread_seeds=(0, 1, 2),
+        description="as cpu, 18 epochs (lr 2e-4 halved at epochs 7 and 13); CTX and ARNN seeds "
+        "0-2, BRNN seed 0; bf16 where native",
+    ),
     # The screening of issue 34 (what makes a mask head pick the queried digit): the first 6
     # epochs of the cpu budget (same data, networks, schedule and validation edits), one budget
     # per candidate so that each has its results folder (results/e4-screen-mul ...); the choice
