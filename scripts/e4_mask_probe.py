@@ -79,7 +79,7 @@ def measure(encoder, head, editor, task, idx, targets, partner, batch_size=100) 
 
 
 def probe(mask: str, task, config: E4Config, steps: int, every: int, seed: int,
-          fusion: str) -> dict:
+          fusion: str, encoder_from: Path | None = None) -> dict:
     torch.manual_seed(seed)
     idx = split_indices(task, config)
     val_targets = fixed_targets(task, idx["val"], "val")
@@ -88,6 +88,13 @@ def probe(mask: str, task, config: E4Config, steps: int, every: int, seed: int,
                     config.block_size, fusion)  # fmt: skip
     encoder, head = editor.encoder, editor.transformers[0].mask
     params = [*encoder.parameters(), *head.parameters()]
+    if encoder_from is not None:  # a trained run's encoder, frozen: only the head learns
+        state = torch.load(encoder_from, map_location="cpu", weights_only=False)["model"]
+        prefix = "editor.encoder."
+        encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                 if k.startswith(prefix)})  # fmt: skip
+        encoder.requires_grad_(False).eval()
+        params = list(head.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-3)
     rng = np.random.default_rng(seed)
     curve, start = [], time.perf_counter()
@@ -102,15 +109,19 @@ def probe(mask: str, task, config: E4Config, steps: int, every: int, seed: int,
         loss.backward()
         optimizer.step()
         if step % every == 0 or step == steps:
-            encoder.eval(), head.eval()
-            point = measure(encoder, head, editor, task, idx["val"], val_targets, partner)
-            encoder.train(), head.train()
+            head.eval()
+            point = measure(encoder.eval(), head, editor, task, idx["val"], val_targets, partner)
+            head.train()
+            if encoder_from is None:
+                encoder.train()
             point.update(step=step, loss=loss.item(), seconds=time.perf_counter() - start)
             curve.append(point)
             print(f"{mask} step {step}: ratio {point['ratio']:.3f} (blind "
                   f"{point['blind_ratio']:.3f}, query swapped {point['swapped_ratio']:.3f}) "
                   f"queried {point['queried']:.3f} others {point['others']:.3f}", flush=True)
-    return {"mask": mask, "query_fusion": fusion, "seed": seed, "steps": steps, "curve": curve}
+    return {"mask": mask, "query_fusion": fusion, "seed": seed, "steps": steps,
+            "encoder": str(encoder_from) if encoder_from else "trained with the head",
+            "curve": curve}  # fmt: skip
 
 
 def main() -> None:
@@ -121,6 +132,8 @@ def main() -> None:
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--query-fusion", default="add", choices=("add", "mul"))
+    p.add_argument("--encoder", type=Path, default=None, metavar="BEST_PT",
+                   help="a finished E4 run's best.pt: its encoder, frozen (default: trained)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
@@ -131,14 +144,16 @@ def main() -> None:
         "what": "supervised mask heads (BCE on the queried digit's strokes), validation shares",
         "git_commit": git_commit(), "cpu": cpu_name(), "precision": "fp32", "threads": a.threads,
         "data": task.identity, "batch_size": config.batch_size,
-        "runs": [probe(m, task, config, a.steps, a.every, a.seed, a.query_fusion)
+        "runs": [probe(m, task, config, a.steps, a.every, a.seed, a.query_fusion, a.encoder)
                  for m in a.masks],
     }  # fmt: skip
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "probe.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = ["# E4 mask heads trained supervised (diagnostic)", "",
              f"`python scripts/e4_mask_probe.py --masks {' '.join(a.masks)} --steps {a.steps} "
-             f"--every {a.every} --seed {a.seed} --query-fusion {a.query_fusion}`; commit {result['git_commit'][:7]}, "
+             f"--every {a.every} --seed {a.seed} --query-fusion {a.query_fusion}"
+             f"{f' --encoder {a.encoder}' if a.encoder else ''}`; "
+             f"commit {result['git_commit'][:7]}, "
              f"{result['cpu']}, fp32, {a.threads} thread(s). Validation edits of MREF.", "",
              "| mask | step | queried % | others % | ratio % | blind % | ratio, query swapped % |",
              "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
