@@ -30,6 +30,7 @@ from attentionrnn.experiments.e4.model import (
     LossWeights,
     Transformer,
     generator_loss,
+    mask_overlap,
 )
 from attentionrnn.experiments.e4.train import build_model, split_indices, train
 from attentionrnn.layers.baselines import ContextAttention
@@ -89,7 +90,9 @@ def test_default_model_is_todays():
     config = E4Config()
     assert config.query_fusion == "add" and config.w_teacher == 0 and config.w_keep == 0
     assert config.weights() == LossWeights(1.0, 10.0, 10.0, 0.1)
-    assert not {"query_fusion", "w_teacher", "w_keep"} & set(config.fingerprint())
+    assert not {"query_fusion", "w_teacher", "w_keep", "edit_query", "w_apart"} & set(
+        config.fingerprint()
+    )
     task = type("T", (), {"classes": (5,), "query_channels": 10})()
     for mask in E4_MASKS:
         net = build_model(dataclasses.replace(config, mask=mask, channels_last=False), task)
@@ -272,6 +275,58 @@ def test_tiny_qmask_run_records_its_option(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
+# the masks of two queries kept apart
+
+
+def test_mask_overlap_is_the_cosine_of_the_masks():
+    a = torch.zeros(2, 1, 4, 4)
+    a[:, :, :2] = 1.0
+    b = torch.zeros(2, 1, 4, 4)
+    b[:, :, 2:] = 0.5
+    assert float(mask_overlap(a, 3 * a)) == pytest.approx(1.0)  # the same shape, any scale
+    assert float(mask_overlap(a, b)) == 0.0  # no common support
+    half = a.clone()
+    half[:, :, :, 2:] = 0
+    assert float(mask_overlap(a, half)) == pytest.approx(2**-0.5)
+
+
+def test_apart_term_asks_the_other_digits_query(task):
+    torch.manual_seed(0)
+    b = edit_batch(task, n=8)
+    g = Editor((5,), 10, "ctx", channels=4, mask_hidden=4, edit_query="mask")
+    d = Discriminator((5,), 10, channels=4)
+    kept = (b.kept_query, b.kept_labels, b.kept_valid)
+    w = LossWeights(apart=2.0)
+    base = LossWeights()
+    _, parts0, _, _ = generator_loss(g, d, b.x, b.labels, b.targets, b.query, base, None, kept)
+    assert "g_apart" not in parts0  # weight 0: not computed
+    loss, parts, _, masks = generator_loss(g, d, b.x, b.labels, b.targets, b.query, w, None,
+                                           kept)  # fmt: skip
+    v = b.kept_valid
+    _, other = g(b.x[v], b.targets[v], b.kept_query[v])
+    want = mask_overlap(masks[v], other)
+    got = float(parts["g_apart"].detach())
+    assert got == pytest.approx(float(want.detach()), rel=1e-5) and 0 < got < 1
+    terms = {"g_adv": 1, "g_cls": 1, "rec": 10, "cycle": 10, "mask": 0.1}
+    expected = sum(wt * parts[k] for k, wt in terms.items()) + 2.0 * parts["g_apart"]
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    parts["g_apart"].backward()  # reaches the mask head
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in g.transformers[0].mask.parameters())  # fmt: skip
+    # a query-blind mask gives the same mask for both queries: full overlap
+    g.transformers[0].mask = _FixedMask(torch.rand(1, 1, 12, 12))
+    _, blind, _, _ = generator_loss(g, d, b.x, b.labels, b.targets, b.query, w, None, kept)
+    assert float(blind["g_apart"].detach()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_tiny_apart_run_records_its_term(tmp_path):
+    metrics = train(_config(tmp_path, mask="arnn", epochs=1, w_teacher=1.0, w_keep=1.0,
+                            edit_query="mask", w_apart=1.0))  # fmt: skip
+    assert metrics["config"]["w_apart"] == 1.0
+    assert all(0 <= e["g_apart"] <= 1 for e in metrics["history"])
+
+
+# ------------------------------------------------------------------------------------------
 # the screening budgets and bad values
 
 
@@ -283,7 +338,9 @@ def test_screening_budgets_are_the_cpu_budget_shortened():
                           ("screen-teacher", {"w_teacher": 1.0}),
                           ("screen-keep", {"w_teacher": 1.0, "w_keep": 1.0}),
                           ("screen-qmask", {"w_teacher": 1.0, "w_keep": 1.0,
-                                            "edit_query": "mask"})):  # fmt: skip
+                                            "edit_query": "mask"}),
+                          ("screen-apart", {"w_teacher": 1.0, "w_keep": 1.0,
+                                            "edit_query": "mask", "w_apart": 1.0})):  # fmt: skip
         b = BUDGETS[name]  # screen but for the candidate's option
         undo = {k: getattr(screen, k) for k in changed}
         assert dataclasses.replace(b, **undo, description=screen.description) == screen
@@ -318,6 +375,8 @@ def test_cli_bad_candidate_values(tmp_path, capsys):
         (["--dataset", "celeba", "--w-keep", "1"], "w_keep applies to the digit tasks"),
         (["--edit-query", "body"], "invalid choice: 'body'"),
         (["--dataset", "celeba", "--edit-query", "mask"], "edit_query applies to the digit"),
+        (["--w-apart", "-1"], "w_apart must be"),
+        (["--dataset", "celeba", "--w-apart", "1"], "w_apart applies to the digit tasks"),
     ):
         assert main([*out, *flags]) == 2
         err = capsys.readouterr().err

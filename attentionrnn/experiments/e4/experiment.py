@@ -43,7 +43,7 @@ COLUMNS = measures(
 BUDGET_FIELDS = ("images", "canvas", "batch_size", "lr_step", "channels", "d_channels",
                  "mask_hidden", "judge_epochs", "judge_channels", "train_samples", "val_samples",
                  "test_samples", "query_fusion", "w_teacher", "w_keep",
-                 "edit_query")  # fmt: skip
+                 "edit_query", "w_apart")  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +113,15 @@ BUDGETS: dict[str, Budget] = {
         screen, w_teacher=1.0, w_keep=1.0, edit_query="mask", description="screening: as "
         "screen-keep, with the query reaching the edit through the mask head only (the edit body "
         "reads the target colour alone)",
+    ),
+    # Added after screen-qmask's first runs and the supervised probe (scripts/e4_mask_probe.py):
+    # ARNN's head learns to pick the queried digit when told where it is, so the blind masks
+    # come from the training signal. Here two queries of one image are asked for the same edit
+    # and their masks' overlap is penalised: a query-blind mask overlaps itself fully.
+    "screen-apart": dataclasses.replace(
+        screen, w_teacher=1.0, w_keep=1.0, edit_query="mask", w_apart=1.0,
+        description="screening: as screen-qmask, plus the overlap of the masks that the queried "
+        "digit and another digit of the image give for the same edit (cosine), weight 1",
     ),
     # A pipeline check: every step of the reproduction in well under a minute; numbers mean
     # nothing.

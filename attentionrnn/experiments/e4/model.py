@@ -40,6 +40,7 @@ __all__ = [
     "LossWeights",
     "discriminator_loss",
     "generator_loss",
+    "mask_overlap",
 ]
 
 #: The rows of E4's table (its figures label the runs of training too): label and relative cost
@@ -309,6 +310,7 @@ class LossWeights:
     classifier of real images, 0 in ModularGAN; ``keep``: the classification of another digit of
     the edited image as its unchanged colour — ModularGAN classifies every attribute of an edit,
     the unchanged ones as they were, and the other digits' colours are those here — 0 by
+    default; ``apart``: the overlap of the masks that two queries of the same image give, 0 by
     default)."""
 
     cls: float = 1.0
@@ -317,6 +319,7 @@ class LossWeights:
     mask: float = 0.1
     teacher: float = 0.0
     keep: float = 0.0
+    apart: float = 0.0
 
 
 def discriminator_loss(
@@ -351,7 +354,11 @@ def generator_loss(
     image: its query, its labels and whether it exists — and ``weights.keep > 0``, the edited
     image's other digit classified as its unchanged colour, by D's classifier (``g_keep``,
     weighted as the classification) and by the teacher where there is one (``g_teacher_keep``,
-    weighted as the teacher's term). Returns ``(loss, terms, edited, masks)``."""
+    weighted as the teacher's term). With ``kept`` and ``weights.apart > 0``, the same edit asked
+    with the other digit's query, and the cosine similarity of the two edits' masks per image
+    (``g_apart``): a query-blind mask gives 1, masks on two different digits 0. Only which
+    digits an image holds is used, never where they are. Returns ``(loss, terms, edited,
+    masks)``."""
     edited, masks = g(x, targets, query)
     score, logits = d(edited, query)
     adv = -score.float().mean()
@@ -379,4 +386,16 @@ def generator_loss(
                                                      g.classes)  # fmt: skip
             keep = keep + weights.teacher * parts["g_teacher_keep"]
         loss = loss + weights.keep * keep
+    if kept is not None and weights.apart > 0 and bool(kept[2].any()):
+        valid = kept[2]
+        _, other_masks = g(x[valid], targets[valid], kept[0][valid])
+        parts["g_apart"] = mask_overlap(masks[valid], other_masks)
+        loss = loss + weights.apart * parts["g_apart"]
     return loss, parts, edited, masks
+
+
+def mask_overlap(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Mean over samples of the cosine similarity of two mask stacks ``(B, M, h, w)``: 1 for
+    masks of the same shape up to scale, 0 for masks with no common support."""
+    a, b = a.float().flatten(1), b.float().flatten(1)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)).mean()

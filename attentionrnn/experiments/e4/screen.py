@@ -75,6 +75,8 @@ def _design(config: dict[str, Any]) -> str:
         text += f", keep others ×{weight:g}"
     if config.get("edit_query", "both") == "mask":
         text += ", query through the mask only"
+    if weight := config.get("w_apart") or 0.0:
+        text += f", masks of two queries apart ×{weight:g}"
     return text
 
 
