@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from typing import Any
 
 from attentionrnn.data.generate import MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
 from attentionrnn.engine.config import RunConfig, option, seed_field
@@ -20,6 +21,11 @@ __all__ = ["JUDGE_SEED", "TEACHER_SEED", "E4Config"]
 JUDGE_SEED = 1234
 #: the default seed of the frozen classifier of ``--w-teacher`` (never the judge's)
 TEACHER_SEED = 4321
+
+
+def weight_field(default: float, help: str) -> Any:
+    """A loss weight: a float option, at least 0."""
+    return field(default=default, metadata=option(help, minimum=0))
 
 
 @dataclass
@@ -83,32 +89,24 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
                       "colour alone, so only the mask can tell the queried digit from the others)",
                       choices=EDIT_QUERY),
     )  # fmt: skip
-    w_cls: float = field(default=1.0, metadata=option("weight of the classification loss",
-                                                    minimum=0))  # fmt: skip
-    w_rec: float = field(default=10.0, metadata=option("weight of the reconstruction loss",
-                                                     minimum=0))  # fmt: skip
-    w_cycle: float = field(default=10.0, metadata=option("weight of the cycle loss", minimum=0))
-    w_mask: float = field(default=0.1, metadata=option("weight of the mask sparsity loss",
-                                                     minimum=0))  # fmt: skip
-    w_teacher: float = field(
-        default=0.0,
-        metadata=option("weight of a second classification loss of the edits, from a frozen "
-                      "attribute classifier trained on real images with --teacher-seed (the "
-                      "judge's architecture, never the judge); 0: none", minimum=0),
-    )  # fmt: skip
-    w_keep: float = field(
-        default=0.0,
-        metadata=option("digit tasks: weight of classifying another digit of the edited image as "
-                      "its unchanged colour (by D's classifier, and by the teacher with "
-                      "--w-teacher): ModularGAN's classification of the attributes an edit "
-                      "keeps; 0: none", minimum=0),
-    )  # fmt: skip
-    w_apart: float = field(
-        default=0.0,
-        metadata=option("digit tasks: weight of the overlap (cosine similarity) of the masks that "
-                      "the queried digit and another digit of the same image give for the same "
-                      "edit; 0: none", minimum=0),
-    )  # fmt: skip
+    w_cls: float = weight_field(1.0, "weight of the classification loss")
+    w_rec: float = weight_field(10.0, "weight of the reconstruction loss")
+    w_cycle: float = weight_field(10.0, "weight of the cycle loss")
+    w_mask: float = weight_field(0.1, "weight of the mask sparsity loss")
+    w_teacher: float = weight_field(
+        0.0, "weight of a second classification loss of the edits, from a frozen attribute "
+        "classifier trained on real images with --teacher-seed (the judge's architecture, never "
+        "the judge); 0: none",
+    )
+    w_keep: float = weight_field(
+        0.0, "digit tasks: weight of classifying another digit of the edited image as its "
+        "unchanged colour (by D's classifier, and by the teacher with --w-teacher): ModularGAN's "
+        "classification of the attributes an edit keeps; 0: none",
+    )
+    w_apart: float = weight_field(
+        0.0, "digit tasks: weight of the overlap (cosine similarity) of the masks that the "
+        "queried digit and another digit of the same image give for the same edit; 0: none",
+    )
     teacher_seed: int = seed_field(f"seed of the --w-teacher classifier (not the judge's "
                                    f"{JUDGE_SEED})", default=TEACHER_SEED)  # fmt: skip
     judge_epochs: int = field(default=8, metadata=option("epochs of the judge classifier",
