@@ -30,6 +30,7 @@ from attentionrnn.experiments.e4.model import (
     LossWeights,
     Transformer,
     generator_loss,
+    identity_logits,
     mask_overlap,
 )
 from attentionrnn.experiments.e4.train import build_model, split_indices, train
@@ -90,7 +91,8 @@ def test_default_model_is_todays():
     config = E4Config()
     assert config.query_fusion == "add" and config.w_teacher == 0 and config.w_keep == 0
     assert config.weights() == LossWeights(1.0, 10.0, 10.0, 0.1)
-    assert not {"query_fusion", "w_teacher", "w_keep", "edit_query", "w_apart"} & set(
+    assert not {"query_fusion", "w_teacher", "w_keep", "edit_query", "w_apart",
+                "w_identify"} & set(
         config.fingerprint()
     )
     task = type("T", (), {"classes": (5,), "query_channels": 10})()
@@ -327,6 +329,63 @@ def test_tiny_apart_run_records_its_term(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
+# the masked features name the queried digit
+
+
+def test_identity_logits_pool_the_features_under_the_mask():
+    torch.manual_seed(0)
+    g = Editor((5,), 10, "ctx", channels=4, mask_hidden=4, identify=True)
+    x = torch.rand(2, 3, 16, 16)
+    masks = torch.zeros(2, 1, 4, 4)
+    masks[0, 0, 1, 2] = 0.7  # one cell: its features alone
+    masks[1, 0, :, :2] = 1.0  # half the map: their mean
+    f = g.encoder(x)
+    want = g.identifier(torch.stack([f[0, :, 1, 2], f[1, :, :, :2].mean((1, 2))]))
+    assert torch.allclose(identity_logits(g, x, masks), want, atol=1e-5)
+    with pytest.raises(ValueError, match="identify=True"):
+        identity_logits(Editor((5,), 10, "ctx", channels=4, mask_hidden=4), x, masks)
+    with pytest.raises(ValueError, match="needs a query"):
+        Editor((5,), None, "ctx", channels=4, identify=True)
+
+
+def test_identify_is_built_only_when_asked():
+    torch.manual_seed(0)
+    plain = Editor((5,), 10, "arnn", channels=4, mask_hidden=4)
+    torch.manual_seed(0)
+    asked = Editor((5,), 10, "arnn", channels=4, mask_hidden=4, identify=True)
+    assert plain.identifier is None and set(asked.state_dict()) - set(plain.state_dict()) == {
+        "identifier.weight", "identifier.bias"}
+    for k, v in plain.state_dict().items():  # the other parameters start as without it
+        assert torch.equal(v, asked.state_dict()[k]), k
+
+
+def test_identify_term_is_the_query_class_from_the_masked_features(task):
+    torch.manual_seed(0)
+    b = edit_batch(task, n=8)
+    g = Editor((5,), 10, "arnn", channels=4, mask_hidden=4, edit_query="mask", identify=True)
+    d = Discriminator((5,), 10, channels=4)
+    _, parts0, _, _ = generator_loss(g, d, b.x, b.labels, b.targets, b.query)
+    assert "g_identify" not in parts0  # weight 0: not computed
+    w = LossWeights(identify=3.0)
+    loss, parts, _, masks = generator_loss(g, d, b.x, b.labels, b.targets, b.query, w)
+    want = torch.nn.functional.cross_entropy(identity_logits(g, b.x, masks), b.query.argmax(1))
+    assert float(parts["g_identify"].detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    terms = {"g_adv": 1, "g_cls": 1, "rec": 10, "cycle": 10, "mask": 0.1}
+    expected = sum(wt * parts[k] for k, wt in terms.items()) + 3.0 * parts["g_identify"]
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    parts["g_identify"].backward()  # reaches the mask head and the encoder
+    for module in (g.transformers[0].mask, g.encoder, g.identifier):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_tiny_identify_run_records_its_term(tmp_path):
+    metrics = train(_config(tmp_path, mask="ctx", epochs=1, w_teacher=1.0, w_keep=1.0,
+                            edit_query="mask", w_identify=1.0))  # fmt: skip
+    assert metrics["config"]["w_identify"] == 1.0
+    assert all(np.isfinite(e["g_identify"]) for e in metrics["history"])
+
+
+# ------------------------------------------------------------------------------------------
 # the screening budgets and bad values
 
 
@@ -340,7 +399,10 @@ def test_screening_budgets_are_the_cpu_budget_shortened():
                           ("screen-qmask", {"w_teacher": 1.0, "w_keep": 1.0,
                                             "edit_query": "mask"}),
                           ("screen-apart", {"w_teacher": 1.0, "w_keep": 1.0,
-                                            "edit_query": "mask", "w_apart": 1.0})):  # fmt: skip
+                                            "edit_query": "mask", "w_apart": 1.0}),
+                          ("screen-identify", {"w_teacher": 1.0, "w_keep": 1.0,
+                                               "edit_query": "mask",
+                                               "w_identify": 1.0})):  # fmt: skip
         b = BUDGETS[name]  # screen but for the candidate's option
         undo = {k: getattr(screen, k) for k in changed}
         assert dataclasses.replace(b, **undo, description=screen.description) == screen
@@ -377,6 +439,8 @@ def test_cli_bad_candidate_values(tmp_path, capsys):
         (["--dataset", "celeba", "--edit-query", "mask"], "edit_query applies to the digit"),
         (["--w-apart", "-1"], "w_apart must be"),
         (["--dataset", "celeba", "--w-apart", "1"], "w_apart applies to the digit tasks"),
+        (["--w-identify", "-2"], "w_identify must be"),
+        (["--dataset", "celeba", "--w-identify", "1"], "w_identify applies to the digit tasks"),
     ):
         assert main([*out, *flags]) == 2
         err = capsys.readouterr().err

@@ -37,7 +37,8 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
                       "samples")  # fmt: skip
     #: the candidates of the mask-selectivity screening, added after the cpu-budget runs
     LATER_FIELDS = {"query_fusion": "add", "w_teacher": 0.0, "teacher_seed": TEACHER_SEED,
-                    "w_keep": 0.0, "edit_query": "both", "w_apart": 0.0}  # fmt: skip
+                    "w_keep": 0.0, "edit_query": "both", "w_apart": 0.0,
+                    "w_identify": 0.0}  # fmt: skip
 
     dataset: str = field(default="mref", metadata=option("editing task", choices=DATASETS))
     mask: str = field(
@@ -107,6 +108,11 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
         0.0, "digit tasks: weight of the overlap (cosine similarity) of the masks that the "
         "queried digit and another digit of the same image give for the same edit; 0: none",
     )
+    w_identify: float = weight_field(
+        0.0, "digit tasks: weight of classifying the query's class from the encoder's features "
+        "pooled by the mask (a linear classifier trained with the editor; only the query's label "
+        "is used); 0: none",
+    )
     teacher_seed: int = seed_field(f"seed of the --w-teacher classifier (not the judge's "
                                    f"{JUDGE_SEED})", default=TEACHER_SEED)  # fmt: skip
     judge_epochs: int = field(default=8, metadata=option("epochs of the judge classifier",
@@ -148,6 +154,9 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
         if self.w_keep > 0 and self.dataset == "celeba":
             raise UserError("w_keep applies to the digit tasks: CelebA's classification loss "
                             "already asks for the attributes an edit keeps")  # fmt: skip
+        if self.w_identify > 0 and self.dataset == "celeba":
+            raise UserError("w_identify applies to the digit tasks: CelebA's edits have no "
+                            "query")  # fmt: skip
         if self.w_apart > 0 and self.dataset == "celeba":
             raise UserError("w_apart applies to the digit tasks: CelebA's edits have no "
                             "query")  # fmt: skip
@@ -161,4 +170,4 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
 
     def weights(self) -> LossWeights:
         return LossWeights(self.w_cls, self.w_rec, self.w_cycle, self.w_mask, self.w_teacher,
-                           self.w_keep, self.w_apart)  # fmt: skip
+                           self.w_keep, self.w_apart, self.w_identify)  # fmt: skip

@@ -43,7 +43,7 @@ COLUMNS = measures(
 BUDGET_FIELDS = ("images", "canvas", "batch_size", "lr_step", "channels", "d_channels",
                  "mask_hidden", "judge_epochs", "judge_channels", "train_samples", "val_samples",
                  "test_samples", "query_fusion", "w_teacher", "w_keep",
-                 "edit_query", "w_apart")  # fmt: skip
+                 "edit_query", "w_apart", "w_identify")  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +122,14 @@ BUDGETS: dict[str, Budget] = {
         screen, w_teacher=1.0, w_keep=1.0, edit_query="mask", w_apart=1.0,
         description="screening: as screen-qmask, plus the overlap of the masks that the queried "
         "digit and another digit of the image give for the same edit (cosine), weight 1",
+    ),
+    # The probe's frozen encoder did not tell the digits apart: here the features pooled by the
+    # mask must name the queried digit's class (E1's setting: a query-conditioned attention
+    # learning from a classification), which only a mask on that digit can pool.
+    "screen-identify": dataclasses.replace(
+        screen, w_teacher=1.0, w_keep=1.0, edit_query="mask", w_identify=1.0,
+        description="screening: as screen-qmask, plus the query's class classified from the "
+        "encoder's features pooled by the mask, weight 1",
     ),
     # A pipeline check: every step of the reproduction in well under a minute; numbers mean
     # nothing.

@@ -40,6 +40,7 @@ __all__ = [
     "LossWeights",
     "discriminator_loss",
     "generator_loss",
+    "identity_logits",
     "mask_overlap",
 ]
 
@@ -132,6 +133,9 @@ class Editor(nn.Module):
         edit_query: where the query reaches the edit: ``"both"`` the edit body and the mask
             head, ``"mask"`` the mask head only (the body reads the target one-hot alone, so
             only the mask can tell the queried digit from the others).
+        identify: add :attr:`identifier`, a linear classifier of the query's class from the
+            encoder's features pooled by the first module's mask (:func:`identity_logits`;
+            needs ``query_channels``).
 
     Shape:
         - x: ``(B, 3, H, W)`` in [0, 1] (``H, W`` divisible by 4), targets ``(B, M)`` int64,
@@ -149,6 +153,7 @@ class Editor(nn.Module):
         block_size: int = 2,
         query_fusion: str = "add",
         edit_query: str = "both",
+        identify: bool = False,
     ) -> None:
         super().__init__()
         if mask not in E4_ROWS:
@@ -178,6 +183,10 @@ class Editor(nn.Module):
             nn.ConvTranspose2d(2 * c, c, 4, 2, 1), _norm(c), nn.ReLU(),
             nn.Conv2d(c, 3, 3, padding=1),
         )  # fmt: skip
+        if identify and not query_channels:
+            raise ValueError("identify needs a query (query_channels)")
+        # built last and only when asked: the other parameters start as without it
+        self.identifier = nn.Linear(4 * c, query_channels) if identify else None
 
     def condition(self, m: int, targets: Tensor, query: Tensor | None) -> Tensor:
         onehot = F.one_hot(targets[:, m], self.classes[m]).float()
@@ -320,6 +329,7 @@ class LossWeights:
     teacher: float = 0.0
     keep: float = 0.0
     apart: float = 0.0
+    identify: float = 0.0
 
 
 def discriminator_loss(
@@ -357,7 +367,9 @@ def generator_loss(
     weighted as the teacher's term). With ``kept`` and ``weights.apart > 0``, the same edit asked
     with the other digit's query, and the cosine similarity of the two edits' masks per image
     (``g_apart``): a query-blind mask gives 1, masks on two different digits 0. Only which
-    digits an image holds is used, never where they are. Returns ``(loss, terms, edited,
+    digits an image holds is used, never where they are. With ``weights.identify > 0`` (an
+    editor built with ``identify=True``), the cross-entropy of :func:`identity_logits` against
+    the query's class (``g_identify``): the query's label only. Returns ``(loss, terms, edited,
     masks)``."""
     edited, masks = g(x, targets, query)
     score, logits = d(edited, query)
@@ -391,7 +403,24 @@ def generator_loss(
         _, other_masks = g(x[valid], targets[valid], kept[0][valid])
         parts["g_apart"] = mask_overlap(masks[valid], other_masks)
         loss = loss + weights.apart * parts["g_apart"]
+    if weights.identify > 0 and query is not None:
+        logits = identity_logits(g, x, masks)
+        parts["g_identify"] = F.cross_entropy(logits.float(), query.argmax(1))
+        loss = loss + weights.identify * parts["g_identify"]
     return loss, parts, edited, masks
+
+
+def identity_logits(g: Editor, x: Tensor, masks: Tensor, eps: float = 1e-6) -> Tensor:
+    """The query's class as :attr:`Editor.identifier` reads it from the encoder's features
+    pooled by the first module's mask: ``W · Σ A f / Σ A``. A mask spread over every digit pools
+    a mix of them; only a mask on the queried digit pools features of its class alone."""
+    if g.identifier is None:
+        raise ValueError("the editor was built without identify=True")
+    f = g.encoder(x).float()
+    a = masks[:, :1].float()
+    a = F.interpolate(a, size=f.shape[-2:], mode="nearest") if a.shape[-2:] != f.shape[-2:] else a
+    pooled = (a * f).sum((2, 3)) / (a.sum((2, 3)) + eps)
+    return g.identifier(pooled)
 
 
 def mask_overlap(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:

@@ -77,6 +77,8 @@ def _design(config: dict[str, Any]) -> str:
         text += ", query through the mask only"
     if weight := config.get("w_apart") or 0.0:
         text += f", masks of two queries apart ×{weight:g}"
+    if weight := config.get("w_identify") or 0.0:
+        text += f", masked features name the digit ×{weight:g}"
     return text
 
 

@@ -114,7 +114,7 @@ def load_data(config: E4Config, digits=None):
 def build_model(config: E4Config, task) -> E4Net:
     editor = Editor(task.classes, task.query_channels, config.mask, config.channels,
                     config.mask_hidden, config.block_size, config.query_fusion,
-                    config.edit_query)  # fmt: skip
+                    config.edit_query, identify=config.w_identify > 0)  # fmt: skip
     net = E4Net(editor, Discriminator(task.classes, task.query_channels, config.d_channels))
     return net.to(memory_format=torch.channels_last) if config.channels_last else net
 
