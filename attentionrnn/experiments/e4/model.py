@@ -417,8 +417,7 @@ def identity_logits(g: Editor, x: Tensor, masks: Tensor, eps: float = 1e-6) -> T
     if g.identifier is None:
         raise ValueError("the editor was built without identify=True")
     f = g.encoder(x).float()
-    a = masks[:, :1].float()
-    a = F.interpolate(a, size=f.shape[-2:], mode="nearest") if a.shape[-2:] != f.shape[-2:] else a
+    a = masks[:, :1].float()  # the first module's mask lies on the encoder's grid
     pooled = (a * f).sum((2, 3)) / (a.sum((2, 3)) + eps)
     return g.identifier(pooled)
 
