@@ -5,7 +5,8 @@ module's mask head (``ctx``, ``arnn`` or ``brnn``, built as in training, with it
 target colour and query), trained **supervised** — binary cross-entropy against the queried
 digit's stroke pixels pooled to the mask's 16×16 grid — on MREF's training edits, without the GAN.
 Every ``--every`` steps it measures on the validation edits what the screening measures: the mask's
-share on the queried digit's strokes and on the other digits' strokes, and their ratio beside a
+share on the queried digit's strokes and on the other digits' strokes, and the queried digit's
+share of the two per edit, q / (q + o), averaged over edits as the screening does, beside a
 query-blind mask's; and the same ratio with each query replaced by another digit of the image
 (a head that reads the query moves its mask there, so the true digit's ratio falls).
 
@@ -49,7 +50,7 @@ def shares(mask: torch.Tensor, b) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def measure(encoder, head, editor, task, idx, targets, partner, batch_size=100) -> dict:
     """Validation shares with the true query and with the query of another digit."""
-    rows = {k: [] for k in ("queried", "others", "blind", "swapped_queried", "swapped_others")}
+    rows = {k: [] for k in ("queried", "others", "ratio", "blind", "swapped_ratio")}
     for start in range(0, len(idx), batch_size):
         sl = slice(start, start + batch_size)
         b = task.batch(idx[sl], targets[sl])
@@ -58,6 +59,7 @@ def measure(encoder, head, editor, task, idx, targets, partner, batch_size=100) 
         q, o = shares(a.float(), b)
         rows["queried"].append(q)
         rows["others"].append(o)
+        rows["ratio"].append(q / (q + o))  # per edit, as the screening (evaluate._query_shares)
         region, others = b.region.float().flatten(1).mean(1), b.others.float().flatten(1).mean(1)
         rows["blind"].append(region / (region + others))
         has = torch.from_numpy(partner[sl] >= 0)
@@ -65,17 +67,14 @@ def measure(encoder, head, editor, task, idx, targets, partner, batch_size=100) 
         other_query[has] = task.batch(partner[sl][has.numpy()], targets[sl][has.numpy()]).query
         _, a2 = head(f, query=editor.condition(0, b.targets, other_query), return_mask=True)
         q2, o2 = shares(a2.float(), b)
-        rows["swapped_queried"].append(q2[has])
-        rows["swapped_others"].append(o2[has])
+        rows["swapped_ratio"].append((q2 / (q2 + o2))[has])
 
     def mean(key):
         v = torch.cat(rows[key]).double()
         return float(v[~v.isnan()].mean())
 
-    ratio = mean("queried") / (mean("queried") + mean("others"))
-    swapped = mean("swapped_queried") / (mean("swapped_queried") + mean("swapped_others"))
-    return {"queried": mean("queried"), "others": mean("others"), "ratio": ratio,
-            "blind_ratio": mean("blind"), "swapped_ratio": swapped}  # fmt: skip
+    return {key: mean(key) for key in ("queried", "others", "ratio", "swapped_ratio")} | {
+        "blind_ratio": mean("blind")}
 
 
 def probe(mask: str, task, config: E4Config, steps: int, every: int, seed: int,
