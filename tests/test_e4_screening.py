@@ -31,6 +31,7 @@ from attentionrnn.experiments.e4.model import (
     Transformer,
     generator_loss,
     identity_logits,
+    locate_loss,
     mask_overlap,
 )
 from attentionrnn.experiments.e4.train import build_model, split_indices, train
@@ -92,7 +93,7 @@ def test_default_model_is_todays():
     assert config.query_fusion == "add" and config.w_teacher == 0 and config.w_keep == 0
     assert config.weights() == LossWeights(1.0, 10.0, 10.0, 0.1)
     assert not {"query_fusion", "w_teacher", "w_keep", "edit_query", "w_apart",
-                "w_identify"} & set(
+                "w_identify", "w_locate", "locate_epochs"} & set(
         config.fingerprint()
     )
     task = type("T", (), {"classes": (5,), "query_channels": 10})()
@@ -386,6 +387,61 @@ def test_tiny_identify_run_records_its_term(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
+# the masks supervised on the queried digit in a curriculum's first epochs
+
+
+def test_locate_loss_is_the_cross_entropy_against_the_pooled_strokes():
+    region = torch.zeros(1, 8, 8, dtype=torch.bool)
+    region[0, :2, :2] = True  # the top-left cell of a 4x4 grid, fully; the next one half
+    region[0, :2, 2] = True
+    masks = torch.full((1, 2, 4, 4), 0.25)
+    target = torch.zeros(4, 4)
+    target[0, 0], target[0, 1] = 1.0, 0.5
+    m = masks[0, 0]
+    want = -(target * m.log() + (1 - target) * (1 - m).log()).mean()
+    assert float(locate_loss(masks, region)) == pytest.approx(float(want), rel=1e-6)
+    right = target.expand(1, 2, 4, 4).clamp(0.01, 0.99)
+    assert float(locate_loss(right, region)) < float(locate_loss(masks, region))
+
+
+def test_locate_term_reaches_the_mask_heads_only_when_given_the_region(task):
+    torch.manual_seed(0)
+    b = edit_batch(task, n=8)
+    g = Editor((5,), 10, "arnn", channels=4, mask_hidden=4, edit_query="mask")
+    d = Discriminator((5,), 10, channels=4)
+    w = LossWeights(locate=2.0)
+    _, parts0, _, _ = generator_loss(g, d, b.x, b.labels, b.targets, b.query, w)
+    assert "g_locate" not in parts0  # no region: not computed
+    loss, parts, _, masks = generator_loss(g, d, b.x, b.labels, b.targets, b.query, w,
+                                           region=b.region)  # fmt: skip
+    assert float(parts["g_locate"].detach()) == pytest.approx(
+        float(locate_loss(masks, b.region).detach()), rel=1e-5)
+    terms = {"g_adv": 1, "g_cls": 1, "rec": 10, "cycle": 10, "mask": 0.1}
+    expected = sum(wt * parts[k] for k, wt in terms.items()) + 2.0 * parts["g_locate"]
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    parts["g_locate"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in g.transformers[0].mask.parameters())  # fmt: skip
+
+
+def test_locate_weight_holds_only_in_the_curriculum_epochs():
+    config = E4Config(w_locate=0.5, locate_epochs=3)
+    assert [config.weights(e).locate for e in range(5)] == [0.5, 0.5, 0.5, 0.0, 0.0]
+    assert config.weights().locate == 0.5
+    always = E4Config(w_locate=0.5)
+    assert [always.weights(e).locate for e in range(4)] == [0.5] * 4
+    assert config.weights(4) == dataclasses.replace(config.weights(), locate=0.0)
+
+
+def test_tiny_locate_run_supervises_the_first_epoch_only(tmp_path):
+    metrics = train(_config(tmp_path, mask="arnn", epochs=2, edit_query="mask", w_locate=1.0,
+                            locate_epochs=1))  # fmt: skip
+    assert metrics["config"]["locate_epochs"] == 1
+    first, second = metrics["history"]
+    assert np.isfinite(first["g_locate"]) and "g_locate" not in second
+
+
+# ------------------------------------------------------------------------------------------
 # the screening budgets and bad values
 
 
@@ -402,7 +458,10 @@ def test_screening_budgets_are_the_cpu_budget_shortened():
                                             "edit_query": "mask", "w_apart": 1.0}),
                           ("screen-identify", {"w_teacher": 1.0, "w_keep": 1.0,
                                                "edit_query": "mask",
-                                               "w_identify": 1.0})):  # fmt: skip
+                                               "w_identify": 1.0}),
+                          ("screen-locate", {"w_teacher": 1.0, "w_keep": 1.0,
+                                             "edit_query": "mask", "w_locate": 1.0,
+                                             "locate_epochs": 3})):  # fmt: skip
         b = BUDGETS[name]  # screen but for the candidate's option
         undo = {k: getattr(screen, k) for k in changed}
         assert dataclasses.replace(b, **undo, description=screen.description) == screen
@@ -441,6 +500,9 @@ def test_cli_bad_candidate_values(tmp_path, capsys):
         (["--dataset", "celeba", "--w-apart", "1"], "w_apart applies to the digit tasks"),
         (["--w-identify", "-2"], "w_identify must be"),
         (["--dataset", "celeba", "--w-identify", "1"], "w_identify applies to the digit tasks"),
+        (["--w-locate", "-1"], "w_locate must be"),
+        (["--locate-epochs", "-1"], "locate_epochs must be"),
+        (["--dataset", "celeba", "--w-locate", "1"], "w_locate applies to the digit tasks"),
     ):
         assert main([*out, *flags]) == 2
         err = capsys.readouterr().err

@@ -175,13 +175,13 @@ def train(
         torch.optim.Adam(g.parameters(), lr=config.lr, betas=betas),
         torch.optim.Adam(d.parameters(), lr=config.lr, betas=betas),
     )
-    weights = config.weights()
     name = f"{config.mask} {task.name}"
 
     current = {"epoch": 0}
 
     def one_epoch(epoch: int) -> dict[str, float]:
         current["epoch"] = epoch
+        weights = config.weights(epoch)  # --w-locate: only in the curriculum's epochs
         net.train()
         rng = np.random.default_rng([config.seed, epoch])
         order = ctx.shard(rng.permutation(idx["train"]), even=True)
@@ -269,8 +269,9 @@ def _step(g: Editor, d: Discriminator, optimizer: _Optimizers, x: torch.Tensor, 
 
     with autocast(precision):
         kept = None if b.kept_query is None else (b.kept_query, b.kept_labels, b.kept_valid)
+        region = b.region if weights.locate > 0 else None
         g_loss, g_parts, _, _ = generator_loss(g, d, x, b.labels, b.targets, b.query, weights,
-                                               teacher, kept)  # fmt: skip
+                                               teacher, kept, region)  # fmt: skip
     optimizer.g.zero_grad(set_to_none=True)
     g_loss.backward()
     optimizer.g.step()
