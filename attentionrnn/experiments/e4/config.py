@@ -29,6 +29,16 @@ def weight_field(default: float, help: str) -> Any:
     return field(default=default, metadata=option(help, minimum=0))
 
 
+#: The options of the digit tasks that CelebA refuses, with the reason.
+DIGIT_ONLY = {
+    "w_keep": "CelebA's classification loss already asks for the attributes an edit keeps",
+    "w_apart": "CelebA's edits have no query",
+    "w_identify": "CelebA's edits have no query",
+    "w_locate": "CelebA's edits have no known region",
+    "edit_query": "CelebA's edits have no query",
+}
+
+
 @dataclass
 class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
     """Everything one training run depends on; each field is a flag of ``attentionrnn e4 train``."""
@@ -161,21 +171,10 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
         if self.teacher_seed == JUDGE_SEED:
             raise UserError(f"teacher_seed must differ from the judge's seed {JUDGE_SEED} (the "
                             f"judge stays an independent measure)")  # fmt: skip
-        if self.w_keep > 0 and self.dataset == "celeba":
-            raise UserError("w_keep applies to the digit tasks: CelebA's classification loss "
-                            "already asks for the attributes an edit keeps")  # fmt: skip
-        if self.w_identify > 0 and self.dataset == "celeba":
-            raise UserError("w_identify applies to the digit tasks: CelebA's edits have no "
-                            "query")  # fmt: skip
-        if self.w_apart > 0 and self.dataset == "celeba":
-            raise UserError("w_apart applies to the digit tasks: CelebA's edits have no "
-                            "query")  # fmt: skip
-        if self.w_locate > 0 and self.dataset == "celeba":
-            raise UserError("w_locate applies to the digit tasks: CelebA's edits have no "
-                            "known region")  # fmt: skip
-        if self.edit_query != "both" and self.dataset == "celeba":
-            raise UserError("edit_query applies to the digit tasks: CelebA's edits have no "
-                            "query")  # fmt: skip
+        if self.dataset == "celeba":  # the digit tasks' options: set away from their default
+            for name, why in DIGIT_ONLY.items():
+                if getattr(self, name) != self.LATER_FIELDS[name]:
+                    raise UserError(f"{name} applies to the digit tasks: {why}")
         takes = inspect.signature(attention_methods()[self.mask].module).parameters
         if self.query_fusion != "add" and "query_fusion" not in takes:
             raise UserError(f"query_fusion {self.query_fusion!r} needs a mask head with a query "
