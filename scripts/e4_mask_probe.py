@@ -3,7 +3,8 @@
 A diagnostic for the screening (docs/e4.md): the E4 editor's encoder and one transformer
 module's mask head (``ctx``, ``arnn`` or ``brnn``, built as in training, with its condition of
 target colour and query), trained **supervised** — binary cross-entropy against the queried
-digit's stroke pixels pooled to the mask's 16×16 grid — on MREF's training edits, without the GAN.
+digit's stroke pixels pooled to the mask's 16×16 grid — on MREF's training edits, without the GAN
+(the stage that ``attentionrnn e4 train --locate-steps`` runs before the GAN).
 Every ``--every`` steps it measures on the validation edits what the screening measures: the mask's
 share on the queried digit's strokes and on the other digits' strokes, and the queried digit's
 share of the two per edit, q / (q + o), averaged over edits as the screening does, beside a
@@ -12,7 +13,8 @@ query-blind mask's; and the same ratio with each query replaced by another digit
 
 If a supervised head reaches a ratio far above the query-blind level, the architecture can
 represent the selection, and the unsupervised runs' blind masks come from their training signal,
-not from the head. The ground truth used here is never used by an E4 training run.
+not from the head. The ground truth used here enters an E4 training run only through
+``--locate-steps``.
 
     python scripts/e4_mask_probe.py --mnist ../shared/data/mnist --masks ctx arnn \\
         --out docs/results/e4-probe
@@ -29,14 +31,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from attentionrnn.engine.precision import cpu_name  # noqa: E402
 from attentionrnn.engine.provenance import git_commit  # noqa: E402
 from attentionrnn.experiments.e4.config import E4Config  # noqa: E402
 from attentionrnn.experiments.e4.data import partner_samples  # noqa: E402
+from attentionrnn.experiments.e4.locate import locate_parameters, train_locate  # noqa: E402
 from attentionrnn.experiments.e4.metrics import mask_correctness  # noqa: E402
 from attentionrnn.experiments.e4.model import E4_MASKS, Editor  # noqa: E402
 from attentionrnn.experiments.e4.train import fixed_targets, load_data, split_indices  # noqa: E402
@@ -86,38 +87,30 @@ def probe(mask: str, task, config: E4Config, steps: int, every: int, seed: int,
     editor = Editor(task.classes, task.query_channels, mask, config.channels, config.mask_hidden,
                     config.block_size, fusion)  # fmt: skip
     encoder, head = editor.encoder, editor.transformers[0].mask
-    params = [*encoder.parameters(), *head.parameters()]
     if encoder_from is not None:  # a trained run's encoder, frozen: only the head learns
         state = torch.load(encoder_from, map_location="cpu", weights_only=False)["model"]
         prefix = "editor.encoder."
         encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items()
                                  if k.startswith(prefix)})  # fmt: skip
         encoder.requires_grad_(False).eval()
-        params = list(head.parameters())
-    optimizer = torch.optim.Adam(params, lr=1e-3)
-    rng = np.random.default_rng(seed)
     curve, start = [], time.perf_counter()
-    for step in range(1, steps + 1):
-        chunk = np.sort(rng.choice(idx["train"], config.batch_size, replace=False))
-        b = task.batch(chunk, task.draw_targets(chunk, rng))
-        _, a = head(encoder(b.x), query=editor.condition(0, b.targets, b.query),
-                    return_mask=True)  # fmt: skip
-        target = F.adaptive_avg_pool2d(b.region.float()[:, None], a.shape[-2:])
-        loss = F.binary_cross_entropy(a.float().clamp(1e-6, 1 - 1e-6), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % every == 0 or step == steps:
-            head.eval()
-            point = measure(encoder.eval(), head, editor, task, idx["val"], val_targets, partner)
-            head.train()
-            if encoder_from is None:
-                encoder.train()
-            point.update(step=step, loss=loss.item(), seconds=time.perf_counter() - start)
-            curve.append(point)
-            print(f"{mask} step {step}: ratio {point['ratio']:.3f} (blind "
-                  f"{point['blind_ratio']:.3f}, query swapped {point['swapped_ratio']:.3f}) "
-                  f"queried {point['queried']:.3f} others {point['others']:.3f}", flush=True)
+
+    def point(step: int, loss: float) -> None:
+        head.eval()
+        row = measure(encoder.eval(), head, editor, task, idx["val"], val_targets, partner)
+        head.train()
+        if encoder_from is None:
+            encoder.train()
+        row.update(step=step, loss=loss, seconds=time.perf_counter() - start)
+        curve.append(row)
+        print(f"{mask} step {step}: ratio {row['ratio']:.3f} (blind {row['blind_ratio']:.3f}, "
+              f"query swapped {row['swapped_ratio']:.3f}) queried {row['queried']:.3f} "
+              f"others {row['others']:.3f}", flush=True)  # fmt: skip
+
+    # the stage of E4's --locate-steps (lr 1e-3, its default), measured as it goes
+    train_locate(editor, task, idx["train"], steps=steps, lr=1e-3, batch_size=config.batch_size,
+                 seed=seed, params=locate_parameters(editor, encoder=encoder_from is None),
+                 every=every, on_every=point)  # fmt: skip
     return {"mask": mask, "query_fusion": fusion, "seed": seed, "steps": steps,
             "encoder": str(encoder_from) if encoder_from else "trained with the head",
             "curve": curve}  # fmt: skip

@@ -9,6 +9,7 @@ Tiny data as in ``test_e4.py``: a few MREF images of 48 px from the synthetic di
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from attentionrnn.experiments.e4.config import JUDGE_SEED, TEACHER_SEED, E4Confi
 from attentionrnn.experiments.e4.data import DigitEdits, partner_samples
 from attentionrnn.experiments.e4.evaluate import train_judge, train_teacher
 from attentionrnn.experiments.e4.experiment import BUDGETS, EXPERIMENT
+from attentionrnn.experiments.e4.locate import locate_masks, locate_parameters, train_locate
 from attentionrnn.experiments.e4.model import (
     E4_MASKS,
     AttributeClassifier,
@@ -93,7 +95,7 @@ def test_default_model_is_todays():
     assert config.query_fusion == "add" and config.w_teacher == 0 and config.w_keep == 0
     assert config.weights() == LossWeights(1.0, 10.0, 10.0, 0.1)
     assert not {"query_fusion", "w_teacher", "w_keep", "edit_query", "w_apart",
-                "w_identify", "w_locate", "locate_epochs"} & set(
+                "w_identify", "locate_steps", "locate_lr"} & set(
         config.fingerprint()
     )
     task = type("T", (), {"classes": (5,), "query_channels": 10})()
@@ -387,7 +389,7 @@ def test_tiny_identify_run_records_its_term(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# the masks supervised on the queried digit in a curriculum's first epochs
+# the locate stage: the masks shown the queried digit before the GAN
 
 
 def test_locate_loss_is_the_cross_entropy_against_the_pooled_strokes():
@@ -397,48 +399,59 @@ def test_locate_loss_is_the_cross_entropy_against_the_pooled_strokes():
     masks = torch.full((1, 2, 4, 4), 0.25)
     target = torch.zeros(4, 4)
     target[0, 0], target[0, 1] = 1.0, 0.5
-    m = masks[0, 0]
-    want = -(target * m.log() + (1 - target) * (1 - m).log()).mean()
+    want = -(target * np.log(0.25) + (1 - target) * np.log(0.75)).mean()
     assert float(locate_loss(masks, region)) == pytest.approx(float(want), rel=1e-6)
     right = target.expand(1, 2, 4, 4).clamp(0.01, 0.99)
     assert float(locate_loss(right, region)) < float(locate_loss(masks, region))
 
 
-def test_locate_term_reaches_the_mask_heads_only_when_given_the_region(task):
+def test_locate_stage_trains_the_encoder_and_heads_toward_the_queried_digit(task):
     torch.manual_seed(0)
-    b = edit_batch(task, n=8)
     g = Editor((5,), 10, "arnn", channels=4, mask_hidden=4, edit_query="mask")
-    d = Discriminator((5,), 10, channels=4)
-    w = LossWeights(locate=2.0)
-    _, parts0, _, _ = generator_loss(g, d, b.x, b.labels, b.targets, b.query, w)
-    assert "g_locate" not in parts0  # no region: not computed
-    loss, parts, _, masks = generator_loss(g, d, b.x, b.labels, b.targets, b.query, w,
-                                           region=b.region)  # fmt: skip
-    assert float(parts["g_locate"].detach()) == pytest.approx(
-        float(locate_loss(masks, b.region).detach()), rel=1e-5)
-    terms = {"g_adv": 1, "g_cls": 1, "rec": 10, "cycle": 10, "mask": 0.1}
-    expected = sum(wt * parts[k] for k, wt in terms.items()) + 2.0 * parts["g_locate"]
-    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    parts["g_locate"].backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0
-               for p in g.transformers[0].mask.parameters())  # fmt: skip
+    train_idx = task.indices("train")
+    b = edit_batch(task, n=8)
+    with torch.no_grad():
+        before = float(locate_loss(locate_masks(g, b.x, b.targets, b.query), b.region))
+    start = {k: v.clone() for k, v in g.state_dict().items()}
+    seen = []
+    last = train_locate(g, task, train_idx, steps=12, lr=1e-2, batch_size=8, seed=3, every=5,
+                        on_every=lambda step, loss: seen.append(step))  # fmt: skip
+    assert seen == [5, 10, 12] and np.isfinite(last)
+    with torch.no_grad():
+        after = float(locate_loss(locate_masks(g, b.x, b.targets, b.query), b.region))
+    assert after < before
+    trained = {n for n, p in g.named_parameters() if not torch.equal(p, start[n])}
+    allowed = {n for n, p in g.named_parameters()
+               if any(p is q for q in locate_parameters(g))}  # fmt: skip
+    assert trained and trained <= allowed  # the edit bodies and the reconstructor stay
+    assert all(p.grad is None for p in g.parameters())  # nothing reaches the GAN's first step
+    torch.manual_seed(0)
+    again = Editor((5,), 10, "arnn", channels=4, mask_hidden=4, edit_query="mask")
+    train_locate(again, task, train_idx, steps=12, lr=1e-2, batch_size=8, seed=3)
+    for k, v in g.state_dict().items():  # same seed, same weights
+        assert torch.equal(v, again.state_dict()[k]), k
+    with pytest.raises(ValueError, match="steps"):
+        train_locate(g, task, train_idx, steps=0, lr=1e-2, batch_size=8, seed=3)
 
 
-def test_locate_weight_holds_only_in_the_curriculum_epochs():
-    config = E4Config(w_locate=0.5, locate_epochs=3)
-    assert [config.weights(e).locate for e in range(5)] == [0.5, 0.5, 0.5, 0.0, 0.0]
-    assert config.weights().locate == 0.5
-    always = E4Config(w_locate=0.5)
-    assert [always.weights(e).locate for e in range(4)] == [0.5] * 4
-    assert config.weights(4) == dataclasses.replace(config.weights(), locate=0.0)
+def test_tiny_locate_run_records_its_stage_and_resumes_without_it(tmp_path, monkeypatch):
+    config = _config(tmp_path, mask="ctx", epochs=1, edit_query="mask", locate_steps=3)
+    metrics = train(config)
+    located = metrics["locate"]
+    assert located["steps"] == 3 and located["lr"] == 1e-3
+    assert 0 <= located["val_mask_query_ratio"] <= 1 and np.isfinite(located["loss"])
+    assert metrics["config"]["locate_steps"] == 3
+    assert "locate_steps" in E4Config(locate_steps=3).fingerprint()
+    record = Path(config.out) / "locate.json"
+    assert json.loads(record.read_text()) == located
+    (Path(config.out) / "metrics.json").unlink()  # as if stopped after the last epoch
 
+    def refuse(*args, **kwargs):
+        raise AssertionError("the stage ran again on a resumed run")
 
-def test_tiny_locate_run_supervises_the_first_epoch_only(tmp_path):
-    metrics = train(_config(tmp_path, mask="arnn", epochs=2, edit_query="mask", w_locate=1.0,
-                            locate_epochs=1))  # fmt: skip
-    assert metrics["config"]["locate_epochs"] == 1
-    first, second = metrics["history"]
-    assert np.isfinite(first["g_locate"]) and "g_locate" not in second
+    monkeypatch.setattr("attentionrnn.experiments.e4.train.train_locate", refuse)
+    again = train(config)  # resumes from the checkpoint: its weights, the stage's record
+    assert again["locate"] == located and len(again["history"]) == 1
 
 
 # ------------------------------------------------------------------------------------------
@@ -460,8 +473,8 @@ def test_screening_budgets_are_the_cpu_budget_shortened():
                                                "edit_query": "mask",
                                                "w_identify": 1.0}),
                           ("screen-locate", {"w_teacher": 1.0, "w_keep": 1.0,
-                                             "edit_query": "mask", "w_locate": 1.0,
-                                             "locate_epochs": 3})):  # fmt: skip
+                                             "edit_query": "mask",
+                                             "locate_steps": 3000})):  # fmt: skip
         b = BUDGETS[name]  # screen but for the candidate's option
         undo = {k: getattr(screen, k) for k in changed}
         assert dataclasses.replace(b, **undo, description=screen.description) == screen
@@ -500,9 +513,9 @@ def test_cli_bad_candidate_values(tmp_path, capsys):
         (["--dataset", "celeba", "--w-apart", "1"], "w_apart applies to the digit tasks"),
         (["--w-identify", "-2"], "w_identify must be"),
         (["--dataset", "celeba", "--w-identify", "1"], "w_identify applies to the digit tasks"),
-        (["--w-locate", "-1"], "w_locate must be"),
-        (["--locate-epochs", "-1"], "locate_epochs must be"),
-        (["--dataset", "celeba", "--w-locate", "1"], "w_locate applies to the digit tasks"),
+        (["--locate-steps", "-1"], "locate_steps must be"),
+        (["--locate-lr", "0"], "locate_lr must be"),
+        (["--dataset", "celeba", "--locate-steps", "5"], "locate_steps applies to the digit"),
     ):
         assert main([*out, *flags]) == 2
         err = capsys.readouterr().err

@@ -3,7 +3,6 @@ train``."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,7 @@ DIGIT_ONLY = {
     "w_keep": "CelebA's classification loss already asks for the attributes an edit keeps",
     "w_apart": "CelebA's edits have no query",
     "w_identify": "CelebA's edits have no query",
-    "w_locate": "CelebA's edits have no known region",
+    "locate_steps": "CelebA's edits have no known region",
     "edit_query": "CelebA's edits have no query",
 }
 
@@ -49,7 +48,7 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
     #: the candidates of the mask-selectivity screening, added after the cpu-budget runs
     LATER_FIELDS = {"query_fusion": "add", "w_teacher": 0.0, "teacher_seed": TEACHER_SEED,
                     "w_keep": 0.0, "edit_query": "both", "w_apart": 0.0,
-                    "w_identify": 0.0, "w_locate": 0.0, "locate_epochs": 0}  # fmt: skip
+                    "w_identify": 0.0, "locate_steps": 0, "locate_lr": 1e-3}  # fmt: skip
 
     dataset: str = field(default="mref", metadata=option("editing task", choices=DATASETS))
     mask: str = field(
@@ -124,14 +123,15 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
         "pooled by the mask (a linear classifier trained with the editor; only the query's label "
         "is used); 0: none",
     )
-    w_locate: float = weight_field(
-        0.0, "digit tasks: weight of a supervised mask loss (binary cross-entropy against the "
-        "queried digit's stroke pixels), for the first --locate-epochs epochs: a curriculum that "
-        "shows the masks where the queried digit is, then leaves them to the other terms; 0: none",
-    )
-    locate_epochs: int = field(
-        default=0, metadata=option("epochs from the start during which --w-locate applies (0: "
-                                   "every epoch)", minimum=0),
+    locate_steps: int = field(
+        default=0, metadata=option(
+            "digit tasks: steps of a first stage before the GAN (a curriculum): the encoder and "
+            "the mask heads trained alone, supervised on the queried digit's strokes (binary "
+            "cross-entropy); then the GAN trains without it; 0: none", minimum=0),
+    )  # fmt: skip
+    locate_lr: float = field(
+        default=1e-3, metadata=option("Adam learning rate of the --locate-steps stage",
+                                      positive=True),
     )  # fmt: skip
     teacher_seed: int = seed_field(f"seed of the --w-teacher classifier (not the judge's "
                                    f"{JUDGE_SEED})", default=TEACHER_SEED)  # fmt: skip
@@ -180,10 +180,6 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
             raise UserError(f"query_fusion {self.query_fusion!r} needs a mask head with a query "
                             f"fusion (ctx, arnn, brnn); {self.mask} has none")  # fmt: skip
 
-    def weights(self, epoch: int | None = None) -> LossWeights:
-        """The loss weights of (0-based) ``epoch``: ``w_locate`` only in the first
-        ``locate_epochs`` epochs (every epoch when that is 0 or ``epoch`` is ``None``)."""
-        if epoch is not None and self.locate_epochs and epoch >= self.locate_epochs:
-            return dataclasses.replace(self.weights(), locate=0.0)
+    def weights(self) -> LossWeights:
         return LossWeights(self.w_cls, self.w_rec, self.w_cycle, self.w_mask, self.w_teacher,
-                           self.w_keep, self.w_apart, self.w_identify, self.w_locate)  # fmt: skip
+                           self.w_keep, self.w_apart, self.w_identify)  # fmt: skip

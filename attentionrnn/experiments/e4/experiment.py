@@ -43,8 +43,7 @@ COLUMNS = measures(
 BUDGET_FIELDS = ("images", "canvas", "batch_size", "lr_step", "channels", "d_channels",
                  "mask_hidden", "judge_epochs", "judge_channels", "train_samples", "val_samples",
                  "test_samples", "query_fusion", "w_teacher", "w_keep",
-                 "edit_query", "w_apart", "w_identify", "w_locate",
-                 "locate_epochs")  # fmt: skip
+                 "edit_query", "w_apart", "w_identify", "locate_steps")  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,16 +131,17 @@ BUDGETS: dict[str, Budget] = {
         description="screening: as screen-qmask, plus the query's class classified from the "
         "encoder's features pooled by the mask, weight 1",
     ),
-    # Added after screen-apart and screen-identify left the masks blind: a curriculum, as E3's
-    # masks only localised after one. For the first 3 of the 6 epochs the masks are also
-    # supervised on the queried digit's strokes (what the probe showed ARNN's head can learn);
-    # epochs 4-6 show whether the GAN's terms keep a query-using mask once it has one. It uses
-    # the edit region, which the unsupervised design never sees: a finding here says the
-    # training signal cannot find the selection but can keep it, not that it finds it.
+    # Added after screen-apart and screen-identify's first epochs left the masks blind: a
+    # curriculum, as E3's masks only localised after one. Before the GAN, the encoder and the
+    # mask heads train alone for 3,000 steps supervised on the queried digit's strokes (the
+    # probe's stage, scripts/e4_mask_probe.py: ARNN's head reached a 60 % query ratio there);
+    # the GAN's 6 epochs then show whether its terms keep a query-using mask. The stage uses
+    # the edit region, which the unsupervised design never sees: a mask kept here says the
+    # training signal can keep the selection, not that it finds it.
     "screen-locate": dataclasses.replace(
-        screen, w_teacher=1.0, w_keep=1.0, edit_query="mask", w_locate=1.0, locate_epochs=3,
-        description="screening: as screen-qmask, plus the masks supervised on the queried "
-        "digit's strokes (binary cross-entropy, weight 1) in epochs 1-3 only",
+        screen, w_teacher=1.0, w_keep=1.0, edit_query="mask", locate_steps=3000,
+        description="screening: as screen-qmask, after a first stage of 3,000 steps that trains "
+        "the encoder and mask heads alone on the queried digit's strokes",
     ),
     # A pipeline check: every step of the reproduction in well under a minute; numbers mean
     # nothing.

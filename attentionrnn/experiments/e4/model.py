@@ -331,7 +331,6 @@ class LossWeights:
     keep: float = 0.0
     apart: float = 0.0
     identify: float = 0.0
-    locate: float = 0.0
 
 
 def discriminator_loss(
@@ -357,7 +356,6 @@ def generator_loss(
     query: Tensor | None, weights: LossWeights = LossWeights(),
     teacher: nn.Module | None = None,
     kept: tuple[Tensor, Tensor, Tensor] | None = None,
-    region: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:  # fmt: skip
     """ModularGAN's generator loss: adversarial (hinge), classification of the edited image,
     reconstruction, cycle and mask sparsity; with a ``teacher`` (a frozen
@@ -372,10 +370,8 @@ def generator_loss(
     (``g_apart``): a query-blind mask gives 1, masks on two different digits 0. Only which
     digits an image holds is used, never where they are. With ``weights.identify > 0`` (an
     editor built with ``identify=True``), the cross-entropy of :func:`identity_logits` against
-    the query's class (``g_identify``): the query's label only. With ``region`` (the queried
-    digit's stroke pixels) and ``weights.locate > 0``, :func:`locate_loss` (``g_locate``): the
-    masks supervised on where the queried digit is — the ground truth that the other terms never
-    use, for a curriculum's first epochs. Returns ``(loss, terms, edited, masks)``."""
+    the query's class (``g_identify``): the query's label only. Returns ``(loss, terms, edited,
+    masks)``."""
     edited, masks = g(x, targets, query)
     score, logits = d(edited, query)
     adv = -score.float().mean()
@@ -412,18 +408,7 @@ def generator_loss(
         logits = identity_logits(g, x, masks)
         parts["g_identify"] = F.cross_entropy(logits.float(), query.argmax(1))
         loss = loss + weights.identify * parts["g_identify"]
-    if weights.locate > 0 and region is not None:
-        parts["g_locate"] = locate_loss(masks, region)
-        loss = loss + weights.locate * parts["g_locate"]
     return loss, parts, edited, masks
-
-
-def locate_loss(masks: Tensor, region: Tensor) -> Tensor:
-    """Binary cross-entropy of each module's mask ``(B, M, h, w)`` against the queried digit's
-    stroke pixels ``region`` ``(B, H, W)``, average-pooled to the mask's grid."""
-    target = F.adaptive_avg_pool2d(region.float()[:, None], masks.shape[-2:])
-    return F.binary_cross_entropy(masks.float().clamp(1e-6, 1 - 1e-6),
-                                  target.expand_as(masks))  # fmt: skip
 
 
 def identity_logits(g: Editor, x: Tensor, masks: Tensor, eps: float = 1e-6) -> Tensor:
@@ -436,6 +421,14 @@ def identity_logits(g: Editor, x: Tensor, masks: Tensor, eps: float = 1e-6) -> T
     a = masks[:, :1].float()  # the first module's mask lies on the encoder's grid
     pooled = (a * f).sum((2, 3)) / (a.sum((2, 3)) + eps)
     return g.identifier(pooled)
+
+
+def locate_loss(masks: Tensor, region: Tensor) -> Tensor:
+    """Binary cross-entropy of each module's mask ``(B, M, h, w)`` against the queried digit's
+    stroke pixels ``region`` ``(B, H, W)``, average-pooled to the mask's grid."""
+    target = F.adaptive_avg_pool2d(region.float()[:, None], masks.shape[-2:])
+    return F.binary_cross_entropy(masks.float().clamp(1e-6, 1 - 1e-6),
+                                  target.expand_as(masks))  # fmt: skip
 
 
 def mask_overlap(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:

@@ -79,9 +79,8 @@ def _design(config: dict[str, Any]) -> str:
         text += f", masks of two queries apart ×{weight:g}"
     if weight := config.get("w_identify") or 0.0:
         text += f", masked features name the digit ×{weight:g}"
-    if weight := config.get("w_locate") or 0.0:
-        epochs = config.get("locate_epochs") or 0
-        text += f", masks supervised ×{weight:g} ({f'epochs 1-{epochs}' if epochs else 'always'})"
+    if steps := config.get("locate_steps") or 0:
+        text += f", after {steps} steps locating the queried digit"
     return text
 
 

@@ -22,8 +22,10 @@ The config lies in :mod:`~.config`, the judge and the measurements in :mod:`~.ev
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.experiment import Row
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.recipe import fit_run, load_finished, recipe, run_metrics
-from attentionrnn.engine.trainer import write_metrics
+from attentionrnn.engine.trainer import CHECKPOINT, write_metrics
 from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.data import load_task
 from attentionrnn.experiments.e4.evaluate import (
@@ -45,6 +47,7 @@ from attentionrnn.experiments.e4.evaluate import (
     train_judge,
     train_teacher,
 )
+from attentionrnn.experiments.e4.locate import train_locate
 from attentionrnn.experiments.e4.model import (
     ROW_TABLE,
     Discriminator,
@@ -55,6 +58,13 @@ from attentionrnn.experiments.e4.model import (
 from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e4")
+
+#: the batch stream of the locate stage: ``default_rng([seed, LOCATE_STREAM])``, apart from the
+#: epochs' ``default_rng([seed, epoch])``
+LOCATE_STREAM = 10_000
+#: the validation measures recorded after the locate stage (``metrics.json``'s ``locate``)
+LOCATE_RECORDED = ("mask_query_ratio", "uniform_query_ratio", "mask_correctness", "mask_others",
+                   "mask_background", "edit_success")  # fmt: skip
 
 __all__ = [
     "E4Config",
@@ -175,13 +185,14 @@ def train(
         torch.optim.Adam(g.parameters(), lr=config.lr, betas=betas),
         torch.optim.Adam(d.parameters(), lr=config.lr, betas=betas),
     )
+    weights = config.weights()
     name = f"{config.mask} {task.name}"
+    located = locate_stage(g, judge, task, idx, targets["val"], config, out, precision)
 
     current = {"epoch": 0}
 
     def one_epoch(epoch: int) -> dict[str, float]:
         current["epoch"] = epoch
-        weights = config.weights(epoch)  # --w-locate: only in the curriculum's epochs
         net.train()
         rng = np.random.default_rng([config.seed, epoch])
         order = ctx.shard(rng.permutation(idx["train"]), even=True)
@@ -231,6 +242,7 @@ def train(
         **{f"test_{k}": v for k, v in test.items()},
         "exact_edit": ceiling,
         "judge": judge_stats,
+        **({"locate": located} if located is not None else {}),
         **({"teacher": teacher_stats} if teacher_stats is not None else {}),
         "val_edit_success": (
             state.history[state.best_epoch]["val_edit_success"] if state.best_epoch >= 0 else None
@@ -256,6 +268,36 @@ def train(
     return metrics
 
 
+def locate_stage(g: Editor, judge, task, idx, val_targets, config: E4Config, out: Path,
+                 precision: str) -> dict[str, Any] | None:  # fmt: skip
+    """``--locate-steps``: the curriculum's first stage (:mod:`~.locate`), run once before the
+    GAN's first epoch, and its validation shares (``RUN_DIR/locate.json``; a resumed run, whose
+    checkpoint holds the weights, reads them back)."""
+    if not config.locate_steps:
+        return None
+    record = out / "locate.json"
+    if (out / CHECKPOINT).exists() and record.exists():
+        return json.loads(record.read_text())
+    start = time.perf_counter()
+    loss = train_locate(
+        g, task, idx["train"], steps=config.locate_steps, lr=config.locate_lr,
+        batch_size=config.batch_size, seed=[config.seed, LOCATE_STREAM], precision=precision,
+        layout=lambda x: input_layout(x, config.channels_last),
+    )  # fmt: skip
+    val = evaluate(g.eval(), judge, task, idx["val"], val_targets, config.eval_batch_size,
+                   precision)  # fmt: skip
+    g.train()
+    stats = {"steps": config.locate_steps, "lr": config.locate_lr, "loss": loss,
+             "seconds": time.perf_counter() - start,
+             **{f"val_{k}": val[k] for k in LOCATE_RECORDED}}  # fmt: skip
+    logger.info("%s %s: locate stage, %d steps, validation query ratio %.3f (blind %.3f)",
+                config.mask, task.name, config.locate_steps, val["mask_query_ratio"],
+                val["uniform_query_ratio"])  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(stats, indent=1) + "\n")
+    return stats
+
+
 def _step(g: Editor, d: Discriminator, optimizer: _Optimizers, x: torch.Tensor, b, weights,
           precision: str, teacher: nn.Module | None = None) -> dict[str, float]:  # fmt: skip
     """One discriminator update, then one generator update (hinge loss, no gradient penalty)."""
@@ -269,9 +311,8 @@ def _step(g: Editor, d: Discriminator, optimizer: _Optimizers, x: torch.Tensor, 
 
     with autocast(precision):
         kept = None if b.kept_query is None else (b.kept_query, b.kept_labels, b.kept_valid)
-        region = b.region if weights.locate > 0 else None
         g_loss, g_parts, _, _ = generator_loss(g, d, x, b.labels, b.targets, b.query, weights,
-                                               teacher, kept, region)  # fmt: skip
+                                               teacher, kept)  # fmt: skip
     optimizer.g.zero_grad(set_to_none=True)
     g_loss.backward()
     optimizer.g.step()
