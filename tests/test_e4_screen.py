@@ -200,3 +200,25 @@ def test_bad_inputs_are_one_line_and_status_2(folders, tmp_path, capsys):
     path.write_text(json.dumps({"config": {"mask": "arnn"}, "history": []}))
     with pytest.raises(UserError, match="no validation history"):
         screen([bad], figure=False)
+
+
+def test_locate_stage_is_epoch_0_of_the_curves(tmp_path):
+    ref = _candidate(tmp_path, "screen")
+    staged = _candidate(tmp_path, "screen-teacher", masks=("arnn",))
+    for seed in (0, 1):  # as --locate-steps records it
+        path = staged / "runs" / "mref" / "arnn" / f"seed{seed}" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["locate"] = {"steps": 30, "val_mask_query_ratio": 0.612 - 0.1 * seed,
+                             "val_edit_success": 0.05, "test_edit_success": TEST_MARK}
+        path.write_text(json.dumps(metrics))
+    summary = screen([ref, staged], figure=False)
+    row = _row(summary, "screen-teacher", "arnn")
+    assert [c[0]["epoch"] for c in row["curves"]] == [0, 0]
+    assert [c[0]["val_mask_query_ratio"] for c in row["curves"]] == [0.612, 0.512]
+    assert [len(c) for c in row["curves"]] == [EPOCHS + 1] * 2
+    assert row["values"]["mask_query_ratio"]["values"] == [  # the table: still the last epoch
+        _value("screen-teacher", "arnn", s, "mask_query_ratio", EPOCHS) for s in (0, 1)]
+    assert all(c[0]["epoch"] == 1 for c in _row(summary, "screen", "arnn")["curves"])
+    md = (ref / "screening.md").read_text()
+    assert "after the locate stage" in md and "seed 0: 61.2 %; screen-teacher" in md
+    assert "7777" not in md

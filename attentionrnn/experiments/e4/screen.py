@@ -3,7 +3,8 @@
 Each results folder of ``attentionrnn e4 reproduce --budget B`` is one candidate (its name: the
 folder's name less ``e4-``, as ``e4 table`` finds a folder's budget). For every candidate and mask
 head, :func:`screen` reads the finished runs' ``metrics.json`` **validation history only** — the
-``val_*`` entries of each epoch, never a ``test_*`` number — and gives the last epoch's values
+``val_*`` entries of each epoch (and of the ``locate`` stage, as epoch 0 of the curves), never a
+``test_*`` number — and gives the last epoch's values
 (the weights tested are the last epoch's, ``select="last"``) as mean ± std over seeds, the final
 slope per epoch of validation edit success and query ratio (least squares over the last
 :data:`SLOPE_EPOCHS` epochs; not flat from :data:`FLAT_SLOPE`, as E1's table), and each
@@ -104,6 +105,9 @@ def _run_point(metrics: dict[str, Any], where: Path) -> dict[str, Any]:
             {"epoch": h.get("epoch", k + 1), **{f"val_{q}": h.get(f"val_{q}") for q in SLOPED}}
             for k, h in enumerate(history)
         ],  # fmt: skip
+        # --locate-steps: the validation shares after the first stage, before the GAN (epoch 0)
+        "stage": {q: stage.get(f"val_{q}") for q in ("mask_query_ratio", "edit_success")}
+        if (stage := metrics.get("locate")) else None,
     }
 
 
@@ -122,7 +126,9 @@ def _row(candidate: str, mask: str, points: dict[int, dict[str, Any]]) -> dict[s
         "values": {q: seed_stats([p["values"][q] for p in ps]) for q, *_ in QUANTITIES},
         "uniform_query_ratio": seed_stats([p["uniform_query_ratio"] for p in ps]),
         "final_slope": {q: seed_stats([p["final_slope"][q] for p in ps]) for q in SLOPED},
-        "curves": [p["curve"] for p in ps],
+        "curves": [([{"epoch": 0, **{f"val_{q}": v for q, v in p["stage"].items()}}]
+                    if p["stage"] else []) + p["curve"] for p in ps],
+        "stage": {s: p["stage"] for s, p in zip(sorted(points), ps, strict=True) if p["stage"]},
     }
 
 
@@ -289,6 +295,12 @@ def _section(dataset: str, entry: dict[str, Any], reference: str) -> list[str]:
         *markdown_table(["candidate", "mask", "seeds", *(q[1] for q in QUANTITIES)], against),
         "",
     ]
+    staged = [f"{r['candidate']} {r['label']} seed {seed}: "
+              f"{100 * stage['mask_query_ratio']:.1f} %"
+              for r in rows for seed, stage in r["stage"].items()]  # fmt: skip
+    if staged:
+        lines += ["Query ratio after the locate stage, before the GAN's first epoch (epoch 0 of "
+                  f"the curves): {'; '.join(staged)}.", ""]  # fmt: skip
     other = [f"{r['candidate']} {r['label']}" for r in rows if set(r["select"]) != {"last"}]
     if other:
         lines += [f"Not `--select last` ({', '.join(other)}): their tested weights are not the "
