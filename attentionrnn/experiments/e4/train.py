@@ -59,13 +59,6 @@ from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e4")
 
-#: the batch stream of the locate stage: ``default_rng([seed, LOCATE_STREAM])``, apart from the
-#: epochs' ``default_rng([seed, epoch])``
-LOCATE_STREAM = 10_000
-#: the validation measures recorded after the locate stage (``metrics.json``'s ``locate``)
-LOCATE_RECORDED = ("mask_query_ratio", "uniform_query_ratio", "mask_correctness", "mask_others",
-                   "mask_background", "edit_success")  # fmt: skip
-
 __all__ = [
     "E4Config",
     "E4Net",
@@ -78,6 +71,13 @@ __all__ = [
     "train",
     "train_judge",
 ]
+
+#: the batch stream of the locate stage: ``default_rng([seed, LOCATE_STREAM])``, apart from the
+#: epochs' ``default_rng([seed, epoch])``
+LOCATE_STREAM = 10_000
+#: the validation measures recorded after the locate stage (``metrics.json``'s ``locate``)
+LOCATE_RECORDED = ("mask_query_ratio", "uniform_query_ratio", "mask_correctness", "mask_others",
+                   "mask_background", "edit_success")  # fmt: skip
 
 
 def lr_at(config: E4Config, epoch: int) -> float:
