@@ -270,3 +270,28 @@ def test_table_budget_defaults_to_the_one_its_folder_recorded(tmp_path, capsys):
     other = tmp_path / "e1-quick"
     (other / "runs").mkdir(parents=True)
     assert rebuild(folder=other) == "quick"
+
+
+def test_curve_figure_tells_rows_apart_past_ten_colours(tmp_path, monkeypatch):
+    """Each row its colour; past ten rows the colours repeat with another line style."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attentionrnn.engine import figures
+
+    kept = {}
+
+    def keep(fig, out, *args, **kwargs):
+        kept["fig"] = fig
+        return Path(out)
+
+    monkeypatch.setattr(figures, "save_figure", keep)
+    curves = {f"row {k}": [[{"epoch": e, "v": k + e} for e in (1, 2)]] for k in range(12)}
+    figures.curve_figure(curves, tmp_path / "c.png", [("v", lambda h: h["v"])], x="epoch")
+    lines = kept["fig"].axes[0].get_lines()
+    styles = [(ln.get_color(), ln.get_linestyle()) for ln in lines]
+    assert len(lines) == 12 and len(set(styles)) == 12
+    assert styles[0][0] == styles[10][0] and styles[0][1] != styles[10][1]
+    plt.close(kept["fig"])

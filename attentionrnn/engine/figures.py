@@ -33,7 +33,8 @@ def curve_figure(
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     axes = axes[0]
     for k, (label, runs) in enumerate(curves.items()):
-        color = f"C{k % 10}"
+        color = f"C{k % 10}"  # past ten rows the colours repeat: another line style then
+        style = ("-", "--", ":", "-.")[k // 10 % 4]
         series = []
         for history in runs:
             xs = np.array([h[x] for h in history])
@@ -41,11 +42,11 @@ def curve_figure(
             series.append((xs, ys))
             if len(runs) > 1:
                 for ax, y in zip(axes, ys, strict=True):
-                    ax.plot(xs, y, color=color, lw=0.6, alpha=0.4)
+                    ax.plot(xs, y, color=color, ls=style, lw=0.6, alpha=0.4)
         n = min(len(xs) for xs, _ in series)
         for p, ax in enumerate(axes):
             mean = np.mean([ys[p][:n] for _, ys in series], 0)
-            ax.plot(series[0][0][:n], mean, color=color, lw=1.8, marker=".",
+            ax.plot(series[0][0][:n], mean, color=color, ls=style, lw=1.8, marker=".",
                     label=f"{label} (n={len(runs)})")  # fmt: skip
     for ax, (ylabel, _) in zip(axes, panels, strict=True):
         ax.set(xlabel="training steps" if x == "step" else x, ylabel=ylabel)
