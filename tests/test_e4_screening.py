@@ -23,7 +23,7 @@ from attentionrnn.experiments.e4.config import JUDGE_SEED, TEACHER_SEED, E4Confi
 from attentionrnn.experiments.e4.data import DigitEdits, partner_samples
 from attentionrnn.experiments.e4.evaluate import train_judge, train_teacher
 from attentionrnn.experiments.e4.experiment import BUDGETS, EXPERIMENT
-from attentionrnn.experiments.e4.locate import locate_masks, locate_parameters, train_locate
+from attentionrnn.experiments.e4.locate import locate_parameters, train_locate
 from attentionrnn.experiments.e4.model import (
     E4_MASKS,
     AttributeClassifier,
@@ -411,14 +411,14 @@ def test_locate_stage_trains_the_encoder_and_heads_toward_the_queried_digit(task
     train_idx = task.indices("train")
     b = edit_batch(task, n=8)
     with torch.no_grad():
-        before = float(locate_loss(locate_masks(g, b.x, b.targets, b.query), b.region))
+        before = float(locate_loss(g.edit_features(b.x, b.targets, b.query)[1], b.region))
     start = {k: v.clone() for k, v in g.state_dict().items()}
     seen = []
     last = train_locate(g, task, train_idx, steps=12, lr=1e-2, batch_size=8, seed=3, every=5,
                         on_every=lambda step, loss: seen.append(step))  # fmt: skip
     assert seen == [5, 10, 12] and np.isfinite(last)
     with torch.no_grad():
-        after = float(locate_loss(locate_masks(g, b.x, b.targets, b.query), b.region))
+        after = float(locate_loss(g.edit_features(b.x, b.targets, b.query)[1], b.region))
     assert after < before
     trained = {n for n, p in g.named_parameters() if not torch.equal(p, start[n])}
     allowed = {n for n, p in g.named_parameters()

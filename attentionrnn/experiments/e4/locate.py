@@ -19,23 +19,13 @@ from torch import Tensor, nn
 from attentionrnn.engine.precision import autocast
 from attentionrnn.experiments.e4.model import Editor, locate_loss
 
-__all__ = ["locate_masks", "locate_parameters", "train_locate"]
+__all__ = ["locate_parameters", "train_locate"]
 
 
 def locate_parameters(editor: Editor, encoder: bool = True) -> list[nn.Parameter]:
     """What the stage trains: the mask heads, and the encoder unless ``encoder=False``."""
     heads = [p for module in editor.transformers for p in module.mask.parameters()]
     return [*editor.encoder.parameters(), *heads] if encoder else heads
-
-
-def locate_masks(editor: Editor, x: Tensor, targets: Tensor, query: Tensor | None) -> Tensor:
-    """The editor's masks ``(B, M, h, w)`` without the reconstructor (what the stage needs)."""
-    f = editor.encoder(x)
-    masks = []
-    for m, module in enumerate(editor.transformers):
-        f, a = module(f, editor.condition(m, targets, query))
-        masks.append(a)
-    return torch.cat(masks, 1)
 
 
 def train_locate(
@@ -65,7 +55,8 @@ def train_locate(
         chunk = np.sort(rng.choice(train_idx, batch_size, replace=False))
         b = task.batch(chunk, task.draw_targets(chunk, rng))
         with autocast(precision):
-            loss = locate_loss(locate_masks(editor, layout(b.x), b.targets, b.query), b.region)
+            _, masks = editor.edit_features(layout(b.x), b.targets, b.query)
+            loss = locate_loss(masks, b.region)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

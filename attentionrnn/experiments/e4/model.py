@@ -200,6 +200,14 @@ class Editor(nn.Module):
     def forward(
         self, x: Tensor, targets: Tensor, query: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
+        f, masks = self.edit_features(x, targets, query)
+        return torch.sigmoid(self.reconstructor(f)), masks
+
+    def edit_features(
+        self, x: Tensor, targets: Tensor, query: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The edited features (before the reconstructor) and the modules' masks
+        ``(B, M, h, w)``."""
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[-1] % 4 or x.shape[-2] % 4:
             raise ValueError(f"x must be (B, 3, H, W) with H, W divisible by 4, got "
                              f"{tuple(x.shape)}")  # fmt: skip
@@ -213,7 +221,7 @@ class Editor(nn.Module):
         for m, module in enumerate(self.transformers):
             f, a = module(f, self.condition(m, targets, query))
             masks.append(a)
-        return torch.sigmoid(self.reconstructor(f)), torch.cat(masks, 1)
+        return f, torch.cat(masks, 1)
 
 
 class _QueryPool(nn.Module):
@@ -321,6 +329,7 @@ class LossWeights:
     the edited image as its unchanged colour — ModularGAN classifies every attribute of an edit,
     the unchanged ones as they were, and the other digits' colours are those here — 0 by
     default; ``apart``: the overlap of the masks that two queries of the same image give, 0 by
+    default; ``identify``: the query's class named from the features the mask pools, 0 by
     default)."""
 
     cls: float = 1.0
