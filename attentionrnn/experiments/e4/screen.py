@@ -93,6 +93,9 @@ def _run_point(metrics: dict[str, Any], where: Path) -> dict[str, Any]:
         raise UserError(f"{where}: no validation history (not a finished E4 run)")
     last = history[-1]
     config = metrics.get("config") or {}
+    # --locate-steps: the validation values after the first stage, before the GAN (epoch 0)
+    stage = metrics.get("locate")
+    staged = [{"epoch": 0, **{f"val_{q}": stage.get(f"val_{q}") for q in SLOPED}}] if stage else []
     return {
         "epoch": last.get("epoch", len(history)),
         "select": config.get("select", "last"),
@@ -101,13 +104,11 @@ def _run_point(metrics: dict[str, Any], where: Path) -> dict[str, Any]:
         "values": {q: last.get(f"val_{q}") for q, *_ in QUANTITIES},
         "uniform_query_ratio": last.get("val_uniform_query_ratio"),
         "final_slope": {q: final_slope(history, f"val_{q}") for q in SLOPED},
-        "curve": [
+        "curve": staged + [
             {"epoch": h.get("epoch", k + 1), **{f"val_{q}": h.get(f"val_{q}") for q in SLOPED}}
             for k, h in enumerate(history)
         ],  # fmt: skip
-        # --locate-steps: the validation shares after the first stage, before the GAN (epoch 0)
-        "stage": {q: stage.get(f"val_{q}") for q in ("mask_query_ratio", "edit_success")}
-        if (stage := metrics.get("locate")) else None,
+        "stage_query_ratio": stage.get("val_mask_query_ratio") if stage else None,
     }
 
 
@@ -126,9 +127,10 @@ def _row(candidate: str, mask: str, points: dict[int, dict[str, Any]]) -> dict[s
         "values": {q: seed_stats([p["values"][q] for p in ps]) for q, *_ in QUANTITIES},
         "uniform_query_ratio": seed_stats([p["uniform_query_ratio"] for p in ps]),
         "final_slope": {q: seed_stats([p["final_slope"][q] for p in ps]) for q in SLOPED},
-        "curves": [([{"epoch": 0, **{f"val_{q}": v for q, v in p["stage"].items()}}]
-                    if p["stage"] else []) + p["curve"] for p in ps],
-        "stage": {s: p["stage"] for s, p in zip(sorted(points), ps, strict=True) if p["stage"]},
+        "curves": [p["curve"] for p in ps],
+        "stage_query_ratio": {s: p["stage_query_ratio"] for s, p in zip(sorted(points), ps,
+                                                                         strict=True)
+                              if p["stage_query_ratio"] is not None},  # fmt: skip
     }
 
 
@@ -295,9 +297,8 @@ def _section(dataset: str, entry: dict[str, Any], reference: str) -> list[str]:
         *markdown_table(["candidate", "mask", "seeds", *(q[1] for q in QUANTITIES)], against),
         "",
     ]
-    staged = [f"{r['candidate']} {r['label']} seed {seed}: "
-              f"{100 * stage['mask_query_ratio']:.1f} %"
-              for r in rows for seed, stage in r["stage"].items()]  # fmt: skip
+    staged = [f"{r['candidate']} {r['label']} seed {seed}: {100 * ratio:.1f} %"
+              for r in rows for seed, ratio in r["stage_query_ratio"].items()]  # fmt: skip
     if staged:
         lines += ["Query ratio after the locate stage, before the GAN's first epoch (epoch 0 of "
                   f"the curves): {'; '.join(staged)}.", ""]  # fmt: skip
