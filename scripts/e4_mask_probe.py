@@ -107,8 +107,9 @@ def probe(mask: str, task, config: E4Config, steps: int, every: int, seed: int,
               f"query swapped {row['swapped_ratio']:.3f}) queried {row['queried']:.3f} "
               f"others {row['others']:.3f}", flush=True)  # fmt: skip
 
-    # the stage of E4's --locate-steps (lr 1e-3, its default), measured as it goes
-    train_locate(editor, task, idx["train"], steps=steps, lr=1e-3, batch_size=config.batch_size,
+    # the stage of E4's --locate-steps (its default --locate-lr), measured as it goes
+    train_locate(editor, task, idx["train"], steps=steps, lr=config.locate_lr,
+                 batch_size=config.batch_size,
                  seed=seed, params=locate_parameters(editor, encoder=encoder_from is None),
                  every=every, on_every=point)  # fmt: skip
     return {"mask": mask, "query_fusion": fusion, "seed": seed, "steps": steps,
