@@ -38,6 +38,7 @@ from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.experiment import Row
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.recipe import fit_run, load_finished, recipe, run_metrics
+from attentionrnn.engine.state import atomic_write_json
 from attentionrnn.engine.trainer import CHECKPOINT, write_metrics
 from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.data import load_task
@@ -294,7 +295,7 @@ def locate_stage(g: Editor, judge, task, idx, val_targets, config: E4Config, out
                 config.mask, task.name, config.locate_steps, val["mask_query_ratio"],
                 val["uniform_query_ratio"])  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(stats, indent=1) + "\n")
+    atomic_write_json(stats, record)
     return stats
 
 
