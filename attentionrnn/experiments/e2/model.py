@@ -123,10 +123,11 @@ class AttnVGG(nn.Module):
     Args:
         attention: one of :data:`E2_ATTENTIONS`.
         num_classes: classifier outputs.
-        width: multiplies VGG-16's channel counts (1.0: 64 … 512).
+        image_size: input side (32 for CIFAR; a multiple of 32).
+        width: multiplies VGG-16's channel counts (1.0: 64 … 512); keyword-only, as are the
+            other architecture options below.
         depth: convs per block (``None``: VGG-16's 2, 2, 3, 3, 3, 2).
         attention_hidden: hidden width of the ARNN / BRNN estimators (default: the registry's).
-        image_size: input side (32 for CIFAR; a multiple of 32).
 
     ``forward(x)`` returns the logits; ``forward(x, return_masks=True)`` returns
     ``(logits, masks)`` with the three masks ``(B, 1, H, W)`` at 32×32, 16×16 and 8×8 (an empty
@@ -137,10 +138,11 @@ class AttnVGG(nn.Module):
         self,
         attention: str = "ltpa",
         num_classes: int = 10,
+        image_size: int = 32,
+        *,
         width: float = 1.0,
         depth: int | None = None,
         attention_hidden: int | None = None,
-        image_size: int = 32,
     ) -> None:
         super().__init__()
         if attention not in E2_ROWS:
