@@ -26,6 +26,7 @@ from attentionrnn.engine.precision import cpu_name, resolve_precision
 from attentionrnn.experiments.e1.config import E1Config
 from attentionrnn.experiments.e1.metrics import scale_bin_labels
 from attentionrnn.experiments.e1.train import images_for_samples, train
+from attentionrnn.layers.fused import scan_products
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +81,7 @@ def test_train_end_to_end_via_cli(tiny, tmp_path, capsys):
     assert metrics["parameters"] > metrics["attention_parameters"] > 0
     assert metrics["training_time_s"] > 0 and metrics["data"]["how"] == "given"
     assert metrics["cpu"] == cpu_name() and metrics["cpu"]  # what the time was measured on
+    assert metrics["scan_products"] == scan_products(metrics["precision"])  # the recipe's record
     prov = metrics["provenance"]  # which code, data and CPU features made the numbers
     assert prov["data_sha256"] == hashlib.sha256(Path(tiny).read_bytes()).hexdigest()
     assert prov["git_commit"] is None or len(prov["git_commit"].split("+")[0]) == 40

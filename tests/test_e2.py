@@ -30,6 +30,7 @@ from attentionrnn.experiments.e2.data import (
 )
 from attentionrnn.experiments.e2.model import E2_ATTENTIONS, E2_ROWS, AttnVGG, brnn_block_size
 from attentionrnn.experiments.e2.train import E2Config, read_images
+from attentionrnn.layers.fused import scan_products
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 2
 
@@ -264,6 +265,7 @@ def test_cli_train_end_to_end_and_resume(tiny_tar, tmp_path, capsys):
     assert main(_train_args(tiny_tar, out, cache)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["attention"] == "arnn" and metrics["epochs"] == 1
+    assert metrics["scan_products"] == scan_products(metrics["precision"])
     assert 0.0 <= metrics["test_error"] <= 1.0
     assert metrics["samples"] == {"train": 20, "val": 10, "test": 10}
     assert set(metrics["per_class_accuracy"]) == set(CIFAR10_CLASSES)

@@ -33,6 +33,7 @@ from attentionrnn.experiments.e3.model import (
 )
 from attentionrnn.experiments.e3.rundata import E3Data, read_dataset
 from attentionrnn.experiments.e3.train import lr_at, train
+from attentionrnn.layers.fused import scan_products
 from tests.test_e3_data import _easy_vqa_folder, _vqa2_folder
 
 
@@ -238,6 +239,7 @@ def test_train_writes_metrics_and_resumes(tmp_path):
     assert 16 / 1024 <= saved["test_attention_chance"] <= 32 / 1024
     assert len(saved["history"]) == 2 and saved["epochs"] == 2
     assert saved["samples"]["val"] > 0 and saved["precision"] in ("fp32", "bf16")
+    assert saved["scan_products"] == scan_products(saved["precision"])
     assert train(config)["test_accuracy"] == metrics["test_accuracy"]  # finished: read back
     with pytest.raises(UserError, match="another configuration"):
         train(_tiny_config(tmp_path, attention="arnn", epochs=2, lr=0.5))

@@ -225,6 +225,15 @@ def test_every_experiment_is_declared_and_none_imports_another():
             assert others <= {name}, f"{path} imports {others - {name}}"
 
 
+def test_the_engine_imports_neither_the_layers_nor_an_experiment():
+    """The engine records what its callers hand it (e.g. which scan products ran); it finds the
+    experiments only through their declarations' module names (``engine.experiment``)."""
+    pattern = re.compile(r"^\s*(?:from|import)\s+attentionrnn\.(layers|experiments|models)\b", re.M)
+    for path in (REPO / "attentionrnn" / "engine").glob("*.py"):
+        found = pattern.findall(path.read_text())
+        assert not found, f"{path.name} imports attentionrnn.{found[0]}"
+
+
 def test_shard_splits_by_rank_and_pads_training_epochs_evenly():
     import numpy as np
 

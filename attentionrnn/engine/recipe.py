@@ -207,17 +207,16 @@ def finish_run(
     name: str,
     summary: tuple[str, ...],
     data_file: str | os.PathLike | None = None,
+    recorded: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """:func:`~attentionrnn.engine.trainer.write_metrics` (recording which scan products ran),
-    then log ``NAME: SUMMARY -> RUN_DIR/metrics.json`` on the main rank: ``summary`` is a
-    ``%``-format and the metrics that fill it, e.g. ``("test accuracy %.4f", "test_accuracy")``.
+    """:func:`~attentionrnn.engine.trainer.write_metrics` (with ``recorded``: what the caller
+    adds to the provenance, e.g. which scan products ran), then log
+    ``NAME: SUMMARY -> RUN_DIR/metrics.json`` on the main rank: ``summary`` is a ``%``-format
+    and the metrics that fill it, e.g. ``("test accuracy %.4f", "test_accuracy")``.
     """
-    from attentionrnn.layers.fused import scan_products
-
     metrics = write_metrics(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
-        model=model, optimizer=optimizer, ctx=ctx, data_file=data_file,
-        recorded={"scan_products": scan_products(precision)},
+        model=model, optimizer=optimizer, ctx=ctx, data_file=data_file, recorded=recorded,
     )  # fmt: skip
     if ctx.main:
         fmt, *keys = summary

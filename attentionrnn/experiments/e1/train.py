@@ -44,6 +44,7 @@ from attentionrnn.engine.trainer import train_one_epoch
 from attentionrnn.experiments.e1.config import SAMPLES_PER_IMAGE, E1Config
 from attentionrnn.experiments.e1.evaluate import evaluate
 from attentionrnn.experiments.e1.model import PAN
+from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e1")
 
@@ -256,7 +257,8 @@ def train(config: E1Config, ctx: DistContext, out: Path, started: float) -> dict
     }
     return finish_run(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
-        model=model, optimizer=optimizer, ctx=ctx, log=logger, data_file=data.path,
+        model=model, optimizer=optimizer, ctx=ctx, log=logger,
+        recorded={"scan_products": scan_products(precision)}, data_file=data.path,
         name=name, summary=("test accuracy %.4f (best val %.4f @ epoch %d)", "test_accuracy",
                             "val_accuracy", "best_epoch"),
     )  # fmt: skip

@@ -59,6 +59,7 @@ from attentionrnn.experiments.e2.data import (
     split_indices,
 )
 from attentionrnn.experiments.e2.model import E2_ROWS, AttnVGG
+from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e2")
 
@@ -363,6 +364,7 @@ def train(config: E2Config, ctx: DistContext, out: Path, started: float) -> dict
     return finish_run(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
         model=model, optimizer=optimizer, ctx=ctx, log=logger,
+        recorded={"scan_products": scan_products(precision)},
         name=name, summary=("test top-1 error %.4f (best val error %.4f @ epoch %d)",
                             "test_error", "val_error", "best_epoch"),
     )  # fmt: skip

@@ -39,6 +39,7 @@ from attentionrnn.experiments.e3.config import E3Config
 from attentionrnn.experiments.e3.evaluate import answer_prior, evaluate
 from attentionrnn.experiments.e3.model import REFERENCE_ATTENTIONS, VQANet
 from attentionrnn.experiments.e3.rundata import E3Data, load_data
+from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e3")
 
@@ -153,7 +154,8 @@ def train(config: E3Config, ctx: DistContext, out: Path, started: float) -> dict
     }
     return finish_run(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
-        model=model, optimizer=optimizer, ctx=ctx, log=logger, name=name,
+        model=model, optimizer=optimizer, ctx=ctx, log=logger,
+        recorded={"scan_products": scan_products(precision)}, name=name,
         summary=("test accuracy %.4f (best val %.4f @ epoch %d)", "test_accuracy",
                  "val_accuracy", "best_epoch"),
     )  # fmt: skip
