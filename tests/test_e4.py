@@ -20,20 +20,14 @@ from attentionrnn.engine.errors import UserError
 from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.data import CelebAEdits, DigitEdits, load_task, render_recolour
 from attentionrnn.experiments.e4.evaluate import evaluate, train_judge
+from attentionrnn.experiments.e4.losses import discriminator_loss, generator_loss
 from attentionrnn.experiments.e4.metrics import (
     edit_success,
     kid,
     mask_correctness,
     preservation_l1,
 )
-from attentionrnn.experiments.e4.model import (
-    E4_MASKS,
-    AttributeClassifier,
-    Discriminator,
-    Editor,
-    discriminator_loss,
-    generator_loss,
-)
+from attentionrnn.experiments.e4.model import E4_MASKS, AttributeClassifier, Discriminator, Editor
 from attentionrnn.experiments.e4.train import _Optimizers, _step, train
 from tests.conftest import synthetic_digits
 from tests.e4_support import e4_config, edit_batch

@@ -24,17 +24,19 @@ from attentionrnn.experiments.e4.data import DigitEdits, partner_samples
 from attentionrnn.experiments.e4.evaluate import train_judge, train_teacher
 from attentionrnn.experiments.e4.experiment import BUDGETS, EXPERIMENT
 from attentionrnn.experiments.e4.locate import locate_parameters, train_locate
+from attentionrnn.experiments.e4.losses import (
+    LossWeights,
+    generator_loss,
+    identity_logits,
+    locate_loss,
+    mask_overlap,
+)
 from attentionrnn.experiments.e4.model import (
     E4_MASKS,
     AttributeClassifier,
     Discriminator,
     Editor,
-    LossWeights,
     Transformer,
-    generator_loss,
-    identity_logits,
-    locate_loss,
-    mask_overlap,
 )
 from attentionrnn.experiments.e4.train import build_model, split_indices, train
 from attentionrnn.layers.baselines import ContextAttention

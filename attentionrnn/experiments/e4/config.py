@@ -11,7 +11,8 @@ from attentionrnn.data.generate import MAX_CANVAS, MAX_IMAGES, MIN_CANVAS
 from attentionrnn.engine.config import RunConfig, option, seed_field
 from attentionrnn.engine.errors import UserError
 from attentionrnn.experiments.e4.data import DATASETS
-from attentionrnn.experiments.e4.model import E4_ROWS, EDIT_QUERY, LossWeights
+from attentionrnn.experiments.e4.losses import LossWeights
+from attentionrnn.experiments.e4.model import E4_ROWS, EDIT_QUERY
 from attentionrnn.layers.query_term import QUERY_FUSIONS
 from attentionrnn.layers.registry import attention_methods
 

@@ -22,18 +22,14 @@ from attentionrnn.engine.precision import autocast
 from attentionrnn.engine.state import atomic_save
 from attentionrnn.experiments.e4.config import JUDGE_SEED, E4Config
 from attentionrnn.experiments.e4.data import e4_cache
+from attentionrnn.experiments.e4.losses import attribute_loss, split_logits
 from attentionrnn.experiments.e4.metrics import (
     edit_success,
     kid,
     mask_correctness,
     preservation_l1,
 )
-from attentionrnn.experiments.e4.model import (
-    AttributeClassifier,
-    Editor,
-    attribute_loss,
-    split_logits,
-)
+from attentionrnn.experiments.e4.model import AttributeClassifier, Editor
 
 logger = logging.getLogger("attentionrnn.e4")
 

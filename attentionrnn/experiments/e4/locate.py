@@ -1,7 +1,7 @@
 """E4's locate stage: a curriculum's first step that shows the mask heads the queried digit.
 
 With ``--locate-steps N`` the editor's encoder and mask heads train alone for ``N`` steps before
-the GAN, supervised by :func:`~.model.locate_loss` against the queried digit's stroke pixels —
+the GAN, supervised by :func:`~.losses.locate_loss` against the queried digit's stroke pixels —
 the region the data knows and that the GAN's losses never see — with an Adam of their own
 (``--locate-lr``). The GAN then trains from those weights without it, so its epochs show whether
 the editor's training signal keeps a mask that picks the queried digit once it has one.
@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from attentionrnn.engine.precision import autocast
-from attentionrnn.experiments.e4.model import Editor, locate_loss
+from attentionrnn.experiments.e4.losses import locate_loss
+from attentionrnn.experiments.e4.model import Editor
 
 __all__ = ["locate_parameters", "train_locate"]
 

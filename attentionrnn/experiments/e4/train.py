@@ -49,13 +49,8 @@ from attentionrnn.experiments.e4.evaluate import (
     train_teacher,
 )
 from attentionrnn.experiments.e4.locate import train_locate
-from attentionrnn.experiments.e4.model import (
-    ROW_TABLE,
-    Discriminator,
-    Editor,
-    discriminator_loss,
-    generator_loss,
-)
+from attentionrnn.experiments.e4.losses import discriminator_loss, generator_loss
+from attentionrnn.experiments.e4.model import ROW_TABLE, Discriminator, Editor
 from attentionrnn.layers.fused import scan_products
 
 logger = logging.getLogger("attentionrnn.e4")
