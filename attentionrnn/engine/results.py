@@ -19,10 +19,14 @@ from typing import Any
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.runs import finished_runs, format_stats
 from attentionrnn.engine.state import atomic_write_json
+from attentionrnn.engine.stats import compare, format_comparison
 
 __all__ = [
     "COST_COLUMNS",
+    "Compared",
     "assemble",
+    "comparison_lines",
+    "comparisons",
     "learning_curves",
     "markdown_document",
     "markdown_table",
@@ -34,6 +38,9 @@ __all__ = [
 Rows = dict[str, dict[int, dict[str, Any]]]
 #: the last columns of a row of a table: what its runs cost (:func:`row_cells`)
 COST_COLUMNS = ("params", "epochs", "min/run", "wall")
+#: the quantities a table tests against its reference row: name -> (column label, path of keys
+#: to the quantity's seed statistics in a summarised row, e.g. ``("box_by_layer", "layer4")``)
+Compared = dict[str, tuple[str, tuple[str, ...]]]
 
 
 def assemble(
@@ -175,3 +182,74 @@ def optional_figure(
     except UserError as exc:
         log.warning("no %s for %s: %s", what, dataset, exc)
         return None
+
+
+def _values(row: dict[str, Any], path: tuple[str, ...]) -> list[float]:
+    value: Any = row
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return (value or {}).get("values", [])
+
+
+def comparisons(
+    rows: dict[str, dict[str, Any]], reference: str, compared: Compared
+) -> dict[str, dict[str, Any]]:
+    """``{row: {quantity: compare(row, reference)}}`` (Welch's test of the seeds' values,
+    :func:`~attentionrnn.engine.stats.compare`) for every row but the reference (empty without
+    a reference row)."""
+    if reference not in rows:
+        return {}
+    ref = rows[reference]
+    return {
+        row: {q: compare(_values(r, path), _values(ref, path)) for q, (_, path) in compared.items()}
+        for row, r in rows.items()
+        if row != reference
+    }
+
+
+def comparison_lines(
+    rows: dict[str, dict[str, Any]],
+    tests: dict[str, dict[str, Any]],
+    *,
+    reference: str,
+    compared: Compared,
+    intro: str,
+    label: Callable[[dict[str, Any]], str] = lambda r: r["label"],
+    interval: str = "test_accuracy",
+    scale: float = 1.0,
+    digits: int = 3,
+) -> list[str]:
+    """The table of :func:`comparisons`: a blank line, ``intro``, a blank line, then a row per
+    method — its label, seeds, the 95 % interval of its ``interval`` quantity, and per compared
+    quantity the difference of the means and Welch's p (``ref`` on the reference's row). Values
+    and differences are shown times ``scale`` with ``digits`` decimals. None without tests."""
+    if not tests:
+        return []
+    labels = [name for name, _ in compared.values()]
+    lines = [
+        "", intro, "",
+        *markdown_table(["method", "seeds", f"{interval_label(interval)} 95 % CI", *labels], []),
+    ]  # fmt: skip
+
+    def cells(r: dict[str, Any], tested: list[str]) -> str:
+        ci = (r.get(interval) or {}).get("ci95")
+        text = f"[{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]" if ci else "–"
+        return _table_line([label(r), ",".join(map(str, r["seeds"])), text, *tested])
+
+    if reference in rows:
+        lines.append(cells(rows[reference], ["ref"] * len(labels)))
+    for row, r in rows.items():
+        if row in tests:
+            lines.append(cells(r, [format_comparison(_scaled(tests[row][q], scale), digits)
+                                   for q in compared]))  # fmt: skip
+    return lines
+
+
+def interval_label(quantity: str) -> str:
+    """``test_accuracy`` -> ``test acc`` (the interval column's head)."""
+    return quantity.replace("_accuracy", " acc").replace("_", " ")
+
+
+def _scaled(c: dict[str, Any], scale: float) -> dict[str, Any]:
+    d = c.get("difference")
+    return {**c, "difference": None if d is None else d * scale}

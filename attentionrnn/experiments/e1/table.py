@@ -12,9 +12,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from attentionrnn.engine import results
 from attentionrnn.engine.results import markdown_figures, markdown_head
 from attentionrnn.engine.runs import format_stats, seed_stats
-from attentionrnn.engine.stats import compare, format_comparison
 from attentionrnn.experiments.e1.mask_stats import REGIONS
 from attentionrnn.experiments.e1.model import DEFAULT_ATTENTION_LAYERS
 from attentionrnn.experiments.e1.rows import ROWS, label
@@ -25,7 +25,7 @@ __all__ = ["REFERENCE", "comparisons", "results_markdown", "row_label", "summari
 #: The row every other row is tested against: PAN's own attention.
 REFERENCE = "ctx"
 #: The quantities tested against :data:`REFERENCE`: name -> (label, path in a row's summary).
-COMPARED: dict[str, tuple[str, tuple[str, ...]]] = {
+COMPARED: results.Compared = {
     "test_accuracy": ("test acc", ("test_accuracy",)),
     **{f"layer{k}_box": (f"L{k} box", ("box_by_layer", f"layer{k}")) for k in (1, 2, 3, 4)},
 }
@@ -142,24 +142,10 @@ def _mask_stats(ms: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
     }
 
 
-def _path(summary: dict[str, Any], path: tuple[str, ...]) -> list[float]:
-    value: Any = summary
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return (value or {}).get("values", [])
-
-
 def comparisons(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """``{row: {quantity: compare(row, CTX)}}`` for every row but CTX itself (empty without a CTX
     row)."""
-    if REFERENCE not in rows:
-        return {}
-    ref = rows[REFERENCE]
-    return {
-        row: {q: compare(_path(r, path), _path(ref, path)) for q, (_, path) in COMPARED.items()}
-        for row, r in rows.items()
-        if row != REFERENCE
-    }
+    return results.comparisons(rows, REFERENCE, COMPARED)
 
 
 def row_label(r: dict[str, Any]) -> str:
@@ -228,43 +214,15 @@ def _slopes(r: dict[str, Any]) -> str:
     return " / ".join(cells)
 
 
-def _ci(stats: dict[str, Any] | None) -> str:
-    ci = (stats or {}).get("ci95")
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
-
-
 def _comparison_lines(
     dataset: str, rows: dict[str, dict[str, Any]], tests: dict[str, dict[str, Any]]
 ) -> list[str]:
     """Each row against CTX: the difference of the means and Welch's p, per quantity."""
-    if not tests:
-        return []
-    labels = [label for label, _ in COMPARED.values()]
-    lines = [
-        "",
-        f"Against CTX on {dataset.upper()}: difference of the means (row − CTX), Welch's "
-        "t-test p; **bold**: called (p < 0.05); n/a: a side with fewer than two seeds. "
-        "95 % interval of the row's test accuracy.",
-        "",
-        "| method | seeds | test acc 95 % CI | " + " | ".join(labels) + " |",
-        "|---" * (3 + len(labels)) + "|",
-    ]
-    ref = rows.get(REFERENCE)
-    if ref is not None:
-        cells = ["ref"] * len(labels)
-        lines.append(
-            f"| {row_label(ref)} | {','.join(map(str, ref['seeds']))} | "
-            f"{_ci(ref['test_accuracy'])} | " + " | ".join(cells) + " |"
-        )
-    for row, r in rows.items():
-        if row not in tests:
-            continue
-        cells = [format_comparison(tests[row][q]) for q in COMPARED]
-        lines.append(
-            f"| {row_label(r)} | {','.join(map(str, r['seeds']))} | "
-            f"{_ci(r['test_accuracy'])} | " + " | ".join(cells) + " |"
-        )
-    return lines
+    intro = (f"Against CTX on {dataset.upper()}: difference of the means (row − CTX), Welch's "
+             "t-test p; **bold**: called (p < 0.05); n/a: a side with fewer than two seeds. "
+             "95 % interval of the row's test accuracy.")  # fmt: skip
+    return results.comparison_lines(rows, tests, reference=REFERENCE, compared=COMPARED,
+                                    intro=intro, label=row_label)  # fmt: skip
 
 
 def _mask_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
