@@ -367,6 +367,43 @@ def test_cli_train_reproduce_table(tmp_path, capsys):
     assert again["answer_prior"]["sort_of_clevr"] == recorded
 
 
+def test_table_tests_every_row_against_mcb_per_glimpse(tmp_path):
+    """The table's one statistical rule: per glimpse and overall, each row against MCB with
+    Welch's test (scipy), the 95 % interval, a difference called only at p < 0.05."""
+    from scipy import stats
+
+    from attentionrnn.experiments.e3.experiment import assemble
+
+    values = {"mcb": ([0.60, 0.62, 0.61], [0.05, 0.06, 0.04]),
+              "arnn": ([0.80, 0.84, 0.82], [0.15, 0.12, 0.09])}  # fmt: skip
+    for row, (accuracies, glimpse2) in values.items():
+        for seed, (acc, g2) in enumerate(zip(accuracies, glimpse2, strict=True)):
+            run = tmp_path / "runs" / "sort_of_clevr" / row / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({
+                "test_accuracy": acc, "val_accuracy": acc, "test_by_type": {"other": acc},
+                "test_relational": acc - 0.1, "test_non_relational": acc + 0.1,
+                "test_attention_correctness": [0.03, g2], "test_attention_chance": 0.021,
+                "test_answer_prior": {"accuracy": 0.5, "by_type": {"other": 0.5}},
+                "precision": "fp32", "parameters": 10, "epochs": 3, "training_time_s": 60.0,
+            }))  # fmt: skip
+    summary = assemble(tmp_path, "curriculum", figure=False)
+    arnn = summary["results"]["sort_of_clevr"]["arnn"]
+    assert arnn["correctness_by_glimpse"]["glimpse2"]["values"] == [0.15, 0.12, 0.09]
+    assert arnn["test_accuracy"]["ci95"] == pytest.approx(
+        stats.t.interval(0.95, 2, loc=0.82, scale=stats.sem([0.80, 0.84, 0.82])))
+    tests = summary["comparisons"]["sort_of_clevr"]
+    assert set(tests) == {"arnn"}  # MCB is the reference
+    welch = stats.ttest_ind([0.15, 0.12, 0.09], [0.05, 0.06, 0.04], equal_var=False)
+    assert tests["arnn"]["glimpse2"]["p"] == pytest.approx(welch.pvalue)
+    assert tests["arnn"]["glimpse2"]["called"] == (welch.pvalue < 0.05)
+    assert tests["arnn"]["glimpse1"]["p"] is None  # both sides without spread: no test
+    text = (tmp_path / "results.md").read_text()
+    assert "Against MCB attention" in text
+    assert "| MCB attention (conv) | 0,1,2 | [58.5, 63.5] |" in text
+    assert "**+21.0** (p " in text and "+0.0 (n/a)" in text  # percentage points
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["e3", "train", "--dataset", "vqa2", "--out", str(tmp_path / "r")]) == 2
     assert "VQA v2 needs a folder" in capsys.readouterr().err

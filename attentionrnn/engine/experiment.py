@@ -111,6 +111,10 @@ class Experiment:
             declared: :meth:`dataset_figures`; ``log`` default: ``attentionrnn.NAME.reproduce``).
         columns: ``[metrics of each seed] -> {key: statistics}``: a row's own entries of the
             table (:meth:`summarize_row`).
+        reference, compared: the row every other is tested against (Welch, the one rule of
+            :mod:`~attentionrnn.engine.stats`) and the quantities tested, ``{name: (label, path
+            of keys in a summarised row)}``: ``results.json``'s ``comparisons`` (for the
+            table: :func:`~attentionrnn.engine.results.comparison_lines`).
         curve_figure, run_figure, figure_title, dataset_title: the figures of
             :meth:`dataset_figures`: ``curve_figure(curves, path, title)`` draws the learning
             curves, ``run_figure(runs, path, title)`` the :attr:`figure` of ``{row label: run
@@ -163,6 +167,8 @@ class Experiment:
     base_config: Callable[[Any, str, dict[str, Any]], Any] | None = None
     summarize: Callable[[str, dict[int, dict[str, Any]]], dict[str, Any]] | None = None
     columns: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    reference: str | None = None
+    compared: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     curve_figure: Callable[[dict[str, Any], Path, str], Path] | None = None
     run_figure: Callable[[dict[str, Path], Path, str], Path | None] | None = None
     figure_title: str = "attention"
@@ -322,6 +328,7 @@ class Experiment:
             summarize=self.summarize, order=self.table_order or self.order,
             markdown=self.markdown, figures=self.figures if figure else None,
             totals=self.totals, figures_for=self.figures_for, log=self.log,
+            reference=self.reference, compared=self.compared,
         )  # fmt: skip
 
     def out_for(self, budget: str) -> str:

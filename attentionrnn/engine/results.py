@@ -56,6 +56,8 @@ def assemble(
     totals: Callable[[dict[str, Rows]], dict[str, Any]] | None = None,
     figures_for: str = "found",
     log: logging.Logger | None = None,
+    reference: str | None = None,
+    compared: Compared | None = None,
 ) -> dict[str, Any]:
     """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``.
 
@@ -72,6 +74,8 @@ def assemble(
         figures_for: ``"found"``: figures of every dataset found, in folder order; ``"table"``:
             of the table's datasets, in its order (E1's ``figures`` keys keep that order).
         log: the experiment's logger.
+        reference, compared: with both, ``summary["comparisons"][dataset]`` holds
+            :func:`comparisons` of every row against ``reference`` on ``compared``.
     """
     out = Path(out)
     found = finished_runs(out)
@@ -83,6 +87,10 @@ def assemble(
             for d in [d for d in datasets if d in found]
         },
     }
+    if reference is not None and compared:
+        summary["comparisons"] = {
+            d: comparisons(rows, reference, compared) for d, rows in summary["results"].items()
+        }
     if totals is not None:
         summary.update(totals(found))
     drawn: dict[str, dict[str, str]] = {}

@@ -166,6 +166,7 @@ def _columns(ms: list[dict[str, Any]]) -> dict[str, Any]:
         values = m.get("test_attention_correctness")
         return sum(values) / len(values) if values else None
 
+    glimpses = max(len(m.get("test_attention_correctness") or []) for m in ms)
     return {
         "test_accuracy": seed_stats([m["test_accuracy"] for m in ms]),
         "val_accuracy": seed_stats([m["val_accuracy"] for m in ms]),
@@ -177,8 +178,16 @@ def _columns(ms: list[dict[str, Any]]) -> dict[str, Any]:
         "relational": seed_stats([m.get("test_relational") for m in ms]),
         "non_relational": seed_stats([m.get("test_non_relational") for m in ms]),
         "attention_correctness": seed_stats([correctness(m) for m in ms]),
+        "correctness_by_glimpse": {
+            f"glimpse{g + 1}": seed_stats([_glimpse(m, g) for m in ms]) for g in range(glimpses)
+        },
         "attention_chance": seed_stats([m.get("test_attention_chance") for m in ms]),
     }
+
+
+def _glimpse(m: dict[str, Any], g: int) -> float | None:
+    values = m.get("test_attention_correctness") or []
+    return values[g] if g < len(values) else None
 
 
 def _answer_priors(found: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> dict[str, Any]:
@@ -213,13 +222,19 @@ def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]
     uniform mask's attention correctness below it, and its figures."""
     types = [t for t in QUESTION_TYPES if any(t in r["by_type"] for r in rows.values())]
     relational = any(r["relational"]["mean"] is not None for r in rows.values())
-    extra = ["relational", "non-relational", "att. correctness %"] if relational else []
+    glimpses = sorted({g for r in rows.values() for g in r.get("correctness_by_glimpse", {})})
+    extra = ["relational", "non-relational"] if relational else []
+    if relational:
+        extra += [f"att. corr. {g.replace('glimpse', 'glimpse ')} %" for g in glimpses] or [
+            "att. correctness %"]  # fmt: skip
     table = []
     for r in rows.values():
         cells = [_fmt(r["test_accuracy"]), *(_fmt(r["by_type"].get(t)) for t in types)]
         if relational:
-            cells += [_fmt(r["relational"]), _fmt(r["non_relational"]),
-                      _fmt(r["attention_correctness"])]  # fmt: skip
+            cells += [_fmt(r["relational"]), _fmt(r["non_relational"])]
+            by_glimpse = r.get("correctness_by_glimpse", {})
+            cells += ([_fmt(by_glimpse.get(g)) for g in glimpses] if glimpses
+                      else [_fmt(r["attention_correctness"])])  # fmt: skip
         table.append(results.row_cells(r, cells))
     prior = summary.get("answer_prior", {}).get(d)
     if prior:
@@ -235,17 +250,38 @@ def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]
                    if r["attention_chance"]["mean"] is not None), None)  # fmt: skip
     if relational and chance:
         lines += [f"A uniform mask's attention correctness: {_fmt(chance)} %.", ""]
+    tests = summary.get("comparisons", {}).get(d, {})
+    if any(c["p"] is not None for t in tests.values() for c in t.values()):
+        intro = ("Against MCB attention: difference of the means (row − MCB, percentage "
+                 "points), Welch's t-test p; **bold**: called (p < 0.05); n/a: a side with fewer "
+                 "than two seeds, or neither with a spread. 95 % interval of the row's test "
+                 "accuracy (%).")  # fmt: skip
+        lines += results.comparison_lines(
+            rows, tests, reference=REFERENCE, compared=COMPARED, intro=intro, scale=100.0,
+            digits=1,
+        )[1:] + [""]  # fmt: skip
     return lines + results.markdown_figures(summary, d)
 
+
+#: The row every other is tested against: MCB's own attention (the paper's baseline).
+REFERENCE = "mcb"
+#: The quantities tested against :data:`REFERENCE` (label, path in a summarised row).
+COMPARED: results.Compared = {
+    "test_accuracy": ("test acc", ("test_accuracy",)),
+    "relational": ("relational", ("relational",)),
+    "non_relational": ("non-relational", ("non_relational",)),
+    **{f"glimpse{g}": (f"att. corr. glimpse {g}", ("correctness_by_glimpse", f"glimpse{g}"))
+       for g in (1, 2)},
+}  # fmt: skip
 
 #: The title of :func:`results_markdown` and the text above its tables.
 TITLE = "E3 visual question answering (MCB with swappable attention)"
 CAPTION = (
     "Test accuracy (%) at the best validation epoch, overall and by question type (VQA v2: "
     "the VQA accuracy min(#humans/3, 1)); attention correctness: the share of the mask's "
-    "mass inside the boxes of the objects the question is about (generated set, mean of the "
-    "glimpses; a uniform mask scores the boxes' share of the image, given below the "
-    "table). Mean ± sample standard deviation over the seeds listed (one seed has no ±). "
+    "mass inside the boxes of the objects the question is about (generated set, per glimpse; "
+    "a uniform mask scores the boxes' share of the image, given below the table). Mean ± "
+    "sample standard deviation over the seeds listed (one seed has no ±). "
     "'question only (prior)': each test question answered with the training set's most "
     "frequent answer to the same question, no image. 'oracle mask': not an estimator but "
     "a bound: the same network with each glimpse spread over the grid cells the question's "
@@ -268,6 +304,7 @@ EXPERIMENT = register_experiment(Experiment(
     check=_check,
     prepare=_prepare,
     columns=_columns, curve_figure=curve_figure, run_figure=mask_figure, totals=_answer_priors,
+    reference=REFERENCE, compared=COMPARED,
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
     rows=ROW_TABLE,
     train_keys=("test_accuracy", "test_by_type", "test_relational", "test_non_relational",
