@@ -369,6 +369,40 @@ def test_cli_train_reproduce_table(tmp_path, capsys):
     assert "ARNN (bi)" in capsys.readouterr().out
 
 
+def test_table_tests_every_head_against_ctx(tmp_path):
+    """E4's table under the one statistical rule: each head against CTX (Welch, scipy), the 95 %
+    interval of edit success, a difference called only at p < 0.05."""
+    from scipy import stats
+
+    from attentionrnn.experiments.e4.experiment import assemble
+
+    success = {"ctx": [0.30, 0.32, 0.31], "arnn": [0.50, 0.55, 0.45]}
+    for head, values in success.items():
+        for seed, value in enumerate(values):
+            run = tmp_path / "runs" / "mref" / head / f"seed{seed}"
+            run.mkdir(parents=True)
+            metrics = {f"test_{k}": 0.2 for k in ("preservation_l1", "truth_l1",
+                       "mask_correctness", "mask_correctness_box", "mask_others", "leak_l1",
+                       "kid")}  # fmt: skip
+            metrics.update(test_edit_success=value, test_mask_query_ratio=0.18 + 0.01 * seed,
+                           exact_edit=None, judge={"test_accuracy": 0.99}, precision="fp32",
+                           parameters=10, epochs=2, training_time_s=60.0)  # fmt: skip
+            (run / "metrics.json").write_text(json.dumps(metrics))
+    summary = assemble(tmp_path, "plateau", figure=False)
+    tests = summary["comparisons"]["mref"]
+    welch = stats.ttest_ind(success["arnn"], success["ctx"], equal_var=False)
+    assert set(tests) == {"arnn"} and tests["arnn"]["edit_success"]["p"] == pytest.approx(
+        welch.pvalue)
+    same = tests["arnn"]["mask_query_ratio"]  # the same values on both sides: nothing called
+    assert same["difference"] == pytest.approx(0.0, abs=1e-12) and not same["called"]
+    # 0.2 on every seed of both heads: no spread, no test (a float mean of 0.2s is not 0.2)
+    assert tests["arnn"]["mask_correctness"]["p"] is None
+    text = (tmp_path / "results.md").read_text()
+    assert "Against the conv mask (CTX)" in text
+    ci = stats.t.interval(0.95, 2, loc=50.0, scale=stats.sem([50.0, 55.0, 45.0]))
+    assert f"| ARNN (bi) | 0,1,2 | [{ci[0]:.1f}, {ci[1]:.1f}] | **+19.0** (p " in text
+
+
 def test_cli_errors(tmp_path, capsys):
     assert main(["e4", "train", "--out", str(tmp_path / "r"), "--canvas", "50"]) == 2
     assert "divisible by 4" in capsys.readouterr().err

@@ -225,15 +225,18 @@ def comparison_lines(
     label: Callable[[dict[str, Any]], str] = lambda r: r["label"],
     interval: str = "test_accuracy",
     scale: float = 1.0,
-    digits: int = 3,
+    digits: int | dict[str, int] = 3,
 ) -> list[str]:
     """The table of :func:`comparisons`: a blank line, ``intro``, a blank line, then a row per
     method — its label, seeds, the 95 % interval of its ``interval`` quantity, and per compared
     quantity the difference of the means and Welch's p (``ref`` on the reference's row). Values
-    and differences are shown times ``scale`` with ``digits`` decimals. None without tests."""
+    and differences are shown times ``scale`` with ``digits`` decimals (or ``{quantity:
+    decimals}``; the interval with the first quantity's). None without tests."""
     if not tests:
         return []
     labels = [name for name, _ in compared.values()]
+    places = digits if isinstance(digits, dict) else dict.fromkeys(compared, digits)
+    first = places[next(iter(compared))]
     lines = [
         "", intro, "",
         *markdown_table(["method", "seeds", f"{interval_label(interval)} 95 % CI", *labels], []),
@@ -241,14 +244,14 @@ def comparison_lines(
 
     def cells(r: dict[str, Any], tested: list[str]) -> str:
         ci = (r.get(interval) or {}).get("ci95")
-        text = f"[{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]" if ci else "–"
+        text = f"[{ci[0] * scale:.{first}f}, {ci[1] * scale:.{first}f}]" if ci else "–"
         return _table_line([label(r), ",".join(map(str, r["seeds"])), text, *tested])
 
     if reference in rows:
         lines.append(cells(rows[reference], ["ref"] * len(labels)))
     for row, r in rows.items():
         if row in tests:
-            lines.append(cells(r, [format_comparison(_scaled(tests[row][q], scale), digits)
+            lines.append(cells(r, [format_comparison(_scaled(tests[row][q], scale), places[q])
                                    for q in compared]))  # fmt: skip
     return lines
 

@@ -37,6 +37,14 @@ COLUMNS = measures(
     "mask_others", "mask_query_ratio", "leak_l1", "kid",
 )  # fmt: skip
 
+#: The row every other is tested against (the conv head, ModularGAN's own kind of mask) and
+#: the quantities tested: edit success, where the mask lies, what the edit leaks and costs.
+REFERENCE = "ctx"
+TESTED = ("edit_success", "mask_correctness", "mask_query_ratio", "leak_l1", "preservation_l1",
+          "kid")  # fmt: skip
+COMPARED: results.Compared = {key: (label.replace(" %", "").replace(" ×100", ""), (key,))
+                              for key, label, _, _ in measures(*TESTED)}  # fmt: skip
+
 
 #: What a budget sets besides its epochs: data size, network size and training length, and
 #: the screening candidates' design options.
@@ -257,6 +265,17 @@ def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]
     if first.get("judge_accuracy") is not None:
         lines += [f"Judge accuracy on real test images: {100 * first['judge_accuracy']:.1f} %.",
                   ""]  # fmt: skip
+    tests = summary.get("comparisons", {}).get(d, {})
+    if any(c["p"] is not None for t in tests.values() for c in t.values()):
+        intro = ("Against the conv mask (CTX): difference of the means (row − CTX, in the units "
+                 "of the table above), Welch's t-test p; **bold**: called (p < 0.05); n/a: a "
+                 "side with fewer than two seeds, or neither with a spread. 95 % interval of the "
+                 "row's edit success (%).")  # fmt: skip
+        lines += results.comparison_lines(
+            rows, tests, reference=REFERENCE, compared=COMPARED, intro=intro,
+            interval="edit_success", scale=100.0,
+            digits={key: places for key, _, _, places in measures(*TESTED)},
+        )[1:] + [""]  # fmt: skip
     return lines + results.markdown_figures(summary, d, ("curves", "samples"))
 
 
@@ -291,7 +310,7 @@ EXPERIMENT = register_experiment(Experiment(
     columns=_columns, curve_figure=curve_figure, run_figure=_sample_grid, figure="samples",
     figure_title="edits",
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
-    rows=ROW_TABLE,
+    rows=ROW_TABLE, reference=REFERENCE, compared=COMPARED,
     train_keys=("test_edit_success", "test_preservation_l1", "test_truth_l1",
                 "test_mask_correctness", "test_mask_correctness_box", "test_kid",
                 "val_edit_success", "epochs", "best_epoch", "precision", "training_time_s"),
