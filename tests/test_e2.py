@@ -318,3 +318,26 @@ def test_reproduce_and_table(tiny_tar, tmp_path):
     )  # fmt: skip
     rows = summary["results"]["cifar10"]
     assert rows["ltpa"]["seeds"] == [0, 1] and rows["none"]["seeds"] == [0]
+
+
+def test_table_tests_every_row_against_ltpa(tmp_path):
+    """E2's table under the one statistical rule: test error against LTPA (Welch, scipy)."""
+    from scipy import stats
+
+    from attentionrnn.experiments.e2.experiment import assemble
+
+    errors = {"ltpa": [0.20, 0.22, 0.21], "arnn": [0.15, 0.16, 0.14]}
+    for row, values in errors.items():
+        for seed, error in enumerate(values):
+            run = tmp_path / "runs" / "cifar10" / row / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({
+                "test_error": error, "val_error": error, "per_class_accuracy": {"cat": 0.8},
+                "best_epoch": 3, "precision": "fp32", "parameters": 10, "epochs": 3,
+                "training_time_s": 60.0,
+            }))  # fmt: skip
+    summary = assemble(tmp_path, "cpu", figure=False)
+    welch = stats.ttest_ind(errors["arnn"], errors["ltpa"], equal_var=False)
+    assert summary["comparisons"]["cifar10"]["arnn"]["test_error"]["p"] == pytest.approx(
+        welch.pvalue)
+    assert "Against LTPA's estimator" in (tmp_path / "results.md").read_text()

@@ -121,7 +121,22 @@ def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]
         ]  # fmt: skip
         lines += ["", "Per-class test accuracy % (mean over seeds):", ""]
         lines += results.markdown_table(["method", *classes], per_class)
+    tests = summary.get("comparisons", {}).get(d, {})
+    if any(c["p"] is not None for t in tests.values() for c in t.values()):
+        intro = ("Against LTPA's estimator: difference of the mean test errors (row − LTPA, "
+                 "percentage points), Welch's t-test p; **bold**: called (p < 0.05); n/a: a side "
+                 "with fewer than two seeds, or neither with a spread. 95 % interval of the row's "
+                 "test error (%).")  # fmt: skip
+        lines += results.comparison_lines(
+            rows, tests, reference=REFERENCE, compared=COMPARED, intro=intro,
+            interval="test_error", scale=100.0, digits=2,
+        )  # fmt: skip
     return [*lines, "", *results.markdown_figures(summary, d)]
+
+
+#: The row every other is tested against (LTPA's own estimator) and the quantity tested.
+REFERENCE = "ltpa"
+COMPARED: results.Compared = {"test_error": ("test error", ("test_error",))}
 
 
 #: The title of :func:`results_markdown` and the text above its tables.
@@ -144,7 +159,7 @@ EXPERIMENT = register_experiment(Experiment(
     prepare=_prepare,
     columns=_columns, curve_figure=curve_figure, run_figure=mask_figure, dataset_title=str.upper,
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
-    rows=ROW_TABLE,
+    rows=ROW_TABLE, reference=REFERENCE, compared=COMPARED,
     train_keys=("test_error", "val_error", "epochs", "best_epoch", "precision",
                 "training_time_s"),
     seeds_help="training seeds of every row (default: the budget's; 3 for LTPA and LTPA + ARNN)",
