@@ -454,6 +454,12 @@ def test_tiny_locate_run_records_its_stage_and_resumes_without_it(tmp_path, monk
     monkeypatch.setattr("attentionrnn.experiments.e4.train.train_locate", refuse)
     again = train(config)  # resumes from the checkpoint: its weights, the stage's record
     assert again["locate"] == located and len(again["history"]) == 1
+    # the folder of another configuration is refused before any stage runs
+    monkeypatch.setattr("attentionrnn.experiments.e4.train.train_judge", refuse)
+    other = dataclasses.replace(config, locate_steps=4)
+    (Path(config.out) / "metrics.json").unlink()
+    with pytest.raises(UserError, match="another configuration"):
+        train(other)
 
 
 # ------------------------------------------------------------------------------------------

@@ -25,12 +25,14 @@ from attentionrnn.engine.errors import UserError
 __all__ = [
     "atomic_save",
     "atomic_write_json",
+    "checkpoint_of",
     "clean_stale_temporaries",
     "file_sha256",
     "json_safe",
     "load_checkpoint",
     "read_json",
     "rng_state",
+    "save_checkpoint",
     "seed_everything",
     "set_rng_state",
 ]
@@ -164,3 +166,50 @@ def atomic_write_json(obj: Any, path: Path) -> None:
     tmp = _temporary(path)
     tmp.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+#: A fingerprint key added after runs were checkpointed without it (the data file's content
+#: hash): a checkpoint that lacks it still resumes.
+LATER_KEYS = ("data_sha256",)
+
+
+def save_checkpoint(
+    path: Path,
+    fingerprint: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+) -> None:
+    """Write a run's checkpoint: its ``fingerprint`` (the configuration that determines the
+    result), the model's and optimiser's state, the RNG state and the loop's ``state``."""
+    atomic_save(
+        {
+            "config": fingerprint,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "state": state,
+        },
+        path,
+    )
+
+
+def checkpoint_of(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (``None`` where there is none), when it belongs to the run of
+    ``fingerprint``; else a :class:`UserError` naming both configurations."""
+    if not path.is_file():
+        return None
+    ckpt = load_checkpoint(path)
+    if not _same_run(ckpt["config"], fingerprint):
+        raise UserError(
+            f"{path} belongs to a run with another configuration; use a new --out "
+            f"or delete the folder.\n saved: {ckpt['config']}\n now:   {fingerprint}"
+        )
+    return ckpt
+
+
+def _same_run(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    if not isinstance(saved, dict):
+        return False
+    now = {k: v for k, v in now.items() if k not in LATER_KEYS or k in saved}
+    return saved == now

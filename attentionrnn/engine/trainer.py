@@ -36,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from attentionrnn.engine.distributed import DistContext, init_distributed
-from attentionrnn.engine.errors import DivergedError, UserError
+from attentionrnn.engine.errors import DivergedError
 from attentionrnn.engine.lock import run_folder
 from attentionrnn.engine.memory import retain_freed_memory
 from attentionrnn.engine.precision import autocast, cpu_name
@@ -44,10 +44,10 @@ from attentionrnn.engine.provenance import provenance
 from attentionrnn.engine.state import (
     atomic_save,
     atomic_write_json,
+    checkpoint_of,
     json_safe,
-    load_checkpoint,
     read_json,
-    rng_state,
+    save_checkpoint,
     set_rng_state,
 )
 
@@ -68,6 +68,7 @@ __all__ = [
     "fit",
     "launch",
     "process_settings",
+    "resumable_checkpoint",
     "train_one_epoch",
     "write_metrics",
 ]
@@ -224,14 +225,8 @@ def fit(
             warm-up or curriculum whose validation score is not yet comparable).
     """
     state = FitState()
-    ckpt_path = out / CHECKPOINT
-    if ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        if not _same_run(ckpt["config"], fingerprint):
-            raise UserError(
-                f"{ckpt_path} belongs to a run with another configuration; use a new --out "
-                f"or delete the folder.\n saved: {ckpt['config']}\n now:   {fingerprint}"
-            )
+    ckpt = resumable_checkpoint(out, fingerprint)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
@@ -286,7 +281,7 @@ def fit(
                 state.best_epoch + 1,
                 seconds,
             )
-            _checkpoint(ckpt_path, fingerprint, model, optimizer, state)
+            save_checkpoint(out / CHECKPOINT, fingerprint, model, optimizer, state.__dict__)
         ctx.barrier()
     if state.best_model is not None:
         model.load_state_dict(state.best_model)
@@ -339,7 +334,7 @@ def write_metrics(
         atomic_save({"model": state.best_model, "epoch": state.best_epoch + 1}, out / BEST)
         atomic_write_json(metrics, out / METRICS)
         state.done = True
-        _checkpoint(out / CHECKPOINT, fingerprint, model, optimizer, state)
+        save_checkpoint(out / CHECKPOINT, fingerprint, model, optimizer, state.__dict__)
     ctx.barrier()
     return metrics
 
@@ -351,35 +346,11 @@ def finished_metrics(out: Path, state: FitState) -> dict[str, Any] | None:
     return None
 
 
-#: A fingerprint key added after runs were checkpointed without it (the data file's content
-#: hash): a checkpoint that lacks it still resumes.
-LATER_KEYS = ("data_sha256",)
-
-
-def _same_run(saved: dict[str, Any], now: dict[str, Any]) -> bool:
-    if not isinstance(saved, dict):
-        return False
-    now = {k: v for k, v in now.items() if k not in LATER_KEYS or k in saved}
-    return saved == now
-
-
-def _checkpoint(
-    path: Path,
-    fingerprint: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: FitState,
-) -> None:
-    atomic_save(
-        {
-            "config": fingerprint,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(),
-            "state": state.__dict__,
-        },
-        path,
-    )
+def resumable_checkpoint(out: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """``OUT/checkpoint.pt`` where there is one, else ``None``; a :class:`UserError` where it
+    belongs to a run with another configuration (:func:`~.state.checkpoint_of`). A recipe that
+    does work of its own before :func:`fit` (E4's judge and locate stage) asks first."""
+    return checkpoint_of(Path(out) / CHECKPOINT, fingerprint)
 
 
 class Sized:

@@ -39,7 +39,7 @@ from attentionrnn.engine.experiment import Row
 from attentionrnn.engine.precision import autocast, resolve_precision
 from attentionrnn.engine.recipe import fit_run, load_finished, recipe, run_metrics
 from attentionrnn.engine.state import atomic_write_json
-from attentionrnn.engine.trainer import CHECKPOINT, write_metrics
+from attentionrnn.engine.trainer import CHECKPOINT, resumable_checkpoint, write_metrics
 from attentionrnn.experiments.e4.config import E4Config
 from attentionrnn.experiments.e4.data import load_task
 from attentionrnn.experiments.e4.evaluate import (
@@ -170,6 +170,8 @@ def train(
     targets = {s: fixed_targets(task, idx[s], s) for s in ("val", "test")}
     logger.info("%s: train %d / val %d / test %d edits, %s px", task.name, len(idx["train"]),
                 len(idx["val"]), len(idx["test"]), task.image_size)  # fmt: skip
+    fingerprint = {**config.fingerprint(), "data": task.identity}
+    resumable_checkpoint(out, fingerprint)  # another run's folder: refused before the stages
     judge, judge_stats = train_judge(task, idx, config, out, precision)
     teacher, teacher_stats = (train_teacher(task, idx, config, out, precision)
                               if config.w_teacher > 0 else (None, None))  # fmt: skip
@@ -219,7 +221,6 @@ def train(
         last = float(current["epoch"] + 1)
         return {**val, "score": last if config.select == "last" else val["edit_success"]}
 
-    fingerprint = {**config.fingerprint(), "data": task.identity}
     state, done = fit_run(net, optimizer, one_epoch, validate, config=config, out=out,  # type: ignore[arg-type]
                           fingerprint=fingerprint, ctx=ctx, lr_at=lr_at, log=logger,
                           monitor="score", name=name)  # fmt: skip
