@@ -85,6 +85,7 @@ def generator_loss(
     query: Tensor | None, weights: LossWeights = LossWeights(),
     teacher: nn.Module | None = None,
     kept: tuple[Tensor, Tensor, Tensor] | None = None,
+    edit: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:  # fmt: skip
     """ModularGAN's generator loss: adversarial (hinge), classification of the edited image,
     reconstruction, cycle and mask sparsity; with a ``teacher`` (a frozen
@@ -99,9 +100,10 @@ def generator_loss(
     (``g_apart``): a query-blind mask gives 1, masks on two different digits 0. Only which
     digits an image holds is used, never where they are. With ``weights.identify > 0`` (an
     editor built with ``identify=True``), the cross-entropy of :func:`identity_logits` against
-    the query's class (``g_identify``): the query's label only. Returns ``(loss, terms, edited,
-    masks)``."""
-    edited, masks = g(x, targets, query)
+    the query's class (``g_identify``): the query's label only. ``edit``: ``g(x, targets,
+    query)`` where the caller has it already (with its graph; a training step edits once for
+    both updates). Returns ``(loss, terms, edited, masks)``."""
+    edited, masks = g(x, targets, query) if edit is None else edit
     score, logits = d(edited, query)
     adv = -score.float().mean()
     cls = attribute_loss(logits, targets, g.classes)

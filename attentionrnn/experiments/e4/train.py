@@ -297,11 +297,12 @@ def locate_stage(g: Editor, judge, task, idx, val_targets, config: E4Config, out
 
 def _step(g: Editor, d: Discriminator, optimizer: _Optimizers, x: torch.Tensor, b, weights,
           precision: str, teacher: nn.Module | None = None) -> dict[str, float]:  # fmt: skip
-    """One discriminator update, then one generator update (hinge loss, no gradient penalty)."""
+    """One discriminator update, then one generator update (hinge loss, no gradient penalty).
+    The edit is made once, with its graph: D learns from it detached, and the generator's loss
+    (through the updated D) reuses it — the generator has not changed in between."""
     with autocast(precision):
-        with torch.no_grad():
-            fake, _ = g(x, b.targets, b.query)
-        d_loss, d_parts = discriminator_loss(d, x, fake, b.labels, b.query, weights)
+        edit = g(x, b.targets, b.query)
+        d_loss, d_parts = discriminator_loss(d, x, edit[0].detach(), b.labels, b.query, weights)
     optimizer.d.zero_grad(set_to_none=True)
     d_loss.backward()
     optimizer.d.step()
@@ -309,7 +310,7 @@ def _step(g: Editor, d: Discriminator, optimizer: _Optimizers, x: torch.Tensor, 
     with autocast(precision):
         kept = None if b.kept_query is None else (b.kept_query, b.kept_labels, b.kept_valid)
         g_loss, g_parts, _, _ = generator_loss(g, d, x, b.labels, b.targets, b.query, weights,
-                                               teacher, kept)  # fmt: skip
+                                               teacher, kept, edit)  # fmt: skip
     optimizer.g.zero_grad(set_to_none=True)
     g_loss.backward()
     optimizer.g.step()
