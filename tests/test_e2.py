@@ -340,4 +340,4 @@ def test_table_tests_every_row_against_ltpa(tmp_path):
     welch = stats.ttest_ind(errors["arnn"], errors["ltpa"], equal_var=False)
     assert summary["comparisons"]["cifar10"]["arnn"]["test_error"]["p"] == pytest.approx(
         welch.pvalue)
-    assert "Against LTPA's estimator" in (tmp_path / "results.md").read_text()
+    assert "Against LTPA (concat-pc): difference" in (tmp_path / "results.md").read_text()

@@ -399,7 +399,7 @@ def test_table_tests_every_row_against_mcb_per_glimpse(tmp_path):
     assert tests["arnn"]["glimpse2"]["called"] == (welch.pvalue < 0.05)
     assert tests["arnn"]["glimpse1"]["p"] is None  # both sides without spread: no test
     text = (tmp_path / "results.md").read_text()
-    assert "Against MCB attention" in text
+    assert "Against MCB attention (conv): difference of the means (row − MCB, percentage" in text
     assert "| MCB attention (conv) | 0,1,2 | [58.5, 63.5] |" in text
     assert "**+21.0** (p " in text and "+0.0 (n/a)" in text  # percentage points
 

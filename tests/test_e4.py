@@ -398,7 +398,7 @@ def test_table_tests_every_head_against_ctx(tmp_path):
     # 0.2 on every seed of both heads: no spread, no test (a float mean of 0.2s is not 0.2)
     assert tests["arnn"]["mask_correctness"]["p"] is None
     text = (tmp_path / "results.md").read_text()
-    assert "Against the conv mask (CTX)" in text
+    assert "Against conv mask (CTX): difference of the means (row − CTX" in text
     ci = stats.t.interval(0.95, 2, loc=50.0, scale=stats.sem([50.0, 55.0, 45.0]))
     assert f"| ARNN (bi) | 0,1,2 | [{ci[0]:.1f}, {ci[1]:.1f}] | **+19.0** (p " in text
 

@@ -26,6 +26,7 @@ __all__ = [
     "Compared",
     "assemble",
     "comparison_lines",
+    "comparison_section",
     "comparisons",
     "learning_curves",
     "markdown_document",
@@ -254,6 +255,38 @@ def comparison_lines(
             lines.append(cells(r, [format_comparison(_scaled(tests[row][q], scale), places[q])
                                    for q in compared]))  # fmt: skip
     return lines
+
+
+def comparison_section(
+    summary: dict[str, Any],
+    dataset: str,
+    rows: dict[str, dict[str, Any]],
+    *,
+    reference: str,
+    compared: Compared,
+    short: str,
+    units: str,
+    interval: str = "test_accuracy",
+    scale: float = 1.0,
+    digits: int | dict[str, int] = 3,
+) -> list[str]:
+    """The lines under a dataset's table that test its rows against ``reference``: the
+    explanation (the reference's label and ``short`` name, the differences' ``units``), the
+    table of :func:`comparison_lines` of ``summary["comparisons"][dataset]``, a blank line; none
+    while no quantity has a test (fewer than two seeds on a side)."""
+    tests = summary.get("comparisons", {}).get(dataset, {})
+    if reference not in rows or not any(
+        c["p"] is not None for t in tests.values() for c in t.values()
+    ):
+        return []
+    intro = (
+        f"Against {rows[reference]['label']}: difference of the means (row − {short}, {units}), "
+        "Welch's t-test p; **bold**: called (p < 0.05); n/a: a side with fewer than two seeds, "
+        f"or neither with a spread. 95 % interval of the row's {interval.replace('_', ' ')}."
+    )
+    lines = comparison_lines(rows, tests, reference=reference, compared=compared, intro=intro,
+                             interval=interval, scale=scale, digits=digits)  # fmt: skip
+    return [*lines[1:], ""]
 
 
 def interval_label(quantity: str) -> str:

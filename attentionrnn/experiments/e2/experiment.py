@@ -121,17 +121,11 @@ def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]
         ]  # fmt: skip
         lines += ["", "Per-class test accuracy % (mean over seeds):", ""]
         lines += results.markdown_table(["method", *classes], per_class)
-    tests = summary.get("comparisons", {}).get(d, {})
-    if any(c["p"] is not None for t in tests.values() for c in t.values()):
-        intro = ("Against LTPA's estimator: difference of the mean test errors (row − LTPA, "
-                 "percentage points), Welch's t-test p; **bold**: called (p < 0.05); n/a: a side "
-                 "with fewer than two seeds, or neither with a spread. 95 % interval of the row's "
-                 "test error (%).")  # fmt: skip
-        lines += results.comparison_lines(
-            rows, tests, reference=REFERENCE, compared=COMPARED, intro=intro,
-            interval="test_error", scale=100.0, digits=2,
-        )  # fmt: skip
-    return [*lines, "", *results.markdown_figures(summary, d)]
+    against = results.comparison_section(
+        summary, d, rows, reference=REFERENCE, compared=COMPARED, short="LTPA",
+        units="percentage points", interval="test_error", scale=100.0, digits=2,
+    )  # fmt: skip
+    return [*lines, "", *against, *results.markdown_figures(summary, d)]
 
 
 #: The row every other is tested against (LTPA's own estimator) and the quantity tested.

@@ -250,16 +250,10 @@ def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]
                    if r["attention_chance"]["mean"] is not None), None)  # fmt: skip
     if relational and chance:
         lines += [f"A uniform mask's attention correctness: {_fmt(chance)} %.", ""]
-    tests = summary.get("comparisons", {}).get(d, {})
-    if any(c["p"] is not None for t in tests.values() for c in t.values()):
-        intro = ("Against MCB attention: difference of the means (row − MCB, percentage "
-                 "points), Welch's t-test p; **bold**: called (p < 0.05); n/a: a side with fewer "
-                 "than two seeds, or neither with a spread. 95 % interval of the row's test "
-                 "accuracy (%).")  # fmt: skip
-        lines += results.comparison_lines(
-            rows, tests, reference=REFERENCE, compared=COMPARED, intro=intro, scale=100.0,
-            digits=1,
-        )[1:] + [""]  # fmt: skip
+    lines += results.comparison_section(
+        summary, d, rows, reference=REFERENCE, compared=COMPARED, short="MCB",
+        units="percentage points", scale=100.0, digits=1,
+    )  # fmt: skip
     return lines + results.markdown_figures(summary, d)
 
 

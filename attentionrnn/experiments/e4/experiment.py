@@ -265,17 +265,11 @@ def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]
     if first.get("judge_accuracy") is not None:
         lines += [f"Judge accuracy on real test images: {100 * first['judge_accuracy']:.1f} %.",
                   ""]  # fmt: skip
-    tests = summary.get("comparisons", {}).get(d, {})
-    if any(c["p"] is not None for t in tests.values() for c in t.values()):
-        intro = ("Against the conv mask (CTX): difference of the means (row − CTX, in the units "
-                 "of the table above), Welch's t-test p; **bold**: called (p < 0.05); n/a: a "
-                 "side with fewer than two seeds, or neither with a spread. 95 % interval of the "
-                 "row's edit success (%).")  # fmt: skip
-        lines += results.comparison_lines(
-            rows, tests, reference=REFERENCE, compared=COMPARED, intro=intro,
-            interval="edit_success", scale=100.0,
-            digits={key: places for key, _, _, places in measures(*TESTED)},
-        )[1:] + [""]  # fmt: skip
+    lines += results.comparison_section(
+        summary, d, rows, reference=REFERENCE, compared=COMPARED, short="CTX",
+        units="in the table's units", interval="edit_success", scale=100.0,
+        digits={key: places for key, _, _, places in measures(*TESTED)},
+    )  # fmt: skip
     return lines + results.markdown_figures(summary, d, ("curves", "samples"))
 
 
