@@ -113,8 +113,8 @@ class Experiment:
             table (:meth:`summarize_row`).
         reference, compared: the row every other is tested against (Welch, the one rule of
             :mod:`~attentionrnn.engine.stats`) and the quantities tested, ``{name: (label, path
-            of keys in a summarised row)}``: ``results.json``'s ``comparisons`` (for the
-            table: :func:`~attentionrnn.engine.results.comparison_lines`).
+            of keys in a summarised row)}``: ``results.json``'s ``comparisons``, shown under a
+            dataset's table by :func:`~attentionrnn.engine.results.comparison_section`.
         curve_figure, run_figure, figure_title, dataset_title: the figures of
             :meth:`dataset_figures`: ``curve_figure(curves, path, title)`` draws the learning
             curves, ``run_figure(runs, path, title)`` the :attr:`figure` of ``{row label: run
