@@ -90,6 +90,49 @@ def test_fit_counts_patience_from_the_given_epoch(tmp_path, patience_from, epoch
     assert state.epoch == epochs_run and state.best_epoch == 0
 
 
+def test_a_resumed_run_counts_the_epochs_of_the_processes_before_it_in_its_wall_time(tmp_path):
+    """``wall_time_s`` is the recipe's clock of this process; a run resumed from a checkpoint
+    adds the epochs trained before (the table's wall hours and the time estimates read it)."""
+    import dataclasses
+    import time as clock
+
+    import torch
+
+    from attentionrnn.engine.distributed import DistContext
+    from attentionrnn.engine.trainer import fit, write_metrics
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def run(epochs: int, pause: float):
+        def one_epoch(e: int) -> dict:
+            clock.sleep(pause)
+            return {"steps": 1}
+
+        return fit(
+            model, optimizer, out=tmp_path, fingerprint={"x": 1}, ctx=DistContext(),
+            epochs=epochs, patience=5, lr_at=lambda e: 0.1, train_one_epoch=one_epoch,
+            evaluate=lambda: {"accuracy": 0.5},
+        )  # fmt: skip
+
+    first = run(1, 0.3)  # one slow epoch, checkpointed; then the process "stops"
+    assert first.resumed_at == 0.0 and first.elapsed >= 0.3
+    state = run(2, 0.0)  # another process resumes and trains epoch 2
+    assert state.resumed_at == pytest.approx(first.elapsed)
+
+    @dataclasses.dataclass
+    class Config:
+        epochs: int = 2
+        channels_last: bool = False
+
+    metrics = write_metrics(
+        tmp_path, {"wall_time_s": 0.05}, state, config=Config(), precision="fp32",
+        fingerprint={"x": 1}, model=model, optimizer=optimizer, ctx=DistContext(),
+    )  # fmt: skip
+    assert metrics["wall_time_s"] == pytest.approx(0.05 + first.elapsed)
+    assert metrics["wall_time_s"] >= metrics["training_time_s"] - 0.05
+
+
 def _finished(out: Path, run: str, **metrics: float) -> None:
     folder = out / "runs" / run
     folder.mkdir(parents=True)

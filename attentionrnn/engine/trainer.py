@@ -86,6 +86,7 @@ class FitState:
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed: float = 0.0  # seconds spent in epochs (training + validation)
     done: bool = False
+    resumed_at: float = 0.0  # ``elapsed`` when this process resumed the run (0: started it)
 
 
 @contextlib.contextmanager
@@ -231,6 +232,7 @@ def fit(
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         state = FitState(**ckpt["state"])
+        state.resumed_at = state.elapsed
         logger.info("resuming %s from epoch %d", out, state.epoch)
 
     def patient() -> bool:
@@ -303,12 +305,15 @@ def write_metrics(
     recorded: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json`` — the experiment's ``metrics`` followed by how the run went
-    (epochs, steps, time, precision, what the caller ``recorded`` of its layers (e.g. which
+    (epochs, steps, time — ``wall_time_s``, where given, plus the epochs of the processes that
+    ran before a resume —, precision, what the caller ``recorded`` of its layers (e.g. which
     scan products ran), processes, the provenance — git commit, CPU features, the
     SHA-256 of ``data_file`` —, the config and the learning curve) — and the best weights, and
     mark the run finished (rank 0). A NaN or infinite loss among the metrics raises
     :class:`DivergedError` instead: the run is not recorded as finished."""
     check_finite(metrics, f"{out}: test")
+    if "wall_time_s" in metrics:  # this process's; the epochs of the earlier ones count too
+        metrics = {**metrics, "wall_time_s": metrics["wall_time_s"] + state.resumed_at}
     metrics = json_safe(
         {
             **metrics,
