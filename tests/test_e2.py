@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -266,6 +267,7 @@ def test_cli_train_end_to_end_and_resume(tiny_tar, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["attention"] == "arnn" and metrics["epochs"] == 1
     assert metrics["scan_products"] == scan_products(metrics["precision"])
+    assert re.fullmatch(r"[0-9a-f]{64}", metrics["provenance"]["data_sha256"])
     assert 0.0 <= metrics["test_error"] <= 1.0
     assert metrics["samples"] == {"train": 20, "val": 10, "test": 10}
     assert set(metrics["per_class_accuracy"]) == set(CIFAR10_CLASSES)

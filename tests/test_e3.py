@@ -240,6 +240,8 @@ def test_train_writes_metrics_and_resumes(tmp_path):
     assert len(saved["history"]) == 2 and saved["epochs"] == 2
     assert saved["samples"]["val"] > 0 and saved["precision"] in ("fp32", "bf16")
     assert saved["scan_products"] == scan_products(saved["precision"])
+    # the generated set has no file: its content is the run's data hash
+    assert saved["provenance"]["data_sha256"] == read_dataset(config).content_sha256()
     assert train(config)["test_accuracy"] == metrics["test_accuracy"]  # finished: read back
     with pytest.raises(UserError, match="another configuration"):
         train(_tiny_config(tmp_path, attention="arnn", epochs=2, lr=0.5))

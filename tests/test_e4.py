@@ -17,8 +17,15 @@ import torch
 
 from attentionrnn.cli import main
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.state import file_sha256
 from attentionrnn.experiments.e4.config import E4Config
-from attentionrnn.experiments.e4.data import CelebAEdits, DigitEdits, load_task, render_recolour
+from attentionrnn.experiments.e4.data import (
+    CelebAEdits,
+    DigitEdits,
+    e4_cache,
+    load_task,
+    render_recolour,
+)
 from attentionrnn.experiments.e4.evaluate import evaluate, train_judge
 from attentionrnn.experiments.e4.losses import discriminator_loss, generator_loss
 from attentionrnn.experiments.e4.metrics import (
@@ -305,6 +312,8 @@ def test_train_resume_and_refusal(tmp_path):
     for key in ("test_edit_success", "test_preservation_l1", "test_mask_correctness"):
         assert 0 <= metrics[key] <= 1
     assert metrics["exact_edit"]["preservation_l1"] == 0
+    data_file = e4_cache(config.data_dir) / metrics["data"]["file"]  # the generated task
+    assert metrics["provenance"]["data_sha256"] == file_sha256(data_file)
     assert train(config) == json.loads((out / "metrics.json").read_text())  # finished: read back
     with pytest.raises(UserError, match="another configuration"):
         train(e4_config(tmp_path, mask="brnn", epochs=2, lr=1e-3))

@@ -225,6 +225,20 @@ def test_every_experiment_is_declared_and_none_imports_another():
             assert others <= {name}, f"{path} imports {others - {name}}"
 
 
+def test_content_sha256_hashes_what_data_holds_not_how():
+    import numpy as np
+
+    from attentionrnn.engine.state import content_sha256
+
+    a = np.arange(6, dtype=np.int64)
+    assert content_sha256(a, ["x", "y"], None) == content_sha256(a.copy(), ["x", "y"], None)
+    assert content_sha256(np.asfortranarray(a.reshape(2, 3))) == content_sha256(a.reshape(2, 3))
+    others = [a.reshape(2, 3), a.astype(np.int32), a + 1]  # shape, dtype and values count
+    assert len({content_sha256(a), *(content_sha256(b) for b in others)}) == 4
+    assert content_sha256(["ab", "c"]) != content_sha256(["a", "bc"])  # items stay apart
+    assert content_sha256(None, a) != content_sha256(a)
+
+
 def test_the_engine_imports_neither_the_layers_nor_an_experiment():
     """The engine records what its callers hand it (e.g. which scan products ran); it finds the
     experiments only through their declarations' module names (``engine.experiment``)."""

@@ -50,12 +50,17 @@ def cpu_flags() -> list[str]:
     return [f for f in _RELEVANT_FLAGS if f in flags]
 
 
-def provenance(data: str | os.PathLike | None = None) -> dict[str, Any]:
-    """``{"git_commit", "cpu_flags", "data_sha256"}`` of this process and ``data``."""
+def provenance(
+    data: str | os.PathLike | None = None, data_sha256: str | None = None
+) -> dict[str, Any]:
+    """``{"git_commit", "cpu_flags", "data_sha256"}`` of this process and the data file
+    ``data``, or ``data_sha256`` where the data has no file (e.g.
+    :func:`~attentionrnn.engine.state.content_sha256` of data generated in memory)."""
     return {
         "git_commit": git_commit(),
         "cpu_flags": cpu_flags(),
-        "data_sha256": file_sha256(data) if data and os.path.isfile(data) else None,
+        "data_sha256": data_sha256
+        or (file_sha256(data) if data and os.path.isfile(data) else None),
     }
 
 

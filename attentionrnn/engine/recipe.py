@@ -208,15 +208,18 @@ def finish_run(
     summary: tuple[str, ...],
     data_file: str | os.PathLike | None = None,
     recorded: dict[str, Any] | None = None,
+    data_sha256: str | None = None,
 ) -> dict[str, Any]:
     """:func:`~attentionrnn.engine.trainer.write_metrics` (with ``recorded``: what the caller
-    adds to the provenance, e.g. which scan products ran), then log
+    adds to the provenance, e.g. which scan products ran; ``data_file`` or ``data_sha256``: the
+    data's hash), then log
     ``NAME: SUMMARY -> RUN_DIR/metrics.json`` on the main rank: ``summary`` is a ``%``-format
     and the metrics that fill it, e.g. ``("test accuracy %.4f", "test_accuracy")``.
     """
     metrics = write_metrics(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
         model=model, optimizer=optimizer, ctx=ctx, data_file=data_file, recorded=recorded,
+        data_sha256=data_sha256,
     )  # fmt: skip
     if ctx.main:
         fmt, *keys = summary

@@ -27,6 +27,7 @@ __all__ = [
     "atomic_write_json",
     "checkpoint_of",
     "clean_stale_temporaries",
+    "content_sha256",
     "file_sha256",
     "json_safe",
     "load_checkpoint",
@@ -127,6 +128,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def content_sha256(*parts: Any) -> str:
+    """sha256 of data held in memory (data generated or decoded, with no file of its own to
+    hash): of each part in turn — a numpy array by its dtype, shape and bytes, a list of strings
+    by their text, ``None`` as itself — so the same content gives the same hash whatever file
+    it came from."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if part is None:
+            digest.update(b"none;")
+        elif isinstance(part, np.ndarray):
+            array = np.ascontiguousarray(part)
+            digest.update(f"{array.dtype.str}{array.shape};".encode())
+            digest.update(array.tobytes())
+        else:
+            items = list(part)
+            digest.update(f"list{len(items)};".encode())
+            for item in items:
+                digest.update(json.dumps(item).encode() + b";")
+    return digest.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

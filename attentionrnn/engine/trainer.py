@@ -303,14 +303,16 @@ def write_metrics(
     ctx: DistContext,
     data_file: str | os.PathLike | None = None,
     recorded: dict[str, Any] | None = None,
+    data_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json`` — the experiment's ``metrics`` followed by how the run went
     (epochs, steps, time — ``wall_time_s``, where given, plus the epochs of the processes that
     ran before a resume —, precision, what the caller ``recorded`` of its layers (e.g. which
-    scan products ran), processes, the provenance — git commit, CPU features, the
-    SHA-256 of ``data_file`` —, the config and the learning curve) — and the best weights, and
-    mark the run finished (rank 0). A NaN or infinite loss among the metrics raises
-    :class:`DivergedError` instead: the run is not recorded as finished."""
+    scan products ran), processes, the provenance — git commit, CPU features, the SHA-256 of
+    ``data_file``, or the given ``data_sha256`` of data without a file —, the config and the
+    learning curve) — and the best weights, and mark the run finished (rank 0). A NaN or
+    infinite loss among the metrics raises :class:`DivergedError` instead: the run is not
+    recorded as finished."""
     check_finite(metrics, f"{out}: test")
     if "wall_time_s" in metrics:  # this process's; the epochs of the earlier ones count too
         metrics = {**metrics, "wall_time_s": metrics["wall_time_s"] + state.resumed_at}
@@ -330,7 +332,7 @@ def write_metrics(
             "threads": torch.get_num_threads(),
             "cpu": cpu_name(),
             "torch": torch.__version__,
-            "provenance": provenance(data_file),
+            "provenance": provenance(data_file, data_sha256),
             "config": dataclasses.asdict(config),
             "history": state.history,
         }

@@ -365,6 +365,7 @@ def train(config: E2Config, ctx: DistContext, out: Path, started: float) -> dict
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
         model=model, optimizer=optimizer, ctx=ctx, log=logger,
         recorded={"scan_products": scan_products(precision)},
+        data_sha256=images.content_sha256(),
         name=name, summary=("test top-1 error %.4f (best val error %.4f @ epoch %d)",
                             "test_error", "val_error", "best_epoch"),
     )  # fmt: skip

@@ -156,6 +156,7 @@ def train(config: E3Config, ctx: DistContext, out: Path, started: float) -> dict
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
         model=model, optimizer=optimizer, ctx=ctx, log=logger,
         recorded={"scan_products": scan_products(precision)}, name=name,
+        data_sha256=dataset.content_sha256(),
         summary=("test accuracy %.4f (best val %.4f @ epoch %d)", "test_accuracy",
                  "val_accuracy", "best_epoch"),
     )  # fmt: skip

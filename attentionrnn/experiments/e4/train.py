@@ -249,7 +249,7 @@ def train(
     }
     metrics = write_metrics(
         out, metrics, state, config=config, precision=precision, fingerprint=fingerprint,
-        model=net, optimizer=optimizer, ctx=ctx,
+        model=net, optimizer=optimizer, ctx=ctx, data_file=task.data_file,
         recorded={"scan_products": scan_products(precision)},  # type: ignore[arg-type]
     )  # fmt: skip
     if config.samples:

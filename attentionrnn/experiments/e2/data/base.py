@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from attentionrnn.data.cache import cache_dir
+from attentionrnn.engine.state import content_sha256
 
 DATASETS = ("cifar10", "cifar100")
 CIFAR10_CLASSES = (
@@ -39,6 +40,12 @@ class ImageSet:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def content_sha256(self) -> str:
+        """sha256 of the images and labels of both splits, as decoded (the run's data hash,
+        whichever files they came from)."""
+        return content_sha256(self.train_x, self.train_y, self.test_x, self.test_y,
+                              list(self.classes))  # fmt: skip
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and standard deviation of the training images, in [0, 1] units."""

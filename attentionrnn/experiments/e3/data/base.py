@@ -15,6 +15,7 @@ import numpy as np
 
 from attentionrnn.data.cache import cache_dir
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.state import content_sha256
 
 DATASETS = ("easy_vqa", "sort_of_clevr", "vqa2")
 #: The question types the tables report (VQA's answer types).
@@ -74,6 +75,15 @@ class VQASet:
     identity: str = ""  # enters the run fingerprint (e.g. the generator's seed and sizes)
     features: bool = False  # images are precomputed grid features
     extra: dict = field(default_factory=dict)
+
+    def content_sha256(self) -> str:
+        """sha256 of both splits' images, questions, answers and labels (the run's data hash:
+        the generated set has no file, and a reader's cache is not the data)."""
+        fields = ("images", "image_index", "questions", "answers", "qtypes", "human_answers",
+                  "relational", "boxes")  # fmt: skip
+        return content_sha256(
+            *(getattr(split, f) for split in (self.train, self.test) for f in fields)
+        )
 
 
 # ------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class CelebAEdits:
 
     query_channels = None
     has_truth = False
+    data_file = None  # a folder of images: no one file to hash
 
     def __init__(
         self,

@@ -83,6 +83,7 @@ class DigitEdits:
 
     def __init__(self, path: str | os.PathLike, digits: MnistDigits) -> None:
         self.data = E1Data(path, task="color")
+        self.data_file = self.data.path  # its sha256 is the run's data hash
         meta = self.data.metadata
         pool = meta.get("digit_pool_size")
         if meta.get("digit_source") != digits.source or (pool is not None and pool != len(digits)):
