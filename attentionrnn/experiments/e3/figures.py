@@ -43,7 +43,8 @@ def mask_figure(
     runs: dict[str, str | Path], out: str | Path, title: str = "", count: int = 4
 ) -> Path | None:
     """One row per test question: the image with the question and the true answer, then each
-    run's glimpse masks (upsampled, over the image) with its answer.
+    run's glimpse masks (upsampled, over the image, each scaled to its own peak) with its answer
+    and the peak's share of the mask (a uniform mask's: one over the grid's cells).
 
     ``runs`` maps a row's label to a finished run folder; every run must use the same dataset.
     Returns ``None`` when no run has attention or the data are feature grids (no image to show).
@@ -65,10 +66,15 @@ def mask_figure(
         if masks is None:
             columns.append((label, None, answers))
             continue
+        # each map scaled to its own peak, so the peak's share of the mask (a uniform mask:
+        # 1 / cells) goes beside the answer: a flat mask drawn to its peak would look peaked
+        peaks = masks.float().flatten(2).amax(-1)  # (B, G)
         up = F.interpolate(masks.float(), size=x.shape[-2:], mode="nearest")
-        up = up / up.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
+        up = up / peaks.clamp_min(1e-12)[..., None, None]
         for g in range(up.shape[1]):
-            columns.append((f"{label}\nglimpse {g + 1}", up[:, g].numpy(), answers))
+            peak = peaks[:, g].tolist()
+            shown = [f"{a}, peak {p:.2f}" for a, p in zip(answers, peak, strict=True)]
+            columns.append((f"{label}\nglimpse {g + 1}", up[:, g].numpy(), shown))
 
     import matplotlib
 
