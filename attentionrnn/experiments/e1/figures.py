@@ -103,6 +103,8 @@ def mask_figure(
             for c, (method, (pred, masks)) in enumerate(outputs.items(), start=1):
                 stride, offset = MASK_GEOMETRY[layer - 1]
                 heat = mask_to_image(masks[layer - 1][s : s + 1], rgb.shape[:2], stride, offset)[0]
+                # drawn scaled to its own peak; the title gives the mask's share in the box
+                share = float(heat[y0:y1, x0:x1].sum() / heat.sum().clamp_min(1e-12))
                 heat = (heat / heat.max().clamp_min(1e-12)).numpy()
                 ax = axes[row, c]
                 ax.imshow(rgb * 0.35)
@@ -111,7 +113,8 @@ def mask_figure(
                     Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=0.6)
                 )
                 mark = "✓" if pred[s].item() == targets[s].item() else "✗"
-                ax.set_title(f"{method}: {_label(data, pred[s].item())} {mark}", fontsize=7)
+                ax.set_title(f"{method}: {_label(data, pred[s].item())} {mark}, box {share:.2f}",
+                             fontsize=7)  # fmt: skip
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -61,13 +61,17 @@ def mask_figure(
     data = E2Data(images, _all_images(config))
     idx = _pick(images, count)
     x, y = data.batch("test", idx)
-    columns: list[tuple[str, np.ndarray]] = []
+    columns: list[tuple[str, np.ndarray, list[float]]] = []
     for label, (model, _) in loaded.items():
         logits, masks = model(x, return_masks=True)
         for k, mask in enumerate(masks):
+            # drawn scaled to its own peak; the title gives the peak's share of the mask (a
+            # uniform mask's: one over the map's positions), so a flat mask does not look peaked
+            flat = mask.float().flatten(1)
+            peak = (flat.amax(1) / flat.sum(1).clamp_min(1e-12)).tolist()
             up = F.interpolate(mask.float(), size=x.shape[-2:], mode="nearest")[:, 0]
             up = up / up.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
-            columns.append((f"{label}\nlayer {k + 1}", up.numpy()))
+            columns.append((f"{label}\nlayer {k + 1}", up.numpy(), peak))
 
     import matplotlib
 
@@ -80,11 +84,11 @@ def mask_figure(
     for r in range(n_rows):
         axes[r, 0].imshow(rgb[r])
         axes[r, 0].set_title(images.classes[int(y[r])], fontsize=7)
-        for c, (label, maps) in enumerate(columns, start=1):
+        for c, (label, maps, peak) in enumerate(columns, start=1):
             axes[r, c].imshow(rgb[r].mean(-1), cmap="gray", vmin=0, vmax=255)
             axes[r, c].imshow(maps[r], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            if r == 0:
-                axes[r, c].set_title(label, fontsize=6)
+            text = f"peak {peak[r]:.3f}"
+            axes[r, c].set_title(f"{label}\n{text}" if r == 0 else text, fontsize=6)
     for ax in axes.flat:
         ax.axis("off")
     return save_figure(fig, out, title, fontsize=9, dpi=110)
