@@ -29,6 +29,7 @@ __all__ = [
     "comparison_section",
     "comparisons",
     "learning_curves",
+    "scaled_comparison",
     "markdown_document",
     "markdown_table",
     "optional_figure",
@@ -252,8 +253,9 @@ def comparison_lines(
         lines.append(cells(rows[reference], ["ref"] * len(labels)))
     for row, r in rows.items():
         if row in tests:
-            lines.append(cells(r, [format_comparison(_scaled(tests[row][q], scale), places[q])
-                                   for q in compared]))  # fmt: skip
+            tested = [format_comparison(scaled_comparison(tests[row][q], scale), places[q])
+                      for q in compared]  # fmt: skip
+            lines.append(cells(r, tested))
     return lines
 
 
@@ -294,6 +296,8 @@ def interval_label(quantity: str) -> str:
     return quantity.replace("_accuracy", " acc").replace("_", " ")
 
 
-def _scaled(c: dict[str, Any], scale: float) -> dict[str, Any]:
+def scaled_comparison(c: dict[str, Any], scale: float) -> dict[str, Any]:
+    """A :func:`~attentionrnn.engine.stats.compare` result with its difference times ``scale``
+    (for a table in other units, e.g. percent)."""
     d = c.get("difference")
     return {**c, "difference": None if d is None else d * scale}

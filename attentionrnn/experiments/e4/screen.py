@@ -22,7 +22,7 @@ from typing import Any
 
 from attentionrnn.engine.commands import check_runs
 from attentionrnn.engine.errors import UserError
-from attentionrnn.engine.results import markdown_table
+from attentionrnn.engine.results import markdown_table, scaled_comparison
 from attentionrnn.engine.runs import finished_runs, format_stats, seed_stats
 from attentionrnn.engine.state import atomic_write_json
 from attentionrnn.engine.stats import ALPHA, compare, format_comparison
@@ -260,11 +260,6 @@ def _ratio(r: dict[str, Any]) -> str:
     return f"{text} (blind {level})"
 
 
-def _scaled(c: dict[str, Any], scale: float) -> dict[str, Any]:
-    d = c.get("difference")
-    return {**c, "difference": None if d is None else d * scale}
-
-
 def _value_cells(r: dict[str, Any]) -> list[str]:
     cells = [format_stats(r["values"][q], digits, scale) for q, _, scale, digits in QUANTITIES]
     cells[4] = _ratio(r)
@@ -285,7 +280,8 @@ def _section(dataset: str, entry: dict[str, Any], reference: str) -> list[str]:
     against = [
         [r["candidate"], r["label"], ",".join(map(str, r["seeds"])),
          *("ref" if r["candidate"] == reference else
-           format_comparison(_scaled(r["against"][q], scale), digits) if "against" in r else
+           format_comparison(scaled_comparison(r["against"][q], scale), digits)
+           if "against" in r else
            "no reference run" for q, _, scale, digits in QUANTITIES)]
         for r in rows
     ]  # fmt: skip
