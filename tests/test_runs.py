@@ -167,6 +167,28 @@ def test_plan_times_each_run_by_its_rows_finished_runs(tmp_path):
     assert alone["unknown"] == 1 and "No estimate" in plan_markdown(alone)
 
 
+def test_plan_counts_only_the_epochs_an_interrupted_run_has_left(tmp_path):
+    import torch
+
+    from attentionrnn.engine.runs import plan_markdown, plan_runs
+
+    _finished(tmp_path, "a/row/seed0", wall_time_s=4 * 3600)
+    todo = [SimpleNamespace(out=str(tmp_path / "runs" / f"a/row/seed{s}"), epochs=8)
+            for s in (1, 2, 3)]  # fmt: skip
+    saved = [Path(c.out) / "checkpoint.pt" for c in todo[:2]]
+    for path in saved:
+        path.parent.mkdir(parents=True)
+    torch.save({"config": {}, "model": {}, "state": {"epoch": 6}}, saved[0])
+    saved[1].write_bytes(b"truncated")
+    plan = plan_runs(todo, jobs=1)
+    hours = {Path(r["out"]).name: r["hours"] for r in plan["runs"]}
+    # 6 of 8 epochs done: a quarter of the row's 4 h; an unreadable checkpoint or none: all of it
+    assert hours == {"seed1": pytest.approx(1.0), "seed2": 4.0, "seed3": 4.0}
+    assert plan["job_hours"] == pytest.approx(9.0)
+    assert "resumes after epoch 6 of 8" in plan_markdown(plan)
+    assert all("progress" not in r for r in plan["runs"])
+
+
 def test_plan_prefers_runs_timed_on_this_cpu_and_totals_the_whole_request(tmp_path, monkeypatch):
     from attentionrnn.engine import runs
     from attentionrnn.engine.precision import resolve_precision

@@ -24,9 +24,9 @@ import numpy as np
 
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.precision import cpu_name, resolve_precision
-from attentionrnn.engine.state import read_json
+from attentionrnn.engine.state import load_checkpoint, read_json
 from attentionrnn.engine.stats import describe
-from attentionrnn.engine.trainer import METRICS
+from attentionrnn.engine.trainer import CHECKPOINT, METRICS
 
 logger = logging.getLogger("attentionrnn.engine")
 
@@ -174,10 +174,27 @@ def _row_estimate(
     return None, "no finished run of this row to time", False, False
 
 
-def _estimate(configs: Sequence[Any], cost: Callable[[Any], float]) -> list[dict[str, Any]]:
+def _progress(config: Any) -> tuple[int, int] | None:
+    """``(epochs done, epochs)`` of a run that an interrupted process left a checkpoint of, from
+    ``OUT/checkpoint.pt``; ``None`` where there is none, it is unreadable (the run itself will
+    say so) or the config has no ``epochs``."""
+    path, epochs = Path(config.out) / CHECKPOINT, getattr(config, "epochs", None)
+    if not epochs or not path.is_file():
+        return None
+    try:
+        done = int(load_checkpoint(path)["state"].get("epoch", 0))
+    except (UserError, AttributeError, TypeError, ValueError):
+        return None
+    return (min(done, epochs), epochs) if done > 0 else None
+
+
+def _estimate(
+    configs: Sequence[Any], cost: Callable[[Any], float], resume: bool = False
+) -> list[dict[str, Any]]:
     """Each config's run with its estimated hours (:func:`_row_estimate`; a row with no finished
     run at all: the median hours per unit of ``cost`` of the timed runs times its own cost),
-    most expensive first."""
+    most expensive first. ``resume``: a run with a checkpoint counts only the share of its
+    epochs still to train (an early stop may end it sooner still)."""
     cpu = cpu_name()
     runs = []
     for c in sorted(configs, key=lambda c: -cost(c)):
@@ -185,7 +202,7 @@ def _estimate(configs: Sequence[Any], cost: Callable[[Any], float]) -> list[dict
         hours, source, other, here = _row_estimate(Path(c.out).parent, precision, cpu)
         runs.append(
             {"out": str(c.out), "hours": hours, "source": source, "cost": cost(c),
-             "other": other, "this_cpu": here}
+             "other": other, "this_cpu": here, "progress": _progress(c) if resume else None}
         )  # fmt: skip
     # a row never run yet: the timed runs' hours per unit of cost, times its own cost
     timed = [r for r in runs if r["hours"] is not None]
@@ -197,6 +214,12 @@ def _estimate(configs: Sequence[Any], cost: Callable[[Any], float]) -> list[dict
             r["source"] = f"never run: relative cost {r['cost']:g} x the timed rows' hours/cost"
             r["scaled"] = True
             r["other"] = any(t["other"] for t in timed)
+    for r in runs:
+        progress = r.pop("progress")
+        if r["hours"] is not None and progress is not None:
+            done, epochs = progress
+            r["hours"] *= (epochs - done) / epochs
+            r["source"] += f"; resumes after epoch {done} of {epochs}"
     return runs
 
 
@@ -224,16 +247,17 @@ def plan_runs(
     run at all, the median hours per unit of ``cost`` of the timed runs in the plan times its own
     ``cost`` (``None`` where no run of the plan can be timed); and the total.
 
-    ``wall_hours`` schedules the estimated runs the way :func:`train_runs` does (most expensive
-    first, each on the job that frees up first); runs of unknown length are left out of both sums
-    and counted in ``unknown``.
+    A run that an interrupted process left a checkpoint of counts only the share of its epochs
+    still to train. ``wall_hours`` schedules the estimated runs the way :func:`train_runs` does
+    (most expensive first, each on the job that frees up first); runs of unknown length are left
+    out of both sums and counted in ``unknown``.
 
     ``every``: the configs of the whole request, finished runs included. Then ``whole`` gives
     what all of it costs on this machine, every run estimated as above (a finished run by its
     row's runs, not by its own recorded time), so that a budget's size on one machine can be
     told from runs spread over several.
     """
-    runs = _estimate(configs, cost)
+    runs = _estimate(configs, cost, resume=True)
     known = [r["hours"] for r in runs if r["hours"] is not None]
     plan = {
         "dry_run": True,
