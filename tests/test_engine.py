@@ -129,6 +129,17 @@ def test_the_documented_example_runs(toy, tmp_path, capsys):
     assert main(["toy", "reproduce", "--methods", "none", "--out", str(out)]) == 2
 
 
+def test_reproduce_passes_the_memory_layout_to_every_run(toy, tmp_path):
+    out = tmp_path / "toy"
+    assert main(["toy", "reproduce", "--out", str(out / "cl"), "--jobs", "1"]) == 0
+    assert main(["toy", "reproduce", "--out", str(out / "contig"), "--jobs", "1",
+                 "--no-channels-last"]) == 0  # fmt: skip
+    for folder, layout in (("cl", True), ("contig", False)):
+        runs = sorted((out / folder / "runs").glob("*/*/seed*/metrics.json"))
+        assert len(runs) == 4
+        assert {json.loads(r.read_text())["config"]["channels_last"] for r in runs} == {layout}
+
+
 def test_train_help_is_its_functions_docstring(toy, capsys):
     from attentionrnn.engine.commands import doc_texts
 

@@ -2,8 +2,8 @@
 
 An experiment's ``reproduce`` parser is :func:`add_reproduce_parser` (``--budget``, ``--out``),
 then its own data flags, then :func:`add_run_options` (``--precision``, ``--jobs``,
-``--threads``, ``--no-progress``); its ``table`` is :func:`add_table_parser` running
-:func:`table`.
+``--threads``, ``--no-progress``, ``--no-channels-last``); its ``table`` is
+:func:`add_table_parser` running :func:`table`.
 """
 
 from __future__ import annotations
@@ -108,6 +108,11 @@ def add_run_options(parser: argparse.ArgumentParser, figures: bool = True) -> No
         help="torch threads per run (default: cores // jobs)",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--no-channels-last", action="store_true",
+        help="run the conv layers contiguous instead of channels_last (faster in fp32 on some "
+        "CPUs; recorded in each run's config, and a run resumes only with its own setting)",
+    )  # fmt: skip
     parser.add_argument(
         "--dry-run",
         action="store_true",

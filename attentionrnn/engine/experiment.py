@@ -24,7 +24,7 @@ from attentionrnn.engine.commands import doc_texts
 __all__ = ["Budget", "Experiment", "Row", "config_budget", "experiments", "register_experiment"]
 
 #: the options of ``reproduce`` that every run config takes (:meth:`Experiment.budget_config`)
-RUN_OPTIONS = ("precision", "threads", "progress")
+RUN_OPTIONS = ("precision", "threads", "progress", "channels_last")
 
 #: The modules whose import registers the paper's experiments, in CLI order.
 EXPERIMENT_MODULES = (

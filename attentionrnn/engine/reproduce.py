@@ -45,6 +45,7 @@ def reproduce(
     jobs: int | None = None,
     threads: int | None = None,
     progress: bool = True,
+    channels_last: bool = True,
     figure: bool = True,
     dry_run: bool = False,
     **options: Any,
@@ -61,6 +62,9 @@ def reproduce(
         seeds: training seeds of every row (default: the budget's, ``spread_seeds`` for the
             experiment's spread rows).
         precision, jobs, threads, progress, figure: how to run (``progress`` only with one job).
+        channels_last: the conv layers in channels_last memory order (the default); ``False``
+            runs them contiguous, which some CPUs run faster in fp32 (it changes the numbers in
+            the last bits, so every run of a table should use one setting).
         options: the experiment's data options (its ``reproduce_flags``).
     """
     e = experiment
@@ -82,7 +86,7 @@ def reproduce(
         out.mkdir(parents=True, exist_ok=True)
     jobs, threads = parallelism(jobs, threads)
     options = {**options, "precision": precision, "threads": threads, "out": out,
-               "progress": progress and jobs == 1}  # fmt: skip
+               "progress": progress and jobs == 1, "channels_last": channels_last}  # fmt: skip
 
     configs: list[Any] = []
     every: list[Any] = []  # the whole request, finished runs included (the dry run's total)
@@ -166,7 +170,8 @@ def _reproduce(e: Experiment, args: argparse.Namespace) -> int:
         methods=tuple(args.methods) if args.methods else None,
         seeds=tuple(args.seeds) if args.seeds else None, precision=args.precision,
         jobs=args.jobs, threads=args.threads, progress=not args.no_progress and _tty(),
-        figure=not getattr(args, "no_figures", False), dry_run=args.dry_run, **options,
+        channels_last=not args.no_channels_last, figure=not getattr(args, "no_figures", False),
+        dry_run=args.dry_run, **options,
     )  # fmt: skip
     return print_reproduced(summary, e.markdown)
 
