@@ -329,3 +329,39 @@ def test_curve_figure_tells_rows_apart_past_ten_colours(tmp_path, monkeypatch):
     assert len(lines) == 12 and len(set(styles)) == 12
     assert styles[0][0] == styles[10][0] and styles[0][1] != styles[10][1]
     plt.close(kept["fig"])
+
+
+def test_results_list_every_run_with_its_provenance(tmp_path):
+    from attentionrnn.engine.results import assemble
+    from attentionrnn.engine.runs import seed_stats
+    from attentionrnn.engine.state import atomic_write_json
+
+    flags = ["avx2", "fma", "avx512f", "avx512bw", "avx512_bf16"]
+    recorded = {"epochs": 9, "best_epoch": 7, "training_time_s": 600.0, "precision": "bf16",
+                "cpu": "AMD EPYC", "scan_products": "bf16",
+                "provenance": {"git_commit": "0123456789abcdef", "cpu_flags": flags,
+                               "data_sha256": "feedbeef" * 8}}  # fmt: skip
+    runs = {("ctx", 0): {"acc": 0.5, **recorded}, ("ctx", 1): {"acc": 0.7, "epochs": 4},
+            ("arnn", 0): {"acc": 0.9, **recorded}}  # fmt: skip
+    for (row, seed), m in runs.items():
+        folder = tmp_path / "runs" / "mref" / row / f"seed{seed}"
+        folder.mkdir(parents=True)
+        atomic_write_json(m, folder / "metrics.json")
+
+    def summarize(row, seeds):
+        return {"label": row.upper(), "seeds": sorted(seeds),
+                "acc": seed_stats([seeds[s]["acc"] for s in sorted(seeds)])}  # fmt: skip
+
+    summary = assemble(tmp_path, "tiny", None, datasets=["mref"], summarize=summarize,
+                       order=["ctx", "arnn"].index, markdown=lambda s: "# table\n",
+                       reference="ctx", compared={"acc": ("accuracy", ("acc",))}, scale=100.0,
+                       digits=1)  # fmt: skip
+    records = summary["runs"]["mref"]
+    assert [(r["row"], r["seed"], r["acc"]) for r in records] == [
+        ("ctx", 0, 0.5), ("ctx", 1, 0.7), ("arnn", 0, 0.9)]  # table order, then seed
+    text = (tmp_path / "results.md").read_text()
+    assert text.startswith("# table\n\n### Every run (mref)")
+    assert ("| CTX | 0 | 50.0 | 9 (7) | 10 | bf16 | AMD EPYC, AVX-512 BF16 | 0123456 | "
+            "feedbeeffeed | bf16 |") in text  # fmt: skip
+    assert "| CTX | 1 | 70.0 | 4 | – | – | – | – | – | – |" in text  # predates the fields
+    assert json.loads((tmp_path / "results.json").read_text())["runs"]["mref"][2]["acc"] == 0.9

@@ -115,6 +115,9 @@ class Experiment:
             :mod:`~attentionrnn.engine.stats`) and the quantities tested, ``{name: (label, path
             of keys in a summarised row)}``: ``results.json``'s ``comparisons``, shown under a
             dataset's table by :func:`~attentionrnn.engine.results.comparison_section`.
+        scale, digits: how the table shows the compared quantities (times ``scale``, with
+            ``digits`` decimals or ``{quantity: decimals}``); the runs section of ``results.md``
+            (:func:`~attentionrnn.engine.results.runs_section`) shows each run's values so.
         curve_figure, run_figure, figure_title, dataset_title: the figures of
             :meth:`dataset_figures`: ``curve_figure(curves, path, title)`` draws the learning
             curves, ``run_figure(runs, path, title)`` the :attr:`figure` of ``{row label: run
@@ -169,6 +172,8 @@ class Experiment:
     columns: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
     reference: str | None = None
     compared: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    scale: float = 1.0
+    digits: int | dict[str, int] = 3
     curve_figure: Callable[[dict[str, Any], Path, str], Path] | None = None
     run_figure: Callable[[dict[str, Path], Path, str], Path | None] | None = None
     figure_title: str = "attention"
@@ -328,7 +333,8 @@ class Experiment:
             summarize=self.summarize, order=self.table_order or self.order,
             markdown=self.markdown, figures=self.figures if figure else None,
             totals=self.totals, figures_for=self.figures_for, log=self.log,
-            reference=self.reference, compared=self.compared,
+            reference=self.reference, compared=self.compared, scale=self.scale,
+            digits=self.digits,
         )  # fmt: skip
 
     def out_for(self, budget: str) -> str:

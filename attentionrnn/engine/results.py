@@ -17,6 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from attentionrnn.engine.errors import UserError
+from attentionrnn.engine.markdown import (
+    Compared,
+    markdown_table,
+    run_records,
+    runs_section,
+    stat_at,
+    table_line,
+)
 from attentionrnn.engine.runs import finished_runs, format_stats
 from attentionrnn.engine.state import atomic_write_json
 from attentionrnn.engine.stats import compare, format_comparison
@@ -34,15 +42,14 @@ __all__ = [
     "markdown_table",
     "optional_figure",
     "row_cells",
+    "run_records",
+    "runs_section",
 ]
 
 #: ``{row: {seed: metrics}}`` of one dataset
 Rows = dict[str, dict[int, dict[str, Any]]]
 #: the last columns of a row of a table: what its runs cost (:func:`row_cells`)
 COST_COLUMNS = ("params", "epochs", "min/run", "wall")
-#: the quantities a table tests against its reference row: name -> (column label, path of keys
-#: to the quantity's seed statistics in a summarised row, e.g. ``("box_by_layer", "layer4")``)
-Compared = dict[str, tuple[str, tuple[str, ...]]]
 
 
 def assemble(
@@ -60,6 +67,8 @@ def assemble(
     log: logging.Logger | None = None,
     reference: str | None = None,
     compared: Compared | None = None,
+    scale: float = 1.0,
+    digits: int | dict[str, int] = 3,
 ) -> dict[str, Any]:
     """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``.
 
@@ -78,6 +87,10 @@ def assemble(
         log: the experiment's logger.
         reference, compared: with both, ``summary["comparisons"][dataset]`` holds
             :func:`comparisons` of every row against ``reference`` on ``compared``.
+        scale, digits: how the runs section shows the ``compared`` quantities.
+
+    ``summary["runs"][dataset]`` lists every run of the table with its provenance
+    (:func:`run_records`); ``results.md`` ends with them (:func:`runs_section`).
     """
     out = Path(out)
     found = finished_runs(out)
@@ -93,6 +106,9 @@ def assemble(
         summary["comparisons"] = {
             d: comparisons(rows, reference, compared) for d, rows in summary["results"].items()
         }
+    summary["runs"] = {
+        d: run_records(found[d], summarize, order, compared or {}) for d in summary["results"]
+    }
     if totals is not None:
         summary.update(totals(found))
     drawn: dict[str, dict[str, str]] = {}
@@ -103,7 +119,10 @@ def assemble(
                 drawn[d] = names
     summary["figures"] = drawn
     atomic_write_json(summary, out / "results.json")
-    (out / "results.md").write_text(markdown(summary))
+    text = markdown(summary).rstrip("\n")
+    for d, records in summary["runs"].items():
+        text += "\n\n" + "\n".join(runs_section(d, records, compared or {}, scale, digits))
+    (out / "results.md").write_text(text + "\n")
     (log or logging.getLogger("attentionrnn.engine")).info(
         "wrote %s and %s", out / "results.md", out / "results.json"
     )
@@ -146,15 +165,6 @@ def markdown_document(
     return "\n".join(lines)
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """The lines of a Markdown table of ``header`` and ``rows`` (their cells)."""
-    return [_table_line(header), "|---" * len(header) + "|", *map(_table_line, rows)]
-
-
-def _table_line(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
 def row_cells(row: dict[str, Any], cells: Sequence[str]) -> list[str]:
     """The cells of a summarised row: its label and seeds, ``cells``, then what its runs cost
     (:data:`COST_COLUMNS`: parameters, epochs, training minutes per run, wall hours)."""
@@ -195,10 +205,7 @@ def optional_figure(
 
 
 def _values(row: dict[str, Any], path: tuple[str, ...]) -> list[float]:
-    value: Any = row
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return (value or {}).get("values", [])
+    return (stat_at(row, path) or {}).get("values", [])
 
 
 def comparisons(
@@ -247,7 +254,7 @@ def comparison_lines(
     def cells(r: dict[str, Any], tested: list[str]) -> str:
         ci = (r.get(interval) or {}).get("ci95")
         text = f"[{ci[0] * scale:.{first}f}, {ci[1] * scale:.{first}f}]" if ci else "–"
-        return _table_line([label(r), ",".join(map(str, r["seeds"])), text, *tested])
+        return table_line([label(r), ",".join(map(str, r["seeds"])), text, *tested])
 
     if reference in rows:
         lines.append(cells(rows[reference], ["ref"] * len(labels)))
@@ -301,3 +308,4 @@ def scaled_comparison(c: dict[str, Any], scale: float) -> dict[str, Any]:
     (for a table in other units, e.g. percent)."""
     d = c.get("difference")
     return {**c, "difference": None if d is None else d * scale}
+

@@ -123,7 +123,7 @@ def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]
         lines += results.markdown_table(["method", *classes], per_class)
     against = results.comparison_section(
         summary, d, rows, reference=REFERENCE, compared=COMPARED, short="LTPA",
-        units="percentage points", interval="test_error", scale=100.0, digits=2,
+        units="percentage points", interval="test_error", scale=SCALE, digits=DIGITS,
     )  # fmt: skip
     return [*lines, "", *against, *results.markdown_figures(summary, d)]
 
@@ -131,6 +131,8 @@ def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]
 #: The row every other is tested against (LTPA's own estimator) and the quantity tested.
 REFERENCE = "ltpa"
 COMPARED: results.Compared = {"test_error": ("test error", ("test_error",))}
+#: how the comparisons and the runs section show it: in percent, two decimals
+SCALE, DIGITS = 100.0, 2
 
 
 #: The title of :func:`results_markdown` and the text above its tables.
@@ -153,7 +155,7 @@ EXPERIMENT = register_experiment(Experiment(
     prepare=_prepare,
     columns=_columns, curve_figure=curve_figure, run_figure=mask_figure, dataset_title=str.upper,
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
-    rows=ROW_TABLE, reference=REFERENCE, compared=COMPARED,
+    rows=ROW_TABLE, reference=REFERENCE, compared=COMPARED, scale=SCALE, digits=DIGITS,
     train_keys=("test_error", "val_error", "epochs", "best_epoch", "precision",
                 "training_time_s"),
     seeds_help="training seeds of every row (default: the budget's; 3 for LTPA and LTPA + ARNN)",

@@ -252,7 +252,7 @@ def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]
         lines += [f"A uniform mask's attention correctness: {_fmt(chance)} %.", ""]
     lines += results.comparison_section(
         summary, d, rows, reference=REFERENCE, compared=COMPARED, short="MCB",
-        units="percentage points", scale=100.0, digits=1,
+        units="percentage points", scale=SCALE, digits=DIGITS,
     )  # fmt: skip
     return lines + results.markdown_figures(summary, d)
 
@@ -267,6 +267,8 @@ COMPARED: results.Compared = {
     **{f"glimpse{g}": (f"att. corr. glimpse {g}", ("correctness_by_glimpse", f"glimpse{g}"))
        for g in (1, 2)},
 }  # fmt: skip
+#: how the comparisons and the runs section show them: in percent, one decimal
+SCALE, DIGITS = 100.0, 1
 
 #: The title of :func:`results_markdown` and the text above its tables.
 TITLE = "E3 visual question answering (MCB with swappable attention)"
@@ -298,7 +300,7 @@ EXPERIMENT = register_experiment(Experiment(
     check=_check,
     prepare=_prepare,
     columns=_columns, curve_figure=curve_figure, run_figure=mask_figure, totals=_answer_priors,
-    reference=REFERENCE, compared=COMPARED,
+    reference=REFERENCE, compared=COMPARED, scale=SCALE, digits=DIGITS,
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
     rows=ROW_TABLE,
     train_keys=("test_accuracy", "test_by_type", "test_relational", "test_non_relational",

@@ -44,6 +44,9 @@ TESTED = ("edit_success", "mask_correctness", "mask_query_ratio", "leak_l1", "pr
           "kid")  # fmt: skip
 COMPARED: results.Compared = {key: (label.replace(" %", "").replace(" ×100", ""), (key,))
                               for key, label, _, _ in measures(*TESTED)}  # fmt: skip
+#: how the comparisons and the runs section show them: ×100, each with the table's decimals
+SCALE = 100.0
+DIGITS = {key: places for key, _, _, places in measures(*TESTED)}
 
 
 #: What a budget sets besides its epochs: data size, network size and training length, and
@@ -267,8 +270,7 @@ def _section(summary: dict[str, Any], d: str, rows: dict[str, Any]) -> list[str]
                   ""]  # fmt: skip
     lines += results.comparison_section(
         summary, d, rows, reference=REFERENCE, compared=COMPARED, short="CTX",
-        units="in the table's units", interval="edit_success", scale=100.0,
-        digits={key: places for key, _, _, places in measures(*TESTED)},
+        units="in the table's units", interval="edit_success", scale=SCALE, digits=DIGITS,
     )  # fmt: skip
     return lines + results.markdown_figures(summary, d, ("curves", "samples"))
 
@@ -304,7 +306,7 @@ EXPERIMENT = register_experiment(Experiment(
     columns=_columns, curve_figure=curve_figure, run_figure=_sample_grid, figure="samples",
     figure_title="edits",
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
-    rows=ROW_TABLE, reference=REFERENCE, compared=COMPARED,
+    rows=ROW_TABLE, reference=REFERENCE, compared=COMPARED, scale=SCALE, digits=DIGITS,
     train_keys=("test_edit_success", "test_preservation_l1", "test_truth_l1",
                 "test_mask_correctness", "test_mask_correctness_box", "test_kid",
                 "val_edit_success", "epochs", "best_epoch", "precision", "training_time_s"),
