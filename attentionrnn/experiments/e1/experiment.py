@@ -26,7 +26,8 @@ from attentionrnn.experiments.e1.config import E1Config
 from attentionrnn.experiments.e1.model import own_layer4_gate
 from attentionrnn.experiments.e1.rows import ROW_TABLE, ROWS
 from attentionrnn.experiments.e1.table import (
-    comparisons,
+    COMPARED,
+    REFERENCE,
     results_markdown,
     row_label,
     row_order,
@@ -174,15 +175,12 @@ def _prepare(dataset: str, configs: list[E1Config], jobs: int, o: dict[str, Any]
 
 
 def _totals(found: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> dict[str, Any]:
-    """Training minutes of all runs of each dataset (the table's headings) and every row's
-    statistics against CTX."""
+    """Training minutes of all runs of each dataset (the table's headings; every row's
+    statistics against CTX are the engine's ``comparisons``, from ``reference`` / ``compared``)."""
     return {
         "wall_time_min": {
             d: sum(m["training_time_s"] for rs in found[d].values() for m in rs.values()) / 60
             for d in found
-        },
-        "comparisons": {
-            d: comparisons({r: summarize(r, rows[r]) for r in rows}) for d, rows in found.items()
         },
     }
 
@@ -246,7 +244,7 @@ EXPERIMENT = register_experiment(Experiment(
     summarize=summarize, figures=_figures, totals=_totals, figures_for="table",
     table_order=row_order,
     markdown=results_markdown,
-    rows=ROW_TABLE,
+    rows=ROW_TABLE, reference=REFERENCE, compared=COMPARED,
     train_keys=("test_accuracy", "val_accuracy", "epochs", "best_epoch", "attention_correctness"),
     datasets_help="default: the budget's, or all",
     methods_help="default: the budget's, or all",

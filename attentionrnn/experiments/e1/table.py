@@ -1,8 +1,8 @@
 """E1's results table: one row per (dataset, method) summed over seeds, the statistics against
 CTX, and what the masks cover at every layer.
 
-:func:`summarize` turns a row's ``{seed: metrics}`` into its entry of ``results.json``;
-:func:`comparisons` tests every row against CTX with the project's one rule
+:func:`summarize` turns a row's ``{seed: metrics}`` into its entry of ``results.json``; the
+engine tests every row against :data:`REFERENCE` on :data:`COMPARED` with the project's one rule
 (:mod:`attentionrnn.engine.stats`: Welch's t-test, a difference called only at p < 0.05);
 :func:`results_markdown` writes ``results.md``.
 """
@@ -20,7 +20,7 @@ from attentionrnn.experiments.e1.model import DEFAULT_ATTENTION_LAYERS
 from attentionrnn.experiments.e1.rows import ROWS, label
 from attentionrnn.layers.factory import ATTENTION_METHODS
 
-__all__ = ["REFERENCE", "comparisons", "results_markdown", "row_label", "summarize"]
+__all__ = ["COMPARED", "REFERENCE", "results_markdown", "row_label", "summarize"]
 
 #: The row every other row is tested against: PAN's own attention.
 REFERENCE = "ctx"
@@ -140,12 +140,6 @@ def _mask_stats(ms: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
     return {
         g: {s: seed_stats([m["masks"][g].get(s) for m in ms]) for s in groups[g]} for g in groups
     }
-
-
-def comparisons(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{row: {quantity: compare(row, CTX)}}`` for every row but CTX itself (empty without a CTX
-    row)."""
-    return results.comparisons(rows, REFERENCE, COMPARED)
 
 
 def row_label(r: dict[str, Any]) -> str:
