@@ -342,7 +342,8 @@ def test_results_list_every_run_with_its_provenance(tmp_path):
                 "provenance": {"git_commit": "0123456789abcdef", "cpu_flags": flags,
                                "data_sha256": "feedbeef" * 8}}  # fmt: skip
     runs = {("ctx", 0): {"acc": 0.5, **recorded}, ("ctx", 1): {"acc": 0.7, "epochs": 4},
-            ("arnn", 0): {"acc": 0.9, **recorded}}  # fmt: skip
+            ("arnn", 0): {"acc": 0.9, **recorded, "cpu": "Xeon", "provenance": {
+                "git_commit": "0123456789abcdef+dirty", "cpu_flags": ["avx2"]}}}  # fmt: skip
     for (row, seed), m in runs.items():
         folder = tmp_path / "runs" / "mref" / row / f"seed{seed}"
         folder.mkdir(parents=True)
@@ -364,4 +365,5 @@ def test_results_list_every_run_with_its_provenance(tmp_path):
     assert ("| CTX | 0 | 50.0 | 9 (7) | 10 | bf16 | AMD EPYC, AVX-512 BF16 | 0123456 | "
             "feedbeeffeed | bf16 |") in text  # fmt: skip
     assert "| CTX | 1 | 70.0 | 4 | – | – | – | – | – | – |" in text  # predates the fields
+    assert "| ARNN | 0 | 90.0 | 9 (7) | 10 | bf16 | Xeon, AVX2 | 0123456+dirty | – | bf16 |" in text
     assert json.loads((tmp_path / "results.json").read_text())["runs"]["mref"][2]["acc"] == 0.9

@@ -6,7 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["Compared", "markdown_table", "run_records", "runs_section", "stat_at", "table_line"]
+from attentionrnn.engine.provenance import cpu_label
+
+__all__ = [
+    "Compared", "Rows", "markdown_table", "run_records", "runs_section", "stat_at", "table_line",
+]  # fmt: skip
 
 #: the quantities a table tests against its reference row: name -> (column label, path of keys
 #: to the quantity's seed statistics in a summarised row, e.g. ``("box_by_layer", "layer4")``)
@@ -23,11 +27,6 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list
 def table_line(cells: Sequence[str]) -> str:
     """One line of a Markdown table."""
     return "| " + " | ".join(cells) + " |"
-
-#: the CPU features that decide a run's speed and precision, best first, as the runs table names
-#: them
-_CPU_LEVELS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"),
-               ("avx2", "AVX2"))  # fmt: skip
 
 
 def run_records(
@@ -86,8 +85,8 @@ def runs_section(
             r["label"], str(r["seed"]), *values,
             _epochs(r.get("epochs"), r.get("best_epoch")),
             f"{r['training_time_s'] / 60:.0f}" if r.get("training_time_s") is not None else "–",
-            r.get("precision") or "–", _cpu_label(r.get("cpu"), r.get("cpu_flags")),
-            (r.get("git_commit") or "–")[:7], (r.get("data_sha256") or "–")[:12],
+            r.get("precision") or "–", cpu_label(r.get("cpu"), r.get("cpu_flags")) or "–",
+            _commit(r.get("git_commit")), (r.get("data_sha256") or "–")[:12],
             r.get("scan_products") or "–",
         ])  # fmt: skip
     return [*lines, *markdown_table(header, cells)]
@@ -111,7 +110,8 @@ def _scaled(value: float | None, scale: float, places: int) -> str:
     return "–" if value is None else f"{value * scale:.{places}f}"
 
 
-def _cpu_label(cpu: str | None, flags: list[str] | None) -> str:
-    """``"AMD EPYC, AVX2"``: the CPU's name and the best of :data:`_CPU_LEVELS` it has."""
-    level = next((name for flag, name in _CPU_LEVELS if flag in (flags or ())), None)
-    return ", ".join(x for x in (cpu, level) if x) or "–"
+def _commit(commit: str | None) -> str:
+    """A recorded git commit, short (``+dirty`` kept: the run's code differed from it)."""
+    if not commit:
+        return "–"
+    return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")

@@ -10,15 +10,21 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from attentionrnn.engine.state import file_sha256
 
-__all__ = ["cpu_flags", "git_commit", "provenance", "provenance_line", "run_provenance"]
+__all__ = [
+    "cpu_flags", "cpu_label", "git_commit", "provenance", "provenance_line", "run_provenance",
+]  # fmt: skip
 
 #: The CPU features that change the kernels' speed or numerics (bf16 products, vector width).
 _RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "amx_tile")
+#: The widest of those a CPU has, best first, as a table names it (:func:`cpu_label`).
+_CPU_LEVELS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"),
+               ("avx2", "AVX2"))  # fmt: skip
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
@@ -48,6 +54,13 @@ def cpu_flags() -> list[str]:
     except OSError:
         return []
     return [f for f in _RELEVANT_FLAGS if f in flags]
+
+
+def cpu_label(cpu: str | None, flags: Sequence[str] | None) -> str:
+    """``"AMD EPYC, AVX2"``: a CPU's recorded name and the best of :data:`_CPU_LEVELS` among its
+    recorded flags (``""`` where neither is known)."""
+    level = next((name for flag, name in _CPU_LEVELS if flag in (flags or ())), None)
+    return ", ".join(x for x in (cpu, level) if x)
 
 
 def provenance(

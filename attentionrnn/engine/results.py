@@ -19,6 +19,7 @@ from typing import Any
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.markdown import (
     Compared,
+    Rows,
     markdown_table,
     run_records,
     runs_section,
@@ -46,8 +47,6 @@ __all__ = [
     "runs_section",
 ]
 
-#: ``{row: {seed: metrics}}`` of one dataset
-Rows = dict[str, dict[int, dict[str, Any]]]
 #: the last columns of a row of a table: what its runs cost (:func:`row_cells`)
 COST_COLUMNS = ("params", "epochs", "min/run", "wall")
 
