@@ -9,7 +9,8 @@ from typing import Any
 from attentionrnn.engine.provenance import cpu_label
 
 __all__ = [
-    "Compared", "Rows", "markdown_table", "run_records", "runs_section", "stat_at", "table_line",
+    "Compared", "Rows", "decimals", "markdown_table", "run_records", "runs_section", "stat_at",
+    "table_line",
 ]  # fmt: skip
 
 #: the quantities a table tests against its reference row: name -> (column label, path of keys
@@ -67,7 +68,7 @@ def runs_section(
 ) -> list[str]:
     """The lines of ``results.md``'s list of ``dataset``'s runs (:func:`run_records`): each
     run's compared quantities (times ``scale``), epochs, training time and provenance."""
-    places = digits if isinstance(digits, dict) else dict.fromkeys(compared, digits)
+    places = decimals(compared, digits)
     lines = [
         f"### Every run ({dataset})", "",
         "Per run: the tested quantities as in the table; epochs trained (the best, whose "
@@ -90,6 +91,12 @@ def runs_section(
             r.get("scan_products") or "–",
         ])  # fmt: skip
     return [*lines, *markdown_table(header, cells)]
+
+
+def decimals(compared: Compared, digits: int | dict[str, int]) -> dict[str, int]:
+    """The decimals each ``compared`` quantity is shown with: ``digits`` for all, or per
+    quantity (``{quantity: decimals}``)."""
+    return digits if isinstance(digits, dict) else dict.fromkeys(compared, digits)
 
 
 def stat_at(row: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.markdown import (
     Compared,
     Rows,
+    decimals,
     markdown_table,
     run_records,
     runs_section,
@@ -243,7 +244,7 @@ def comparison_lines(
     if not tests:
         return []
     labels = [name for name, _ in compared.values()]
-    places = digits if isinstance(digits, dict) else dict.fromkeys(compared, digits)
+    places = decimals(compared, digits)
     first = places[next(iter(compared))]
     lines = [
         "", intro, "",
