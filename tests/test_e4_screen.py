@@ -15,8 +15,9 @@ import pytest
 from scipy import stats
 
 from attentionrnn.cli import main
+from attentionrnn.engine.convergence import FLAT_SLOPE, final_slope
 from attentionrnn.engine.errors import UserError
-from attentionrnn.experiments.e4.screen import FLAT_SLOPE, candidate_name, final_slope, screen
+from attentionrnn.experiments.e4.screen import candidate_name, screen
 
 #: what every test_* number of the synthetic runs is: it must never reach the output
 TEST_MARK = 7777.25

@@ -332,6 +332,7 @@ def test_curve_figure_tells_rows_apart_past_ten_colours(tmp_path, monkeypatch):
 
 
 def test_results_list_every_run_with_its_provenance(tmp_path):
+    from attentionrnn.engine.convergence import slope_text
     from attentionrnn.engine.results import assemble
     from attentionrnn.engine.runs import seed_stats
     from attentionrnn.engine.state import atomic_write_json
@@ -341,8 +342,13 @@ def test_results_list_every_run_with_its_provenance(tmp_path):
                 "cpu": "AMD EPYC", "scan_products": "bf16",
                 "provenance": {"git_commit": "0123456789abcdef", "cpu_flags": flags,
                                "data_sha256": "feedbeef" * 8}}  # fmt: skip
-    runs = {("ctx", 0): {"acc": 0.5, **recorded}, ("ctx", 1): {"acc": 0.7, "epochs": 4},
-            ("arnn", 0): {"acc": 0.9, **recorded, "cpu": "Xeon", "provenance": {
+    # validation curves: ctx 0 flat over its last five epochs, arnn 0 rising 0.01 an epoch (the
+    # epoch before them does not count), ctx 1 without a history
+    flat = [{"epoch": e, "val": {"acc": 0.5 + 0.001 * (e % 2)}} for e in range(1, 10)]
+    rising = [{"epoch": e, "val": {"acc": 0.1 * (e == 4) + 0.01 * e}} for e in range(1, 10)]
+    runs = {("ctx", 0): {"acc": 0.5, **recorded, "history": flat},
+            ("ctx", 1): {"acc": 0.7, "epochs": 4},
+            ("arnn", 0): {"acc": 0.9, **recorded, "cpu": "Xeon", "history": rising, "provenance": {
                 "git_commit": "0123456789abcdef+dirty", "cpu_flags": ["avx2"]}}}  # fmt: skip
     for (row, seed), m in runs.items():
         folder = tmp_path / "runs" / "mref" / row / f"seed{seed}"
@@ -356,14 +362,19 @@ def test_results_list_every_run_with_its_provenance(tmp_path):
     summary = assemble(tmp_path, "tiny", None, datasets=["mref"], summarize=summarize,
                        order=["ctx", "arnn"].index, markdown=lambda s: "# table\n",
                        reference="ctx", compared={"acc": ("accuracy", ("acc",))}, scale=100.0,
-                       digits=1)  # fmt: skip
+                       digits=1, curves={"acc": ("val acc", ("val", "acc"))})  # fmt: skip
     records = summary["runs"]["mref"]
     assert [(r["row"], r["seed"], r["acc"]) for r in records] == [
         ("ctx", 0, 0.5), ("ctx", 1, 0.7), ("arnn", 0, 0.9)]  # table order, then seed
     text = (tmp_path / "results.md").read_text()
     assert text.startswith("# table\n\n### Every run (mref)")
-    assert ("| CTX | 0 | 50.0 | 9 (7) | 10 | bf16 | AMD EPYC, AVX-512 BF16 | 0123456 | "
+    assert [r["final_slope"]["acc"] for r in records] == [pytest.approx(0.0), None,
+                                                          pytest.approx(0.01)]  # fmt: skip
+    assert "| final slope (val acc) |" in text
+    assert [slope_text(v) for v in (-0.0049, -0.005, None)] == ["-0.0049", "-0.0050 ↘", "–"]
+    assert ("| CTX | 0 | 50.0 | 9 (7) | +0.0000 | 10 | bf16 | AMD EPYC, AVX-512 BF16 | 0123456 | "
             "feedbeeffeed | bf16 |") in text  # fmt: skip
-    assert "| CTX | 1 | 70.0 | 4 | – | – | – | – | – | – |" in text  # predates the fields
-    assert "| ARNN | 0 | 90.0 | 9 (7) | 10 | bf16 | Xeon, AVX2 | 0123456+dirty | – | bf16 |" in text
+    assert "| CTX | 1 | 70.0 | 4 | – | – | – | – | – | – | – |" in text  # predates the fields
+    assert ("| ARNN | 0 | 90.0 | 9 (7) | +0.0100 ↗ | 10 | bf16 | Xeon, AVX2 | 0123456+dirty | – "
+            "| bf16 |") in text  # fmt: skip
     assert json.loads((tmp_path / "results.json").read_text())["runs"]["mref"][2]["acc"] == 0.9

@@ -118,6 +118,9 @@ class Experiment:
         scale, digits: how the table shows the compared quantities (times ``scale``, with
             ``digits`` decimals or ``{quantity: decimals}``); the runs section of ``results.md``
             (:func:`~attentionrnn.engine.results.runs_section`) shows each run's values so.
+        curves: the validation curves whose final slope says whether a run's curves were flat
+            (``{name: (label, path of keys in a history entry)}``,
+            :mod:`~attentionrnn.engine.convergence`): listed per run in ``results.md``.
         curve_figure, run_figure, figure_title, dataset_title: the figures of
             :meth:`dataset_figures`: ``curve_figure(curves, path, title)`` draws the learning
             curves, ``run_figure(runs, path, title)`` the :attr:`figure` of ``{row label: run
@@ -174,6 +177,7 @@ class Experiment:
     compared: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     scale: float = 1.0
     digits: int | dict[str, int] = 3
+    curves: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     curve_figure: Callable[[dict[str, Any], Path, str], Path] | None = None
     run_figure: Callable[[dict[str, Path], Path, str], Path | None] | None = None
     figure_title: str = "attention"
@@ -334,7 +338,7 @@ class Experiment:
             markdown=self.markdown, figures=self.figures if figure else None,
             totals=self.totals, figures_for=self.figures_for, log=self.log,
             reference=self.reference, compared=self.compared, scale=self.scale,
-            digits=self.digits,
+            digits=self.digits, curves=self.curves,
         )  # fmt: skip
 
     def out_for(self, budget: str) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from attentionrnn.engine.convergence import Curves
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.markdown import (
     Compared,
@@ -69,6 +70,7 @@ def assemble(
     compared: Compared | None = None,
     scale: float = 1.0,
     digits: int | dict[str, int] = 3,
+    curves: Curves | None = None,
 ) -> dict[str, Any]:
     """Write ``results.{json,md}`` and the figures from every finished run under ``OUT/runs``.
 
@@ -88,6 +90,8 @@ def assemble(
         reference, compared: with both, ``summary["comparisons"][dataset]`` holds
             :func:`comparisons` of every row against ``reference`` on ``compared``.
         scale, digits: how the runs section shows the ``compared`` quantities.
+        curves: the validation curves whose final slope each run's record gives
+            (:mod:`~attentionrnn.engine.convergence`).
 
     ``summary["runs"][dataset]`` lists every run of the table with its provenance
     (:func:`run_records`); ``results.md`` ends with them (:func:`runs_section`).
@@ -107,7 +111,8 @@ def assemble(
             d: comparisons(rows, reference, compared) for d, rows in summary["results"].items()
         }
     summary["runs"] = {
-        d: run_records(found[d], summarize, order, compared or {}) for d in summary["results"]
+        d: run_records(found[d], summarize, order, compared or {}, curves)
+        for d in summary["results"]
     }
     if totals is not None:
         summary.update(totals(found))
@@ -121,7 +126,7 @@ def assemble(
     atomic_write_json(summary, out / "results.json")
     text = markdown(summary).rstrip("\n")
     for d, records in summary["runs"].items():
-        text += "\n\n" + "\n".join(runs_section(d, records, compared or {}, scale, digits))
+        text += "\n\n" + "\n".join(runs_section(d, records, compared or {}, scale, digits, curves))
     (out / "results.md").write_text(text + "\n")
     (log or logging.getLogger("attentionrnn.engine")).info(
         "wrote %s and %s", out / "results.md", out / "results.json"

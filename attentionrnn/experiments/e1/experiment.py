@@ -27,6 +27,7 @@ from attentionrnn.experiments.e1.model import own_layer4_gate
 from attentionrnn.experiments.e1.rows import ROW_TABLE, ROWS
 from attentionrnn.experiments.e1.table import (
     COMPARED,
+    CURVES,
     REFERENCE,
     results_markdown,
     row_label,
@@ -244,7 +245,7 @@ EXPERIMENT = register_experiment(Experiment(
     summarize=summarize, figures=_figures, totals=_totals, figures_for="table",
     table_order=row_order,
     markdown=results_markdown,
-    rows=ROW_TABLE, reference=REFERENCE, compared=COMPARED,
+    rows=ROW_TABLE, reference=REFERENCE, compared=COMPARED, curves=CURVES,
     train_keys=("test_accuracy", "val_accuracy", "epochs", "best_epoch", "attention_correctness"),
     datasets_help="default: the budget's, or all",
     methods_help="default: the budget's, or all",

@@ -13,6 +13,13 @@ import inspect
 from typing import Any
 
 from attentionrnn.engine import results
+from attentionrnn.engine.convergence import (
+    FLAT_SLOPE,
+    SLOPE_EPOCHS,
+    Curves,
+    final_slope,
+    slope_text,
+)
 from attentionrnn.engine.results import markdown_figures, markdown_head
 from attentionrnn.engine.runs import format_stats, seed_stats
 from attentionrnn.experiments.e1.mask_stats import REGIONS
@@ -20,7 +27,7 @@ from attentionrnn.experiments.e1.model import DEFAULT_ATTENTION_LAYERS
 from attentionrnn.experiments.e1.rows import ROWS, label
 from attentionrnn.layers.factory import ATTENTION_METHODS
 
-__all__ = ["COMPARED", "REFERENCE", "results_markdown", "row_label", "summarize"]
+__all__ = ["COMPARED", "CURVES", "REFERENCE", "results_markdown", "row_label", "summarize"]
 
 #: The row every other row is tested against: PAN's own attention.
 REFERENCE = "ctx"
@@ -98,8 +105,8 @@ def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         },
         "masks": _mask_stats(ms),
         "final_slope": {
-            q: seed_stats([final_slope(m.get("history", []), q) for m in ms])
-            for q in SLOPE_QUANTITIES
+            q: seed_stats([final_slope(m.get("history", []), path) for m in ms])
+            for q, (_, path) in CURVES.items()
         },
         "steps": first.get("steps"),
         "epochs": [m["epochs"] for m in ms],
@@ -107,28 +114,12 @@ def summarize(row: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-#: The learning curves whose final slope says whether a run has converged.
-SLOPE_QUANTITIES = ("val_accuracy", "val_layer4_box")
-#: The slope (per epoch, over the last :data:`SLOPE_EPOCHS`) under which a curve counts as flat.
-FLAT_SLOPE = 0.005
-SLOPE_EPOCHS = 5
-
-
-def final_slope(history: list[dict[str, Any]], quantity: str) -> float | None:
-    """Least-squares slope per epoch of a validation curve over its last :data:`SLOPE_EPOCHS`
-    epochs (``None`` for a shorter curve): ``val_accuracy`` or ``val_layer4_box``."""
-    from scipy import stats
-
-    def value(h: dict[str, Any]) -> float:
-        if quantity == "val_layer4_box":
-            return h["val_attention_correctness"]["layer4"]["box"]
-        return h[quantity]
-
-    if len(history) < SLOPE_EPOCHS:
-        return None
-    tail = history[-SLOPE_EPOCHS:]
-    fit = stats.linregress([h["epoch"] for h in tail], [value(h) for h in tail])
-    return float(fit.slope)
+#: The learning curves whose final slope says whether a run has converged (the engine's rule,
+#: :mod:`~attentionrnn.engine.convergence`).
+CURVES: Curves = {
+    "val_accuracy": ("val acc", ("val_accuracy",)),
+    "val_layer4_box": ("val L4 box", ("val_attention_correctness", "layer4", "box")),
+}
 
 
 def _mask_stats(ms: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
@@ -198,13 +189,9 @@ def _overview(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 def _slopes(r: dict[str, Any]) -> str:
     """The steepest final slope over the seeds of each curve, marked where not flat."""
     cells = []
-    for q in SLOPE_QUANTITIES:
+    for q in CURVES:
         values = (r.get("final_slope") or {}).get(q, {}).get("values") or []
-        if not values:
-            cells.append("–")
-            continue
-        steepest = max(values, key=abs)
-        cells.append(f"{steepest:+.4f}" + ("" if abs(steepest) < FLAT_SLOPE else " ↗"))
+        cells.append(slope_text(max(values, key=abs) if values else None))
     return " / ".join(cells)
 
 
@@ -263,8 +250,8 @@ def results_markdown(summary: dict[str, Any]) -> str:
         "L4: the last layer's gate. Precision: bf16 autocast where the machine computes bf16 "
         "natively, else fp32 (per seed where a row mixes them). Time: training time per run. "
         "Final slope: the steepest over the seeds of the least-squares slope per epoch of the "
-        "validation accuracy and layer-4 box share over the last five epochs; ↗ where it is "
-        f"{FLAT_SLOPE} or more (the curve is not flat).",
+        f"validation accuracy and layer-4 box share over the last {SLOPE_EPOCHS} epochs; ↗ / ↘ "
+        f"where its size is {FLAT_SLOPE} or more (the curve is not flat).",
         "",
         *_overview(summary["results"]),
     ]

@@ -133,6 +133,8 @@ REFERENCE = "ltpa"
 COMPARED: results.Compared = {"test_error": ("test error", ("test_error",))}
 #: how the comparisons and the runs section show it: in percent, two decimals
 SCALE, DIGITS = 100.0, 2
+#: the validation curve whose final slope says whether a run has settled
+CURVES = {"val_error": ("val error", ("val_error",))}
 
 
 #: The title of :func:`results_markdown` and the text above its tables.
@@ -156,6 +158,7 @@ EXPERIMENT = register_experiment(Experiment(
     columns=_columns, curve_figure=curve_figure, run_figure=mask_figure, dataset_title=str.upper,
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
     rows=ROW_TABLE, reference=REFERENCE, compared=COMPARED, scale=SCALE, digits=DIGITS,
+    curves=CURVES,
     train_keys=("test_error", "val_error", "epochs", "best_epoch", "precision",
                 "training_time_s"),
     seeds_help="training seeds of every row (default: the budget's; 3 for LTPA and LTPA + ARNN)",

@@ -269,6 +269,8 @@ COMPARED: results.Compared = {
 }  # fmt: skip
 #: how the comparisons and the runs section show them: in percent, one decimal
 SCALE, DIGITS = 100.0, 1
+#: the validation curve whose final slope says whether a run has settled (the budgets' rule)
+CURVES = {"val_accuracy": ("val acc", ("val_accuracy",))}
 
 #: The title of :func:`results_markdown` and the text above its tables.
 TITLE = "E3 visual question answering (MCB with swappable attention)"
@@ -300,7 +302,7 @@ EXPERIMENT = register_experiment(Experiment(
     check=_check,
     prepare=_prepare,
     columns=_columns, curve_figure=curve_figure, run_figure=mask_figure, totals=_answer_priors,
-    reference=REFERENCE, compared=COMPARED, scale=SCALE, digits=DIGITS,
+    reference=REFERENCE, compared=COMPARED, scale=SCALE, digits=DIGITS, curves=CURVES,
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
     rows=ROW_TABLE,
     train_keys=("test_accuracy", "test_by_type", "test_relational", "test_non_relational",

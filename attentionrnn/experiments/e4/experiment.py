@@ -47,6 +47,10 @@ COMPARED: results.Compared = {key: (label.replace(" %", "").replace(" ×100", ""
 #: how the comparisons and the runs section show them: ×100, each with the table's decimals
 SCALE = 100.0
 DIGITS = {key: places for key, _, _, places in measures(*TESTED)}
+#: the validation curves that must be flat (issue 34): edit success, the mask's share on the
+#: queried digit and its query ratio
+CURVES = {key: (label.replace(" %", ""), (f"val_{key}",)) for key, label, _, _ in
+          measures("edit_success", "mask_correctness", "mask_query_ratio")}  # fmt: skip
 
 
 #: What a budget sets besides its epochs: data size, network size and training length, and
@@ -307,6 +311,7 @@ EXPERIMENT = register_experiment(Experiment(
     figure_title="edits",
     table_title=TITLE, table_caption=CAPTION, table_section=_section,
     rows=ROW_TABLE, reference=REFERENCE, compared=COMPARED, scale=SCALE, digits=DIGITS,
+    curves=CURVES,
     train_keys=("test_edit_success", "test_preservation_l1", "test_truth_l1",
                 "test_mask_correctness", "test_mask_correctness_box", "test_kid",
                 "val_edit_success", "epochs", "best_epoch", "precision", "training_time_s"),

@@ -7,7 +7,8 @@ head, :func:`screen` reads the finished runs' ``metrics.json`` **validation hist
 ``test_*`` number — and gives the last epoch's values
 (the weights tested are the last epoch's, ``select="last"``) as mean ± std over seeds, the final
 slope per epoch of validation edit success and query ratio (least squares over the last
-:data:`SLOPE_EPOCHS` epochs; not flat from :data:`FLAT_SLOPE`, as E1's table), and each
+:data:`~attentionrnn.engine.convergence.SLOPE_EPOCHS` epochs; not flat from
+:data:`~attentionrnn.engine.convergence.FLAT_SLOPE`: the engine's rule), and each
 candidate against the reference candidate with the same head (difference of the means, Welch's p
 from :func:`attentionrnn.engine.stats.compare`, called only at p < 0.05). Writes
 ``screening.{md,json}`` and the validation curves ``screening_curves_DATASET.png``.
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from attentionrnn.engine.commands import check_runs
+from attentionrnn.engine.convergence import FLAT_SLOPE, SLOPE_EPOCHS, final_slope, slope_text
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.results import markdown_table, scaled_comparison
 from attentionrnn.engine.runs import finished_runs, format_stats, seed_stats
@@ -30,8 +32,7 @@ from attentionrnn.experiments.e4.config import TEACHER_SEED, E4Config
 from attentionrnn.experiments.e4.metrics import measures
 from attentionrnn.experiments.e4.model import E4_MASKS, ROW_TABLE
 
-__all__ = ["FLAT_SLOPE", "QUANTITIES", "SLOPE_EPOCHS", "candidate_name", "final_slope",
-           "screen", "screening_markdown"]  # fmt: skip
+__all__ = ["QUANTITIES", "candidate_name", "screen", "screening_markdown"]
 
 logger = logging.getLogger("attentionrnn.e4.screen")
 
@@ -41,9 +42,6 @@ QUANTITIES = measures("edit_success", "mask_correctness", "mask_others", "mask_b
                       "mask_query_ratio", "leak_l1", "truth_l1")  # fmt: skip
 #: the curves whose final slope says whether a candidate has settled
 SLOPED = ("edit_success", "mask_query_ratio")
-#: the slope (per epoch, over the last SLOPE_EPOCHS epochs) from which a curve is not flat
-FLAT_SLOPE = 0.005
-SLOPE_EPOCHS = 5
 #: the prefix ``reproduce``'s default folders carry (results/e4-BUDGET)
 PREFIX = "e4-"
 
@@ -52,19 +50,6 @@ def candidate_name(folder: str | Path) -> str:
     """A candidate's name: its folder's name less ``e4-`` (``results/e4-screen-mul`` is
     ``screen-mul``)."""
     return Path(folder).resolve().name.removeprefix(PREFIX)
-
-
-def final_slope(history: list[dict[str, Any]], key: str) -> float | None:
-    """Least-squares slope per epoch of ``history``'s ``key`` over its last
-    :data:`SLOPE_EPOCHS` epochs (``None`` for a shorter curve or a missing value)."""
-    from scipy import stats
-
-    tail = history[-SLOPE_EPOCHS:]
-    values = [h.get(key) for h in tail]
-    if len(tail) < SLOPE_EPOCHS or any(v is None or not math.isfinite(v) for v in values):
-        return None
-    epochs = [h.get("epoch", len(history) - len(tail) + k + 1) for k, h in enumerate(tail)]
-    return float(stats.linregress(epochs, values).slope)
 
 
 def _design(config: dict[str, Any]) -> str:
@@ -243,12 +228,7 @@ def _slopes(r: dict[str, Any]) -> str:
     cells = []
     for q in SLOPED:
         values = r["final_slope"][q]["values"]
-        if not values:
-            cells.append("–")
-            continue
-        steepest = max(values, key=abs)
-        mark = "" if abs(steepest) < FLAT_SLOPE else (" ↗" if steepest > 0 else " ↘")
-        cells.append(f"{steepest:+.4f}{mark}")
+        cells.append(slope_text(max(values, key=abs) if values else None))
     return " / ".join(cells)
 
 
