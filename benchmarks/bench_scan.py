@@ -26,7 +26,7 @@ import time
 SIZES = (49, 23, 10, 4)
 
 
-def measure(threads: int, repeats: int, batch: int) -> dict[str, list[float]]:
+def measure(threads: int, repeats: int, batch: int, precision: str) -> dict[str, list[float]]:
     """One process's timings: per size, ``repeats`` forward and backward times in ms."""
     import torch
 
@@ -43,7 +43,7 @@ def measure(threads: int, repeats: int, batch: int) -> dict[str, list[float]]:
         readout = torch.randn(2, 16)
         for r in range(repeats + 1):  # the first call warms up
             start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 y = scan.hidden_readout(e, readout)
             mid = time.perf_counter()
             y.float().sum().backward()
@@ -63,10 +63,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per round")
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="bf16 autocast (default, as a training step on a CPU with native "
+                        "bf16) or fp32")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(measure(args.threads, args.repeats, args.batch)))
+        print(json.dumps(measure(args.threads, args.repeats, args.batch, args.precision)))
         return
     flags = dict(v.partition("=")[::2] for v in args.variants)
     times: dict[str, dict[str, list[float]]] = {v: {} for v in flags}
@@ -79,12 +82,14 @@ def main() -> None:
             env = dict(os.environ, ATTENTIONRNN_EXTENSION_CFLAGS=flags[variant])
             worker = [sys.executable, __file__, "--worker", "--repeats", str(args.repeats)]
             worker += ["--batch", str(args.batch), "--threads", str(args.threads)]
+            worker += ["--precision", args.precision]
             result = subprocess.run(worker, env=env, check=True, capture_output=True, text=True)
             for key, values in json.loads(result.stdout.splitlines()[-1]).items():
                 times[variant].setdefault(key, []).extend(values)
     names = list(flags)
     print(
-        f"Fused scan, batch {args.batch}, hidden 16, bf16 autocast, {args.threads} threads; "
+        f"Fused scan, batch {args.batch}, hidden 16, "
+        f"{'bf16 autocast' if args.precision == 'bf16' else 'fp32'}, {args.threads} threads; "
         f"median ms over {args.rounds} rounds x {args.repeats} calls, variants alternating"
     )
     print()

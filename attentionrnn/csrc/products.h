@@ -33,6 +33,18 @@ constexpr int block_rows(int q) {
   return fit < 1 ? 1 : (fit > kRowBlock ? kRowBlock : fit);
 }
 
+// A weight vector that serves `uses` rows: pinned to a register where it serves several (read
+// once for all of them); left to the compiler where it serves one, which folds the load into the
+// one FMA that reads it. Pinning it there only takes a register: with AVX2's 16, the 8 weight
+// vectors and 8 accumulators of a 64-gate row and the broadcast value do not fit, and one spills.
+template <typename T, int uses>
+inline typename Simd<T>::type weight_vector(const T* p) {
+#ifndef ATTENTIONRNN_PIN_SINGLE_ROW
+  if constexpr (uses == 1) return Simd<T>::load(p);
+#endif
+  return loaded_in_register<T>(p);
+}
+
 // acc[r][0:Q vectors] += in_r[0:k] W[0:k] for R rows (row r of `in` at in + r * in_stride, row
 // c of W at w + c * w_stride): one broadcast per input value times a contiguous weight row, every
 // weight vector loaded once for all R rows. The register-blocked product behind both the gate
@@ -45,7 +57,7 @@ inline void add_row_products(typename Simd<T>::type (&acc)[R][Q], const T* in, i
   constexpr int64_t L = S::lanes;
   for (int64_t c = 0; c < k; ++c) {
     V wv[Q];
-    for (int q = 0; q < Q; ++q) wv[q] = loaded_in_register<T>(w + c * w_stride + q * L);
+    for (int q = 0; q < Q; ++q) wv[q] = weight_vector<T, R>(w + c * w_stride + q * L);
     for (int r = 0; r < R; ++r) {
       const V s = S::splat(in[r * in_stride + c]);
       for (int q = 0; q < Q; ++q) acc[r][q] += s * wv[q];
@@ -158,7 +170,7 @@ inline void accumulate_outer(T* dw, const T* in, int64_t in_stride, int64_t k, c
         for (int v = 0; v < NV; ++v) acc[q][v] = S::load(dw + (c + q) * gates + v * L);
       for (int64_t r = 0; r < rows; ++r) {
         V gv[NV];
-        for (int v = 0; v < NV; ++v) gv[v] = loaded_in_register<T>(g + r * gates + v * L);
+        for (int v = 0; v < NV; ++v) gv[v] = weight_vector<T, CB>(g + r * gates + v * L);
         for (int q = 0; q < CB; ++q) {
           const V s = S::splat(in[r * in_stride + c + q]);
           for (int v = 0; v < NV; ++v) acc[q][v] += s * gv[v];
