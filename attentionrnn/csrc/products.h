@@ -33,17 +33,30 @@ constexpr int block_rows(int q) {
   return fit < 1 ? 1 : (fit > kRowBlock ? kRowBlock : fit);
 }
 
-// A weight vector that serves `uses` rows: pinned to a register where it serves several (read
-// once for all of them); left to the compiler where it serves one, which folds the load into the
-// one FMA that reads it. Pinning it there only takes a register: with AVX2's 16, the 8 weight
-// vectors and 8 accumulators of a 64-gate row and the broadcast value do not fit, and one spills.
-template <typename T, int uses>
+// One of the `width` weight vectors of a product that serves `uses` rows: pinned to a register
+// (read once for all the rows), except where it serves one row and the pinned vectors, their
+// accumulators and the broadcast value would not fit in the registers (AVX2's 16 at a 64-gate
+// row: 8 + 8 + 1): there the load is left to the compiler, which folds it into the one FMA that
+// reads it, instead of spilling a register on every input. Only there: elsewhere the pin also
+// keeps the compiler from rearranging the sums, so that results stay as they were.
+template <typename T, int uses, int width>
 inline typename Simd<T>::type weight_vector(const T* p) {
 #ifndef ATTENTIONRNN_PIN_SINGLE_ROW
-  if constexpr (uses == 1) return Simd<T>::load(p);
+  if constexpr (uses == 1 && 2 * width + 1 > kVectorRegisters) return Simd<T>::load(p);
 #endif
   return loaded_in_register<T>(p);
 }
+
+// Where a whole gate row of nv vectors leaves room for fewer than two rows (AVX2 at hidden 16:
+// 8 accumulators and 8 weight vectors of 16 registers), the gate products take it in chunks of
+// chunk_vectors(nv) vectors, each for chunked_rows(nv) rows, so that a weight vector still serves
+// two rows. Each output keeps its own sum in the same order, so the values do not change.
+constexpr int chunk_vectors(int nv) {
+  for (int q = nv; q > 1; q /= 2)
+    if (nv % q == 0 && block_rows(q) >= 2) return q;
+  return nv;
+}
+constexpr int chunked_rows(int nv) { return block_rows(chunk_vectors(nv)); }
 
 // acc[r][0:Q vectors] += in_r[0:k] W[0:k] for R rows (row r of `in` at in + r * in_stride, row
 // c of W at w + c * w_stride): one broadcast per input value times a contiguous weight row, every
@@ -57,7 +70,7 @@ inline void add_row_products(typename Simd<T>::type (&acc)[R][Q], const T* in, i
   constexpr int64_t L = S::lanes;
   for (int64_t c = 0; c < k; ++c) {
     V wv[Q];
-    for (int q = 0; q < Q; ++q) wv[q] = weight_vector<T, R>(w + c * w_stride + q * L);
+    for (int q = 0; q < Q; ++q) wv[q] = weight_vector<T, R, Q>(w + c * w_stride + q * L);
     for (int r = 0; r < R; ++r) {
       const V s = S::splat(in[r * in_stride + c]);
       for (int q = 0; q < Q; ++q) acc[r][q] += s * wv[q];
@@ -77,16 +90,21 @@ inline void gate_products(T* pre, const T* bias, const T* w_in, const T* e, int6
   using V = typename S::type;
   constexpr int64_t L = S::lanes;
   if constexpr (NV > 0) {
-    V acc[R][NV];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < NV; ++v) acc[r][v] = S::load(bias + v * L);
-    add_row_products<T, R, NV>(acc, e, cin, cin, w_in, gates);
-    if (above) {
-      add_row_products<T, R, NV>(acc, above, width, width, w_above, gates);
-      add_row_products<T, R, NV>(acc, left, width, width, w_left, gates);
+    // the whole row at once, unless R rows of it do not fit (chunked_rows): then in chunks
+    constexpr int Q = R <= block_rows(NV) ? NV : chunk_vectors(NV);
+    for (int v0 = 0; v0 < NV; v0 += Q) {
+      const int64_t o = v0 * L;
+      V acc[R][Q];
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < Q; ++v) acc[r][v] = S::load(bias + o + v * L);
+      add_row_products<T, R, Q>(acc, e, cin, cin, w_in + o, gates);
+      if (above) {
+        add_row_products<T, R, Q>(acc, above, width, width, w_above + o, gates);
+        add_row_products<T, R, Q>(acc, left, width, width, w_left + o, gates);
+      }
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < Q; ++v) S::store(pre + r * gates + o + v * L, acc[r][v]);
     }
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < NV; ++v) S::store(pre + r * gates + v * L, acc[r][v]);
   } else {
     static_assert(R == 1, "the generic path takes one row at a time");
     for (int64_t j = 0; j < gates; ++j) pre[j] = bias[j];
@@ -170,7 +188,7 @@ inline void accumulate_outer(T* dw, const T* in, int64_t in_stride, int64_t k, c
         for (int v = 0; v < NV; ++v) acc[q][v] = S::load(dw + (c + q) * gates + v * L);
       for (int64_t r = 0; r < rows; ++r) {
         V gv[NV];
-        for (int v = 0; v < NV; ++v) gv[v] = weight_vector<T, CB>(g + r * gates + v * L);
+        for (int v = 0; v < NV; ++v) gv[v] = weight_vector<T, CB, NV>(g + r * gates + v * L);
         for (int q = 0; q < CB; ++q) {
           const V s = S::splat(in[r * in_stride + c + q]);
           for (int v = 0; v < NV; ++v) acc[q][v] += s * gv[v];

@@ -166,6 +166,17 @@ inline void group_gate_products(const Scan<T>& sc, int64_t d, int64_t p, int64_t
   int64_t b = b0;
   if constexpr (NV > 0) {
     constexpr int R = block_rows(NV);
+    [[maybe_unused]] bool pairs = false;  // the pair products keep their own blocks of R rows
+#ifdef ATTENTIONRNN_PAIR_PRODUCTS
+    if constexpr (std::is_same_v<T, float>) pairs = sc.w_pairs != nullptr;
+#endif
+#ifndef ATTENTIONRNN_NO_CHUNKED_ROWS
+    constexpr int RC = chunked_rows(NV);
+    if constexpr (RC > R) {
+      if (!pairs)
+        for (; b + RC <= b1; b += RC) products(std::integral_constant<int, RC>(), b);
+    }
+#endif
     for (; b + R <= b1; b += R) products(std::integral_constant<int, R>(), b);
   }
   for (; b < b1; ++b) products(std::integral_constant<int, 1>(), b);
