@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["FLAT_SLOPE", "SLOPE_EPOCHS", "Curves", "final_slope", "final_slopes", "slope_text"]
+__all__ = ["FLAT_SLOPE", "SLOPE_EPOCHS", "Curves", "final_slope", "final_slopes", "slope_text",
+           "value_at"]
 
 #: the number of last epochs a final slope is fitted over
 SLOPE_EPOCHS = 5
@@ -55,8 +56,13 @@ def slope_text(slope: float | None) -> str:
     return f"{slope:+.4f}{mark}"
 
 
-def _at(entry: dict[str, Any], keys: tuple[str, ...]) -> float | None:
-    value: Any = entry
+def value_at(entry: Any, keys: tuple[str, ...]) -> Any:
+    """What ``keys`` reach in nested dicts (``None`` where one is missing)."""
     for key in keys:
-        value = value.get(key) if isinstance(value, dict) else None
+        entry = entry.get(key) if isinstance(entry, dict) else None
+    return entry
+
+
+def _at(entry: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    value = value_at(entry, keys)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -12,6 +12,7 @@ from attentionrnn.engine.convergence import (
     Curves,
     final_slopes,
     slope_text,
+    value_at,
 )
 from attentionrnn.engine.provenance import cpu_label
 
@@ -122,9 +123,7 @@ def decimals(compared: Compared, digits: int | dict[str, int]) -> dict[str, int]
 
 def stat_at(row: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
     """The statistics at ``path`` (keys) in a summarised row, or ``None``."""
-    value: Any = row
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
+    value = value_at(row, path)
     return value if isinstance(value, dict) else None
 
 
