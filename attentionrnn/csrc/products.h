@@ -133,7 +133,7 @@ inline void transposed_block(T* out, int64_t out_stride, const T* w_t, int64_t w
   V acc[R][Q] = {};
   add_row_products<T, R, Q>(acc, g, gates, gates, w_t, w_stride);
   for (int r = 0; r < R; ++r)
-    for (int q = 0; q < Q; ++q) S::store(out + r * out_stride + q * L, acc[r][q]);
+    for (int q = 0; q < Q; ++q) S::store_value(out + r * out_stride + q * L, acc[r][q]);
 }
 
 // out[r, 0:Mp] = W_t^T g_r for R rows, W_t (G, Mp) with Mp a multiple of the SIMD width, in
