@@ -144,6 +144,10 @@ inline FloatVec exp_(FloatVec x) {
 #ifdef __AVX512F__
   // One instruction each for the rounding and for the power of two.
   const FloatVec n = _mm512_roundscale_ps(x * 1.44269504088896341f, _MM_FROUND_TO_NEAREST_INT);
+#elif defined(__AVX__) && !defined(ATTENTIONRNN_FLOOR_BY_TRUNCATION)
+  // floor(x log2(e) + 1/2) in one instruction (the same value as the truncation below, whose five
+  // dependent instructions lay on the critical path of every gate)
+  const FloatVec n = _mm256_floor_ps(x * 1.44269504088896341f + 0.5f);
 #else
   const FloatVec t = x * 1.44269504088896341f + 0.5f;
   FloatVec n = __builtin_convertvector(__builtin_convertvector(t, IntVec), FloatVec);
