@@ -343,6 +343,35 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
     }
 
 
+def test_a_longer_budget_extends_a_finished_run(tmp_path):
+    from attentionrnn.engine.runs import finished
+    from attentionrnn.engine.state import atomic_save, load_checkpoint
+
+    reference = train(e4_config(tmp_path / "ref", mask="arnn", epochs=3, samples=0))
+    short = e4_config(tmp_path / "ext", mask="arnn", epochs=2, samples=0)
+    train(short)
+    out, longer = Path(short.out), dataclasses.replace(short, epochs=3)
+    assert finished(out, short) and not finished(out, longer)
+    extended = train(longer)
+    assert finished(out, longer) and extended["epochs"] == 3
+    timing = {"training_time_s", "seconds_per_epoch", "wall_time_s", "history", "config"}
+    assert {k: v for k, v in extended.items() if k not in timing} == {
+        k: v for k, v in reference.items() if k not in timing
+    }
+    clock = {"seconds", "elapsed"}
+    assert [{k: v for k, v in h.items() if k not in clock} for h in extended["history"]] == [
+        {k: v for k, v in h.items() if k not in clock} for h in reference["history"]
+    ]
+    # a run whose tested weights were not its last epoch's cannot go on from them
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt["state"]["best_epoch"] = 0
+    atomic_save(ckpt, out / "checkpoint.pt")
+    with pytest.raises(UserError, match="cannot extend"):
+        train(dataclasses.replace(short, epochs=4))
+    with pytest.raises(UserError, match="another configuration"):  # fewer epochs: another run
+        train(dataclasses.replace(short, epochs=1))
+
+
 def test_train_on_a_celeba_folder(tmp_path):
     root = _celeba(tmp_path, n=10)
     config = e4_config(tmp_path, dataset="celeba", celeba_dir=str(root), canvas=16, samples=2)

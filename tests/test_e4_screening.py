@@ -496,7 +496,7 @@ def test_plateau_budget_is_the_cpu_budget_longer_with_seeds_for_the_pair():
     cpu, plateau = BUDGETS["cpu"], BUDGETS["plateau"]
     same = {f.name for f in dataclasses.fields(cpu)} - {"epochs", "description", "spread_seeds"}
     assert all(getattr(plateau, k) == getattr(cpu, k) for k in same)
-    assert plateau.epochs == 18 and plateau.spread_seeds == (0, 1, 2) and cpu.spread_seeds == (0,)
+    assert plateau.epochs == 24 and plateau.spread_seeds == (0, 1, 2) and cpu.spread_seeds == (0,)
     seeds = {m: row_seeds(m, None, plateau, EXPERIMENT.spread) for m in E4_MASKS}
     assert seeds == {"ctx": (0, 1, 2), "arnn": (0, 1, 2), "brnn": (0,)}
     assert {m: row_seeds(m, None, cpu, EXPERIMENT.spread) for m in E4_MASKS} == dict.fromkeys(

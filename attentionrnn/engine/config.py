@@ -191,6 +191,11 @@ class RunConfig:
     #: fields added after runs were recorded, with their value in those runs: left out of the
     #: fingerprint at that value, so that the older runs still resume
     LATER_FIELDS: ClassVar[dict[str, Any]] = {}
+    #: True where nothing of an epoch depends on the total (its learning rate and batch stream
+    #: are functions of the epoch alone) and the weights tested are the last epoch's: then a run
+    #: asked for more epochs than it trained resumes from its checkpoint, finished or not, and
+    #: ends as a run of the new length would (budgets grow until the curves are flat)
+    EXTENDABLE: ClassVar[bool] = False
 
     out: str = field(default="runs/run", metadata=option("run folder", metavar="RUN_DIR"))
     epochs: int = field(default=300, metadata=option("maximum epochs", minimum=1))

@@ -184,7 +184,8 @@ def fit_run(
     state = fit(
         model, optimizer, out=out, fingerprint=fingerprint, ctx=ctx, epochs=config.epochs,
         patience=config.patience, lr_at=lambda e: lr_at(config, e),
-        train_one_epoch=train_one_epoch, evaluate=evaluate, **kwargs,
+        train_one_epoch=train_one_epoch, evaluate=evaluate,
+        extendable=getattr(config, "EXTENDABLE", False), **kwargs,
     )  # fmt: skip
     done = finished_metrics(out, state)
     if done is not None:

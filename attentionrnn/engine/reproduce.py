@@ -28,8 +28,14 @@ from attentionrnn.engine.commands import (
 from attentionrnn.engine.config import add_config_arguments, config_from_args
 from attentionrnn.engine.errors import UserError
 from attentionrnn.engine.experiment import Experiment
-from attentionrnn.engine.runs import named_budget, parallelism, plan_runs, row_seeds, train_runs
-from attentionrnn.engine.trainer import METRICS
+from attentionrnn.engine.runs import (
+    finished,
+    named_budget,
+    parallelism,
+    plan_runs,
+    row_seeds,
+    train_runs,
+)
 
 __all__ = ["add_commands", "reproduce"]
 
@@ -102,7 +108,7 @@ def reproduce(
                 config = dataclasses.replace(base, seed=seed, out=str(run),
                                              **{e.row_field: method})  # fmt: skip
                 every.append(config)
-                if not (run / METRICS).is_file():
+                if not finished(run, config):
                     todo.append(config)
         if todo and not dry_run and e.prepare is not None:
             todo = e.prepare(dataset, todo, jobs, options)

@@ -31,6 +31,7 @@ from attentionrnn.engine.trainer import CHECKPOINT, METRICS
 logger = logging.getLogger("attentionrnn.engine")
 
 __all__ = [
+    "finished",
     "finished_runs",
     "format_stats",
     "named_budget",
@@ -172,6 +173,19 @@ def _row_estimate(
                 note += f", timed in {others}: this machine trains in {precision}"
             return float(np.median(hours)), note, other, level == 0
     return None, "no finished run of this row to time", False, False
+
+
+def finished(run: Path, config: Any) -> bool:
+    """Whether the run of ``config`` in folder ``run`` has finished: its ``metrics.json`` is
+    there and, where the config is :attr:`~attentionrnn.engine.config.RunConfig.EXTENDABLE`, it
+    trained as many epochs as ``config`` asks (a longer budget extends it)."""
+    path = Path(run) / METRICS
+    if not path.is_file():
+        return False
+    if not getattr(config, "EXTENDABLE", False):
+        return True
+    recorded = read_json(path, "metrics.json").get("config", {}).get("epochs")
+    return not isinstance(recorded, int) or recorded >= config.epochs
 
 
 def _progress(config: Any) -> tuple[int, int] | None:

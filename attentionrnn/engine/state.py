@@ -26,6 +26,7 @@ __all__ = [
     "atomic_save",
     "atomic_write_json",
     "checkpoint_of",
+    "extends",
     "clean_stale_temporaries",
     "content_sha256",
     "file_sha256",
@@ -216,18 +217,31 @@ def save_checkpoint(
     )
 
 
-def checkpoint_of(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+def checkpoint_of(
+    path: Path, fingerprint: dict[str, Any], *, extendable: bool = False
+) -> dict[str, Any] | None:
     """The checkpoint at ``path`` (``None`` where there is none), when it belongs to the run of
-    ``fingerprint``; else a :class:`UserError` naming both configurations."""
+    ``fingerprint`` — or, with ``extendable``, to the same run with fewer epochs
+    (:func:`extends`); else a :class:`UserError` naming both configurations."""
     if not path.is_file():
         return None
     ckpt = load_checkpoint(path)
-    if not _same_run(ckpt["config"], fingerprint):
+    if not (_same_run(ckpt["config"], fingerprint)
+            or extendable and extends(ckpt["config"], fingerprint)):  # fmt: skip
         raise UserError(
             f"{path} belongs to a run with another configuration; use a new --out "
             f"or delete the folder.\n saved: {ckpt['config']}\n now:   {fingerprint}"
         )
     return ckpt
+
+
+def extends(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether ``now`` is the run ``saved`` asked for more epochs, all else the same."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("epochs"), int):
+        return False
+    return saved["epochs"] < now.get("epochs", 0) and _same_run(
+        {**saved, "epochs": now["epochs"]}, now
+    )
 
 
 def _same_run(saved: dict[str, Any], now: dict[str, Any]) -> bool:

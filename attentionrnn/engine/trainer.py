@@ -36,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from attentionrnn.engine.distributed import DistContext, init_distributed
-from attentionrnn.engine.errors import DivergedError
+from attentionrnn.engine.errors import DivergedError, UserError
 from attentionrnn.engine.lock import run_folder
 from attentionrnn.engine.memory import retain_freed_memory
 from attentionrnn.engine.precision import autocast, cpu_name
@@ -204,6 +204,7 @@ def fit(
     monitor: str = "accuracy",
     name: str = "run",
     patience_from: int = 0,
+    extendable: bool = False,
 ) -> FitState:
     """Train until ``epochs`` or early stop; return the state with the best weights loaded.
 
@@ -224,14 +225,26 @@ def fit(
         name: shown in the log.
         patience_from: epochs before this one (0-based) do not count towards ``patience`` (a
             warm-up or curriculum whose validation score is not yet comparable).
+        extendable: the checkpoint of the same run with fewer epochs, finished or not, resumes
+            (:attr:`~attentionrnn.engine.config.RunConfig.EXTENDABLE`); a finished one only
+            where the weights it tested were its last epoch's.
     """
     state = FitState()
-    ckpt = resumable_checkpoint(out, fingerprint)
+    ckpt = resumable_checkpoint(out, fingerprint, extendable=extendable)
     if ckpt is not None:
+        state = FitState(**ckpt["state"])
+        if state.done and ckpt["config"].get("epochs", epochs) < epochs:
+            if state.best_epoch + 1 != state.epoch:
+                raise UserError(
+                    f"{out}: cannot extend this finished run to {epochs} epochs: the weights it "
+                    f"kept are epoch {state.best_epoch + 1}'s, not its last ({state.epoch}); "
+                    "use a new --out"
+                )
+            state.done = False
+            logger.info("extending %s from %d to %d epochs", out, state.epoch, epochs)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
-        state = FitState(**ckpt["state"])
         state.resumed_at = state.elapsed
         logger.info("resuming %s from epoch %d", out, state.epoch)
 
@@ -353,11 +366,14 @@ def finished_metrics(out: Path, state: FitState) -> dict[str, Any] | None:
     return None
 
 
-def resumable_checkpoint(out: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+def resumable_checkpoint(
+    out: Path, fingerprint: dict[str, Any], *, extendable: bool = False
+) -> dict[str, Any] | None:
     """``OUT/checkpoint.pt`` where there is one, else ``None``; a :class:`UserError` where it
-    belongs to a run with another configuration (:func:`~.state.checkpoint_of`). A recipe that
-    does work of its own before :func:`fit` (E4's judge and locate stage) asks first."""
-    return checkpoint_of(Path(out) / CHECKPOINT, fingerprint)
+    belongs to a run with another configuration (:func:`~.state.checkpoint_of`; ``extendable``:
+    fewer epochs are the same run). A recipe that does work of its own before :func:`fit` (E4's
+    judge and locate stage) asks first."""
+    return checkpoint_of(Path(out) / CHECKPOINT, fingerprint, extendable=extendable)
 
 
 class Sized:

@@ -50,6 +50,10 @@ class E4Config(RunConfig, out="runs/e4", epochs=10, patience=100):
     LATER_FIELDS = {"query_fusion": "add", "w_teacher": 0.0, "teacher_seed": TEACHER_SEED,
                     "w_keep": 0.0, "edit_query": "both", "w_apart": 0.0,
                     "w_identify": 0.0, "locate_steps": 0, "locate_lr": 1e-3}  # fmt: skip
+    #: an epoch's learning rate (halved every lr_step epochs) and batches ((seed, epoch)) do not
+    #: depend on the total, and the weights tested are the last epoch's by default: a longer
+    #: budget extends the finished runs of a shorter one
+    EXTENDABLE = True
 
     dataset: str = field(default="mref", metadata=option("editing task", choices=DATASETS))
     mask: str = field(

@@ -171,7 +171,8 @@ def train(
     logger.info("%s: train %d / val %d / test %d edits, %s px", task.name, len(idx["train"]),
                 len(idx["val"]), len(idx["test"]), task.image_size)  # fmt: skip
     fingerprint = {**config.fingerprint(), "data": task.identity}
-    resumable_checkpoint(out, fingerprint)  # another run's folder: refused before the stages
+    # another run's folder: refused before the stages
+    resumable_checkpoint(out, fingerprint, extendable=config.EXTENDABLE)
     judge, judge_stats = train_judge(task, idx, config, out, precision)
     teacher, teacher_stats = (train_teacher(task, idx, config, out, precision)
                               if config.w_teacher > 0 else (None, None))  # fmt: skip
