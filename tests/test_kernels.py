@@ -262,7 +262,9 @@ def test_an_image_gets_the_same_bits_whatever_else_is_in_its_batch(hidden):
     and one at a time for the rest; each image's sums keep one order either way. So the scan of
     an image alone and in a batch of five (blocks and a single row) agree bit for bit, forward and
     in the gradient of its input. (At hidden 4 they differ in the last bits, with the kernels
-    before the halves too: not looked into.)"""
+    before the halves too. Likely cause, seen on 2026-12-07: at hidden 2 and 4, under -ffast-math,
+    GCC sums a short row differently depending on how many rows a block takes; docs/performance.md,
+    "Two more, from a perf profile".)"""
     from attentionrnn.layers.scan import DiagonalLSTMScan
 
     if _extension.load() is None:
